@@ -1,0 +1,36 @@
+# Two commands set up and run everything on a fresh machine: `make demo`, `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The venv is rebuilt when the pins change.
+STAMP := $(VENV)/.installed
+PINS := pyproject.toml tools/fbgemm_gpu_shim/pyproject.toml
+PIP_QUIET := --quiet --disable-pip-version-check
+
+.PHONY: venv demo test bench clean
+
+venv: $(STAMP)
+
+$(STAMP): $(PINS)
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_QUIET) --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	# torch first so pip takes the CPU wheel; the shim answers torchrec's `fbgemm-gpu`
+	# requirement with fbgemm-gpu-cpu, so the CUDA wheel is never pulled.
+	$(PY) -m pip install $(PIP_QUIET) torch==2.13.0 ./tools/fbgemm_gpu_shim 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install $(PIP_QUIET) -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip check
+	$(PY) -c "import torchrec, fbgemm_gpu, torchx; print('venv ok: torchrec', torchrec.__version__)"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/torchx run -s local_cwd components/kd.py:train_teacher -j 1x2 --config configs/dlrm_teacher_synthetic.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) -m pytest -q benchmarks
+
+clean:
+	rm -rf $(VENV) outputs

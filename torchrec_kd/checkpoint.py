@@ -1,0 +1,64 @@
+"""Save and load sharded models with ``torch.distributed.checkpoint`` (DCP).
+
+DCP writes each rank's shards plus global metadata, and on load reshards to
+whatever plan the loading job has: a teacher trained on 2 ranks loads on 1 or 8.
+``load_module`` can load a checkpoint into a sub-module of a bigger model (the
+teacher inside a distillation model) by mapping key prefixes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+
+MODEL_DIR = "model"
+META_FILE = "meta.json"
+
+
+def save_model(model: nn.Module, path: Path, meta: Dict[str, Any]) -> None:
+    """Save ``model.state_dict()`` (sharded) under ``path/model`` and ``meta`` as JSON.
+
+    Args:
+        model (nn.Module): usually a ``DistributedModelParallel``.
+        path (Path): checkpoint directory (created).
+        meta (Dict[str, Any]): config and facts needed to rebuild the model.
+    """
+    path = Path(path)
+    dcp.save(model.state_dict(), checkpoint_id=str(path / MODEL_DIR))
+    if dist.get_rank() == 0:
+        (path / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    dist.barrier()
+
+
+def read_meta(path: Path) -> Dict[str, Any]:
+    """The JSON written beside a checkpoint by :func:`save_model`."""
+    f = Path(path) / META_FILE
+    if not f.is_file():
+        raise FileNotFoundError(f"{f} not found: {path} is not a torchrec_kd checkpoint (run train-teacher first)")
+    return json.loads(f.read_text())
+
+
+def load_module(model: nn.Module, path: Path, model_prefix: str = "", ckpt_prefix: str = "") -> None:
+    """Load a checkpoint into ``model`` (or the part of it under ``model_prefix``).
+
+    Keys ``model_prefix + k`` of ``model.state_dict()`` are read from ``ckpt_prefix + k``
+    in the checkpoint; DCP reshards to the current plan.
+
+    Args:
+        model (nn.Module): the (sharded) model to fill in place.
+        path (Path): checkpoint directory from :func:`save_model`.
+        model_prefix (str): prefix of the target sub-module's keys in ``model``.
+        ckpt_prefix (str): prefix of the same keys in the checkpoint.
+    """
+    full = model.state_dict()
+    wanted = {ckpt_prefix + k[len(model_prefix):]: v for k, v in full.items() if k.startswith(model_prefix)}
+    if not wanted:
+        raise KeyError(f"no parameters under '{model_prefix}' in the model")
+    dcp.load(wanted, checkpoint_id=str(Path(path) / MODEL_DIR))
+    loaded = {model_prefix + k[len(ckpt_prefix):]: v for k, v in wanted.items()}
+    model.load_state_dict(loaded, strict=False)

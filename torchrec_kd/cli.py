@@ -1,0 +1,61 @@
+"""Command line: ``python -m torchrec_kd.cli <command> --config X.yaml key=value ...``.
+
+This is what the TorchX components launch (under torchrun, one process per rank).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import List, Optional
+
+from torchrec_kd.config import ConfigError, load_config
+
+logger = logging.getLogger("torchrec_kd")
+
+
+def _setup_logging() -> None:
+    import os
+
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
+                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _config_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML run config (see configs/)")
+    p.add_argument("--output-dir", help="where results go (default outputs/<run_name>)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``torchrec-kd`` and ``python -m torchrec_kd.cli``."""
+    parser = argparse.ArgumentParser(prog="torchrec-kd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _config_parser(sub.add_parser("train-teacher", help="train the sharded DLRM teacher"))
+    args = parser.parse_args(argv)
+    _setup_logging()
+    overrides = list(args.overrides)
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from torchrec_kd.distributed.env import shutdown_distributed
+
+    try:
+        if args.command == "train-teacher":
+            from torchrec_kd.recipes.train_teacher import run
+
+            entry = run(cfg)
+            logger.info("teacher test auc %.4f ne %.4f logloss %.4f", entry["auc"], entry["ne"], entry["logloss"])
+    finally:
+        shutdown_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""A planted click log shaped like Criteo: labels drawn from a hidden oracle.
+
+Every row is a function of ``(seed, split, block index)`` only, so the stream is
+deterministic, never materialised, splits are disjoint, and any rank can generate
+exactly its own share. Ids are Zipf-distributed and scattered over each table by a
+fixed permutation. The oracle's logit has
+
+* a per-id bias for every feature (what a wide model memorises),
+* latent pairwise interactions ``<v_f, v_g>`` with ``latent_dim``-wide vectors from a
+  per-table codebook (what DLRM's dot interaction learns; an embedding narrower
+  than ``latent_dim`` cannot represent them all),
+* dense terms and dense×sparse interactions,
+
+scaled to ``logit_scale`` standard deviations and shifted to the target positive
+rate. Because labels are ``Bernoulli(sigmoid(logit))``, a teacher that learns the
+oracle's probabilities carries more information than the 0/1 labels.
+
+Example::
+
+    gen = SyntheticClickLog(SyntheticDataConfig(num_embeddings=1000), seed=0)
+    batch = next(iter(gen.batches("train", batch_size=256)))
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torchrec.datasets.utils import Batch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from torchrec_kd.config import SyntheticDataConfig
+
+SPLITS = {"train": 0, "val": 1, "test": 2}
+_PERM_PRIME = 1_000_000_007
+_MASK32 = (1 << 32) - 1
+
+
+def dense_feature_names(n: int) -> List[str]:
+    """Dense feature names as in TorchRec's Criteo dataset (``int_0`` …)."""
+    return [f"int_{i}" for i in range(n)]
+
+
+def sparse_feature_names(n: int) -> List[str]:
+    """Sparse feature names as in TorchRec's Criteo dataset (``cat_0`` …)."""
+    return [f"cat_{i}" for i in range(n)]
+
+
+def _per_feature(value: int | List[int], n: int) -> List[int]:
+    return list(value) if isinstance(value, list) else [int(value)] * n
+
+
+def _hash32(x: torch.Tensor, salt: int) -> torch.Tensor:
+    """A cheap integer mix (int64 in, values in [0, 2^32)); multipliers < 2^31 avoid overflow."""
+    x = (x ^ (salt * 0x2545F491)) & _MASK32
+    x = (x * 0x45D9F3B) & _MASK32
+    x = x ^ (x >> 16)
+    x = (x * 0x3B9ACA07) & _MASK32
+    return x ^ (x >> 15)
+
+
+def _block_seed(seed: int, split: int, block: int) -> int:
+    return int(np.random.SeedSequence([seed, split, block]).generate_state(1)[0])
+
+
+class SyntheticClickLog:
+    """Deterministic, streaming generator of click-log batches with a known oracle.
+
+    Args:
+        cfg (SyntheticDataConfig): shape and difficulty.
+        seed (int): everything (oracle and rows) derives from it.
+        val_rows (int): rows in the validation split.
+        test_rows (int): rows in the test split.
+    """
+
+    def __init__(self, cfg: SyntheticDataConfig, seed: int = 0, val_rows: int = 65_536, test_rows: int = 131_072) -> None:
+        self.cfg = cfg
+        self.seed = seed
+        self.split_rows = {"train": None, "val": val_rows, "test": test_rows}
+        self.dense_names = dense_feature_names(cfg.num_dense)
+        self.sparse_names = sparse_feature_names(cfg.num_sparse)
+        self.num_embeddings = _per_feature(cfg.num_embeddings, cfg.num_sparse)
+        self.pooling = _per_feature(cfg.pooling, cfg.num_sparse)
+        F, k, D = cfg.num_sparse, cfg.latent_dim, cfg.num_dense
+        g = torch.Generator().manual_seed(_block_seed(seed, 99, 0))
+        self._codebook = torch.randn(F, cfg.num_clusters, k, generator=g) / math.sqrt(k)
+        pair_mask = torch.rand(F, F, generator=g) < cfg.interaction_density
+        pair_sign = torch.randn(F, F, generator=g)
+        w = torch.triu(pair_mask * pair_sign, diagonal=1)
+        self._pair_w = w + w.T  # symmetric, zero diagonal
+        self._dense_w = torch.randn(D, generator=g)
+        self._dense_sparse = torch.randn(F, D, k, generator=g) / math.sqrt(D * k) * (torch.rand(F, 1, 1, generator=g) < 0.3)
+        self._dense_sparse_flat = self._dense_sparse.permute(1, 0, 2).reshape(D, F * k)
+        self._pair_norm = math.sqrt(max(1.0, float(self._pair_w.ne(0).sum()) / 2))
+        self._offsets = torch.randint(0, 1 << 30, (F,), generator=g)
+        self._n = torch.tensor(self.num_embeddings, dtype=torch.int64)
+        self._scale, self._bias = 1.0, 0.0
+        self._calibrate()
+
+    # ----------------------------------------------------------------- rows
+    def _rows(self, split: int, block: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One block: (dense latent [R, D], lengths [R, F], ids (row-major), uniforms [R])."""
+        cfg = self.cfg
+        R, F = cfg.block_rows, cfg.num_sparse
+        g = torch.Generator().manual_seed(_block_seed(self.seed, split, block))
+        z = torch.randn(R, cfg.num_dense, generator=g)
+        pool = torch.tensor(self.pooling)
+        lengths = (torch.rand(R, F, generator=g) * pool).floor().long() + 1
+        lengths = torch.minimum(lengths, pool)
+        flat_len = lengths.flatten()
+        feat = torch.arange(F).repeat(R)
+        if max(self.pooling) > 1:
+            feat = feat.repeat_interleave(flat_len)
+        u = torch.rand(feat.numel(), generator=g, dtype=torch.float64)
+        n = self._n[feat].double()
+        s = 1.0 - cfg.zipf_exponent
+        rank = ((n.pow(s) - 1.0) * u + 1.0).pow(1.0 / s).floor().long() - 1
+        rank = torch.minimum(rank.clamp_min(0), self._n[feat] - 1)
+        ids = (rank * _PERM_PRIME + self._offsets[feat]) % self._n[feat]
+        return z, lengths, ids, torch.rand(R, generator=g)
+
+    def _logits(self, z: torch.Tensor, lengths: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Oracle logit of each row, before scaling and shifting."""
+        R, F = lengths.shape
+        cfg = self.cfg
+        one_hot = ids.numel() == R * F  # every bag holds one id: no pooling needed
+        flat_len = lengths.flatten()
+        feat = torch.arange(F).repeat(R) if one_hot else torch.arange(F).repeat(R).repeat_interleave(flat_len)
+        h = _hash32(ids * 131 + feat, salt=self.seed)
+        cluster = h % cfg.num_clusters
+        # per-id bias: Box-Muller on two hashed uniforms
+        u1 = (h.double() + 1.0) / (2.0**32 + 2.0)
+        u2 = (_hash32(h, salt=7).double() + 0.5) / 2.0**32
+        bias = (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)).float()
+        vec = self._codebook[feat, cluster]
+        if not one_hot:  # mean-pool each bag
+            bag = torch.arange(R * F).repeat_interleave(flat_len)
+            inv_len = 1.0 / flat_len.float()
+            vec = torch.zeros(R * F, cfg.latent_dim).index_add_(0, bag, vec).mul_(inv_len[:, None])
+            bias = torch.zeros(R * F).index_add_(0, bag, bias).mul_(inv_len)
+        vec = vec.view(R, F, cfg.latent_dim)
+        bias = bias.view(R, F)
+        # sum_{f,g} W_fg <v_f, v_g> without the [R, F, F] Gram matrix
+        pair = 0.5 * (vec * torch.einsum("fg,rgk->rfk", self._pair_w, vec)).sum((1, 2)) / self._pair_norm
+        dense = z @ self._dense_w / math.sqrt(cfg.num_dense)
+        cross = ((z @ self._dense_sparse_flat).view(R, F, -1) * vec).sum((1, 2))
+        return 0.5 * bias.sum(1) / math.sqrt(F) + 1.5 * pair + 0.5 * dense + cross
+
+    def _calibrate(self) -> None:
+        """Scale to ``logit_scale`` std and shift to ``positive_rate`` on a fixed sample."""
+        parts = [self._logits(*self._rows(SPLITS["train"] + 1000, b)[:3]) for b in range(max(1, 16384 // self.cfg.block_rows))]
+        raw = torch.cat(parts).double()
+        self._scale = self.cfg.logit_scale / float(raw.std().clamp_min(1e-6))
+        x = raw * self._scale
+        lo, hi = -20.0, 20.0
+        for _ in range(60):  # bisection: mean sigmoid(x + b) == positive_rate
+            mid = (lo + hi) / 2
+            if torch.sigmoid(x + mid).mean() < self.cfg.positive_rate:
+                lo = mid
+            else:
+                hi = mid
+        self._bias = (lo + hi) / 2
+
+    # -------------------------------------------------------------- batches
+    def num_batches(self, split: str, batch_size: int) -> Optional[int]:
+        """Global batches in ``split`` (None for the endless train stream)."""
+        rows = self.split_rows[split]
+        return None if rows is None else rows // batch_size
+
+    def batch(self, split: str, index: int, batch_size: int, rank: int = 0, world_size: int = 1, with_oracle: bool = False) -> Batch:
+        """Rank ``rank``'s share of global batch ``index`` of ``split``.
+
+        Args:
+            split (str): "train", "val" or "test".
+            index (int): global batch index.
+            batch_size (int): global batch size (split evenly over ranks).
+            rank (int): this rank.
+            world_size (int): number of ranks.
+            with_oracle (bool): also return the oracle's probabilities (for tests/analysis).
+
+        Returns:
+            Batch: dense_features [b, D] (log1p of counts), sparse_features (KJT, b rows),
+            labels [b]; with ``with_oracle`` a tuple (Batch, probabilities).
+        """
+        local = self._local_batch_size(batch_size, world_size)
+        blocks_per_rank = local // self.cfg.block_rows
+        first = index * (batch_size // self.cfg.block_rows) + rank * blocks_per_rank
+        parts = [self._rows(SPLITS[split], first + i) for i in range(blocks_per_rank)]
+        z = torch.cat([p[0] for p in parts])
+        lengths = torch.cat([p[1] for p in parts])
+        ids = torch.cat([p[2] for p in parts])
+        u = torch.cat([p[3] for p in parts])
+        prob = torch.sigmoid(self._logits(z, lengths, ids) * self._scale + self._bias)
+        labels = (u < prob).float()
+        # Criteo-like dense input: counts from a log-normal, fed as log(1 + count).
+        dense = torch.log1p(torch.floor(torch.exp(1.2 * z + 1.0)))
+        R, F = lengths.shape
+        # row-major (row, feature) elements -> KJT's key-major layout
+        if ids.numel() == R * F:
+            values = ids.view(R, F).T.flatten()
+        else:
+            key = (torch.arange(F).repeat(R) * R + torch.arange(R).repeat_interleave(F)).repeat_interleave(lengths.flatten())
+            values = ids[torch.argsort(key, stable=True)]
+        kjt = KeyedJaggedTensor.from_lengths_sync(keys=self.sparse_names, values=values, lengths=lengths.T.flatten().int())
+        batch = Batch(dense_features=dense, sparse_features=kjt, labels=labels)
+        return (batch, prob) if with_oracle else batch
+
+    def batches(self, split: str, batch_size: int, rank: int = 0, world_size: int = 1,
+                num_batches: Optional[int] = None, start: int = 0) -> Iterator[Batch]:
+        """Stream rank ``rank``'s share of ``split`` from global batch ``start``.
+
+        Args:
+            split (str): "train" (endless unless ``num_batches``), "val" or "test".
+            batch_size (int): global batch size.
+            rank (int): this rank.
+            world_size (int): number of ranks.
+            num_batches (Optional[int]): stop after this many (default: the split's size).
+            start (int): first global batch index (to resume a stream).
+
+        Returns:
+            Iterator[Batch]: the batches.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        total = self.num_batches(split, batch_size)
+        if num_batches is not None:
+            total = num_batches if total is None else min(total, num_batches)
+        i = start
+        while total is None or i < total:
+            yield self.batch(split, i, batch_size, rank, world_size)
+            i += 1
+
+    def _local_batch_size(self, batch_size: int, world_size: int) -> int:
+        local = batch_size // world_size
+        if batch_size % world_size or local % self.cfg.block_rows:
+            raise ValueError(
+                f"data.batch_size={batch_size} must split over {world_size} rank(s) into a multiple of "
+                f"data.synthetic.block_rows={self.cfg.block_rows} rows per rank; pick a batch size that is a "
+                f"multiple of {world_size * self.cfg.block_rows}"
+            )
+        return local

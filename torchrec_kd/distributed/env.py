@@ -1,0 +1,77 @@
+"""Process-group set-up shared by every command.
+
+Under ``torchrun`` the usual env vars (RANK, WORLD_SIZE, MASTER_ADDR…) are set; run
+directly, a one-process group is created so the code path is the same. The backend
+is nccl when CUDA is available (one GPU per local rank) and gloo otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from torchrec_kd.config import DistributedConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, which writes files and shows progress."""
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(cfg: DistributedConfig) -> DistEnv:
+    """Create (or reuse) the default process group.
+
+    Args:
+        cfg (DistributedConfig): backend choice and collective timeout.
+
+    Returns:
+        DistEnv: rank, world size and the device this rank computes on.
+    """
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = cfg.backend
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=cfg.timeout_s))
+    env = DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
+    logger.info("rank %d/%d on %s (%s)", env.rank, env.world_size, env.device, backend)
+    return env
+
+
+def shutdown_distributed() -> None:
+    """Destroy the default process group if this process made one."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

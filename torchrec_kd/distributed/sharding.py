@@ -1,0 +1,134 @@
+"""Shard a model with TorchRec's planner and build its optimizers.
+
+Sharding is applied from outside the model: the caller builds it on ``meta``, marks
+which tables train (row-wise Adagrad fused into the backward) and which are frozen,
+and :func:`shard` returns a ``DistributedModelParallel``. Frozen tables get the
+non-fused ``dense`` compute kernel: their weights are ordinary parameters with
+``requires_grad=False``, so unlike fused tables they have no optimizer and no
+optimizer state at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Dict, List, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.model_parallel import DistributedModelParallel, get_default_sharders
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.types import ShardingPlan, ShardingType
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+from torchrec_kd.config import ShardingConfig, TrainConfig
+from torchrec_kd.distributed.env import DistEnv
+
+logger = logging.getLogger(__name__)
+
+SHARDING_TYPES = {
+    "table_wise": ShardingType.TABLE_WISE.value,
+    "row_wise": ShardingType.ROW_WISE.value,
+    "column_wise": ShardingType.COLUMN_WISE.value,
+    "table_row_wise": ShardingType.TABLE_ROW_WISE.value,
+    "data_parallel": ShardingType.DATA_PARALLEL.value,
+}
+
+
+def planner_constraints(sharding: ShardingConfig, tables: Sequence[EmbeddingBagConfig],
+                        frozen: bool = False) -> Dict[str, ParameterConstraints]:
+    """Planner constraints for ``tables`` from the config.
+
+    Args:
+        sharding (ShardingConfig): default and per-table sharding types.
+        tables (Sequence[EmbeddingBagConfig]): the tables to constrain.
+        frozen (bool): give these tables the non-fused ``dense`` kernel (no optimizer).
+
+    Returns:
+        Dict[str, ParameterConstraints]: keyed by table name.
+
+    Raises:
+        ValueError: a per-table entry names a table that does not exist.
+    """
+    names = {t.name for t in tables}
+    out: Dict[str, ParameterConstraints] = {}
+    for t in tables:
+        kind = sharding.tables.get(t.name, sharding.default)
+        if kind is None and not frozen:
+            continue
+        out[t.name] = ParameterConstraints(
+            sharding_types=[SHARDING_TYPES[kind]] if kind else None,
+            compute_kernels=[EmbeddingComputeKernel.DENSE.value] if frozen else None,
+        )
+    return out
+
+
+def check_table_names(sharding: ShardingConfig, tables: Sequence[EmbeddingBagConfig], where: str = "sharding.tables") -> None:
+    """Fail early when a per-table sharding entry names no known table."""
+    names = sorted(t.name for t in tables)
+    unknown = sorted(set(sharding.tables) - set(names))
+    if unknown:
+        raise ValueError(f"{where}: unknown table(s) {unknown}; tables are {names[:6]}{'…' if len(names) > 6 else ''}")
+
+
+def add_fused_embedding_optimizer(module: nn.Module, cfg: TrainConfig) -> None:
+    """Fuse row-wise Adagrad into the backward of every embedding table under ``module``."""
+    params = [p for n, p in module.named_parameters() if "embedding_bags" in n]
+    apply_optimizer_in_backward(RowWiseAdagrad, params, {"lr": cfg.embedding_lr, "eps": cfg.eps})
+
+
+def shard(module: nn.Module, env: DistEnv, local_batch_size: int,
+          constraints: Dict[str, ParameterConstraints]) -> DistributedModelParallel:
+    """Plan with TorchRec's planner (same plan on every rank) and wrap in DMP.
+
+    Args:
+        module (nn.Module): the model, usually on ``meta``.
+        env (DistEnv): ranks and device.
+        local_batch_size (int): per-rank batch size (the planner's cost model uses it).
+        constraints (Dict[str, ParameterConstraints]): per-table constraints.
+
+    Returns:
+        DistributedModelParallel: the sharded model, materialised on ``env.device``.
+    """
+    topology = Topology(world_size=env.world_size, compute_device=env.device.type,
+                        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size)))
+    planner = EmbeddingShardingPlanner(topology=topology, batch_size=local_batch_size, constraints=constraints, debug=False)
+    sharders = get_default_sharders()
+    plan: ShardingPlan = planner.collective_plan(module, sharders, dist.GroupMember.WORLD)
+    if env.is_main:
+        logger.info("sharding plan:\n%s", plan)
+    return DistributedModelParallel(module=module, device=env.device, plan=plan, sharders=sharders)
+
+
+def build_optimizer(model: DistributedModelParallel, cfg: TrainConfig) -> CombinedOptimizer:
+    """The fused embedding optimizer combined with Adagrad over trainable dense parameters.
+
+    Args:
+        model (DistributedModelParallel): the sharded model.
+        cfg (TrainConfig): learning rates.
+
+    Returns:
+        CombinedOptimizer: what ``TrainPipelineSparseDist`` steps.
+    """
+    dense = {n: p for n, p in in_backward_optimizer_filter(model.named_parameters(), include=False) if p.requires_grad}
+    dense_opt = KeyedOptimizerWrapper(dense, lambda ps: torch.optim.Adagrad(ps, lr=cfg.dense_lr, eps=cfg.eps))
+    return CombinedOptimizer([model.fused_optimizer, dense_opt])
+
+
+def tables_per_rank(plan: ShardingPlan, world_size: int) -> List[List[str]]:
+    """Names of the tables with a shard on each rank (to check the plan uses every rank)."""
+    out: List[List[str]] = [[] for _ in range(world_size)]
+    for module_plan in plan.plan.values():
+        for table, ps in module_plan.items():  # type: ignore[union-attr]
+            ranks = ps.ranks or []
+            for r in ranks:
+                if table not in out[r]:
+                    out[r].append(table)
+    return out

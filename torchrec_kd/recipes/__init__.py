@@ -1,0 +1,1 @@
+"""Recipes: setup -> train -> evaluate -> save, one class per job."""

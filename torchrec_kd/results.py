@@ -1,0 +1,51 @@
+"""``metrics.json`` (one entry per model) and a table a person can read."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict
+
+METRICS_FILE = "metrics.json"
+FIELDS = ("auc", "ne", "logloss", "params", "embedding_bytes", "train_samples_per_s")
+
+
+def update_metrics(out_dir: Path, model_name: str, entry: Dict[str, Any]) -> Dict[str, Any]:
+    """Merge ``entry`` under ``model_name`` into ``out_dir/metrics.json`` atomically.
+
+    Args:
+        out_dir (Path): the run's output directory.
+        model_name (str): top-level key (``teacher``, ``student``, ``distilled``…).
+        entry (Dict[str, Any]): its numbers.
+
+    Returns:
+        Dict[str, Any]: the whole file's content after the merge.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    f = out_dir / METRICS_FILE
+    data = json.loads(f.read_text()) if f.is_file() else {}
+    data[model_name] = entry
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".metrics.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+    os.replace(tmp, f)
+    return data
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.4f}" if abs(v) < 100 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return "" if v is None else str(v)
+
+
+def metrics_table(data: Dict[str, Dict[str, Any]]) -> str:
+    """A markdown table: one row per model, the standard fields as columns."""
+    head = "| model | " + " | ".join(FIELDS) + " |"
+    sep = "|---" * (len(FIELDS) + 1) + "|"
+    rows = [f"| {name} | " + " | ".join(_fmt(e.get(k)) for k in FIELDS) + " |" for name, e in data.items()]
+    return "\n".join([head, sep, *rows])

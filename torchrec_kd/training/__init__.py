@@ -1,0 +1,1 @@
+"""Training loop and evaluation on top of TorchRec's train pipeline and metrics."""
