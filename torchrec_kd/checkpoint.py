@@ -62,3 +62,25 @@ def load_module(model: nn.Module, path: Path, model_prefix: str = "", ckpt_prefi
     dcp.load(wanted, checkpoint_id=str(Path(path) / MODEL_DIR))
     loaded = {model_prefix + k[len(ckpt_prefix):]: v for k, v in wanted.items()}
     model.load_state_dict(loaded, strict=False)
+
+
+def load_full_state_dict(path: Path) -> Dict[str, Any]:
+    """Every tensor of a checkpoint, unsharded, in this process (no process group needed).
+
+    Meant for inspection, tests and export of models that fit in memory.
+
+    Args:
+        path (Path): checkpoint directory from :func:`save_model`.
+
+    Returns:
+        Dict[str, Tensor]: full tensors by key.
+    """
+    import torch
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    model_dir = str(Path(path) / MODEL_DIR)
+    metadata = dcp.FileSystemReader(model_dir).read_metadata()
+    state = {k: torch.empty(m.size, dtype=m.properties.dtype)
+             for k, m in metadata.state_dict_metadata.items() if isinstance(m, TensorStorageMetadata)}
+    dcp.load(state, checkpoint_id=model_dir, no_dist=True)
+    return state

@@ -76,14 +76,15 @@ class ModelConfig:
     table_prefix: str = "t_"
 
 
-ShardingTypeName = Literal["table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel"]
+ShardingTypeName = Literal["table_wise", "row_wise", "column_wise", "table_row_wise", "table_column_wise", "data_parallel"]
 
 
 @dataclass
 class ShardingConfig:
     """Planner constraints; tables not named are placed by TorchRec's planner."""
 
-    # Sharding type for every table (null lets the planner choose).
+    # Sharding type for every table (null lets the planner choose). row_wise and
+    # table_row_wise need CUDA in TorchRec 1.8.
     default: Optional[ShardingTypeName] = None
     # Per-table override: {table_name: sharding type}.
     tables: Dict[str, ShardingTypeName] = field(default_factory=dict)

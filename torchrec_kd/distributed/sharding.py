@@ -1,11 +1,9 @@
 """Shard a model with TorchRec's planner and build its optimizers.
 
-Sharding is applied from outside the model: the caller builds it on ``meta``, marks
-which tables train (row-wise Adagrad fused into the backward) and which are frozen,
-and :func:`shard` returns a ``DistributedModelParallel``. Frozen tables get the
-non-fused ``dense`` compute kernel: their weights are ordinary parameters with
-``requires_grad=False``, so unlike fused tables they have no optimizer and no
-optimizer state at all.
+Sharding is applied from outside the model: the caller builds it on ``meta``, fuses
+row-wise Adagrad into the backward of the tables that train, and :func:`shard`
+returns a ``DistributedModelParallel`` planned by TorchRec's planner under the
+config's constraints.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ from typing import Dict, List, Sequence
 import torch
 import torch.distributed as dist
 from torch import nn
-from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel, get_default_sharders
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import ParameterConstraints
@@ -38,44 +36,51 @@ SHARDING_TYPES = {
     "row_wise": ShardingType.ROW_WISE.value,
     "column_wise": ShardingType.COLUMN_WISE.value,
     "table_row_wise": ShardingType.TABLE_ROW_WISE.value,
+    "table_column_wise": ShardingType.TABLE_COLUMN_WISE.value,
     "data_parallel": ShardingType.DATA_PARALLEL.value,
 }
 
 
+def available_sharding_types(device_type: str) -> List[str]:
+    """Config names of the sharding types TorchRec's EBC sharder offers on ``device_type``.
+
+    On CPU TorchRec 1.8 offers table-wise, column-wise, table-column-wise and
+    data-parallel; row-wise and table-row-wise need CUDA.
+    """
+    offered = set(EmbeddingBagCollectionSharder().sharding_types(device_type))
+    return [name for name, value in SHARDING_TYPES.items() if value in offered]
+
+
 def planner_constraints(sharding: ShardingConfig, tables: Sequence[EmbeddingBagConfig],
-                        frozen: bool = False) -> Dict[str, ParameterConstraints]:
-    """Planner constraints for ``tables`` from the config.
+                        device_type: str) -> Dict[str, ParameterConstraints]:
+    """Planner constraints for ``tables`` from the ``sharding`` config section.
 
     Args:
         sharding (ShardingConfig): default and per-table sharding types.
         tables (Sequence[EmbeddingBagConfig]): the tables to constrain.
-        frozen (bool): give these tables the non-fused ``dense`` kernel (no optimizer).
+        device_type (str): "cpu" or "cuda" (which sharding types exist depends on it).
 
     Returns:
         Dict[str, ParameterConstraints]: keyed by table name.
 
     Raises:
-        ValueError: a per-table entry names a table that does not exist.
+        ValueError: a per-table entry names no known table, or a type is not offered on the device.
     """
-    names = {t.name for t in tables}
-    out: Dict[str, ParameterConstraints] = {}
-    for t in tables:
-        kind = sharding.tables.get(t.name, sharding.default)
-        if kind is None and not frozen:
-            continue
-        out[t.name] = ParameterConstraints(
-            sharding_types=[SHARDING_TYPES[kind]] if kind else None,
-            compute_kernels=[EmbeddingComputeKernel.DENSE.value] if frozen else None,
-        )
-    return out
-
-
-def check_table_names(sharding: ShardingConfig, tables: Sequence[EmbeddingBagConfig], where: str = "sharding.tables") -> None:
-    """Fail early when a per-table sharding entry names no known table."""
     names = sorted(t.name for t in tables)
     unknown = sorted(set(sharding.tables) - set(names))
     if unknown:
-        raise ValueError(f"{where}: unknown table(s) {unknown}; tables are {names[:6]}{'…' if len(names) > 6 else ''}")
+        raise ValueError(f"sharding.tables: unknown table(s) {unknown}; tables are {names[:6]}{' …' if len(names) > 6 else ''}")
+    offered = available_sharding_types(device_type)
+    out: Dict[str, ParameterConstraints] = {}
+    for t in tables:
+        kind = sharding.tables.get(t.name, sharding.default)
+        if kind is None:
+            continue
+        if kind not in offered:
+            key = f"sharding.tables.{t.name}" if t.name in sharding.tables else "sharding.default"
+            raise ValueError(f"{key}: '{kind}' is not available on {device_type} in this TorchRec; use one of {offered}")
+        out[t.name] = ParameterConstraints(sharding_types=[SHARDING_TYPES[kind]])
+    return out
 
 
 def add_fused_embedding_optimizer(module: nn.Module, cfg: TrainConfig) -> None:

@@ -21,8 +21,7 @@ from torchrec_kd.config import RunConfig, config_to_dict
 from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import DistEnv, init_distributed
 from torchrec_kd.distributed.init import init_weights
-from torchrec_kd.distributed.sharding import (add_fused_embedding_optimizer, build_optimizer, check_table_names,
-                                              planner_constraints, shard)
+from torchrec_kd.distributed.sharding import (add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard)
 from torchrec_kd.models.dlrm import build_dlrm, embedding_bytes, make_tables
 from torchrec_kd.results import metrics_table, update_metrics
 from torchrec_kd.training.evaluate import evaluate
@@ -61,10 +60,9 @@ class TrainTeacherRecipe:
         self.data = build_data(cfg.data, cfg.seed)
         self.local_batch = cfg.data.batch_size // env.world_size
         self.tables = make_tables(cfg.teacher, self.data.sparse_names, self.data.num_embeddings)
-        check_table_names(cfg.sharding, self.tables)
         module = DLRMTrain(build_dlrm(cfg.teacher, self.tables, len(self.data.dense_names)))
         add_fused_embedding_optimizer(module, cfg.train)
-        self.model = shard(module, env, self.local_batch, planner_constraints(cfg.sharding, self.tables))
+        self.model = shard(module, env, self.local_batch, planner_constraints(cfg.sharding, self.tables, env.device.type))
         init_weights(self.model, cfg.seed)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.pipeline = TrainPipelineSparseDist(self.model, self.optimizer, env.device)

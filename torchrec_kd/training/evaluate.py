@@ -72,10 +72,15 @@ def evaluate(score: Callable[[Batch], torch.Tensor], batches: Iterable[Batch], e
         labels = batch.labels.reshape(-1).float()
         module.update({"prediction": torch.sigmoid(logits), "label": labels, "weight": torch.ones_like(labels)})
         rows += labels.numel()
-    out = module.compute()
-    out = out.resolve() if hasattr(out, "resolve") else out  # torchrec may defer the result
-    result = {name: float(out[key]) for name, key in _KEYS.items()}
-    result["logloss"] *= math.log(2.0)  # torchrec reports log loss in bits; we report nats
+    out = module.compute()  # collective: every rank calls it; AUC lands on rank 0
+    result: Dict[str, float] = {}
+    if env.is_main:
+        out = out.resolve() if hasattr(out, "resolve") else out  # torchrec may defer the result
+        result = {name: float(out[key]) for name, key in _KEYS.items()}
+        result["logloss"] *= math.log(2.0)  # torchrec reports log loss in bits; we report nats
+    shared = [result]
+    dist.broadcast_object_list(shared, src=0)
+    result = shared[0]
     count = torch.tensor([rows], device=env.device)
     dist.all_reduce(count)
     result["rows"] = int(count.item())

@@ -1,0 +1,78 @@
+"""TorchX components for torchrec_kd: each launches ``python -m torchrec_kd.cli <command>``
+under torchrun via ``torchx.components.dist.ddp``.
+
+Run them by path; the scheduler picks where::
+
+    torchx run -s local_cwd components/kd.py:train_teacher -j 1x2 --config configs/dlrm_teacher_synthetic.yaml
+    torchx run -s kubernetes components/kd.py:train_teacher -j 4x8 --image <your image> --python python ...
+"""
+
+import sys
+from typing import Dict, Optional
+
+import torchx
+from torchx import specs
+from torchx.components import dist
+
+DEFAULT_CONFIG = "configs/dlrm_teacher_synthetic.yaml"
+
+
+def _launch(command: str, script_args: tuple, config: str, output_dir: Optional[str], j: str, image: str,
+            python: str, cpu: int, memMB: int, gpu: int, h: Optional[str], max_retries: int,
+            env: Optional[Dict[str, str]], name: Optional[str]) -> specs.AppDef:
+    """``dist.ddp`` running the CLI, with torchrun started as ``<python> -m torch.distributed.run``.
+
+    dist.ddp calls a bare ``torchrun`` that is only on PATH inside an activated venv;
+    running it through the interpreter works wherever that interpreter is.
+    """
+    args = [command, "--config", config]
+    if output_dir:
+        args += ["--output-dir", output_dir]
+    args += list(script_args)
+    app = dist.ddp(*args, m="torchrec_kd.cli", j=j, image=image, cpu=cpu, gpu=gpu, memMB=memMB, h=h,
+                   max_retries=max_retries, env=env, name=name or command)
+    role = app.roles[0]
+    shell, cmd = role.args
+    if not cmd.startswith("torchrun "):
+        raise RuntimeError(f"unexpected dist.ddp command: {cmd!r}")
+    role.args = [shell, f"{python} -m torch.distributed.run " + cmd[len("torchrun "):]]
+    return app
+
+
+def train_teacher(
+    *script_args: str,
+    config: str = DEFAULT_CONFIG,
+    output_dir: Optional[str] = None,
+    j: str = "1x2",
+    image: str = torchx.IMAGE,
+    python: str = sys.executable,
+    cpu: int = 2,
+    memMB: int = 8192,
+    gpu: int = 0,
+    h: Optional[str] = None,
+    max_retries: int = 0,
+    env: Optional[Dict[str, str]] = None,
+    name: Optional[str] = None,
+) -> specs.AppDef:
+    """Train the sharded DLRM teacher through TorchRec's TrainPipelineSparseDist.
+
+    Args:
+        script_args: config overrides as dotted key=value (e.g. train.steps=100)
+        config: YAML run config, relative to the job's working directory
+        output_dir: where results go (default outputs/<run_name>)
+        j: {nnodes}x{nproc_per_node}: 1x2 is two processes on one host
+        image: container image (ignored by local_cwd, which runs in this directory)
+        python: interpreter on the hosts that runs torchrun; the default is the one running torchx (right for local_cwd); use "python" for images
+        cpu: CPUs per node
+        memMB: memory per node in MB
+        gpu: GPUs per node (the job uses nccl when GPUs are present)
+        h: a registered named resource (overrides cpu/gpu/memMB)
+        max_retries: scheduler restarts on failure
+        env: extra environment variables, e.g. LOGLEVEL=INFO
+        name: job name (default: the command)
+
+    Returns:
+        specs.AppDef: the job.
+    """
+    return _launch("train-teacher", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
+                   max_retries, env, name)
