@@ -10,13 +10,13 @@ from torchrec_kd.checkpoint import load_full_state_dict, load_module, save_model
 from torchrec_kd.config import load_config
 from torchrec_kd.distributed.sharding import tables_per_rank
 from torchrec_kd.distributed.state import local_tensors
-from torchrec_kd.recipes.train_teacher import TrainTeacherRecipe
+from torchrec_kd.recipes.train_model import TrainModelRecipe
 
 STEPS = 6
 
 
 def _recipe(overrides=()):
-    r = TrainTeacherRecipe(load_config(TINY, ["train.steps=%d" % STEPS, *overrides]))
+    r = TrainModelRecipe(load_config(TINY, ["train.steps=%d" % STEPS, *overrides]))
     r.setup()
     return r
 

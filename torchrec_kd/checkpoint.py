@@ -20,16 +20,19 @@ MODEL_DIR = "model"
 META_FILE = "meta.json"
 
 
-def save_model(model: nn.Module, path: Path, meta: Dict[str, Any]) -> None:
+def save_model(model: nn.Module, path: Path, meta: Dict[str, Any], model_prefix: str = "", ckpt_prefix: str = "") -> None:
     """Save ``model.state_dict()`` (sharded) under ``path/model`` and ``meta`` as JSON.
 
     Args:
         model (nn.Module): usually a ``DistributedModelParallel``.
         path (Path): checkpoint directory (created).
         meta (Dict[str, Any]): config and facts needed to rebuild the model.
+        model_prefix (str): save only keys under it (e.g. the student of a distillation model)…
+        ckpt_prefix (str): …renamed to start with this instead (e.g. ``model.``, as ``DLRMTrain``).
     """
     path = Path(path)
-    dcp.save(model.state_dict(), checkpoint_id=str(path / MODEL_DIR))
+    state = {ckpt_prefix + k[len(model_prefix):]: v for k, v in model.state_dict().items() if k.startswith(model_prefix)}
+    dcp.save(state, checkpoint_id=str(path / MODEL_DIR))
     if dist.get_rank() == 0:
         (path / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
     dist.barrier()

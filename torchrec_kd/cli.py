@@ -34,6 +34,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="torchrec-kd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _config_parser(sub.add_parser("train-teacher", help="train the sharded DLRM teacher"))
+    _config_parser(sub.add_parser("train-student", help="train the student alone (the baseline distillation must beat)"))
+    _config_parser(sub.add_parser("distill", help="distill the trained teacher into the student"))
     args = parser.parse_args(argv)
     _setup_logging()
     overrides = list(args.overrides)
@@ -47,11 +49,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     from torchrec_kd.distributed.env import shutdown_distributed
 
     try:
-        if args.command == "train-teacher":
-            from torchrec_kd.recipes.train_teacher import run
+        if args.command in ("train-teacher", "train-student"):
+            from torchrec_kd.recipes.train_model import run
 
-            entry = run(cfg)
-            logger.info("teacher test auc %.4f ne %.4f logloss %.4f", entry["auc"], entry["ne"], entry["logloss"])
+            role = args.command.split("-")[1]
+            entry = run(cfg, role)
+            logger.info("%s test auc %.4f ne %.4f logloss %.4f", role, entry["auc"], entry["ne"], entry["logloss"])
+        elif args.command == "distill":
+            from torchrec_kd.recipes.distill import run as run_distill
+
+            entry = run_distill(cfg)
+            logger.info("distilled test auc %.4f ne %.4f logloss %.4f", entry["auc"], entry["ne"], entry["logloss"])
     finally:
         shutdown_distributed()
     return 0

@@ -104,6 +104,36 @@ class TrainConfig:
 
 
 @dataclass
+class LossTermConfig:
+    """One weighted term of the distillation objective (names from ``torchrec_kd.losses``)."""
+
+    name: str = "soft_bce"
+    weight: float = 1.0
+    # Softening temperature for soft-label terms (soft_bce, kl); ignored by others.
+    temperature: float = 1.0
+
+
+@dataclass
+class DistillConfig:
+    """What the student learns from: the teacher checkpoint and the loss mix."""
+
+    # Teacher checkpoint directory; null: <output_dir>/teacher (from train-teacher).
+    teacher_checkpoint: Optional[str] = None
+    losses: List[LossTermConfig] = field(default_factory=lambda: [
+        LossTermConfig(name="hard_bce", weight=0.5), LossTermConfig(name="soft_bce", weight=0.5, temperature=1.0)])
+
+
+@dataclass
+class QuantizeConfig:
+    """Post-training quantization of the student's embedding tables."""
+
+    # Dtypes to export and evaluate; each gives a metrics.json entry distilled_<dtype>.
+    dtypes: List[Literal["int8", "int4", "int2", "fp16"]] = field(default_factory=lambda: ["int8", "int4"])
+    # Per-table override: {table_name: dtype}; tables not named use each run's dtype.
+    tables: Dict[str, Literal["int8", "int4", "int2", "fp16"]] = field(default_factory=dict)
+
+
+@dataclass
 class DistributedConfig:
     """Process-group settings; the same code runs 1 process, N gloo ranks or N GPUs."""
 
@@ -121,6 +151,10 @@ class RunConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     teacher: ModelConfig = field(default_factory=ModelConfig)
+    student: ModelConfig = field(default_factory=lambda: ModelConfig(
+        embedding_dim=16, dense_arch_layer_sizes=[64, 16], over_arch_layer_sizes=[64, 1], table_prefix="s_"))
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
@@ -221,12 +255,17 @@ def _check_semantics(cfg: RunConfig, where: str) -> None:
     for name, sizes in [("data.synthetic.num_embeddings", syn.num_embeddings), ("data.synthetic.pooling", syn.pooling)]:
         if isinstance(sizes, list) and len(sizes) != syn.num_sparse:
             raise ConfigError(f"{where}: {name} lists {len(sizes)} values but data.synthetic.num_sparse is {syn.num_sparse}")
-    if cfg.teacher.over_arch_layer_sizes[-1:] != [1]:
-        raise ConfigError(f"{where}: teacher.over_arch_layer_sizes must end with 1 (one logit), got {cfg.teacher.over_arch_layer_sizes}")
-    if cfg.teacher.dense_arch_layer_sizes[-1] != cfg.teacher.embedding_dim:
-        raise ConfigError(
-            f"{where}: teacher.dense_arch_layer_sizes must end with teacher.embedding_dim "
-            f"({cfg.teacher.embedding_dim}) so dense and sparse features interact; got {cfg.teacher.dense_arch_layer_sizes}")
+    for role in ("teacher", "student"):
+        m: ModelConfig = getattr(cfg, role)
+        if m.over_arch_layer_sizes[-1:] != [1]:
+            raise ConfigError(f"{where}: {role}.over_arch_layer_sizes must end with 1 (one logit), got {m.over_arch_layer_sizes}")
+        if m.dense_arch_layer_sizes[-1:] != [m.embedding_dim]:
+            raise ConfigError(
+                f"{where}: {role}.dense_arch_layer_sizes must end with {role}.embedding_dim "
+                f"({m.embedding_dim}) so dense and sparse features interact; got {m.dense_arch_layer_sizes}")
+    if cfg.teacher.table_prefix == cfg.student.table_prefix:
+        raise ConfigError(f"{where}: teacher.table_prefix and student.table_prefix must differ (both '{cfg.student.table_prefix}'): "
+                          "both models share one DistributedModelParallel")
 
 
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> RunConfig:

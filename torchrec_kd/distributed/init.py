@@ -47,12 +47,16 @@ def _fan_in(name: str, tensor: torch.Tensor, shapes: Dict[str, Tuple[int, ...]])
 def init_weights(model: nn.Module, seed: int, prefix: str = "") -> None:
     """Redraw all weights under ``prefix`` deterministically, whatever the sharding.
 
+    Draws are keyed by the name *after* ``prefix``, so a sub-model gets the same
+    weights alone (``model.`` inside ``DLRMTrain``) as inside a bigger model
+    (``student.`` inside ``DistillationModel``).
+
     Args:
         model (nn.Module): a (sharded) model; its ``state_dict`` tensors are written in place.
         seed (int): the run's seed.
         prefix (str): only keys starting with it (e.g. ``"student."``).
     """
-    sd = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+    sd = {k[len(prefix):]: v for k, v in model.state_dict().items() if k.startswith(prefix)}
     shapes = {k: tuple(v.size()) for k, v in sd.items()}
     for name, t in sd.items():
         if not isinstance(t, ShardedTensor) and not torch.is_floating_point(t):

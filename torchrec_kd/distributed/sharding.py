@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -112,19 +112,23 @@ def shard(module: nn.Module, env: DistEnv, local_batch_size: int,
     return DistributedModelParallel(module=module, device=env.device, plan=plan, sharders=sharders)
 
 
-def build_optimizer(model: DistributedModelParallel, cfg: TrainConfig) -> CombinedOptimizer:
-    """The fused embedding optimizer combined with Adagrad over trainable dense parameters.
+def build_optimizer(model: DistributedModelParallel, cfg: TrainConfig, frozen_prefix: Optional[str] = None) -> CombinedOptimizer:
+    """The fused embedding optimizers combined with Adagrad over trainable dense parameters.
 
     Args:
         model (DistributedModelParallel): the sharded model.
         cfg (TrainConfig): learning rates.
+        frozen_prefix (Optional[str]): leave out the fused optimizers of modules under it
+            (the frozen teacher's tables).
 
     Returns:
         CombinedOptimizer: what ``TrainPipelineSparseDist`` steps.
     """
+    fused = [(name, opt) for name, opt in model.fused_optimizer.optimizers
+             if frozen_prefix is None or not name.startswith(frozen_prefix)]
     dense = {n: p for n, p in in_backward_optimizer_filter(model.named_parameters(), include=False) if p.requires_grad}
     dense_opt = KeyedOptimizerWrapper(dense, lambda ps: torch.optim.Adagrad(ps, lr=cfg.dense_lr, eps=cfg.eps))
-    return CombinedOptimizer([model.fused_optimizer, dense_opt])
+    return CombinedOptimizer([*fused, ("dense", dense_opt)])
 
 
 def tables_per_rank(plan: ShardingPlan, world_size: int) -> List[List[str]]:

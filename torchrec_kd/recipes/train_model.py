@@ -1,8 +1,9 @@
-"""Recipe: train a sharded DLRM teacher through ``TrainPipelineSparseDist``.
+"""Recipe: train a sharded DLRM (the teacher, or the student alone) through ``TrainPipelineSparseDist``.
 
 Example::
 
     python -m torchrec_kd.cli train-teacher --config configs/dlrm_teacher_synthetic.yaml train.steps=100
+    python -m torchrec_kd.cli train-student --config configs/dlrm_teacher_synthetic.yaml
 """
 
 from __future__ import annotations
@@ -29,24 +30,37 @@ from torchrec_kd.training.loop import TrainStats, train
 
 logger = logging.getLogger(__name__)
 
-TEACHER_CKPT = "teacher"
+ROLES = ("teacher", "student")
+MODEL_PREFIX = "model."  # DLRMTrain holds the DLRM as .model
 
 
-def count_params(tables_bytes: int, model: torch.nn.Module) -> int:
-    """Global parameter count: embedding rows from the table configs + dense parameters."""
-    dense = sum(p.numel() for n, p in model.named_parameters() if "embedding_bags" not in n)
+def count_params(tables_bytes: int, model: torch.nn.Module, prefix: str = "") -> int:
+    """Global parameter count under ``prefix``: fp32 table bytes / 4 + dense parameters.
+
+    Dense parameters are replicated, so this rank's state dict holds them whole.
+    """
+    dense = sum(v.numel() for k, v in model.state_dict().items() if k.startswith(prefix) and "embedding_bags" not in k)
     return tables_bytes // 4 + dense
 
 
-class TrainTeacherRecipe:
-    """Build, shard, train, evaluate and save a DLRM teacher.
+class TrainModelRecipe:
+    """Build, shard, train, evaluate and save one DLRM (``cfg.teacher`` or ``cfg.student``).
+
+    The student trained alone, with the same data, steps and seed as distillation,
+    is the baseline that distillation has to beat.
 
     Args:
         cfg (RunConfig): the validated run config.
+        role (str): "teacher" or "student": which model config to train; also the
+            checkpoint directory and the ``metrics.json`` key.
     """
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, role: str = "teacher") -> None:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         self.cfg = cfg
+        self.role = role
+        self.model_cfg = getattr(cfg, role)
         self.env: Optional[DistEnv] = None
         self.model: Optional[DistributedModelParallel] = None
         self.stats = TrainStats()
@@ -59,11 +73,11 @@ class TrainTeacherRecipe:
         torch.manual_seed(cfg.seed)
         self.data = build_data(cfg.data, cfg.seed)
         self.local_batch = cfg.data.batch_size // env.world_size
-        self.tables = make_tables(cfg.teacher, self.data.sparse_names, self.data.num_embeddings)
-        module = DLRMTrain(build_dlrm(cfg.teacher, self.tables, len(self.data.dense_names)))
+        self.tables = make_tables(self.model_cfg, self.data.sparse_names, self.data.num_embeddings)
+        module = DLRMTrain(build_dlrm(self.model_cfg, self.tables, len(self.data.dense_names)))
         add_fused_embedding_optimizer(module, cfg.train)
         self.model = shard(module, env, self.local_batch, planner_constraints(cfg.sharding, self.tables, env.device.type))
-        init_weights(self.model, cfg.seed)
+        init_weights(self.model, cfg.seed, prefix=MODEL_PREFIX)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.pipeline = TrainPipelineSparseDist(self.model, self.optimizer, env.device)
 
@@ -75,12 +89,12 @@ class TrainTeacherRecipe:
         self.model.train()
         batches = self.data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=cfg.train.steps)
         self.stats = train(self.pipeline, batches, cfg.train.steps, env, cfg.data.batch_size, cfg.train.log_every,
-                           cfg.train.eval_every, on_eval=lambda step: self.evaluate("val"), desc="teacher")
+                           cfg.train.eval_every, on_eval=lambda step: self.evaluate("val"), desc=self.role)
         self.pipeline.detach()
         return self.stats
 
     def evaluate(self, split: str = "test") -> Dict[str, float]:
-        """AUC / NE / log loss / calibration of the teacher on ``split``."""
+        """AUC / NE / log loss / calibration of the model on ``split``."""
         cfg, env = self.cfg, self.env
         assert env is not None and self.model is not None
         self.model.eval()
@@ -90,26 +104,26 @@ class TrainTeacherRecipe:
 
     # ------------------------------------------------------------------- save
     def save(self, metrics: Dict[str, float]) -> Dict[str, Any]:
-        """Checkpoint the teacher and merge its entry into ``metrics.json``."""
+        """Checkpoint the model and merge its entry into ``metrics.json``."""
         cfg, env = self.cfg, self.env
         assert env is not None and self.model is not None
         out = cfg.out_dir
-        meta = {"role": "teacher", "config": config_to_dict(cfg), "world_size": env.world_size,
+        meta = {"role": self.role, "config": config_to_dict(cfg), "world_size": env.world_size,
                 "tables": [t.name for t in self.tables]}
-        save_model(self.model, out / TEACHER_CKPT, meta)
+        save_model(self.model, out / self.role, meta)
         emb = embedding_bytes(self.tables)
-        entry = {**metrics, "params": count_params(emb, self.model), "embedding_bytes": emb,
+        entry = {**metrics, "params": count_params(emb, self.model, MODEL_PREFIX), "embedding_bytes": emb,
                  "train_samples_per_s": self.stats.samples_per_s, "world_size": env.world_size,
                  "steps": self.stats.steps, "loss_curve": list(zip(self.stats.loss_steps, self.stats.losses))}
         if env.is_main:
-            data = update_metrics(out, "teacher", entry)
+            data = update_metrics(out, self.role, entry)
             logger.info("wrote %s\n%s", out / "metrics.json", metrics_table(data))
         return entry
 
 
-def run(cfg: RunConfig) -> Dict[str, Any]:
-    """Train, evaluate on the test split and save a teacher. Returns its metrics entry."""
-    recipe = TrainTeacherRecipe(cfg)
+def run(cfg: RunConfig, role: str = "teacher") -> Dict[str, Any]:
+    """Train, evaluate on the test split and save the ``role`` model. Returns its metrics entry."""
+    recipe = TrainModelRecipe(cfg, role)
     recipe.setup()
     recipe.train()
     return recipe.save(recipe.evaluate("test"))

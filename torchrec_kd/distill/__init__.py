@@ -1,0 +1,1 @@
+"""Distillation: a frozen teacher and a student in one pipelined, sharded model."""

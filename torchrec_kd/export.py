@@ -1,0 +1,222 @@
+"""Save, reload and export quantized DLRMs (see :mod:`torchrec_kd.quantization`).
+
+Three formats:
+
+* :func:`save_quantized` / :func:`load_quantized`: a directory with ``weights.pt``
+  (a flat dict of plain tensors, loadable with ``torch.load(weights_only=True)``)
+  and ``quantized.json`` (caller's meta, table dtypes, how each tensor was stored).
+  Reloading rebuilds the module from code, so nothing is unpickled.
+* :func:`export_torchscript` / :func:`load_torchscript`: ``torchrec.fx`` trace then
+  ``torch.jit.script`` (scripting the eager module directly fails on TorchRec 1.8).
+* :func:`export_program` / :func:`load_program`: ``torch.export`` (``.pt2``).
+
+Example::
+
+    save_quantized(qm, out / "int4", {"model": cfg_dict, ...})
+    qm2 = load_quantized(out / "int4", lambda meta: build_dlrm(...))
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, Tuple, Type, Union
+
+import fbgemm_gpu  # noqa: F401  (registers the fbgemm ops TorchScript / pt2 graphs call)
+import torch
+import torchrec  # noqa: F401  (registers TorchRec's fx-wrapped ops)
+import torchrec.fx
+from torch import Tensor, nn
+from torchrec.models.dlrm import DLRM
+from torchrec.tensor_types import UInt2Tensor, UInt4Tensor, UIntXTensor
+
+from torchrec_kd.quantization import quantize_dlrm, row_alignment, table_dtypes
+
+WEIGHTS_FILE = "weights.pt"
+META_FILE = "quantized.json"
+FORMAT = "torchrec_kd.quantized/1"
+
+# Packed sub-byte tensor subclasses, stored as their uint8 bytes and re-wrapped on load.
+_SUBCLASSES: Dict[str, Type[UIntXTensor]] = {"UInt4Tensor": UInt4Tensor, "UInt2Tensor": UInt2Tensor}
+
+
+def _to_plain(tensor: Tensor) -> Tuple[Tensor, Dict[str, Any]]:
+    """A plain, compact tensor for ``tensor`` plus a record of how to restore it."""
+    record: Dict[str, Any] = {"subclass": None, "shape": list(tensor.shape)}
+    if isinstance(tensor, UIntXTensor):
+        record["subclass"] = type(tensor).__name__
+        tensor = tensor.view(torch.uint8)
+    # clone: quantized weights are views into one shared TBE buffer (with per-table
+    # cacheline padding); a compact copy per key keeps the file to exactly these bytes
+    # and the loaded tensors free of shared storage and offsets.
+    plain = tensor.detach().clone()
+    record["dtype"] = str(plain.dtype).removeprefix("torch.")
+    return plain, record
+
+
+def _from_plain(tensor: Tensor, record: Dict[str, Any]) -> Tensor:
+    subclass = record.get("subclass")
+    if subclass is None:
+        return tensor
+    if subclass not in _SUBCLASSES:
+        raise ValueError(f"unknown tensor subclass {subclass!r} in {META_FILE}")
+    return _SUBCLASSES[subclass](tensor)
+
+
+def save_quantized(qmodel: nn.Module, path: Union[str, Path], meta: Dict[str, Any]) -> Path:
+    """Save a quantized model as plain tensors plus a JSON description.
+
+    Args:
+        qmodel (nn.Module): a model returned by ``quantize_dlrm``.
+        path (str | Path): directory to write (created if missing).
+        meta (Dict[str, Any]): JSON-serialisable description the ``build_float``
+            callable of :func:`load_quantized` needs (model config, tables, features).
+
+    Returns:
+        Path: the directory written.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors: Dict[str, Tensor] = {}
+    records: Dict[str, Dict[str, Any]] = {}
+    for key, value in qmodel.state_dict().items():
+        tensors[key], records[key] = _to_plain(value)
+    sidecar = {
+        "format": FORMAT,
+        "meta": meta,
+        "table_dtypes": table_dtypes(qmodel),
+        "row_alignment": row_alignment(qmodel),
+        "tensors": records,
+    }
+    # Write the JSON first: json.dumps fails on non-serialisable meta before any weights land.
+    text = json.dumps(sidecar, indent=2, sort_keys=True)
+    torch.save(tensors, path / WEIGHTS_FILE)
+    (path / META_FILE).write_text(text)
+    return path
+
+
+def read_quantized_meta(path: Union[str, Path]) -> Dict[str, Any]:
+    """The JSON description written by :func:`save_quantized`.
+
+    Args:
+        path (str | Path): directory written by :func:`save_quantized`.
+
+    Returns:
+        Dict[str, Any]: keys ``meta``, ``table_dtypes``, ``row_alignment``, ``tensors``.
+    """
+    meta_file = Path(path) / META_FILE
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{meta_file} not found; is {path} a directory written by save_quantized?")
+    sidecar = json.loads(meta_file.read_text())
+    if sidecar.get("format") != FORMAT:
+        raise ValueError(f"{meta_file}: format {sidecar.get('format')!r}, expected {FORMAT!r}")
+    return sidecar
+
+
+def load_quantized(path: Union[str, Path], build_float: Callable[[Dict[str, Any]], DLRM]) -> nn.Module:
+    """Rebuild and load a model saved by :func:`save_quantized`, without unpickling objects.
+
+    Args:
+        path (str | Path): directory written by :func:`save_quantized`.
+        build_float (Callable[[dict], DLRM]): builds the float model (on CPU) from the
+            saved ``meta``; its weights are overwritten, so any initialisation works.
+
+    Returns:
+        nn.Module: the quantized model, predicting exactly as the saved one.
+
+    Raises:
+        ValueError: if the rebuilt model's tables differ from the saved ones.
+    """
+    path = Path(path)
+    sidecar = read_quantized_meta(path)
+    dtypes: Dict[str, str] = sidecar["table_dtypes"]
+    float_model = build_float(sidecar["meta"])
+    built = {t.name for t in float_model.sparse_arch.embedding_bag_collection.embedding_bag_configs()}
+    if built != set(dtypes):
+        raise ValueError(f"{path}: build_float made tables {sorted(built)} but the saved model has {sorted(dtypes)}")
+    # Quantizing with the recorded per-table dtypes gives the saved module structure;
+    # every table is named, so the default dtype is never used.
+    qmodel = quantize_dlrm(float_model, next(iter(dtypes.values())), per_table=dtypes,
+                           row_alignment=sidecar["row_alignment"], inplace=True)
+    saved = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    state = {key: _from_plain(tensor, sidecar["tensors"][key]) for key, tensor in saved.items()}
+    # strict: a missing or unexpected key means the rebuilt model is not the saved one.
+    # Quantized weights are views into fbgemm's TBE buffer, so copy_ fills the TBE.
+    qmodel.load_state_dict(state, strict=True)
+    return qmodel
+
+
+def export_torchscript(qmodel: nn.Module, path: Union[str, Path]) -> torch.jit.ScriptModule:
+    """Trace with ``torchrec.fx`` and script, then save with ``torch.jit.save``.
+
+    Args:
+        qmodel (nn.Module): a model returned by ``quantize_dlrm``.
+        path (str | Path): output file (``.pt``).
+
+    Returns:
+        torch.jit.ScriptModule: the scripted model.
+    """
+    # torch.jit.script on the eager module fails on KJT handling; TorchRec's fx tracer
+    # leaves KJT ops as wrapped calls that TorchScript accepts.
+    scripted = torch.jit.script(torchrec.fx.symbolic_trace(qmodel))
+    torch.jit.save(scripted, str(path))
+    return scripted
+
+
+def load_torchscript(path: Union[str, Path]) -> torch.jit.ScriptModule:
+    """Load a model saved by :func:`export_torchscript` (fbgemm ops are registered on import).
+
+    Args:
+        path (str | Path): file written by :func:`export_torchscript`.
+
+    Returns:
+        torch.jit.ScriptModule: called as ``m(dense, kjt) -> [B, 1]``.
+    """
+    return torch.jit.load(str(path), map_location="cpu")
+
+
+_FAKE_CLASSES_REGISTERED = False
+
+
+def _register_fake_classes() -> None:
+    # torch.export traces fbgemm's TBE, which holds script objects (fbgemm::AtomicCounter,
+    # TensorQueue) that need fake classes; once per process is enough.
+    global _FAKE_CLASSES_REGISTERED
+    if not _FAKE_CLASSES_REGISTERED:
+        from torchrec.pt2.utils import register_fake_classes
+
+        register_fake_classes()
+        _FAKE_CLASSES_REGISTERED = True
+
+
+def export_program(qmodel: nn.Module, example_inputs: Tuple[Any, ...], path: Union[str, Path]) -> torch.export.ExportedProgram:
+    """Export with ``torch.export`` (non-strict) and save as a ``.pt2`` archive.
+
+    Args:
+        qmodel (nn.Module): a model returned by ``quantize_dlrm``.
+        example_inputs (Tuple[Any, ...]): ``(dense, kjt)``; batch size and lengths are
+            traced as given.
+        path (str | Path): output file (``.pt2``).
+
+    Returns:
+        torch.export.ExportedProgram: the exported program.
+    """
+    _register_fake_classes()
+    program = torch.export.export(qmodel, tuple(example_inputs), strict=False)
+    # The example inputs hold a KeyedJaggedTensor, which torch.export.load can only
+    # restore by unpickling (weights_only=False); the program does not need them.
+    program.example_inputs = None
+    torch.export.save(program, str(path))
+    return program
+
+
+def load_program(path: Union[str, Path]) -> nn.Module:
+    """Load a program saved by :func:`export_program` as a callable module.
+
+    Args:
+        path (str | Path): file written by :func:`export_program`.
+
+    Returns:
+        nn.Module: called as ``m(dense, kjt) -> [B, 1]``.
+    """
+    return torch.export.load(str(path)).module()
