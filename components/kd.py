@@ -39,23 +39,7 @@ def _launch(command: str, script_args: tuple, config: str, output_dir: Optional[
     return app
 
 
-def train_teacher(
-    *script_args: str,
-    config: str = DEFAULT_CONFIG,
-    output_dir: Optional[str] = None,
-    j: str = "1x2",
-    image: str = torchx.IMAGE,
-    python: str = sys.executable,
-    cpu: int = 2,
-    memMB: int = 8192,
-    gpu: int = 0,
-    h: Optional[str] = None,
-    max_retries: int = 0,
-    env: Optional[Dict[str, str]] = None,
-    name: Optional[str] = None,
-) -> specs.AppDef:
-    """Train the sharded DLRM teacher through TorchRec's TrainPipelineSparseDist.
-
+_ARGS_DOC = """
     Args:
         script_args: config overrides as dotted key=value (e.g. train.steps=100)
         config: YAML run config, relative to the job's working directory
@@ -73,6 +57,87 @@ def train_teacher(
 
     Returns:
         specs.AppDef: the job.
-    """
+"""
+
+
+def train_teacher(
+    *script_args: str,
+    config: str = DEFAULT_CONFIG,
+    output_dir: Optional[str] = None,
+    j: str = "1x2",
+    image: str = torchx.IMAGE,
+    python: str = sys.executable,
+    cpu: int = 2,
+    memMB: int = 8192,
+    gpu: int = 0,
+    h: Optional[str] = None,
+    max_retries: int = 0,
+    env: Optional[Dict[str, str]] = None,
+    name: Optional[str] = None,
+) -> specs.AppDef:
     return _launch("train-teacher", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
                    max_retries, env, name)
+
+
+def train_student(
+    *script_args: str,
+    config: str = DEFAULT_CONFIG,
+    output_dir: Optional[str] = None,
+    j: str = "1x2",
+    image: str = torchx.IMAGE,
+    python: str = sys.executable,
+    cpu: int = 2,
+    memMB: int = 8192,
+    gpu: int = 0,
+    h: Optional[str] = None,
+    max_retries: int = 0,
+    env: Optional[Dict[str, str]] = None,
+    name: Optional[str] = None,
+) -> specs.AppDef:
+    return _launch("train-student", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
+                   max_retries, env, name)
+
+
+def distill(
+    *script_args: str,
+    config: str = DEFAULT_CONFIG,
+    output_dir: Optional[str] = None,
+    j: str = "1x2",
+    image: str = torchx.IMAGE,
+    python: str = sys.executable,
+    cpu: int = 2,
+    memMB: int = 8192,
+    gpu: int = 0,
+    h: Optional[str] = None,
+    max_retries: int = 0,
+    env: Optional[Dict[str, str]] = None,
+    name: Optional[str] = None,
+) -> specs.AppDef:
+    return _launch("distill", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
+                   max_retries, env, name)
+
+
+def quantize(
+    *script_args: str,
+    config: str = DEFAULT_CONFIG,
+    output_dir: Optional[str] = None,
+    j: str = "1x2",
+    image: str = torchx.IMAGE,
+    python: str = sys.executable,
+    cpu: int = 2,
+    memMB: int = 8192,
+    gpu: int = 0,
+    h: Optional[str] = None,
+    max_retries: int = 0,
+    env: Optional[Dict[str, str]] = None,
+    name: Optional[str] = None,
+) -> specs.AppDef:
+    return _launch("quantize", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
+                   max_retries, env, name)
+
+
+# TorchX renders a component's docstring as its --help; the arguments are shared.
+train_teacher.__doc__ = "Train the sharded DLRM teacher through TorchRec's TrainPipelineSparseDist.\n" + _ARGS_DOC
+train_student.__doc__ = "Train the student alone: the baseline distillation must beat.\n" + _ARGS_DOC
+distill.__doc__ = "Distill the trained teacher into the slim student inside TrainPipelineSparseDist.\n" + _ARGS_DOC
+quantize.__doc__ = "Quantize the distilled student's tables (quantize.dtypes), evaluate each, export for serving.\n" + _ARGS_DOC

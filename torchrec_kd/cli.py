@@ -36,6 +36,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     _config_parser(sub.add_parser("train-teacher", help="train the sharded DLRM teacher"))
     _config_parser(sub.add_parser("train-student", help="train the student alone (the baseline distillation must beat)"))
     _config_parser(sub.add_parser("distill", help="distill the trained teacher into the student"))
+    q = sub.add_parser("quantize", help="quantize a trained student's tables, evaluate and export")
+    _config_parser(q)
+    q.add_argument("--source", default="distilled", choices=["distilled", "student"], help="which checkpoint to quantize")
     args = parser.parse_args(argv)
     _setup_logging()
     overrides = list(args.overrides)
@@ -60,6 +63,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             entry = run_distill(cfg)
             logger.info("distilled test auc %.4f ne %.4f logloss %.4f", entry["auc"], entry["ne"], entry["logloss"])
+        elif args.command == "quantize":
+            from torchrec_kd.recipes.quantize import run as run_quantize
+
+            run_quantize(cfg, args.source)
     finally:
         shutdown_distributed()
     return 0

@@ -67,3 +67,30 @@ def build_dlrm(cfg: ModelConfig, tables: List[EmbeddingBagConfig], dense_in_feat
 def embedding_bytes(tables: Sequence[EmbeddingBagConfig], bytes_per_value: int = 4) -> int:
     """Bytes of the embedding weights at ``bytes_per_value`` per element (fp32 default)."""
     return sum(t.num_embeddings * t.embedding_dim for t in tables) * bytes_per_value
+
+
+def model_meta(cfg: ModelConfig, tables: Sequence[EmbeddingBagConfig], dense_in_features: int) -> dict:
+    """What :func:`build_dlrm_from_meta` needs to rebuild the model (JSON-serialisable)."""
+    import dataclasses
+
+    return {
+        "model": dataclasses.asdict(cfg),
+        "dense_in_features": dense_in_features,
+        "sparse_features": [t.feature_names[0] for t in tables],
+        "num_embeddings": [t.num_embeddings for t in tables],
+    }
+
+
+def build_dlrm_from_meta(meta: dict, device: torch.device = torch.device("cpu")) -> DLRM:
+    """Rebuild a model described by :func:`model_meta` (e.g. from a checkpoint's meta.json).
+
+    Args:
+        meta (dict): holds ``model``, ``dense_in_features``, ``sparse_features``, ``num_embeddings``.
+        device (torch.device): where to build it.
+
+    Returns:
+        DLRM: the model with freshly initialised weights.
+    """
+    cfg = ModelConfig(**meta["model"])
+    tables = make_tables(cfg, meta["sparse_features"], meta["num_embeddings"])
+    return build_dlrm(cfg, tables, meta["dense_in_features"], device=device)

@@ -31,7 +31,7 @@ from torchrec_kd.distributed.env import DistEnv, init_distributed
 from torchrec_kd.distributed.init import init_weights
 from torchrec_kd.distributed.sharding import add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard
 from torchrec_kd.losses import build_loss
-from torchrec_kd.models.dlrm import build_dlrm, embedding_bytes, make_tables
+from torchrec_kd.models.dlrm import build_dlrm, embedding_bytes, make_tables, model_meta
 from torchrec_kd.recipes.train_model import MODEL_PREFIX, count_params
 from torchrec_kd.results import metrics_table, update_metrics
 from torchrec_kd.training.evaluate import evaluate
@@ -137,7 +137,8 @@ class DistillRecipe:
         assert env is not None and self.model is not None
         out = cfg.out_dir
         meta = {"role": "student", "distilled_from": str(self.teacher_checkpoint), "config": config_to_dict(cfg),
-                "world_size": env.world_size, "tables": [t.name for t in self.student_tables]}
+                "world_size": env.world_size, "tables": [t.name for t in self.student_tables],
+                **model_meta(cfg.student, self.student_tables, len(self.data.dense_names))}
         save_model(self.model, out / DISTILLED, meta, model_prefix=STUDENT, ckpt_prefix=MODEL_PREFIX)
         emb = embedding_bytes(self.student_tables)
         entry = {**metrics, "params": count_params(emb, self.model, STUDENT), "embedding_bytes": emb,

@@ -23,7 +23,7 @@ from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import DistEnv, init_distributed
 from torchrec_kd.distributed.init import init_weights
 from torchrec_kd.distributed.sharding import (add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard)
-from torchrec_kd.models.dlrm import build_dlrm, embedding_bytes, make_tables
+from torchrec_kd.models.dlrm import build_dlrm, embedding_bytes, make_tables, model_meta
 from torchrec_kd.results import metrics_table, update_metrics
 from torchrec_kd.training.evaluate import evaluate
 from torchrec_kd.training.loop import TrainStats, train
@@ -109,7 +109,8 @@ class TrainModelRecipe:
         assert env is not None and self.model is not None
         out = cfg.out_dir
         meta = {"role": self.role, "config": config_to_dict(cfg), "world_size": env.world_size,
-                "tables": [t.name for t in self.tables]}
+                "tables": [t.name for t in self.tables],
+                **model_meta(self.model_cfg, self.tables, len(self.data.dense_names))}
         save_model(self.model, out / self.role, meta)
         emb = embedding_bytes(self.tables)
         entry = {**metrics, "params": count_params(emb, self.model, MODEL_PREFIX), "embedding_bytes": emb,
