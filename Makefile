@@ -23,14 +23,21 @@ $(STAMP): $(PINS)
 	$(PY) -c "import torchrec, fbgemm_gpu, torchx; print('venv ok: torchrec', torchrec.__version__)"
 	touch $(STAMP)
 
+DEMO_CONFIG ?= configs/dlrm_teacher_synthetic.yaml
+TORCHX := $(VENV)/bin/torchx run -s local_cwd
+
+# teacher -> student alone -> distilled student -> quantized students, 2 CPU ranks each
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/torchx run -s local_cwd components/kd.py:train_teacher -j 1x2 --config configs/dlrm_teacher_synthetic.yaml
+	$(TORCHX) components/kd.py:train_teacher -j 1x2 --config $(DEMO_CONFIG)
+	$(TORCHX) components/kd.py:train_student -j 1x2 --config $(DEMO_CONFIG)
+	$(TORCHX) components/kd.py:distill -j 1x2 --config $(DEMO_CONFIG)
+	$(TORCHX) components/kd.py:quantize -j 1x2 --config $(DEMO_CONFIG)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
-	$(PY) -m pytest -q benchmarks
+	$(PY) benchmarks/distillation.py
 
 clean:
 	rm -rf $(VENV) outputs

@@ -4,6 +4,9 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+import pandas as pd
+
 from tests.conftest import REPO, TINY
 
 
@@ -26,3 +29,57 @@ def test_cli_bad_config_is_a_clear_error(tmp_path):
     assert out.returncode == 2
     assert "unknown key 'embeding_dim'; did you mean 'embedding_dim'?" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Rank-sum AUC (ties ignored; scores are continuous)."""
+    order = np.argsort(scores)
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    pos = labels == 1
+    return (ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * (~pos).sum())
+
+
+def _cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "torchrec_kd.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_teacher_student_distill_quantize_chain(tmp_path):
+    common = ["--config", str(TINY), "--output-dir", str(tmp_path), "train.steps=8", "train.log_every=4"]
+    for command in ("train-teacher", "train-student", "distill"):
+        out = _cli(command, *common)
+        assert out.returncode == 0, (command, out.stderr[-3000:])
+    out = _cli("quantize", *common, "quantize.dtypes=[int8,int4]")
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"teacher", "student", "distilled", "distilled_int8", "distilled_int4"} <= metrics.keys()
+    for name in ("student", "distilled", "distilled_int8", "distilled_int4"):
+        for key in ("auc", "ne", "logloss", "params", "embedding_bytes", "train_samples_per_s"):
+            assert metrics[name][key] is not None, (name, key)
+    # student alone and distilled are the same architecture; int4 rows: 8/2 + 4 bytes, 4 tables x 1000 rows
+    assert metrics["student"]["params"] == metrics["distilled"]["params"]
+    assert metrics["distilled_int4"]["embedding_bytes"] == 4 * 1000 * (8 // 2 + 4)
+    assert metrics["distilled_int8"]["embedding_bytes"] == 4 * 1000 * (8 + 4)
+    assert abs(metrics["distilled_int8"]["auc"] - metrics["distilled"]["auc"]) < 0.01
+    assert (tmp_path / "export" / "distilled_int4" / "model.ts").is_file()
+
+    # predict with the exported int4 student: one process and two ranks write the same scores
+    model = str(tmp_path / "export" / "distilled_int4")
+    assert _cli("predict", *common, "--model", model, "--out", str(tmp_path / "p1.csv")).returncode == 0
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "torchrec_kd.cli", "predict", *common, "--model", model, "--out", str(tmp_path / "p2.csv")],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    p1, p2 = pd.read_csv(tmp_path / "p1.csv"), pd.read_csv(tmp_path / "p2.csv")
+    assert len(p1) == 1024 and p1.equals(p2)
+    auc = roc_auc(p1["probability"].to_numpy(), p1["label"].to_numpy())
+    assert abs(auc - metrics["distilled_int4"]["auc"]) < 1e-3
+
+
+def test_distill_refuses_a_mismatched_teacher(tmp_path):
+    common = ["--config", str(TINY), "--output-dir", str(tmp_path), "train.steps=2"]
+    assert _cli("train-teacher", *common).returncode == 0
+    out = _cli("distill", *common, "teacher.dense_arch_layer_sizes=[64,16]")
+    assert out.returncode != 0
+    assert "was trained with teacher dense_arch_layer_sizes=[32, 16] but this config says dense_arch_layer_sizes=[64, 16]" in out.stderr

@@ -16,6 +16,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 
+from torchrec_kd.config import ConfigError
+
 MODEL_DIR = "model"
 META_FILE = "meta.json"
 
@@ -42,7 +44,7 @@ def read_meta(path: Path) -> Dict[str, Any]:
     """The JSON written beside a checkpoint by :func:`save_model`."""
     f = Path(path) / META_FILE
     if not f.is_file():
-        raise FileNotFoundError(f"{f} not found: {path} is not a torchrec_kd checkpoint (run train-teacher first)")
+        raise ConfigError(f"{f} not found: {path} is not a torchrec_kd checkpoint (run train-teacher / train-student / distill first)")
     return json.loads(f.read_text())
 
 

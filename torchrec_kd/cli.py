@@ -1,72 +1,91 @@
 """Command line: ``python -m torchrec_kd.cli <command> --config X.yaml key=value ...``.
 
 This is what the TorchX components launch (under torchrun, one process per rank).
+Commands: ``train-teacher``, ``train-student``, ``distill``, ``quantize``, ``predict``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import List, Optional
 
-from torchrec_kd.config import ConfigError, load_config
+from torchrec_kd.config import ConfigError, RunConfig, load_config
 
 logger = logging.getLogger("torchrec_kd")
 
 
 def _setup_logging() -> None:
-    import os
-
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
-def _config_parser(p: argparse.ArgumentParser) -> None:
+def _config_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML run config (see configs/)")
     p.add_argument("--output-dir", help="where results go (default outputs/<run_name>)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100")
+    return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of ``torchrec-kd`` and ``python -m torchrec_kd.cli``."""
-    parser = argparse.ArgumentParser(prog="torchrec-kd", description=__doc__)
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="torchrec-kd", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _config_parser(sub.add_parser("train-teacher", help="train the sharded DLRM teacher"))
     _config_parser(sub.add_parser("train-student", help="train the student alone (the baseline distillation must beat)"))
     _config_parser(sub.add_parser("distill", help="distill the trained teacher into the student"))
-    q = sub.add_parser("quantize", help="quantize a trained student's tables, evaluate and export")
-    _config_parser(q)
+    q = _config_parser(sub.add_parser("quantize", help="quantize a trained student's tables, evaluate and export"))
     q.add_argument("--source", default="distilled", choices=["distilled", "student"], help="which checkpoint to quantize")
-    args = parser.parse_args(argv)
+    pr = _config_parser(sub.add_parser("predict", help="score data with an exported model, write CSV/Parquet"))
+    pr.add_argument("--model", required=True, help="exported model directory (<output_dir>/export/<name>)")
+    pr.add_argument("--split", default="test", choices=["val", "test"], help="which split of the configured data")
+    pr.add_argument("--out", required=True, help="output file (.csv, or .parquet with pyarrow installed)")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace, cfg: RunConfig) -> None:
+    if args.command in ("train-teacher", "train-student"):
+        from torchrec_kd.recipes.train_model import run
+
+        role = args.command.split("-")[1]
+        entry = run(cfg, role)
+        logger.info("%s test auc %.4f ne %.4f logloss %.4f", role, entry["auc"], entry["ne"], entry["logloss"])
+    elif args.command == "distill":
+        from torchrec_kd.recipes.distill import run as run_distill
+
+        entry = run_distill(cfg)
+        logger.info("distilled test auc %.4f ne %.4f logloss %.4f", entry["auc"], entry["ne"], entry["logloss"])
+    elif args.command == "quantize":
+        from torchrec_kd.recipes.quantize import run as run_quantize
+
+        run_quantize(cfg, args.source)
+    elif args.command == "predict":
+        from torchrec_kd.recipes.predict import run as run_predict
+
+        run_predict(cfg, args.model, args.split, args.out)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``torchrec-kd`` and ``python -m torchrec_kd.cli``.
+
+    Returns:
+        int: 0 on success, 2 on bad input (config, checkpoint, data), with the reason on stderr.
+    """
+    args = _parser().parse_args(argv)
     _setup_logging()
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     from torchrec_kd.distributed.env import shutdown_distributed
 
     try:
-        if args.command in ("train-teacher", "train-student"):
-            from torchrec_kd.recipes.train_model import run
-
-            role = args.command.split("-")[1]
-            entry = run(cfg, role)
-            logger.info("%s test auc %.4f ne %.4f logloss %.4f", role, entry["auc"], entry["ne"], entry["logloss"])
-        elif args.command == "distill":
-            from torchrec_kd.recipes.distill import run as run_distill
-
-            entry = run_distill(cfg)
-            logger.info("distilled test auc %.4f ne %.4f logloss %.4f", entry["auc"], entry["ne"], entry["logloss"])
-        elif args.command == "quantize":
-            from torchrec_kd.recipes.quantize import run as run_quantize
-
-            run_quantize(cfg, args.source)
+        _dispatch(args, load_config(args.config, overrides))
+    except ConfigError as e:  # bad input: a message that says what to do, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
         shutdown_distributed()
     return 0

@@ -43,6 +43,14 @@ class SyntheticDataConfig:
     num_clusters: int = 2048
     # Fraction of feature pairs whose latent interaction enters the oracle logit.
     interaction_density: float = 0.5
+    # Features with more rows than this interact more weakly (latent scale
+    # sqrt(interaction_vocab / rows)): their signal is mostly per-id memorisation.
+    interaction_vocab: int = 5000
+    # Relative weights of the oracle's terms (each has about unit variance before weighting).
+    bias_weight: float = 0.5
+    pair_weight: float = 1.0
+    dense_weight: float = 0.4
+    cross_weight: float = 0.3
     logit_scale: float = 2.5
     positive_rate: float = 0.25
     # Rows are generated in independently seeded blocks; batch sizes per rank must be
@@ -94,7 +102,10 @@ class ShardingConfig:
 class TrainConfig:
     """Optimisation budget and schedule."""
 
+    # Steps of the student (alone and distilled): the budget both get.
     steps: int = 600
+    # Steps of the teacher (null: ``steps``); production teachers see far more data.
+    teacher_steps: Optional[int] = None
     embedding_lr: float = 0.05
     dense_lr: float = 0.02
     eps: float = 1e-8

@@ -8,7 +8,9 @@ fixed permutation. The oracle's logit has
 * a per-id bias for every feature (what a wide model memorises),
 * latent pairwise interactions ``<v_f, v_g>`` with ``latent_dim``-wide vectors from a
   per-table codebook (what DLRM's dot interaction learns; an embedding narrower
-  than ``latent_dim`` cannot represent them all),
+  than ``latent_dim`` cannot represent them all); features with more rows than
+  ``interaction_vocab`` interact more weakly, as their ids are seen too rarely to
+  learn much more than a bias,
 * dense terms and dense×sparse interactions,
 
 scaled to ``logit_scale`` standard deviations and shifted to the target positive
@@ -85,7 +87,8 @@ class SyntheticClickLog:
         self.pooling = _per_feature(cfg.pooling, cfg.num_sparse)
         F, k, D = cfg.num_sparse, cfg.latent_dim, cfg.num_dense
         g = torch.Generator().manual_seed(_block_seed(seed, 99, 0))
-        self._codebook = torch.randn(F, cfg.num_clusters, k, generator=g) / math.sqrt(k)
+        vocab_scale = (cfg.interaction_vocab / torch.tensor(self.num_embeddings, dtype=torch.float)).sqrt().clamp(max=1.0)
+        self._codebook = torch.randn(F, cfg.num_clusters, k, generator=g) / math.sqrt(k) * vocab_scale[:, None, None]
         pair_mask = torch.rand(F, F, generator=g) < cfg.interaction_density
         pair_sign = torch.randn(F, F, generator=g)
         w = torch.triu(pair_mask * pair_sign, diagonal=1)
@@ -147,9 +150,9 @@ class SyntheticClickLog:
         pair = 0.5 * (vec * torch.matmul(self._pair_w, vec)).sum((1, 2)) / self._pair_norm * math.sqrt(cfg.latent_dim)
         dense = z @ self._dense_w / math.sqrt(cfg.num_dense)
         cross = ((z @ self._dense_sparse_flat).view(R, F, -1) * vec).sum((1, 2))
-        # each term has roughly unit variance before weighting; the latent interactions
-        # dominate so that embedding width matters
-        return 0.5 * bias.sum(1) / math.sqrt(F) + 1.0 * pair + 0.4 * dense + 0.3 * cross
+        # each term has roughly unit variance before weighting
+        return (cfg.bias_weight * bias.sum(1) / math.sqrt(F) + cfg.pair_weight * pair
+                + cfg.dense_weight * dense + cfg.cross_weight * cross)
 
     def _calibrate(self) -> None:
         """Scale to ``logit_scale`` std and shift to ``positive_rate`` on a fixed sample."""

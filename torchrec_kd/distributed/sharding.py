@@ -26,7 +26,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-from torchrec_kd.config import ShardingConfig, TrainConfig
+from torchrec_kd.config import ConfigError, ShardingConfig, TrainConfig
 from torchrec_kd.distributed.env import DistEnv
 
 logger = logging.getLogger(__name__)
@@ -64,12 +64,12 @@ def planner_constraints(sharding: ShardingConfig, tables: Sequence[EmbeddingBagC
         Dict[str, ParameterConstraints]: keyed by table name.
 
     Raises:
-        ValueError: a per-table entry names no known table, or a type is not offered on the device.
+        ConfigError: a per-table entry names no known table, or a type is not offered on the device.
     """
     names = sorted(t.name for t in tables)
     unknown = sorted(set(sharding.tables) - set(names))
     if unknown:
-        raise ValueError(f"sharding.tables: unknown table(s) {unknown}; tables are {names[:6]}{' …' if len(names) > 6 else ''}")
+        raise ConfigError(f"sharding.tables: unknown table(s) {unknown}; tables are {names[:6]}{' …' if len(names) > 6 else ''}")
     offered = available_sharding_types(device_type)
     out: Dict[str, ParameterConstraints] = {}
     for t in tables:
@@ -78,7 +78,7 @@ def planner_constraints(sharding: ShardingConfig, tables: Sequence[EmbeddingBagC
             continue
         if kind not in offered:
             key = f"sharding.tables.{t.name}" if t.name in sharding.tables else "sharding.default"
-            raise ValueError(f"{key}: '{kind}' is not available on {device_type} in this TorchRec; use one of {offered}")
+            raise ConfigError(f"{key}: '{kind}' is not available on {device_type} in this TorchRec; use one of {offered}")
         out[t.name] = ParameterConstraints(sharding_types=[SHARDING_TYPES[kind]])
     return out
 

@@ -23,7 +23,7 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from torchrec_kd.checkpoint import load_module, read_meta, save_model
-from torchrec_kd.config import ModelConfig, RunConfig, config_to_dict
+from torchrec_kd.config import ConfigError, ModelConfig, RunConfig, config_to_dict
 from torchrec_kd.data import build_data
 from torchrec_kd.distill.freeze import freeze_sharded, freeze_teacher_tables
 from torchrec_kd.distill.model import DistillationModel
@@ -52,19 +52,19 @@ def check_teacher_checkpoint(path: Path, teacher: ModelConfig, tables: List[Embe
         tables (List[EmbeddingBagConfig]): the teacher tables this run builds.
 
     Raises:
-        ValueError: naming what differs (tables or architecture fields).
+        ConfigError: naming what differs (tables or architecture fields).
     """
     meta = read_meta(path)
     if meta.get("role") != "teacher":
-        raise ValueError(f"distill.teacher_checkpoint: {path} holds a {meta.get('role')!r} model, not a teacher")
+        raise ConfigError(f"distill.teacher_checkpoint: {path} holds a {meta.get('role')!r} model, not a teacher")
     saved, wanted = meta.get("tables", []), [t.name for t in tables]
     if saved != wanted:
-        raise ValueError(f"distill.teacher_checkpoint: {path} has tables {saved[:3]}… but the teacher config builds "
+        raise ConfigError(f"distill.teacher_checkpoint: {path} has tables {saved[:3]}… but the teacher config builds "
                          f"{wanted[:3]}…; use the data/teacher config that trained it")
     saved_cfg, wanted_cfg = meta.get("config", {}).get("teacher", {}), config_to_dict(teacher)
     diff = [k for k in wanted_cfg if k in saved_cfg and saved_cfg[k] != wanted_cfg[k]]
     if diff:
-        raise ValueError(f"distill.teacher_checkpoint: {path} was trained with teacher "
+        raise ConfigError(f"distill.teacher_checkpoint: {path} was trained with teacher "
                          + ", ".join(f"{k}={saved_cfg[k]}" for k in diff) + " but this config says "
                          + ", ".join(f"{k}={wanted_cfg[k]}" for k in diff))
 
@@ -144,6 +144,7 @@ class DistillRecipe:
         entry = {**metrics, "params": count_params(emb, self.model, STUDENT), "embedding_bytes": emb,
                  "train_samples_per_s": self.stats.samples_per_s, "world_size": env.world_size,
                  "steps": self.stats.steps, "loss_curve": list(zip(self.stats.loss_steps, self.stats.losses)),
+                 "val_curve": self.stats.evals,
                  "losses": [config_to_dict(t) for t in cfg.distill.losses]}
         if env.is_main:
             data = update_metrics(out, DISTILLED, entry)

@@ -82,13 +82,20 @@ class TrainModelRecipe:
         self.pipeline = TrainPipelineSparseDist(self.model, self.optimizer, env.device)
 
     # ------------------------------------------------------------------ train
+    @property
+    def steps(self) -> int:
+        """This role's budget: ``train.teacher_steps`` for the teacher (if set), else ``train.steps``."""
+        if self.role == "teacher" and self.cfg.train.teacher_steps is not None:
+            return self.cfg.train.teacher_steps
+        return self.cfg.train.steps
+
     def train(self) -> TrainStats:
-        """Run ``train.steps`` pipelined steps on the train stream."""
+        """Run this role's pipelined steps on the train stream."""
         cfg, env = self.cfg, self.env
         assert env is not None and self.model is not None
         self.model.train()
-        batches = self.data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=cfg.train.steps)
-        self.stats = train(self.pipeline, batches, cfg.train.steps, env, cfg.data.batch_size, cfg.train.log_every,
+        batches = self.data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=self.steps)
+        self.stats = train(self.pipeline, batches, self.steps, env, cfg.data.batch_size, cfg.train.log_every,
                            cfg.train.eval_every, on_eval=lambda step: self.evaluate("val"), desc=self.role)
         self.pipeline.detach()
         return self.stats
@@ -115,7 +122,8 @@ class TrainModelRecipe:
         emb = embedding_bytes(self.tables)
         entry = {**metrics, "params": count_params(emb, self.model, MODEL_PREFIX), "embedding_bytes": emb,
                  "train_samples_per_s": self.stats.samples_per_s, "world_size": env.world_size,
-                 "steps": self.stats.steps, "loss_curve": list(zip(self.stats.loss_steps, self.stats.losses))}
+                 "steps": self.stats.steps, "loss_curve": list(zip(self.stats.loss_steps, self.stats.losses)),
+                 "val_curve": self.stats.evals}
         if env.is_main:
             data = update_metrics(out, self.role, entry)
             logger.info("wrote %s\n%s", out / "metrics.json", metrics_table(data))
