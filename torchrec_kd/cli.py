@@ -20,7 +20,8 @@ logger = logging.getLogger("torchrec_kd")
 def _setup_logging() -> None:
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
+                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        force=True)  # torchrec configures the root logger on import
 
 
 def _config_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

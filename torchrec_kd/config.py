@@ -91,8 +91,8 @@ ShardingTypeName = Literal["table_wise", "row_wise", "column_wise", "table_row_w
 class ShardingConfig:
     """Planner constraints; tables not named are placed by TorchRec's planner."""
 
-    # Sharding type for every table (null lets the planner choose). row_wise and
-    # table_row_wise need CUDA in TorchRec 1.8.
+    # Sharding type for every table (null lets the planner choose among the model-parallel
+    # types). row_wise and table_row_wise need CUDA in TorchRec 1.8.
     default: Optional[ShardingTypeName] = None
     # Per-table override: {table_name: sharding type}.
     tables: Dict[str, ShardingTypeName] = field(default_factory=dict)

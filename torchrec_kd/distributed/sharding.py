@@ -71,10 +71,15 @@ def planner_constraints(sharding: ShardingConfig, tables: Sequence[EmbeddingBagC
     if unknown:
         raise ConfigError(f"sharding.tables: unknown table(s) {unknown}; tables are {names[:6]}{' …' if len(names) > 6 else ''}")
     offered = available_sharding_types(device_type)
+    # Left to itself the planner puts small tables data-parallel, where they train through
+    # the non-fused kernel with DDP and a different optimizer path than every other table
+    # (and fbgemm warns its CPU backward there has no autograd kernel): only on request.
+    model_parallel = [SHARDING_TYPES[k] for k in offered if k != "data_parallel"]
     out: Dict[str, ParameterConstraints] = {}
     for t in tables:
         kind = sharding.tables.get(t.name, sharding.default)
         if kind is None:
+            out[t.name] = ParameterConstraints(sharding_types=model_parallel)
             continue
         if kind not in offered:
             key = f"sharding.tables.{t.name}" if t.name in sharding.tables else "sharding.default"
