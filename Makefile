@@ -1,11 +1,15 @@
 # Two commands set up and run everything on a fresh machine: `make demo`, `make test`.
+SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # The venv is rebuilt when the pins change.
 STAMP := $(VENV)/.installed
 PINS := pyproject.toml tools/fbgemm_gpu_shim/pyproject.toml
-PIP_QUIET := --quiet --disable-pip-version-check
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+# this machine's pip config lists index folders that may not exist: drop that noise
+QUIET := 2>&1 | awk '!/^WARNING: Location/' 
 
 .PHONY: venv demo test bench clean
 
@@ -14,11 +18,11 @@ venv: $(STAMP)
 $(STAMP): $(PINS)
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install $(PIP_QUIET) --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIP) --upgrade pip $(QUIET)
 	# torch first so pip takes the CPU wheel; the shim answers torchrec's `fbgemm-gpu`
 	# requirement with fbgemm-gpu-cpu, so the CUDA wheel is never pulled.
-	$(PY) -m pip install $(PIP_QUIET) torch==2.13.0 ./tools/fbgemm_gpu_shim 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -m pip install $(PIP_QUIET) -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIP) torch==2.13.0 ./tools/fbgemm_gpu_shim $(QUIET)
+	$(PIP) -e ".[test]" $(QUIET)
 	$(PY) -m pip check
 	$(PY) -c "import torchrec, fbgemm_gpu, torchx; print('venv ok: torchrec', torchrec.__version__)"
 	touch $(STAMP)
