@@ -30,12 +30,10 @@ $(STAMP): $(PINS)
 DEMO_CONFIG ?= configs/dlrm_teacher_synthetic.yaml
 TORCHX := $(VENV)/bin/torchx run -s local_cwd
 
-# teacher -> student alone -> distilled student -> quantized students, 2 CPU ranks each
+# teacher -> student alone -> distilled student -> quantized students -> report, 2 CPU
+# ranks; a second `make demo` skips the steps already done and rewrites the report
 demo: $(STAMP)
-	$(TORCHX) components/kd.py:train_teacher -j 1x2 --config $(DEMO_CONFIG)
-	$(TORCHX) components/kd.py:train_student -j 1x2 --config $(DEMO_CONFIG)
-	$(TORCHX) components/kd.py:distill -j 1x2 --config $(DEMO_CONFIG)
-	$(TORCHX) components/kd.py:quantize -j 1x2 --config $(DEMO_CONFIG)
+	$(TORCHX) components/kd.py:experiment -j 1x2 --config $(DEMO_CONFIG)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -136,8 +136,49 @@ def quantize(
                    max_retries, env, name)
 
 
+def experiment(
+    *script_args: str,
+    config: str = DEFAULT_CONFIG,
+    output_dir: Optional[str] = None,
+    j: str = "1x2",
+    image: str = torchx.IMAGE,
+    python: str = sys.executable,
+    cpu: int = 2,
+    memMB: int = 8192,
+    gpu: int = 0,
+    h: Optional[str] = None,
+    max_retries: int = 0,
+    env: Optional[Dict[str, str]] = None,
+    name: Optional[str] = None,
+) -> specs.AppDef:
+    return _launch("experiment", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
+                   max_retries, env, name)
+
+
+def report(
+    *script_args: str,
+    config: str = DEFAULT_CONFIG,
+    output_dir: Optional[str] = None,
+    j: str = "1x1",
+    image: str = torchx.IMAGE,
+    python: str = sys.executable,
+    cpu: int = 2,
+    memMB: int = 8192,
+    gpu: int = 0,
+    h: Optional[str] = None,
+    max_retries: int = 0,
+    env: Optional[Dict[str, str]] = None,
+    name: Optional[str] = None,
+) -> specs.AppDef:
+    return _launch("report", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
+                   max_retries, env, name)
+
+
 # TorchX renders a component's docstring as its --help; the arguments are shared.
 train_teacher.__doc__ = "Train the sharded DLRM teacher through TorchRec's TrainPipelineSparseDist.\n" + _ARGS_DOC
 train_student.__doc__ = "Train the student alone: the baseline distillation must beat.\n" + _ARGS_DOC
 distill.__doc__ = "Distill the trained teacher into the slim student inside TrainPipelineSparseDist.\n" + _ARGS_DOC
 quantize.__doc__ = "Quantize the distilled student's tables (quantize.dtypes), evaluate each, export for serving.\n" + _ARGS_DOC
+experiment.__doc__ = ("The whole job: teacher -> student alone -> distillation -> quantization -> report, "
+                      "skipping steps whose outputs exist.\n" + _ARGS_DOC)
+report.__doc__ = "Time every model of the run and write report.md, report.png and TensorBoard events.\n" + _ARGS_DOC

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from torchx import specs
 from torchx.runner import get_runner
 
@@ -11,22 +13,30 @@ from components import kd
 from tests.conftest import REPO, TINY
 
 
-def test_train_teacher_appdef_runs_torchrun_through_the_interpreter():
-    app = kd.train_teacher("train.steps=3", config="configs/tiny_synthetic.yaml", j="2x4", python="python3")
+COMPONENTS = {"train_teacher": "train-teacher", "train_student": "train-student", "distill": "distill",
+              "quantize": "quantize", "experiment": "experiment", "report": "report"}
+
+
+@pytest.mark.parametrize("component", sorted(COMPONENTS))
+def test_each_component_returns_an_appdef_that_runs_the_cli(component):
+    app = getattr(kd, component)("train.steps=3", config="configs/tiny_synthetic.yaml", j="2x4", python="python3",
+                                 output_dir="out", max_retries=2)
     assert isinstance(app, specs.AppDef)
     role = app.roles[0]
-    assert role.num_replicas == 2
+    assert role.num_replicas == 2 and role.max_retries == 2
     cmd = role.args[1]
     assert cmd.startswith("python3 -m torch.distributed.run ")
     assert "--nproc_per_node 4" in cmd
-    assert cmd.endswith("-m torchrec_kd.cli train-teacher --config configs/tiny_synthetic.yaml train.steps=3")
+    assert cmd.endswith(f"-m torchrec_kd.cli {COMPONENTS[component]} --config configs/tiny_synthetic.yaml "
+                        "--output-dir out train.steps=3")
+    assert "Args:" in getattr(kd, component).__doc__  # what `torchx run … --help` shows
 
 
 def test_dryrun_for_cluster_schedulers():
     for scheduler, cfg in (("local_cwd", []), ("kubernetes", ["-cfg", "queue=default"]), ("slurm", [])):
         out = subprocess.run(
             [sys.executable, "-m", "torchx.cli.main", "run", "-s", scheduler, *cfg, "--workspace", "", "--dryrun",
-             "components/kd.py:train_teacher", "-j", "2x2", "--python", "python", "--image", "torchrec_kd:latest",
+             "components/kd.py:experiment", "-j", "2x2", "--python", "python", "--image", "torchrec_kd:latest",
              "--config", "configs/tiny_synthetic.yaml"],
             cwd=REPO, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]

@@ -1,0 +1,77 @@
+"""Recipe: measure inference latency of every model of the run, then write the report.
+
+Rank 0 rebuilds each model unsharded on CPU (float checkpoints and quantized exports),
+times it at batch 1 and 1024 on test rows, merges the latencies into ``metrics.json``
+and writes ``report.md``, ``report.png`` and TensorBoard events. Other ranks wait.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+import torch
+import torch.distributed as dist
+from torchrec.datasets.utils import Batch
+
+from torchrec_kd.config import RunConfig
+from torchrec_kd.data import build_data
+from torchrec_kd.distributed.env import init_distributed
+from torchrec_kd.export import load_quantized
+from torchrec_kd.latency import latency_ms
+from torchrec_kd.models.dlrm import build_dlrm_from_meta
+from torchrec_kd.recipes.quantize import EXPORT_DIR, load_float_model
+from torchrec_kd.report import write_report
+from torchrec_kd.results import METRICS_FILE, update_metrics
+
+logger = logging.getLogger(__name__)
+LATENCY_ROWS = 1024
+
+
+def _scorer(model: torch.nn.Module) -> Callable[[Batch], torch.Tensor]:
+    return lambda b: model(b.dense_features, b.sparse_features)
+
+
+def _load(out: Path, name: str) -> torch.nn.Module:
+    export = out / EXPORT_DIR / name
+    if (export / "quantized.json").is_file():
+        return load_quantized(export, build_dlrm_from_meta).eval()
+    return load_float_model(out / name)[0]
+
+
+def run(cfg: RunConfig) -> Dict[str, Any]:
+    """Add latencies to ``metrics.json`` and write the report (rank 0).
+
+    Args:
+        cfg (RunConfig): the run (output dir, data for the timing rows).
+
+    Returns:
+        Dict[str, Any]: the metrics with latencies (on rank 0; empty elsewhere).
+    """
+    env = init_distributed(cfg.distributed)
+    out = cfg.out_dir
+    metrics: Dict[str, Any] = {}
+    if env.is_main:
+        metrics = json.loads((out / METRICS_FILE).read_text())
+        data = build_data(cfg.data, cfg.seed)
+        rows = next(iter(data.batches("test", _timing_batch(cfg), num_batches=1)))
+        for name in metrics:
+            if (out / name / "meta.json").is_file() or (out / EXPORT_DIR / name / "quantized.json").is_file():
+                lat = latency_ms(_scorer(_load(out, name)), rows, (1, LATENCY_ROWS))
+                metrics = update_metrics(out, name, {**metrics[name], **lat})
+                logger.info("%s: %s", name, ", ".join(f"{k} {v:.3f}" for k, v in lat.items()))
+        for path in write_report(metrics, out, cfg.run_name):
+            logger.info("wrote %s", path)
+        logger.info("%s", (out / "report.md").read_text())
+    dist.barrier()
+    return metrics
+
+
+def _timing_batch(cfg: RunConfig) -> int:
+    """A global batch size of at least LATENCY_ROWS rows that the data source accepts."""
+    size = cfg.data.batch_size
+    while size < LATENCY_ROWS:
+        size *= 2
+    return size
