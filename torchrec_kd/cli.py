@@ -1,7 +1,7 @@
 """Command line: ``python -m torchrec_kd.cli <command> --config X.yaml key=value ...``.
 
 This is what the TorchX components launch (under torchrun, one process per rank).
-Commands: ``train-teacher``, ``train-student``, ``distill``, ``quantize``, ``predict``.
+Commands: ``train-teacher``, ``train-student``, ``distill``, ``quantize``, ``experiment``, ``report``, ``predict``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     _config_parser(sub.add_parser("distill", help="distill the trained teacher into the student"))
     q = _config_parser(sub.add_parser("quantize", help="quantize a trained student's tables, evaluate and export"))
     q.add_argument("--source", default="distilled", choices=["distilled", "student"], help="which checkpoint to quantize")
+    _config_parser(sub.add_parser("experiment", help="teacher -> student -> distill -> quantize -> report, skipping done steps"))
+    _config_parser(sub.add_parser("report", help="time every model of the run; write report.md, report.png, TensorBoard"))
     pr = _config_parser(sub.add_parser("predict", help="score data with an exported model, write CSV/Parquet"))
     pr.add_argument("--model", required=True, help="exported model directory (<output_dir>/export/<name>)")
     pr.add_argument("--split", default="test", choices=["val", "test"], help="which split of the configured data")
@@ -63,6 +65,14 @@ def _dispatch(args: argparse.Namespace, cfg: RunConfig) -> None:
         from torchrec_kd.recipes.quantize import run as run_quantize
 
         run_quantize(cfg, args.source)
+    elif args.command == "experiment":
+        from torchrec_kd.recipes.experiment import run as run_experiment
+
+        run_experiment(cfg)
+    elif args.command == "report":
+        from torchrec_kd.recipes.report import run as run_report
+
+        run_report(cfg)
     elif args.command == "predict":
         from torchrec_kd.recipes.predict import run as run_predict
 
