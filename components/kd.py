@@ -19,7 +19,7 @@ DEFAULT_CONFIG = "configs/dlrm_teacher_synthetic.yaml"
 
 def _launch(command: str, script_args: tuple, config: str, output_dir: Optional[str], j: str, image: str,
             python: str, cpu: int, memMB: int, gpu: int, h: Optional[str], max_retries: int,
-            env: Optional[Dict[str, str]], name: Optional[str]) -> specs.AppDef:
+            env: Optional[Dict[str, str]], name: Optional[str], options: tuple = ()) -> specs.AppDef:
     """``dist.ddp`` running the CLI, with torchrun started as ``<python> -m torch.distributed.run``.
 
     dist.ddp calls a bare ``torchrun`` that is only on PATH inside an activated venv;
@@ -28,7 +28,7 @@ def _launch(command: str, script_args: tuple, config: str, output_dir: Optional[
     args = [command, "--config", config]
     if output_dir:
         args += ["--output-dir", output_dir]
-    args += list(script_args)
+    args += [*options, *script_args]
     app = dist.ddp(*args, m="torchrec_kd.cli", j=j, image=image, cpu=cpu, gpu=gpu, memMB=memMB, h=h,
                    max_retries=max_retries, env=env, name=name or command)
     role = app.roles[0]
@@ -174,6 +174,69 @@ def report(
                    max_retries, env, name)
 
 
+def export(
+    *script_args: str,
+    config: str = DEFAULT_CONFIG,
+    output_dir: Optional[str] = None,
+    source: str = "distilled",
+    j: str = "1x2",
+    image: str = torchx.IMAGE,
+    python: str = sys.executable,
+    cpu: int = 2,
+    memMB: int = 8192,
+    gpu: int = 0,
+    h: Optional[str] = None,
+    max_retries: int = 0,
+    env: Optional[Dict[str, str]] = None,
+    name: Optional[str] = None,
+) -> specs.AppDef:
+    return _launch("quantize", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
+                   max_retries, env, name or "export", ("--source", source))
+
+
+def evaluate(
+    *script_args: str,
+    source: str = "distilled",
+    split: str = "test",
+    config: str = DEFAULT_CONFIG,
+    output_dir: Optional[str] = None,
+    j: str = "1x2",
+    image: str = torchx.IMAGE,
+    python: str = sys.executable,
+    cpu: int = 2,
+    memMB: int = 8192,
+    gpu: int = 0,
+    h: Optional[str] = None,
+    max_retries: int = 0,
+    env: Optional[Dict[str, str]] = None,
+    name: Optional[str] = None,
+) -> specs.AppDef:
+    return _launch("evaluate", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
+                   max_retries, env, name, ("--source", source, "--split", split))
+
+
+def predict(
+    *script_args: str,
+    model: str = "outputs/dlrm_teacher_synthetic/export/distilled_int4",
+    out: str = "outputs/dlrm_teacher_synthetic/predictions.csv",
+    split: str = "test",
+    config: str = DEFAULT_CONFIG,
+    output_dir: Optional[str] = None,
+    j: str = "1x2",
+    image: str = torchx.IMAGE,
+    python: str = sys.executable,
+    cpu: int = 2,
+    memMB: int = 8192,
+    gpu: int = 0,
+    h: Optional[str] = None,
+    max_retries: int = 0,
+    env: Optional[Dict[str, str]] = None,
+    name: Optional[str] = None,
+) -> specs.AppDef:
+    return _launch("predict", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
+                   max_retries, env, name, ("--model", model, "--out", out, "--split", split))
+
+
 # TorchX renders a component's docstring as its --help; the arguments are shared.
 train_teacher.__doc__ = "Train the sharded DLRM teacher through TorchRec's TrainPipelineSparseDist.\n" + _ARGS_DOC
 train_student.__doc__ = "Train the student alone: the baseline distillation must beat.\n" + _ARGS_DOC
@@ -182,3 +245,12 @@ quantize.__doc__ = "Quantize the distilled student's tables (quantize.dtypes), e
 experiment.__doc__ = ("The whole job: teacher -> student alone -> distillation -> quantization -> report, "
                       "skipping steps whose outputs exist.\n" + _ARGS_DOC)
 report.__doc__ = "Time every model of the run and write report.md, report.png and TensorBoard events.\n" + _ARGS_DOC
+export.__doc__ = ("Quantize a trained student (source: distilled or student) to quantize.dtypes, evaluate and "
+                  "export each (weights.pt + quantized.json, model.ts).\n" + _ARGS_DOC.replace(
+                      "        j:", "        source: which checkpoint: distilled or student\n        j:"))
+evaluate.__doc__ = "Evaluate a saved model of the run (checkpoint or export) on a split.\n" + _ARGS_DOC.replace(
+    "        config:", "        source: teacher, student, distilled, or an export such as distilled_int4\n"
+    "        split: val or test\n        config:")
+predict.__doc__ = "Score the configured data with an exported model and write CSV (or Parquet).\n" + _ARGS_DOC.replace(
+    "        config:", "        model: exported model directory (<output_dir>/export/<name>)\n"
+    "        out: output file, .csv or .parquet\n        split: val or test\n        config:")

@@ -64,6 +64,12 @@ def test_teacher_student_distill_quantize_chain(tmp_path):
     assert abs(metrics["distilled_int8"]["auc"] - metrics["distilled"]["auc"]) < 0.01
     assert (tmp_path / "export" / "distilled_int4" / "model.ts").is_file()
 
+    # evaluate reproduces the recorded numbers, from a float checkpoint and from an export
+    for source in ("distilled", "distilled_int4"):
+        assert _cli("evaluate", *common, "--source", source).returncode == 0
+        again = json.loads((tmp_path / f"eval_{source}_test.json").read_text())
+        assert abs(again["auc"] - metrics[source]["auc"]) < 1e-6, source
+
     # predict with the exported int4 student: one process and two ranks write the same scores
     model = str(tmp_path / "export" / "distilled_int4")
     assert _cli("predict", *common, "--model", model, "--out", str(tmp_path / "p1.csv")).returncode == 0

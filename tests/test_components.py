@@ -14,21 +14,25 @@ from tests.conftest import REPO, TINY
 
 
 COMPONENTS = {"train_teacher": "train-teacher", "train_student": "train-student", "distill": "distill",
-              "quantize": "quantize", "experiment": "experiment", "report": "report"}
+              "quantize": "quantize", "experiment": "experiment", "report": "report", "export": "quantize --source distilled",
+              "evaluate": "evaluate --source distilled --split test",
+              "predict": "predict --model m --out p.csv --split test"}
 
 
 @pytest.mark.parametrize("component", sorted(COMPONENTS))
 def test_each_component_returns_an_appdef_that_runs_the_cli(component):
+    extra = {"model": "m", "out": "p.csv"} if component == "predict" else {}
     app = getattr(kd, component)("train.steps=3", config="configs/tiny_synthetic.yaml", j="2x4", python="python3",
-                                 output_dir="out", max_retries=2)
+                                 output_dir="out", max_retries=2, **extra)
     assert isinstance(app, specs.AppDef)
     role = app.roles[0]
     assert role.num_replicas == 2 and role.max_retries == 2
     cmd = role.args[1]
     assert cmd.startswith("python3 -m torch.distributed.run ")
     assert "--nproc_per_node 4" in cmd
-    assert cmd.endswith(f"-m torchrec_kd.cli {COMPONENTS[component]} --config configs/tiny_synthetic.yaml "
-                        "--output-dir out train.steps=3")
+    command, *options = COMPONENTS[component].split(" ", 1)
+    assert cmd.endswith(f"-m torchrec_kd.cli {command} --config configs/tiny_synthetic.yaml --output-dir out "
+                        + (options[0] + " " if options else "") + "train.steps=3")
     assert "Args:" in getattr(kd, component).__doc__  # what `torchx run … --help` shows
 
 

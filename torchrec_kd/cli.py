@@ -1,7 +1,7 @@
 """Command line: ``python -m torchrec_kd.cli <command> --config X.yaml key=value ...``.
 
 This is what the TorchX components launch (under torchrun, one process per rank).
-Commands: ``train-teacher``, ``train-student``, ``distill``, ``quantize``, ``experiment``, ``report``, ``predict``.
+Commands: ``train-teacher``, ``train-student``, ``distill``, ``quantize``, ``evaluate``, ``experiment``, ``report``, ``predict``.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     q = _config_parser(sub.add_parser("quantize", help="quantize a trained student's tables, evaluate and export"))
     q.add_argument("--source", default="distilled", choices=["distilled", "student"], help="which checkpoint to quantize")
     _config_parser(sub.add_parser("experiment", help="teacher -> student -> distill -> quantize -> report, skipping done steps"))
+    ev = _config_parser(sub.add_parser("evaluate", help="evaluate a saved model (checkpoint or export) of the run"))
+    ev.add_argument("--source", required=True, help="teacher, student, distilled, or an export such as distilled_int4")
+    ev.add_argument("--split", default="test", choices=["val", "test"])
     _config_parser(sub.add_parser("report", help="time every model of the run; write report.md, report.png, TensorBoard"))
     pr = _config_parser(sub.add_parser("predict", help="score data with an exported model, write CSV/Parquet"))
     pr.add_argument("--model", required=True, help="exported model directory (<output_dir>/export/<name>)")
@@ -69,6 +72,10 @@ def _dispatch(args: argparse.Namespace, cfg: RunConfig) -> None:
         from torchrec_kd.recipes.experiment import run as run_experiment
 
         run_experiment(cfg)
+    elif args.command == "evaluate":
+        from torchrec_kd.recipes.evaluate import run as run_evaluate
+
+        run_evaluate(cfg, args.source, args.split)
     elif args.command == "report":
         from torchrec_kd.recipes.report import run as run_report
 

@@ -1,0 +1,66 @@
+"""Recipe: evaluate a saved model of the run on a split, without training anything.
+
+A float checkpoint (``teacher``, ``student``, ``distilled``) is rebuilt sharded, as it
+trained, and loaded with DCP (any world size); a quantized export
+(``distilled_int4`` …) is loaded on every rank. Each rank scores its share; the
+numbers are printed and written to ``<output_dir>/eval_<source>_<split>.json``.
+
+Example::
+
+    python -m torchrec_kd.cli evaluate --config configs/dlrm_teacher_synthetic.yaml --source distilled_int4
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Dict
+
+from torchrec_kd.checkpoint import load_module, read_meta
+from torchrec_kd.config import ConfigError, RunConfig
+from torchrec_kd.data import build_data
+from torchrec_kd.distributed.env import init_distributed
+from torchrec_kd.export import load_quantized
+from torchrec_kd.models.dlrm import build_dlrm_from_meta
+from torchrec_kd.recipes.quantize import EXPORT_DIR
+from torchrec_kd.recipes.train_model import TrainModelRecipe
+from torchrec_kd.training.evaluate import evaluate
+
+logger = logging.getLogger(__name__)
+
+
+def run(cfg: RunConfig, source: str, split: str = "test") -> Dict[str, float]:
+    """Metrics of ``source`` on ``split``.
+
+    Args:
+        cfg (RunConfig): the run config (data, output dir, model shapes).
+        source (str): a checkpoint directory name or an ``export/`` name of the run.
+        split (str): "val" or "test".
+
+    Returns:
+        Dict[str, float]: auc, ne, logloss, calibration, rows.
+    """
+    out = cfg.out_dir
+    export = out / EXPORT_DIR / source
+    if (export / "quantized.json").is_file():
+        env = init_distributed(cfg.distributed)
+        data = build_data(cfg.data, cfg.seed)
+        model = load_quantized(export, build_dlrm_from_meta).eval()
+        n = data.num_batches(split, cfg.data.batch_size) or 0
+        metrics = evaluate(lambda b: model(b.dense_features, b.sparse_features).squeeze(-1),
+                           data.batches(split, cfg.data.batch_size, env.rank, env.world_size),
+                           env, cfg.data.batch_size // env.world_size, n * cfg.data.batch_size)
+    elif (out / source / "meta.json").is_file():
+        role = read_meta(out / source)["role"]
+        recipe = TrainModelRecipe(cfg, role)
+        recipe.setup()
+        load_module(recipe.model, out / source)
+        env = recipe.env
+        metrics = recipe.evaluate(split)
+    else:
+        raise ConfigError(f"--source {source}: neither {out / source}/meta.json nor {export}/quantized.json exists; "
+                          "name a checkpoint (teacher, student, distilled) or an export (distilled_int4, …) of this run")
+    if env.is_main:
+        (out / f"eval_{source}_{split}.json").write_text(json.dumps(metrics, indent=2))
+        logger.info("%s on %s: %s", source, split, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "rows"))
+    return metrics
