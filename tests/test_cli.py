@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from tests.conftest import REPO, TINY
@@ -89,3 +90,36 @@ def test_distill_refuses_a_mismatched_teacher(tmp_path):
     out = _cli("distill", *common, "teacher.dense_arch_layer_sizes=[64,16]")
     assert out.returncode != 0
     assert "was trained with teacher dense_arch_layer_sizes=[32, 16] but this config says dense_arch_layer_sizes=[64, 16]" in out.stderr
+
+
+# Each documented bad input and the words its error promises (README, "Config reference").
+BAD_INPUTS = [
+    (["teacher.embeding_dim=8"], "unknown key 'embeding_dim'; did you mean 'embedding_dim'?"),
+    (["teacher.arch=wide"], "teacher.arch: 'wide' is not accepted; use one of 'dlrm' | 'dlrm_dcn'"),
+    (["train.steps=many"], "train.steps: expected int, got 'many'"),
+    (["teacher.embedding_dim=32"], "teacher.dense_arch_layer_sizes must end with teacher.embedding_dim (32)"),
+    (["student.table_prefix=t_"], "teacher.table_prefix and student.table_prefix must differ"),
+    (["distill.losses=[{name: soft_bc}]"], "distill.losses[0].name: unknown loss 'soft_bc'; did you mean 'soft_bce'?"),
+    (["sharding.default=row_wise"], "sharding.default: 'row_wise' is not available on cpu"),
+    (["sharding.tables={t_cat_9: table_wise}"], "sharding.tables: unknown table(s) ['t_cat_9']"),
+    (["data.batch_size=100"], "data.batch_size=100 must split over 1 rank(s)"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_INPUTS, ids=[o[0] for o, _ in BAD_INPUTS])
+def test_documented_bad_inputs_give_their_error(overrides, message, capsys, tmp_path):
+    from torchrec_kd.cli import main
+
+    assert main(["train-teacher", "--config", str(TINY), "--output-dir", str(tmp_path), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err[-2000:]
+    assert "Traceback" not in err
+
+
+def test_missing_config_file_and_missing_teacher(capsys, tmp_path):
+    from torchrec_kd.cli import main
+
+    assert main(["train-teacher", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file" in capsys.readouterr().err
+    assert main(["distill", "--config", str(TINY), "--output-dir", str(tmp_path)]) == 2
+    assert "is not a torchrec_kd checkpoint (run train-teacher" in capsys.readouterr().err

@@ -274,6 +274,16 @@ def _check_semantics(cfg: RunConfig, where: str) -> None:
             raise ConfigError(
                 f"{where}: {role}.dense_arch_layer_sizes must end with {role}.embedding_dim "
                 f"({m.embedding_dim}) so dense and sparse features interact; got {m.dense_arch_layer_sizes}")
+    from torchrec_kd.losses import LOSSES  # late: the registry imports this module
+
+    for i, term in enumerate(cfg.distill.losses):
+        if term.name not in LOSSES:
+            near = difflib.get_close_matches(term.name, list(LOSSES), n=1)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            raise ConfigError(f"{where}: distill.losses[{i}].name: unknown loss '{term.name}'; {hint}"
+                              f"registered: {', '.join(sorted(LOSSES))}")
+    if not cfg.distill.losses:
+        raise ConfigError(f"{where}: distill.losses is empty; list at least one term, e.g. {{name: soft_bce, weight: 1.0}}")
     if cfg.teacher.table_prefix == cfg.student.table_prefix:
         raise ConfigError(f"{where}: teacher.table_prefix and student.table_prefix must differ (both '{cfg.student.table_prefix}'): "
                           "both models share one DistributedModelParallel")

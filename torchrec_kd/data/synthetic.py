@@ -33,7 +33,7 @@ import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_kd.config import SyntheticDataConfig
+from torchrec_kd.config import ConfigError, SyntheticDataConfig
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 _PERM_PRIME = 1_000_000_007
@@ -242,7 +242,7 @@ class SyntheticClickLog:
     def _local_batch_size(self, batch_size: int, world_size: int) -> int:
         local = batch_size // world_size
         if batch_size % world_size or local % self.cfg.block_rows:
-            raise ValueError(
+            raise ConfigError(
                 f"data.batch_size={batch_size} must split over {world_size} rank(s) into a multiple of "
                 f"data.synthetic.block_rows={self.cfg.block_rows} rows per rank; pick a batch size that is a "
                 f"multiple of {world_size * self.cfg.block_rows}"
