@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
-from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
@@ -27,15 +26,14 @@ from torchrec_kd.config import ConfigError, ModelConfig, RunConfig, config_to_di
 from torchrec_kd.data import build_data
 from torchrec_kd.distill.freeze import freeze_sharded, freeze_teacher_tables
 from torchrec_kd.distill.model import DistillationModel
-from torchrec_kd.distributed.env import DistEnv, init_distributed
+from torchrec_kd.distributed.env import init_distributed
 from torchrec_kd.distributed.init import init_weights
 from torchrec_kd.distributed.sharding import add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard
 from torchrec_kd.losses import build_loss
 from torchrec_kd.models.dlrm import build_dlrm, embedding_bytes, make_tables, model_meta
 from torchrec_kd.recipes.train_model import MODEL_PREFIX, count_params
 from torchrec_kd.results import metrics_table, update_metrics
-from torchrec_kd.training.evaluate import evaluate
-from torchrec_kd.training.loop import TrainStats, train
+from torchrec_kd.recipes.pipelined import PipelinedRecipe
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +67,7 @@ def check_teacher_checkpoint(path: Path, teacher: ModelConfig, tables: List[Embe
                          + ", ".join(f"{k}={wanted_cfg[k]}" for k in diff))
 
 
-class DistillRecipe:
+class DistillRecipe(PipelinedRecipe):
     """Distill ``cfg.teacher`` (from its checkpoint) into ``cfg.student``.
 
     Args:
@@ -77,10 +75,7 @@ class DistillRecipe:
     """
 
     def __init__(self, cfg: RunConfig) -> None:
-        self.cfg = cfg
-        self.env: Optional[DistEnv] = None
-        self.model: Optional[DistributedModelParallel] = None
-        self.stats = TrainStats()
+        super().__init__(cfg, "distill")
 
     @property
     def teacher_checkpoint(self) -> Path:
@@ -111,26 +106,6 @@ class DistillRecipe:
         self.optimizer = build_optimizer(self.model, cfg.train, frozen_prefix=TEACHER)
         self.pipeline = TrainPipelineSparseDist(self.model, self.optimizer, env.device)
 
-    def train(self) -> TrainStats:
-        """Run ``train.steps`` pipelined distillation steps."""
-        cfg, env = self.cfg, self.env
-        assert env is not None and self.model is not None
-        self.model.train()
-        batches = self.data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=cfg.train.steps)
-        self.stats = train(self.pipeline, batches, cfg.train.steps, env, cfg.data.batch_size, cfg.train.log_every,
-                           cfg.train.eval_every, on_eval=lambda step: self.evaluate("val"), desc="distill")
-        self.pipeline.detach()
-        return self.stats
-
-    def evaluate(self, split: str = "test") -> Dict[str, float]:
-        """Metrics of the distilled student on ``split``."""
-        cfg, env = self.cfg, self.env
-        assert env is not None and self.model is not None
-        self.model.eval()
-        n = self.data.num_batches(split, cfg.data.batch_size) or 0
-        batches = self.data.batches(split, cfg.data.batch_size, env.rank, env.world_size)
-        return evaluate(lambda b: self.model(b)[1][1], batches, env, self.local_batch, n * cfg.data.batch_size)
-
     def save(self, metrics: Dict[str, float]) -> Dict[str, Any]:
         """Checkpoint the student (in ``train-student``'s layout) and record its metrics."""
         cfg, env = self.cfg, self.env
@@ -141,10 +116,7 @@ class DistillRecipe:
                 **model_meta(cfg.student, self.student_tables, len(self.data.dense_names))}
         save_model(self.model, out / DISTILLED, meta, model_prefix=STUDENT, ckpt_prefix=MODEL_PREFIX)
         emb = embedding_bytes(self.student_tables)
-        entry = {**metrics, "params": count_params(emb, self.model, STUDENT), "embedding_bytes": emb,
-                 "train_samples_per_s": self.stats.samples_per_s, "world_size": env.world_size,
-                 "steps": self.stats.steps, "loss_curve": list(zip(self.stats.loss_steps, self.stats.losses)),
-                 "val_curve": self.stats.evals,
+        entry = {**self.entry(metrics, count_params(emb, self.model, STUDENT), emb),
                  "losses": [config_to_dict(t) for t in cfg.distill.losses]}
         if env.is_main:
             data = update_metrics(out, DISTILLED, entry)

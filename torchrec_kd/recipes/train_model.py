@@ -9,24 +9,21 @@ Example::
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
-from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.models.dlrm import DLRMTrain
 
 from torchrec_kd.checkpoint import save_model
 from torchrec_kd.config import RunConfig, config_to_dict
 from torchrec_kd.data import build_data
-from torchrec_kd.distributed.env import DistEnv, init_distributed
+from torchrec_kd.distributed.env import init_distributed
 from torchrec_kd.distributed.init import init_weights
 from torchrec_kd.distributed.sharding import (add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard)
 from torchrec_kd.models.dlrm import build_dlrm, embedding_bytes, make_tables, model_meta
 from torchrec_kd.results import metrics_table, update_metrics
-from torchrec_kd.training.evaluate import evaluate
-from torchrec_kd.training.loop import TrainStats, train
+from torchrec_kd.recipes.pipelined import PipelinedRecipe
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +40,7 @@ def count_params(tables_bytes: int, model: torch.nn.Module, prefix: str = "") ->
     return tables_bytes // 4 + dense
 
 
-class TrainModelRecipe:
+class TrainModelRecipe(PipelinedRecipe):
     """Build, shard, train, evaluate and save one DLRM (``cfg.teacher`` or ``cfg.student``).
 
     The student trained alone, with the same data, steps and seed as distillation,
@@ -58,12 +55,9 @@ class TrainModelRecipe:
     def __init__(self, cfg: RunConfig, role: str = "teacher") -> None:
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-        self.cfg = cfg
+        super().__init__(cfg, role)
         self.role = role
         self.model_cfg = getattr(cfg, role)
-        self.env: Optional[DistEnv] = None
-        self.model: Optional[DistributedModelParallel] = None
-        self.stats = TrainStats()
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -89,26 +83,6 @@ class TrainModelRecipe:
             return self.cfg.train.teacher_steps
         return self.cfg.train.steps
 
-    def train(self) -> TrainStats:
-        """Run this role's pipelined steps on the train stream."""
-        cfg, env = self.cfg, self.env
-        assert env is not None and self.model is not None
-        self.model.train()
-        batches = self.data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=self.steps)
-        self.stats = train(self.pipeline, batches, self.steps, env, cfg.data.batch_size, cfg.train.log_every,
-                           cfg.train.eval_every, on_eval=lambda step: self.evaluate("val"), desc=self.role)
-        self.pipeline.detach()
-        return self.stats
-
-    def evaluate(self, split: str = "test") -> Dict[str, float]:
-        """AUC / NE / log loss / calibration of the model on ``split``."""
-        cfg, env = self.cfg, self.env
-        assert env is not None and self.model is not None
-        self.model.eval()
-        n = self.data.num_batches(split, cfg.data.batch_size) or 0
-        batches = self.data.batches(split, cfg.data.batch_size, env.rank, env.world_size)
-        return evaluate(lambda b: self.model(b)[1][1], batches, env, self.local_batch, n * cfg.data.batch_size)
-
     # ------------------------------------------------------------------- save
     def save(self, metrics: Dict[str, float]) -> Dict[str, Any]:
         """Checkpoint the model and merge its entry into ``metrics.json``."""
@@ -120,10 +94,7 @@ class TrainModelRecipe:
                 **model_meta(self.model_cfg, self.tables, len(self.data.dense_names))}
         save_model(self.model, out / self.role, meta)
         emb = embedding_bytes(self.tables)
-        entry = {**metrics, "params": count_params(emb, self.model, MODEL_PREFIX), "embedding_bytes": emb,
-                 "train_samples_per_s": self.stats.samples_per_s, "world_size": env.world_size,
-                 "steps": self.stats.steps, "loss_curve": list(zip(self.stats.loss_steps, self.stats.losses)),
-                 "val_curve": self.stats.evals}
+        entry = self.entry(metrics, count_params(emb, self.model, MODEL_PREFIX), emb)
         if env.is_main:
             data = update_metrics(out, self.role, entry)
             logger.info("wrote %s\n%s", out / "metrics.json", metrics_table(data))
