@@ -31,9 +31,9 @@ from torchrec_kd.distributed.init import init_weights
 from torchrec_kd.distributed.sharding import add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard
 from torchrec_kd.losses import build_loss
 from torchrec_kd.models.dlrm import build_dlrm, embedding_bytes, make_tables, model_meta
+from torchrec_kd.recipes.pipelined import PipelinedRecipe
 from torchrec_kd.recipes.train_model import MODEL_PREFIX, count_params
 from torchrec_kd.results import metrics_table, update_metrics
-from torchrec_kd.recipes.pipelined import PipelinedRecipe
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,11 @@ def check_teacher_checkpoint(path: Path, teacher: ModelConfig, tables: List[Embe
     if saved != wanted:
         raise ConfigError(f"distill.teacher_checkpoint: {path} has tables {saved[:3]}… but the teacher config builds "
                          f"{wanted[:3]}…; use the data/teacher config that trained it")
+    saved_rows, wanted_rows = meta.get("num_embeddings"), [t.num_embeddings for t in tables]
+    if saved_rows is not None and saved_rows != wanted_rows:
+        diff = [(t.name, a, b) for t, a, b in zip(tables, saved_rows, wanted_rows) if a != b]
+        raise ConfigError(f"distill.teacher_checkpoint: {path} has table rows {diff[:3]} (table, saved, configured); "
+                          "use the data config the teacher was trained with")
     saved_cfg, wanted_cfg = meta.get("config", {}).get("teacher", {}), config_to_dict(teacher)
     diff = [k for k in wanted_cfg if k in saved_cfg and saved_cfg[k] != wanted_cfg[k]]
     if diff:
