@@ -6,6 +6,7 @@ Public API::
 """
 
 from torchrec_kd.config import ConfigError, LossTermConfig, RunConfig, load_config
+from torchrec_kd.data import build_data
 from torchrec_kd.data.synthetic import SyntheticClickLog
 from torchrec_kd.distill.freeze import freeze_teacher_tables
 from torchrec_kd.distill.model import DistillationModel
@@ -14,5 +15,5 @@ from torchrec_kd.quantization import quantize_dlrm
 
 __all__ = [
     "ConfigError", "DistillationModel", "KDLoss", "LOSSES", "LossTermConfig", "RunConfig", "SyntheticClickLog",
-    "WeightedKDLoss", "build_loss", "freeze_teacher_tables", "load_config", "quantize_dlrm", "register_loss",
+    "WeightedKDLoss", "build_data", "build_loss", "freeze_teacher_tables", "load_config", "quantize_dlrm", "register_loss",
 ]

@@ -3,7 +3,9 @@
 DCP writes each rank's shards plus global metadata, and on load reshards to
 whatever plan the loading job has: a teacher trained on 2 ranks loads on 1 or 8.
 ``load_module`` can load a checkpoint into a sub-module of a bigger model (the
-teacher inside a distillation model) by mapping key prefixes.
+teacher inside a distillation model) by mapping key prefixes. Loading never
+unpickles arbitrary objects: tensors are read with ``weights_only=True`` by DCP and
+its metadata through :class:`~torchrec_kd.safe_dcp.SafeFileSystemReader`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from torchrec_kd.config import ConfigError
+from torchrec_kd.safe_dcp import SafeFileSystemReader
 
 MODEL_DIR = "model"
 META_FILE = "meta.json"
@@ -64,7 +67,8 @@ def load_module(model: nn.Module, path: Path, model_prefix: str = "", ckpt_prefi
     wanted = {ckpt_prefix + k[len(model_prefix):]: v for k, v in full.items() if k.startswith(model_prefix)}
     if not wanted:
         raise KeyError(f"no parameters under '{model_prefix}' in the model")
-    dcp.load(wanted, checkpoint_id=str(Path(path) / MODEL_DIR))
+    model_dir = Path(path) / MODEL_DIR
+    dcp.load(wanted, storage_reader=SafeFileSystemReader(str(model_dir)))
     loaded = {model_prefix + k[len(ckpt_prefix):]: v for k, v in wanted.items()}
     model.load_state_dict(loaded, strict=False)
 
@@ -84,8 +88,8 @@ def load_full_state_dict(path: Path) -> Dict[str, Any]:
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     model_dir = str(Path(path) / MODEL_DIR)
-    metadata = dcp.FileSystemReader(model_dir).read_metadata()
+    metadata = SafeFileSystemReader(model_dir).read_metadata()
     state = {k: torch.empty(m.size, dtype=m.properties.dtype)
              for k, m in metadata.state_dict_metadata.items() if isinstance(m, TensorStorageMetadata)}
-    dcp.load(state, checkpoint_id=model_dir, no_dist=True)
+    dcp.load(state, storage_reader=SafeFileSystemReader(model_dir), no_dist=True)
     return state

@@ -1,7 +1,8 @@
 """Command line: ``python -m torchrec_kd.cli <command> --config X.yaml key=value ...``.
 
 This is what the TorchX components launch (under torchrun, one process per rank).
-Commands: ``train-teacher``, ``train-student``, ``distill``, ``quantize``, ``evaluate``, ``experiment``, ``report``, ``predict``.
+Commands: ``train-teacher``, ``train-student``, ``distill``, ``quantize``, ``evaluate``, ``experiment``, ``report``, ``predict``;
+data: ``inspect-data``, ``preprocess``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,18 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", required=True, help="exported model directory (<output_dir>/export/<name>)")
     pr.add_argument("--split", default="test", choices=["val", "test"], help="which split of the configured data")
     pr.add_argument("--out", required=True, help="output file (.csv, or .parquet with pyarrow installed)")
+    ins = _config_parser(sub.add_parser(
+        "inspect-data", help="print what a reader sees: rows, positives, bad rows, per-feature ids and bag lengths, "
+                             "dense ranges (--config optional: it gives a table schema, split specs, table sizes)"))
+    ins.add_argument("--format", required=True, choices=["criteo_tsv", "criteo_npy", "movielens", "table"])
+    ins.add_argument("--path", required=True, help="a data file or folder (a single Criteo file is read whole)")
+    ins.add_argument("--split", action="append", choices=["train", "val", "test"], help="only these splits (repeatable)")
+    ins.add_argument("--limit", type=int, help="read at most this many rows per split")
+    pp = _config_parser(sub.add_parser("preprocess", help="raw Criteo TSV -> TorchRec's .npy layout, streaming "
+                                                          "(every file named by data.criteo.train/val/test)"))
+    pp.add_argument("--out", help="output folder (default data.criteo.npy_path)")
+    pp.add_argument("--workers", type=int, default=1, help="files converted in parallel")
+    pp.add_argument("--overwrite", action="store_true", help="redo files already converted")
     return parser
 
 
@@ -84,6 +97,16 @@ def _dispatch(args: argparse.Namespace, cfg: RunConfig) -> None:
         from torchrec_kd.recipes.predict import run as run_predict
 
         run_predict(cfg, args.model, args.split, args.out)
+    elif args.command == "inspect-data":
+        from torchrec_kd.data.inspect import run_inspect
+
+        print(run_inspect(cfg, args.format, args.path, args.split, args.limit), flush=True)
+    elif args.command == "preprocess":
+        from torchrec_kd.data.preprocess import preprocess_criteo
+
+        results = preprocess_criteo(cfg.data, args.out, args.workers, args.overwrite)
+        logger.info("preprocessed %d file(s): %d rows, %d bad rows skipped", len(results),
+                    sum(r.rows for r in results), sum(r.bad_rows for r in results))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

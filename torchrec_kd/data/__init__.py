@@ -1,22 +1,55 @@
-"""Data sources that yield TorchRec's ``Batch`` (dense_features, sparse_features KJT, labels)."""
+"""Data sources that yield TorchRec's ``Batch`` (dense_features, sparse_features KJT, labels).
+
+Every source has the interface the recipes use: ``dense_names``, ``sparse_names`` (KJT
+keys), ``num_embeddings`` (rows per sparse feature's table), ``num_batches(split,
+batch_size)`` and ``batches(split, batch_size, rank, world_size, num_batches, start)``
+yielding this rank's ``batch_size // world_size`` rows of each global batch.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Union
 
 from torchrec_kd.config import DataConfig
+from torchrec_kd.data.bad_rows import BadRowLog, DataError
+from torchrec_kd.data.criteo import CriteoNpyLog, CriteoTsvLog
+from torchrec_kd.data.movielens import MovieLensClickLog
 from torchrec_kd.data.synthetic import SyntheticClickLog
+from torchrec_kd.data.table import TableClickLog
+
+ClickLog = Union[SyntheticClickLog, CriteoTsvLog, CriteoNpyLog, MovieLensClickLog, TableClickLog]
 
 
-def build_data(cfg: DataConfig, seed: int) -> SyntheticClickLog:
+def build_data(cfg: DataConfig, seed: int) -> ClickLog:
     """The data source named by ``cfg.source``.
 
     Args:
         cfg (DataConfig): the ``data`` section.
-        seed (int): the run's seed.
+        seed (int): the run's seed (synthetic rows; per-epoch shuffling of in-memory train splits).
 
     Returns:
-        SyntheticClickLog: exposes feature names, table sizes and per-rank batch streams.
+        ClickLog: exposes feature names, table sizes and per-rank batch streams.
+
+    Raises:
+        ConfigError: a missing path, file or column, an empty split, undeclared label values
+            (``DataError``, a ``ConfigError``, names the file and what was expected).
     """
+    # only rank 0 logs load summaries (bad rows, split sizes); every rank counts the same rows
+    verbose = os.environ.get("RANK", "0") == "0"
     if cfg.source == "synthetic":
         return SyntheticClickLog(cfg.synthetic, seed=seed, val_rows=cfg.val_rows, test_rows=cfg.test_rows)
-    raise ValueError(f"data.source={cfg.source!r} is not supported; use 'synthetic'")
+    if cfg.source == "criteo_tsv":
+        return CriteoTsvLog(cfg.criteo, on_bad_row=cfg.on_bad_row)
+    if cfg.source == "criteo_npy":
+        return CriteoNpyLog(cfg.criteo, on_bad_row=cfg.on_bad_row)
+    if cfg.source == "movielens":
+        return MovieLensClickLog(cfg.movielens, seed=seed, on_bad_row=cfg.on_bad_row, verbose=verbose)
+    if cfg.source == "table":
+        return TableClickLog(cfg.table, seed=seed, on_bad_row=cfg.on_bad_row, verbose=verbose)
+    raise ValueError(f"data.source={cfg.source!r} is not supported; use synthetic, criteo_tsv, criteo_npy, "
+                     "movielens or table")
 
 
-__all__ = ["SyntheticClickLog", "build_data"]
+__all__ = ["BadRowLog", "ClickLog", "CriteoNpyLog", "CriteoTsvLog", "DataError", "MovieLensClickLog",
+           "SyntheticClickLog", "TableClickLog", "build_data"]

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
-from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from torchrec_kd.checkpoint import load_module, read_meta, save_model
@@ -109,7 +108,7 @@ class DistillRecipe(PipelinedRecipe):
         init_weights(self.model, cfg.seed, prefix=STUDENT)
         load_module(self.model, self.teacher_checkpoint, model_prefix=TEACHER, ckpt_prefix=MODEL_PREFIX)
         self.optimizer = build_optimizer(self.model, cfg.train, frozen_prefix=TEACHER)
-        self.pipeline = TrainPipelineSparseDist(self.model, self.optimizer, env.device)
+        self.make_pipeline()
 
     def save(self, metrics: Dict[str, float]) -> Dict[str, Any]:
         """Checkpoint the student (in ``train-student``'s layout) and record its metrics."""

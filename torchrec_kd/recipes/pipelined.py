@@ -1,20 +1,28 @@
-"""What every pipelined recipe shares: train through the pipeline, evaluate, report an entry.
+"""What every pipelined recipe shares: train through the pipeline (resumably), evaluate,
+report an entry.
 
 Subclasses build ``env``, ``data``, ``model`` (a DMP whose forward returns
-``(loss, (loss, logits, …))``), ``pipeline`` and ``local_batch`` in ``setup()``.
+``(loss, (loss, logits, …))``), ``optimizer`` and ``local_batch`` in ``setup()`` and
+then call :meth:`make_pipeline`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, Optional
 
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from torchrec.optim.keyed import KeyedOptimizer
 
-from torchrec_kd.config import RunConfig
+from torchrec_kd.config import RunConfig, config_to_dict
 from torchrec_kd.distributed.env import DistEnv
+from torchrec_kd.training.checkpointing import TrainingCheckpointer
 from torchrec_kd.training.evaluate import evaluate
+from torchrec_kd.training.guard import NonFiniteGuard
 from torchrec_kd.training.loop import TrainStats, train
+
+TRAIN_STATE_DIR = "train_state"
 
 
 class PipelinedRecipe:
@@ -30,7 +38,9 @@ class PipelinedRecipe:
         self.name = name
         self.env: Optional[DistEnv] = None
         self.model: Optional[DistributedModelParallel] = None
+        self.optimizer: Optional[KeyedOptimizer] = None
         self.pipeline: Optional[TrainPipelineSparseDist] = None
+        self.guard: Optional[NonFiniteGuard] = None
         self.local_batch = 0
         self.stats = TrainStats()
 
@@ -39,14 +49,45 @@ class PipelinedRecipe:
         """Training steps of this recipe (``train.steps`` unless a subclass says otherwise)."""
         return self.cfg.train.steps
 
+    def make_pipeline(self) -> None:
+        """``TrainPipelineSparseDist`` over the model, with the non-finite-loss guard as its forward."""
+        assert self.env is not None and self.model is not None and self.optimizer is not None
+        self.guard = NonFiniteGuard(self.model, self.cfg.train.on_nonfinite)
+        self.pipeline = TrainPipelineSparseDist(self.model, self.optimizer, self.env.device, custom_model_fwd=self.guard)
+
+    @property
+    def checkpointer(self) -> TrainingCheckpointer:
+        """Where this recipe's resumable training state lives."""
+        return TrainingCheckpointer(self.cfg.out_dir / TRAIN_STATE_DIR / self.name, self.cfg.train.keep_checkpoints)
+
+    def _resume(self) -> int:
+        """Load the newest complete training state if there is one; return its step."""
+        ckpt = self.checkpointer
+        ckpt.clean_incomplete()
+        latest = ckpt.latest() if self.cfg.train.resume else None
+        if latest is None:
+            return 0
+        meta = ckpt.load(latest, self.model, self.optimizer)
+        self.stats = TrainStats(**meta["stats"])
+        return int(meta["step"])
+
+    def _checkpoint(self, step: int, stats: TrainStats) -> None:
+        self.checkpointer.save(self.model, self.optimizer, step,
+                               {"stats": dataclasses.asdict(stats), "config": config_to_dict(self.cfg)})
+
     def train(self) -> TrainStats:
-        """Run ``steps`` pipelined steps on the train stream, validating every ``train.eval_every``."""
+        """Run ``steps`` pipelined steps on the train stream, validating every ``train.eval_every``,
+        checkpointing every ``train.checkpoint_every`` and resuming from the newest checkpoint."""
         cfg, env = self.cfg, self.env
         assert env is not None and self.model is not None and self.pipeline is not None
+        start = self._resume()
         self.model.train()
-        batches = self.data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=self.steps)
+        batches = self.data.batches("train", cfg.data.batch_size, env.rank, env.world_size,
+                                    num_batches=self.steps, start=start)
         self.stats = train(self.pipeline, batches, self.steps, env, cfg.data.batch_size, cfg.train.log_every,
-                           cfg.train.eval_every, on_eval=lambda step: self.evaluate("val"), desc=self.name)
+                           cfg.train.eval_every, on_eval=lambda step: self.evaluate("val"), desc=self.name,
+                           start_step=start, stats=self.stats, checkpoint_every=cfg.train.checkpoint_every,
+                           on_checkpoint=self._checkpoint, guard=self.guard)
         self.pipeline.detach()  # back to the plain model for evaluation and saving
         return self.stats
 

@@ -12,7 +12,6 @@ import logging
 from typing import Any, Dict
 
 import torch
-from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.models.dlrm import DLRMTrain
 
 from torchrec_kd.checkpoint import save_model
@@ -73,7 +72,7 @@ class TrainModelRecipe(PipelinedRecipe):
         self.model = shard(module, env, self.local_batch, planner_constraints(cfg.sharding, self.tables, env.device.type))
         init_weights(self.model, cfg.seed, prefix=MODEL_PREFIX)
         self.optimizer = build_optimizer(self.model, cfg.train)
-        self.pipeline = TrainPipelineSparseDist(self.model, self.optimizer, env.device)
+        self.make_pipeline()
 
     # ------------------------------------------------------------------ train
     @property

@@ -16,6 +16,7 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
 from torchrec_kd.distributed.env import DistEnv
+from torchrec_kd.training.guard import NonFiniteGuard
 
 logger = logging.getLogger(__name__)
 
@@ -36,34 +37,46 @@ class TrainStats:
 
 def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: int, env: DistEnv,
           global_batch_size: int, log_every: int = 100, eval_every: int = 0,
-          on_eval: Optional[Callable[[int], Dict[str, float]]] = None, desc: str = "train") -> TrainStats:
-    """Run ``steps`` pipelined training steps.
+          on_eval: Optional[Callable[[int], Dict[str, float]]] = None, desc: str = "train",
+          start_step: int = 0, stats: Optional[TrainStats] = None, checkpoint_every: int = 0,
+          on_checkpoint: Optional[Callable[[int, TrainStats], None]] = None,
+          guard: Optional[NonFiniteGuard] = None) -> TrainStats:
+    """Run pipelined training steps ``start_step + 1 … steps``.
 
     Args:
         pipeline (TrainPipelineSparseDist): wraps the sharded model and optimizer.
-        batches (Iterator[Batch]): at least ``steps`` batches for this rank.
-        steps (int): number of optimizer steps.
+        batches (Iterator[Batch]): this rank's batches from global batch ``start_step`` on.
+        steps (int): total optimizer steps of the run.
         env (DistEnv): rank 0 shows the progress bar.
         global_batch_size (int): samples per step across ranks (for throughput).
         log_every (int): log the loss every N steps.
         eval_every (int): call ``on_eval(step)`` every N steps (0: never).
         on_eval (Optional[Callable]): evaluates the model (the loop detaches the pipeline around it).
         desc (str): progress-bar label.
+        start_step (int): steps already done (when resuming).
+        stats (Optional[TrainStats]): what the earlier part of a resumed run logged.
+        checkpoint_every (int): call ``on_checkpoint(step, stats)`` every N steps (0: never).
+        on_checkpoint (Optional[Callable]): saves the training state.
+        guard (Optional[NonFiniteGuard]): checked at log and checkpoint steps.
 
     Returns:
         TrainStats: throughput, logged losses and evaluations.
     """
-    stats = TrainStats()
-    bar = tqdm(total=steps, desc=desc, disable=not env.is_main, mininterval=2.0)
+    stats = stats or TrainStats()
+    bar = tqdm(total=steps, initial=start_step, desc=desc, disable=not env.is_main, mininterval=2.0)
     start = time.perf_counter()
     timed_from = None
-    eval_seconds = 0.0
-    for step in range(1, steps + 1):
+    paused_seconds = 0.0
+    first = start_step + 1
+    for step in range(first, steps + 1):
         out = pipeline.progress(batches)
-        if step == WARMUP_STEPS:
+        if step == start_step + WARMUP_STEPS:
             timed_from = time.perf_counter()
+        if guard is not None and (step % log_every == 0 or step == steps or
+                                  (checkpoint_every and step % checkpoint_every == 0)):
+            guard.check(step)
         if step % log_every == 0 or step == steps:
-            loss = float(out[0])  # the only host sync, every log_every steps
+            loss = float(out[0])  # host sync, every log_every steps only
             stats.losses.append(loss)
             stats.loss_steps.append(step)
             bar.set_postfix(loss=f"{loss:.4f}")
@@ -74,12 +87,18 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
             stats.evals.append({"step": step, **on_eval(step)})
             model.train()
             pipeline.attach(model)
-            eval_seconds += time.perf_counter() - t0
+            paused_seconds += time.perf_counter() - t0
+        if on_checkpoint is not None and checkpoint_every and step % checkpoint_every == 0 and step < steps:
+            t0 = time.perf_counter()
+            stats.steps = step
+            on_checkpoint(step, stats)
+            paused_seconds += time.perf_counter() - t0
         bar.update(1)
     bar.close()
     end = time.perf_counter()
-    timed_steps = steps - WARMUP_STEPS if timed_from is not None else steps
-    elapsed = end - (timed_from if timed_from is not None else start) - eval_seconds
+    run_steps = steps - start_step
+    timed_steps = run_steps - WARMUP_STEPS if timed_from is not None else run_steps
+    elapsed = end - (timed_from if timed_from is not None else start) - paused_seconds
     stats.steps = steps
     stats.samples_per_s = timed_steps * global_batch_size / max(elapsed, 1e-9)
     return stats

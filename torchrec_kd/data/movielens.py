@@ -1,0 +1,373 @@
+"""GroupLens MovieLens ratings as a click log (ml-100k and ml-1m folder layouts).
+
+A rating is a row; ``label = rating >= positive_threshold`` (4 by default: "liked it").
+Features (all ranks load the whole data set, a few MB, in memory):
+
+=============  ======================================================================
+sparse         ``user_id``, ``item_id`` (the raw ids), ``genres`` (multi-hot: a bag of
+               genre ids, possibly empty), ``gender``, ``age_bucket`` (the seven ml-1m
+               buckets; ml-100k ages are bucketed the same way), ``occupation``,
+               ``zip_prefix`` (first ``zip_prefix_len`` characters)
+dense          ``release_year`` ((year - 1900) / 100, 0 when unknown), ``user_count`` and
+               ``item_count`` (log(1 + ratings of the user / item in the *train* split),
+               so val and test rows leak nothing)
+=============  ======================================================================
+
+Tables are sized from the data (largest id + 1, or the vocabulary) unless
+``data.movielens.num_embeddings`` names a size; ids beyond a table are taken modulo it.
+A rating whose user or item is missing from the metadata files gets empty bags for
+that metadata (and 0 for its dense values). Layouts:
+
+* ml-100k: ``u.data`` (user ``\\t`` item ``\\t`` rating ``\\t`` timestamp), ``u.user``
+  (``id|age|gender|occupation|zip``), ``u.item`` (``id|title|release date|video date|url|``
+  19 genre flags), optional ``u.genre`` / ``u.occupation`` vocabularies; pipe-separated, latin-1.
+* ml-1m: ``ratings.dat`` (``user::item::rating::timestamp``), ``users.dat``
+  (``id::gender::age::occupation::zip``), ``movies.dat`` (``id::title (year)::A|B``).
+
+Example::
+
+    log = MovieLensClickLog(MovieLensDataConfig(path="data/ml-100k"), seed=0)
+    batch = next(iter(log.batches("train", batch_size=1024)))
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
+
+import numpy as np
+from torchrec.datasets.utils import Batch
+
+from torchrec_kd.config import ConfigError, MovieLensDataConfig
+from torchrec_kd.data.bad_rows import BadRowLog, DataError
+from torchrec_kd.data.files import listing
+from torchrec_kd.data.rows import (SPLITS, Jagged, RowBlock, check_split, epoch_shuffler, fraction_split,
+                                   indexed_batches)
+
+logger = logging.getLogger(__name__)
+
+SPARSE_NAMES = ["user_id", "item_id", "genres", "gender", "age_bucket", "occupation", "zip_prefix"]
+DENSE_NAMES = ["release_year", "user_count", "item_count"]
+# ml-1m's age codes; ml-100k ages fall into the same buckets
+AGE_BUCKETS = [1, 18, 25, 35, 45, 50, 56]
+ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+                 "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
+                 "War", "Western"]
+_YEAR = re.compile(r"\((\d{4})\)\s*$")
+T = TypeVar("T")
+
+
+@dataclass
+class Layout:
+    """File names and separators of one MovieLens release."""
+
+    name: str
+    ratings: str
+    users: str
+    items: str
+    rating_sep: str
+    meta_sep: str
+
+
+LAYOUTS = [Layout("ml-100k", "u.data", "u.user", "u.item", "\t", "|"),
+           Layout("ml-1m", "ratings.dat", "users.dat", "movies.dat", "::", "::")]
+
+
+def detect_layout(root: Path) -> Layout:
+    """The layout whose ratings file is in ``root`` (raises DataError naming what was expected)."""
+    for layout in LAYOUTS:
+        if (root / layout.ratings).is_file():
+            return layout
+    raise DataError(f"data.movielens.path={root}: no u.data (ml-100k) or ratings.dat (ml-1m) there; "
+                    f"{listing(root)}. Unpack ml-100k.zip or ml-1m.zip from grouplens.org and point at the folder")
+
+
+def read_records(path: Path, sep: str, nfields: int, log: BadRowLog, ascii_only: bool = False,
+                 parse: Optional[Callable[[List[str]], T]] = None) -> List[Tuple[int, T]]:
+    """Lines of a separated text file as (1-based line, fields or ``parse(fields)``); bad lines go to ``log``.
+
+    Lines are checked in file order, so the first bad line reported (or raised, with
+    ``on_bad_row: error``) is the first in the file.
+
+    Args:
+        path (Path): the file (latin-1, as GroupLens ships it).
+        sep (str): field separator.
+        nfields (int): fields expected per line.
+        log (BadRowLog): where bad lines are counted.
+        ascii_only (bool): bytes >= 128 make a line bad (numeric files).
+        parse (Optional[Callable]): converts the fields; a ValueError makes the line bad, its message the reason.
+
+    Returns:
+        List[Tuple[int, T]]: the good lines.
+    """
+    out = []
+    for i, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        raw = raw.rstrip(b"\r")
+        if not raw.strip():
+            continue  # blank lines (e.g. the file's end) carry no row
+        text = raw[:120].decode("latin-1")
+        if ascii_only and not raw.isascii():
+            log.add(str(path), i, "undecodable (non-ASCII) bytes", text)
+            continue
+        fields = raw.decode("latin-1").split(sep)
+        if len(fields) != nfields:
+            log.add(str(path), i, f"expected {nfields} fields separated by {sep!r}, found {len(fields)}", text)
+            continue
+        if parse is None:
+            out.append((i, fields))
+            continue
+        try:
+            out.append((i, parse(fields)))
+        except ValueError as e:
+            log.add(str(path), i, str(e), text)
+    return out
+
+
+def _user(f: List[str]) -> Tuple[int, int, str, str, str]:
+    """(id, age, gender, occupation, zip) fields -> typed; ValueError names what is wrong."""
+    try:
+        return int(f[0]), int(f[1]), f[2], f[3], f[4]
+    except ValueError:
+        raise ValueError("user id and age must be integers") from None
+
+
+def _item100k(f: List[str]) -> List[str]:
+    if not f[0].strip().isdigit() or any(x.strip() not in ("0", "1") for x in f[5:]):
+        raise ValueError("item id must be an integer and genre flags 0 or 1")
+    return f
+
+
+def _item1m(f: List[str]) -> List[str]:
+    if not f[0].strip().isdigit():
+        raise ValueError("item id must be an integer")
+    return f
+
+
+@dataclass
+class Ratings:
+    """Good rating rows: user, item, rating, timestamp."""
+
+    user: np.ndarray
+    item: np.ndarray
+    rating: np.ndarray
+    time: np.ndarray
+
+
+@dataclass
+class Meta:
+    """Per-user and per-item metadata, as table rows (-1 = unknown) keyed by raw id."""
+
+    gender: Dict[int, int] = field(default_factory=dict)
+    age: Dict[int, int] = field(default_factory=dict)
+    occupation: Dict[int, int] = field(default_factory=dict)
+    zip_prefix: Dict[int, int] = field(default_factory=dict)
+    year: Dict[int, float] = field(default_factory=dict)
+    genres: Dict[int, List[int]] = field(default_factory=dict)
+    sizes: Dict[str, int] = field(default_factory=dict)
+
+
+def _rating(fields: List[str]) -> Tuple[int, int, float, int]:
+    try:
+        user, item, rating, time = int(fields[0]), int(fields[1]), float(fields[2]), int(fields[3])
+    except ValueError:
+        raise ValueError("user, item and timestamp must be integers and rating a number") from None
+    if user < 0 or item < 0 or not np.isfinite(rating):
+        raise ValueError("negative id or non-finite rating")
+    return user, item, rating, time
+
+
+def load_ratings(path: Path, sep: str, log: BadRowLog) -> Ratings:
+    """Parse the ratings file; rows with non-numeric or negative ids, or a non-finite rating, are bad rows."""
+    records = read_records(path, sep, 4, log, ascii_only=True, parse=_rating)
+    cols = list(zip(*[r for _, r in records])) or [(), (), (), ()]
+    return Ratings(np.asarray(cols[0], np.int64), np.asarray(cols[1], np.int64), np.asarray(cols[2], np.float64),
+                   np.asarray(cols[3], np.int64))
+
+
+def _vocab(values: List[str]) -> Dict[str, int]:
+    return {v: i for i, v in enumerate(sorted(set(values)))}
+
+
+def age_bucket(age: int) -> int:
+    """Index (0..6) of the ml-1m age bucket holding ``age`` (ml-1m codes map to themselves)."""
+    return int(np.searchsorted(AGE_BUCKETS, age, side="right")) - 1 if age >= AGE_BUCKETS[0] else 0
+
+
+def load_meta(root: Path, layout: Layout, cfg: MovieLensDataConfig, log: BadRowLog) -> Meta:
+    """Users and items metadata of either layout (a missing file leaves those features empty)."""
+    meta = Meta()
+    users_file, items_file = root / layout.users, root / layout.items
+    occupations: List[str] = []
+    zips: List[Tuple[int, str]] = []
+    if users_file.is_file():
+        # ml-100k: id|age|gender|occupation|zip; ml-1m: id::gender::age::occupation::zip
+        order = (0, 1, 2, 3, 4) if layout.name == "ml-100k" else (0, 2, 1, 3, 4)
+        for _, (u, age, gender, occ, zipc) in read_records(
+                users_file, layout.meta_sep, 5, log, parse=lambda f: _user([f[k] for k in order])):
+            meta.gender[u] = {"M": 0, "F": 1}.get(gender.strip().upper(), -1)
+            meta.age[u] = age_bucket(age)
+            occupations.append(occ.strip())
+            meta.occupation[u] = len(occupations) - 1  # resolved to the vocabulary below
+            zips.append((u, zipc.strip().upper()[: cfg.zip_prefix_len]))
+    else:
+        logger.warning("%s is missing: gender, age, occupation and zip features stay empty", users_file)
+    occ_file = root / "u.occupation"
+    if layout.name == "ml-100k" and occ_file.is_file():
+        occ_vocab = {o: i for i, o in enumerate(l.strip() for l in occ_file.read_text("latin-1").splitlines() if l.strip())}
+        for o in occupations:  # an occupation missing from u.occupation gets a new id
+            occ_vocab.setdefault(o, len(occ_vocab))
+    elif layout.name == "ml-1m":
+        occ_vocab = {o: int(o) for o in set(occupations) if o.isdigit()}
+        for o in sorted(set(occupations) - set(occ_vocab)):
+            occ_vocab[o] = max(occ_vocab.values(), default=-1) + 1
+    else:
+        occ_vocab = _vocab(occupations)
+    meta.occupation = {u: occ_vocab[occupations[k]] for u, k in meta.occupation.items()}
+    zip_vocab = _vocab([z for _, z in zips if z])
+    meta.zip_prefix = {u: zip_vocab[z] if z else -1 for u, z in zips}
+
+    genre_names = list(ML100K_GENRES)
+    genre_file = root / "u.genre"
+    if layout.name == "ml-100k" and genre_file.is_file():
+        pairs = [l.split("|") for l in genre_file.read_text("latin-1").splitlines() if l.strip()]
+        genre_names = [name for name, _ in sorted(((p[0], int(p[1])) for p in pairs if len(p) == 2
+                                                    and p[1].strip().isdigit()), key=lambda x: x[1])] or genre_names
+    if items_file.is_file():
+        if layout.name == "ml-100k":
+            for _, f in read_records(items_file, "|", 5 + len(genre_names), log, parse=_item100k):
+                i = int(f[0])
+                year = f[2].strip()[-4:]
+                m = _YEAR.search(f[1])
+                meta.year[i] = float(year) if year.isdigit() else (float(m.group(1)) if m else np.nan)
+                meta.genres[i] = [g for g, flag in enumerate(f[5:]) if flag.strip() == "1"]
+        else:
+            records = read_records(items_file, "::", 3, log, parse=_item1m)
+            names = sorted({g for _, f in records for g in f[2].strip().split("|") if g})
+            genre_names = names
+            gid = {g: k for k, g in enumerate(names)}
+            for _, f in records:
+                i = int(f[0])
+                m = _YEAR.search(f[1])
+                meta.year[i] = float(m.group(1)) if m else np.nan
+                meta.genres[i] = [gid[g] for g in f[2].strip().split("|") if g]
+    else:
+        logger.warning("%s is missing: genres and release_year stay empty", items_file)
+    meta.sizes = {"genres": max(1, len(genre_names)), "gender": 2, "age_bucket": len(AGE_BUCKETS),
+                  "occupation": max(1, max(occ_vocab.values(), default=-1) + 1), "zip_prefix": max(1, len(zip_vocab))}
+    return meta
+
+
+def _lookup(table: Dict[int, int], keys: np.ndarray) -> np.ndarray:
+    return np.asarray([table.get(int(k), -1) for k in keys], np.int64)
+
+
+class MovieLensClickLog:
+    """MovieLens ratings as click rows, split randomly or chronologically, batched like every source.
+
+    Args:
+        cfg (MovieLensDataConfig): folder, label threshold, split, table sizes.
+        seed (int): run seed (train shuffling per epoch; the split uses ``cfg.split_seed``).
+        on_bad_row (str): "skip" (count and drop malformed lines) or "error".
+        verbose (bool): log the bad-row summary and the data shape (rank 0).
+    """
+
+    def __init__(self, cfg: MovieLensDataConfig, seed: int = 0, on_bad_row: str = "skip", verbose: bool = True) -> None:
+        if not cfg.path:
+            raise ConfigError("data.movielens.path is not set; point it at the unpacked ml-100k or ml-1m folder")
+        root = Path(cfg.path).expanduser()
+        if not root.is_dir():
+            raise DataError(f"data.movielens.path={cfg.path}: no such directory; it should hold u.data (ml-100k) "
+                            "or ratings.dat (ml-1m)")
+        unknown = sorted(set(cfg.num_embeddings) - set(SPARSE_NAMES))
+        if unknown:
+            raise ConfigError(f"data.movielens.num_embeddings: unknown feature(s) {unknown}; features are {SPARSE_NAMES}")
+        self.cfg, self.seed, self.root = cfg, seed, root
+        self.layout = detect_layout(root)
+        self.bad_rows = BadRowLog(on_bad_row, verbose=verbose)
+        ratings = load_ratings(root / self.layout.ratings, self.layout.rating_sep, self.bad_rows)
+        if len(ratings.user) == 0:
+            raise DataError(f"{root / self.layout.ratings}: no usable ratings ({self.bad_rows.summary()})")
+        meta = load_meta(root, self.layout, cfg, self.bad_rows)
+        self.dense_names = list(DENSE_NAMES)
+        self.sparse_names = list(SPARSE_NAMES)
+        sizes = {"user_id": int(max(ratings.user.max(), max(meta.gender, default=0))) + 1,
+                 "item_id": int(max(ratings.item.max(), max(meta.genres, default=0))) + 1, **meta.sizes}
+        sizes.update(cfg.num_embeddings)
+        self.num_embeddings = [sizes[name] for name in SPARSE_NAMES]
+
+        order = np.argsort(ratings.time, kind="stable") if cfg.split == "chronological" else None
+        self.split_rows = fraction_split(len(ratings.user), cfg.val_fraction, cfg.test_fraction, cfg.split_seed, order)
+        train = self.split_rows["train"]
+        # counts from the train split only: evaluation rows must not leak into features
+        user_count = np.bincount(ratings.user[train], minlength=int(ratings.user.max()) + 1)
+        item_count = np.bincount(ratings.item[train], minlength=int(ratings.item.max()) + 1)
+        self.splits: Dict[str, RowBlock] = {
+            split: self._rows(ratings, meta, idx, user_count, item_count) for split, idx in self.split_rows.items()}
+        if verbose:
+            if self.bad_rows.count:
+                logger.warning("%s: %s", root, self.bad_rows.summary())
+            logger.info("%s (%s): %s rows, %s split; tables %s", root, self.layout.name,
+                        {s: len(b) for s, b in self.splits.items()}, cfg.split, dict(zip(SPARSE_NAMES, self.num_embeddings)))
+
+    def _rows(self, r: Ratings, meta: Meta, idx: np.ndarray, user_count: np.ndarray, item_count: np.ndarray) -> RowBlock:
+        user, item = r.user[idx], r.item[idx]
+        year = np.asarray([meta.year.get(int(i), np.nan) for i in item], np.float64)
+        dense = np.stack([np.where(np.isfinite(year), (year - 1900.0) / 100.0, 0.0),
+                          np.log1p(user_count[user]), np.log1p(item_count[item])], axis=1).astype(np.float32)
+        labels = (r.rating[idx] >= self.cfg.positive_threshold).astype(np.float32)
+        tables = dict(zip(SPARSE_NAMES, self.num_embeddings))
+        genre_lists = [meta.genres.get(int(i), []) for i in item]
+        genres = Jagged.from_lengths(np.asarray([g for gs in genre_lists for g in gs], np.int64) % tables["genres"],
+                                     np.asarray([len(gs) for gs in genre_lists], np.int64))
+        per_user = {"gender": meta.gender, "age_bucket": meta.age, "occupation": meta.occupation,
+                    "zip_prefix": meta.zip_prefix}
+        sparse = []
+        for name in SPARSE_NAMES:
+            if name == "genres":
+                sparse.append(genres)
+                continue
+            ids = user if name == "user_id" else item if name == "item_id" else _lookup(per_user[name], user)
+            ids = np.where(ids >= 0, ids % tables[name], -1)  # ids beyond a configured table wrap into it
+            sparse.append(Jagged.from_ids(ids))
+        return RowBlock(dense, labels, sparse)
+
+    def rows(self, split: str) -> int:
+        """Rows of ``split``."""
+        check_split(split)
+        return len(self.splits[split])
+
+    def row_blocks(self, split: str) -> Iterator[RowBlock]:
+        """The whole split (stored order), for inspection."""
+        check_split(split)
+        yield self.splits[split]
+
+    def num_batches(self, split: str, batch_size: int) -> Optional[int]:
+        """Full global batches in one epoch of ``split``."""
+        return self.rows(split) // batch_size
+
+    def batches(self, split: str, batch_size: int, rank: int = 0, world_size: int = 1,
+                num_batches: Optional[int] = None, start: int = 0) -> Iterator[Batch]:
+        """This rank's share of ``split``; train is reshuffled each epoch and repeats up to ``num_batches``.
+
+        Args:
+            split (str): "train", "val" or "test".
+            batch_size (int): global batch size.
+            rank (int): this rank.
+            world_size (int): number of ranks.
+            num_batches (Optional[int]): stop before this global batch index (default: one epoch).
+            start (int): first global batch index.
+
+        Returns:
+            Iterator[Batch]: ``batch_size // world_size`` rows per batch.
+        """
+        check_split(split)
+        rows = self.splits[split]
+        order = epoch_shuffler(self.seed, len(rows)) if split == "train" and self.cfg.shuffle else None
+        return indexed_batches(rows, self.sparse_names, split, batch_size, rank, world_size, num_batches, start,
+                               f"data.movielens ({self.root}, {self.cfg.split} split)", order)
+
+
+__all__ = ["MovieLensClickLog", "SPARSE_NAMES", "DENSE_NAMES", "SPLITS"]
