@@ -71,3 +71,4 @@ def test_oracle_auc_is_what_its_probabilities_imply():
     assert abs(observed - expected) < 0.01, (observed, expected)
     assert expected > 0.8  # the oracle is informative: a model has something to learn
     assert abs(float(y.mean()) - CFG.positive_rate) < 0.02
+    assert abs(gen.oracle_auc("test", 4096, 4) - observed) < 1e-6

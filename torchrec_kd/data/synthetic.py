@@ -239,6 +239,23 @@ class SyntheticClickLog:
             yield self.batch(split, i, batch_size, rank, world_size)
             i += 1
 
+    def oracle_auc(self, split: str = "test", batch_size: int = 4096, num_batches: int = 8) -> float:
+        """AUC of the oracle's own probabilities against the drawn labels: the ceiling for any model.
+
+        Args:
+            split (str): which split's rows.
+            batch_size (int): rows per generated batch.
+            num_batches (int): batches to use.
+
+        Returns:
+            float: the AUC.
+        """
+        from torchmetrics.functional.classification import binary_auroc
+
+        probs, labels = zip(*((p, b.labels) for b, p in (self.batch(split, i, batch_size, with_oracle=True)
+                                                         for i in range(num_batches))))
+        return float(binary_auroc(torch.cat(probs), torch.cat(labels).long()))
+
     def _local_batch_size(self, batch_size: int, world_size: int) -> int:
         local = batch_size // world_size
         if batch_size % world_size or local % self.cfg.block_rows:
