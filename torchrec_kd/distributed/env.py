@@ -52,9 +52,9 @@ def init_distributed(cfg: DistributedConfig) -> DistEnv:
     Returns:
         DistEnv: rank, world size and the device this rank computes on.
     """
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+    # Without torchrun's env vars: a one-process group on a free local port. The
+    # environment is left alone, so processes this one starts are not misled by it.
+    launched = "RANK" in os.environ
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     backend = cfg.backend
     if backend == "auto":
@@ -65,7 +65,12 @@ def init_distributed(cfg: DistributedConfig) -> DistEnv:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=cfg.timeout_s))
+        timeout = datetime.timedelta(seconds=cfg.timeout_s)
+        if launched:
+            dist.init_process_group(backend=backend, timeout=timeout)
+        else:
+            dist.init_process_group(backend=backend, timeout=timeout, rank=0, world_size=1,
+                                    init_method=f"tcp://127.0.0.1:{_free_port()}")
     env = DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
     logger.info("rank %d/%d on %s (%s)", env.rank, env.world_size, env.device, backend)
     return env
