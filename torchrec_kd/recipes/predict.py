@@ -46,7 +46,7 @@ def run(cfg: RunConfig, model_dir: str, split: str, out: str) -> Path:
                           f"(e.g. <output_dir>/export/distilled_int4)")
     if out.endswith(".parquet"):
         try:
-            import pyarrow  # noqa: F401
+            import pyarrow  # noqa: F401  (only checks it is installed)
         except ImportError:
             raise ConfigError(f"--out {out}: writing Parquet needs pyarrow (pip install pyarrow), or use a .csv name") from None
     env = init_distributed(cfg.distributed)
