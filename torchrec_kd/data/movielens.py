@@ -36,16 +36,14 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 import numpy as np
-from torchrec.datasets.utils import Batch
 
 from torchrec_kd.config import ConfigError, MovieLensDataConfig
 from torchrec_kd.data.bad_rows import BadRowLog, DataError
 from torchrec_kd.data.files import listing
-from torchrec_kd.data.rows import (SPLITS, Jagged, RowBlock, check_split, epoch_shuffler, fraction_split,
-                                   indexed_batches)
+from torchrec_kd.data.rows import SPLITS, InMemoryClickLog, Jagged, RowBlock, fraction_split
 
 logger = logging.getLogger(__name__)
 
@@ -264,7 +262,7 @@ def _lookup(table: Dict[int, int], keys: np.ndarray) -> np.ndarray:
     return np.asarray([table.get(int(k), -1) for k in keys], np.int64)
 
 
-class MovieLensClickLog:
+class MovieLensClickLog(InMemoryClickLog):
     """MovieLens ratings as click rows, split randomly or chronologically, batched like every source.
 
     Args:
@@ -285,6 +283,7 @@ class MovieLensClickLog:
         if unknown:
             raise ConfigError(f"data.movielens.num_embeddings: unknown feature(s) {unknown}; features are {SPARSE_NAMES}")
         self.cfg, self.seed, self.root = cfg, seed, root
+        self.shuffle, self.where = cfg.shuffle, f"data.movielens ({root}, {cfg.split} split)"
         self.layout = detect_layout(root)
         self.bad_rows = BadRowLog(on_bad_row, verbose=verbose)
         ratings = load_ratings(root / self.layout.ratings, self.layout.rating_sep, self.bad_rows)
@@ -334,40 +333,6 @@ class MovieLensClickLog:
             sparse.append(Jagged.from_ids(ids))
         return RowBlock(dense, labels, sparse)
 
-    def rows(self, split: str) -> int:
-        """Rows of ``split``."""
-        check_split(split)
-        return len(self.splits[split])
-
-    def row_blocks(self, split: str) -> Iterator[RowBlock]:
-        """The whole split (stored order), for inspection."""
-        check_split(split)
-        yield self.splits[split]
-
-    def num_batches(self, split: str, batch_size: int) -> Optional[int]:
-        """Full global batches in one epoch of ``split``."""
-        return self.rows(split) // batch_size
-
-    def batches(self, split: str, batch_size: int, rank: int = 0, world_size: int = 1,
-                num_batches: Optional[int] = None, start: int = 0) -> Iterator[Batch]:
-        """This rank's share of ``split``; train is reshuffled each epoch and repeats up to ``num_batches``.
-
-        Args:
-            split (str): "train", "val" or "test".
-            batch_size (int): global batch size.
-            rank (int): this rank.
-            world_size (int): number of ranks.
-            num_batches (Optional[int]): stop before this global batch index (default: one epoch).
-            start (int): first global batch index.
-
-        Returns:
-            Iterator[Batch]: ``batch_size // world_size`` rows per batch.
-        """
-        check_split(split)
-        rows = self.splits[split]
-        order = epoch_shuffler(self.seed, len(rows)) if split == "train" and self.cfg.shuffle else None
-        return indexed_batches(rows, self.sparse_names, split, batch_size, rank, world_size, num_batches, start,
-                               f"data.movielens ({self.root}, {self.cfg.split} split)", order)
 
 
 __all__ = ["MovieLensClickLog", "SPARSE_NAMES", "DENSE_NAMES", "SPLITS"]

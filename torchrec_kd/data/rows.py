@@ -271,3 +271,53 @@ def epoch_shuffler(seed: int, n: int) -> Callable[[int], np.ndarray]:
     def order(epoch: int) -> np.ndarray:
         return np.random.default_rng(np.random.SeedSequence([seed, 0xE90C, epoch])).permutation(n)
     return order
+
+
+class InMemoryClickLog:
+    """Batching for readers that hold every split in memory as a :class:`RowBlock`.
+
+    Subclasses set ``splits`` (``{split: RowBlock}``), ``sparse_names``, ``seed``,
+    ``shuffle`` (reshuffle the train split each epoch) and ``where`` (names the source
+    in errors).
+    """
+
+    splits: Dict[str, RowBlock]
+    sparse_names: List[str]
+    seed: int
+    shuffle: bool
+    where: str
+
+    def rows(self, split: str) -> int:
+        """Rows of ``split``."""
+        check_split(split)
+        return len(self.splits[split])
+
+    def row_blocks(self, split: str) -> Iterator[RowBlock]:
+        """The whole split (stored order), for inspection."""
+        check_split(split)
+        yield self.splits[split]
+
+    def num_batches(self, split: str, batch_size: int) -> Optional[int]:
+        """Full global batches in one epoch of ``split``."""
+        return self.rows(split) // batch_size
+
+    def batches(self, split: str, batch_size: int, rank: int = 0, world_size: int = 1,
+                num_batches: Optional[int] = None, start: int = 0) -> Iterator[Batch]:
+        """This rank's share of ``split``; train is reshuffled each epoch and repeats up to ``num_batches``.
+
+        Args:
+            split (str): "train", "val" or "test".
+            batch_size (int): global batch size.
+            rank (int): this rank.
+            world_size (int): number of ranks.
+            num_batches (Optional[int]): stop before this global batch index (default: one epoch).
+            start (int): first global batch index.
+
+        Returns:
+            Iterator[Batch]: ``batch_size // world_size`` rows per batch.
+        """
+        check_split(split)
+        rows = self.splits[split]
+        order = epoch_shuffler(self.seed, len(rows)) if split == "train" and self.shuffle else None
+        return indexed_batches(rows, self.sparse_names, split, batch_size, rank, world_size, num_batches, start,
+                               self.where, order)

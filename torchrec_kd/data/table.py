@@ -40,13 +40,12 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
-from torchrec.datasets.utils import Batch
 
 from torchrec_kd.config import ConfigError, SparseColumnConfig, TableDataConfig
 from torchrec_kd.data.bad_rows import BadRowLog, DataError
 from torchrec_kd.data.files import listing, natural_key
 from torchrec_kd.data.ids import to_rows
-from torchrec_kd.data.rows import (Jagged, RowBlock, check_split, epoch_shuffler, fraction_split, indexed_batches)
+from torchrec_kd.data.rows import InMemoryClickLog, Jagged, RowBlock, fraction_split
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +308,7 @@ def _parquet_chunks(path: Path) -> Iterator[Tuple[pd.DataFrame, np.ndarray, List
     yield df, np.arange(1, len(df) + 1), []
 
 
-class TableClickLog:
+class TableClickLog(InMemoryClickLog):
     """A CSV / Parquet click log read through the ``data.table`` schema, batched like every source.
 
     Args:
@@ -324,6 +323,7 @@ class TableClickLog:
             raise ConfigError("data.table declares no dense and no sparse columns; list them in data.table.dense and "
                               "data.table.sparse (see configs/table_example.yaml)")
         self.cfg, self.seed = cfg, seed
+        self.shuffle, self.where = cfg.shuffle, f"data.table ({cfg.path})"
         self.files = table_files(cfg)
         self.bad_rows = BadRowLog(on_bad_row, verbose=verbose)
         self.dense_names = list(cfg.dense)
@@ -359,38 +359,3 @@ class TableClickLog:
             if self.bad_rows.count:
                 logger.warning("%s: %s", cfg.path, self.bad_rows.summary())
             logger.info("%s: %s rows (%s split)", cfg.path, {s: len(b) for s, b in self.splits.items()}, cfg.split)
-
-    def rows(self, split: str) -> int:
-        """Rows of ``split``."""
-        check_split(split)
-        return len(self.splits[split])
-
-    def row_blocks(self, split: str) -> Iterator[RowBlock]:
-        """The whole split (stored order), for inspection."""
-        check_split(split)
-        yield self.splits[split]
-
-    def num_batches(self, split: str, batch_size: int) -> Optional[int]:
-        """Full global batches in one epoch of ``split``."""
-        return self.rows(split) // batch_size
-
-    def batches(self, split: str, batch_size: int, rank: int = 0, world_size: int = 1,
-                num_batches: Optional[int] = None, start: int = 0) -> Iterator[Batch]:
-        """This rank's share of ``split``; train is reshuffled each epoch and repeats up to ``num_batches``.
-
-        Args:
-            split (str): "train", "val" or "test".
-            batch_size (int): global batch size.
-            rank (int): this rank.
-            world_size (int): number of ranks.
-            num_batches (Optional[int]): stop before this global batch index (default: one epoch).
-            start (int): first global batch index.
-
-        Returns:
-            Iterator[Batch]: ``batch_size // world_size`` rows per batch.
-        """
-        check_split(split)
-        rows = self.splits[split]
-        order = epoch_shuffler(self.seed, len(rows)) if split == "train" and self.cfg.shuffle else None
-        return indexed_batches(rows, self.sparse_names, split, batch_size, rank, world_size, num_batches, start,
-                               f"data.table ({self.cfg.path})", order)

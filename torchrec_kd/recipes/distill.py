@@ -17,15 +17,12 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List
 
-import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from torchrec_kd.checkpoint import load_module, read_meta, save_model
 from torchrec_kd.config import ConfigError, ModelConfig, RunConfig, config_to_dict
-from torchrec_kd.data import build_data
 from torchrec_kd.distill.freeze import freeze_sharded, freeze_teacher_tables
 from torchrec_kd.distill.model import DistillationModel
-from torchrec_kd.distributed.env import init_distributed
 from torchrec_kd.distributed.init import init_weights
 from torchrec_kd.distributed.sharding import add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard
 from torchrec_kd.losses import build_loss
@@ -89,10 +86,7 @@ class DistillRecipe(PipelinedRecipe):
     def setup(self) -> None:
         """Process group, data, both models, freezing, sharding, teacher load, optimizer, pipeline."""
         cfg = self.cfg
-        self.env = env = init_distributed(cfg.distributed)
-        torch.manual_seed(cfg.seed)
-        self.data = build_data(cfg.data, cfg.seed)
-        self.local_batch = cfg.data.batch_size // env.world_size
+        env = self.setup_run()
         dense_in = len(self.data.dense_names)
         self.teacher_tables = make_tables(cfg.teacher, self.data.sparse_names, self.data.num_embeddings)
         self.student_tables = make_tables(cfg.student, self.data.sparse_names, self.data.num_embeddings)

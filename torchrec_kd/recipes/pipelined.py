@@ -1,9 +1,8 @@
 """What every pipelined recipe shares: train through the pipeline (resumably), evaluate,
 report an entry.
 
-Subclasses build ``env``, ``data``, ``model`` (a DMP whose forward returns
-``(loss, (loss, logits, …))``), ``optimizer`` and ``local_batch`` in ``setup()`` and
-then call :meth:`make_pipeline`.
+Subclasses' ``setup()`` calls :meth:`setup_run`, builds ``model`` (a DMP whose forward
+returns ``(loss, (loss, logits, …))``) and ``optimizer``, then calls :meth:`make_pipeline`.
 """
 
 from __future__ import annotations
@@ -11,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Optional
 
+import torch
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.optim.keyed import KeyedOptimizer
 
 from torchrec_kd.config import RunConfig, config_to_dict
-from torchrec_kd.distributed.env import DistEnv
+from torchrec_kd.data import build_data
+from torchrec_kd.distributed.env import DistEnv, init_distributed
 from torchrec_kd.training.checkpointing import TrainingCheckpointer
 from torchrec_kd.training.evaluate import evaluate
 from torchrec_kd.training.guard import NonFiniteGuard
@@ -48,6 +49,14 @@ class PipelinedRecipe:
     def steps(self) -> int:
         """Training steps of this recipe (``train.steps`` unless a subclass says otherwise)."""
         return self.cfg.train.steps
+
+    def setup_run(self) -> DistEnv:
+        """Process group, seed, data source and per-rank batch size: the first steps of every ``setup``."""
+        self.env = init_distributed(self.cfg.distributed)
+        torch.manual_seed(self.cfg.seed)
+        self.data = build_data(self.cfg.data, self.cfg.seed)
+        self.local_batch = self.cfg.data.batch_size // self.env.world_size
+        return self.env
 
     def make_pipeline(self) -> None:
         """``TrainPipelineSparseDist`` over the model, with the non-finite-loss guard as its forward."""

@@ -16,8 +16,6 @@ from torchrec.models.dlrm import DLRMTrain
 
 from torchrec_kd.checkpoint import save_model
 from torchrec_kd.config import RunConfig, config_to_dict
-from torchrec_kd.data import build_data
-from torchrec_kd.distributed.env import init_distributed
 from torchrec_kd.distributed.init import init_weights
 from torchrec_kd.distributed.sharding import (add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard)
 from torchrec_kd.models.dlrm import build_dlrm, embedding_bytes, make_tables, model_meta
@@ -62,10 +60,7 @@ class TrainModelRecipe(PipelinedRecipe):
     def setup(self) -> None:
         """Process group, data, model on meta, sharding plan, optimizers, pipeline."""
         cfg = self.cfg
-        self.env = env = init_distributed(cfg.distributed)
-        torch.manual_seed(cfg.seed)
-        self.data = build_data(cfg.data, cfg.seed)
-        self.local_batch = cfg.data.batch_size // env.world_size
+        env = self.setup_run()
         self.tables = make_tables(self.model_cfg, self.data.sparse_names, self.data.num_embeddings)
         module = DLRMTrain(build_dlrm(self.model_cfg, self.tables, len(self.data.dense_names)))
         add_fused_embedding_optimizer(module, cfg.train)
