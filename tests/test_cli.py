@@ -21,6 +21,10 @@ def test_train_teacher_cli_writes_metrics(tmp_path):
         assert key in entry
     assert entry["embedding_bytes"] == 4 * 1000 * 16 * 4  # 4 tables x 1000 rows x dim 16 x fp32
     assert [s for s, _ in entry["loss_curve"]] == [5, 10]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard" / "teacher")).Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [5, 10]  # streamed while training
     assert "teacher test auc" in out.stderr
 
 

@@ -129,7 +129,7 @@ def write_plot(metrics: Dict[str, Dict[str, Any]], out_dir: Path) -> Optional[Pa
 
 
 def write_tensorboard(metrics: Dict[str, Dict[str, Any]], out_dir: Path) -> Path:
-    """TensorBoard event files: one run per model with its loss/validation curves and final metrics.
+    """TensorBoard: each model's test metrics and latencies, beside the curves its training streamed.
 
     Args:
         metrics (Dict[str, dict]): ``metrics.json`` content.
@@ -143,13 +143,7 @@ def write_tensorboard(metrics: Dict[str, Dict[str, Any]], out_dir: Path) -> Path
     root = Path(out_dir) / TENSORBOARD_DIR
     for name, m in metrics.items():
         with SummaryWriter(log_dir=str(root / name)) as w:
-            for step, loss in m.get("loss_curve") or []:
-                w.add_scalar("train/loss", loss, step)
-            for ev in m.get("val_curve") or []:
-                for key in ("auc", "ne", "logloss"):
-                    if key in ev:
-                        w.add_scalar(f"val/{key}", ev[key], ev["step"])
-            for key in ("auc", "ne", "logloss", "calibration"):
+            for key in ("auc", "ne", "logloss", "calibration", "latency_ms_b1", "latency_ms_b1024"):
                 if m.get(key) is not None:
                     w.add_scalar(f"test/{key}", m[key], m.get("steps", 0))
     return root

@@ -76,7 +76,7 @@ class DistillRecipe(PipelinedRecipe):
     """
 
     def __init__(self, cfg: RunConfig) -> None:
-        super().__init__(cfg, "distill")
+        super().__init__(cfg, "distill", DISTILLED)
 
     @property
     def teacher_checkpoint(self) -> Path:

@@ -18,6 +18,7 @@ from torchrec.optim.keyed import KeyedOptimizer
 from torchrec_kd.config import RunConfig, config_to_dict
 from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import DistEnv, init_distributed
+from torchrec_kd.report import TENSORBOARD_DIR
 from torchrec_kd.training.checkpointing import TrainingCheckpointer
 from torchrec_kd.training.evaluate import evaluate
 from torchrec_kd.training.guard import NonFiniteGuard
@@ -31,12 +32,14 @@ class PipelinedRecipe:
 
     Args:
         cfg (RunConfig): the validated run config.
-        name (str): progress-bar label and log name.
+        name (str): progress-bar label and name of the training-state directory.
+        entry_name (str): the model's key in ``metrics.json`` and its TensorBoard run.
     """
 
-    def __init__(self, cfg: RunConfig, name: str) -> None:
+    def __init__(self, cfg: RunConfig, name: str, entry_name: str) -> None:
         self.cfg = cfg
         self.name = name
+        self.entry_name = entry_name
         self.env: Optional[DistEnv] = None
         self.model: Optional[DistributedModelParallel] = None
         self.optimizer: Optional[KeyedOptimizer] = None
@@ -91,12 +94,19 @@ class PipelinedRecipe:
         assert env is not None and self.model is not None and self.pipeline is not None
         start = self._resume()
         self.model.train()
+        writer = None
+        if env.is_main:  # live curves; the report adds test metrics to the same run
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(log_dir=str(cfg.out_dir / TENSORBOARD_DIR / self.entry_name))
         batches = self.data.batches("train", cfg.data.batch_size, env.rank, env.world_size,
                                     num_batches=self.steps, start=start)
         self.stats = train(self.pipeline, batches, self.steps, env, cfg.data.batch_size, cfg.train.log_every,
                            cfg.train.eval_every, on_eval=lambda step: self.evaluate("val"), desc=self.name,
                            start_step=start, stats=self.stats, checkpoint_every=cfg.train.checkpoint_every,
-                           on_checkpoint=self._checkpoint, guard=self.guard)
+                           on_checkpoint=self._checkpoint, guard=self.guard, writer=writer)
+        if writer is not None:
+            writer.close()
         self.pipeline.detach()  # back to the plain model for evaluation and saving
         return self.stats
 

@@ -52,7 +52,7 @@ class TrainModelRecipe(PipelinedRecipe):
     def __init__(self, cfg: RunConfig, role: str = "teacher") -> None:
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-        super().__init__(cfg, role)
+        super().__init__(cfg, role, role)
         self.role = role
         self.model_cfg = getattr(cfg, role)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from torchrec.datasets.utils import Batch
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
@@ -40,7 +40,7 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
           on_eval: Optional[Callable[[int], Dict[str, float]]] = None, desc: str = "train",
           start_step: int = 0, stats: Optional[TrainStats] = None, checkpoint_every: int = 0,
           on_checkpoint: Optional[Callable[[int, TrainStats], None]] = None,
-          guard: Optional[NonFiniteGuard] = None) -> TrainStats:
+          guard: Optional[NonFiniteGuard] = None, writer: Optional[Any] = None) -> TrainStats:
     """Run pipelined training steps ``start_step + 1 … steps``.
 
     Args:
@@ -58,6 +58,7 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
         checkpoint_every (int): call ``on_checkpoint(step, stats)`` every N steps (0: never).
         on_checkpoint (Optional[Callable]): saves the training state.
         guard (Optional[NonFiniteGuard]): checked at log and checkpoint steps.
+        writer (Optional[SummaryWriter]): TensorBoard writer for the loss and validation curves (rank 0).
 
     Returns:
         TrainStats: throughput, logged losses and evaluations.
@@ -78,6 +79,8 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
         if step % log_every == 0 or step == steps:
             loss = float(out[0])  # host sync, every log_every steps only
             stats.losses.append(loss)
+            if writer is not None:
+                writer.add_scalar("train/loss", loss, step)
             stats.loss_steps.append(step)
             bar.set_postfix(loss=f"{loss:.4f}")
             logger.info("%s step %d/%d loss %.5f", desc, step, steps, loss)
@@ -85,6 +88,10 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
             t0 = time.perf_counter()
             model = pipeline.detach()
             stats.evals.append({"step": step, **on_eval(step)})
+            if writer is not None:
+                for key in ("auc", "ne", "logloss"):
+                    writer.add_scalar(f"val/{key}", stats.evals[-1][key], step)
+                writer.flush()
             model.train()
             pipeline.attach(model)
             paused_seconds += time.perf_counter() - t0
