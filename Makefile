@@ -40,6 +40,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/distillation.py
+	$(PY) benchmarks/inference_memory.py
 
 clean:
 	rm -rf $(VENV) outputs

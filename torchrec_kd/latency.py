@@ -1,11 +1,12 @@
-"""Inference latency of unsharded models on CPU, with ``torch.utils.benchmark``."""
+"""Inference latency of unsharded models on CPU: per-call percentiles and throughput."""
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence
+import contextlib
+import time
+from typing import Callable, Dict, Iterator, Sequence
 
 import torch
-import torch.utils.benchmark as benchmark
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -30,23 +31,63 @@ def take_rows(batch: Batch, n: int) -> Batch:
 
 
 @torch.no_grad()
-def latency_ms(forward: Callable[[Batch], torch.Tensor], batch: Batch, batch_sizes: Sequence[int] = (1, 1024),
-               min_run_time: float = 0.3) -> Dict[str, float]:
-    """Median single-thread latency of ``forward`` at each batch size.
+def latency_profile(forward: Callable[[Batch], torch.Tensor], batch: Batch, batch_sizes: Sequence[int] = (1, 1024),
+                    min_run_time: float = 0.3, min_calls: int = 20) -> Dict[int, Dict[str, float]]:
+    """Per-call latency percentiles and throughput of ``forward`` at each batch size.
+
+    Each call is timed on its own (``time.perf_counter``), after one warm-up call, for at
+    least ``min_run_time`` seconds and ``min_calls`` calls, so p99 is a per-call figure.
 
     Args:
         forward (Callable[[Batch], Tensor]): scores a batch.
         batch (Batch): source rows (at least ``max(batch_sizes)``).
         batch_sizes (Sequence[int]): sizes to time.
-        min_run_time (float): seconds of measurement per size (after a warm-up call).
+        min_run_time (float): seconds of measurement per size.
+        min_calls (int): calls per size at least.
+
+    Returns:
+        Dict[int, Dict[str, float]]: size -> ``p50_ms``, ``p99_ms``, ``samples_per_s`` (at the median).
+    """
+    out: Dict[int, Dict[str, float]] = {}
+    for size in batch_sizes:
+        rows = take_rows(batch, size)
+        forward(rows)  # warm-up: first calls allocate and initialise kernels
+        times = []
+        start = time.perf_counter()
+        while len(times) < min_calls or time.perf_counter() - start < min_run_time:
+            t0 = time.perf_counter()
+            forward(rows)
+            times.append(time.perf_counter() - t0)
+        t = torch.tensor(times, dtype=torch.float64)
+        p50, p99 = (float(torch.quantile(t, q)) for q in (0.5, 0.99))
+        out[size] = {"p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3, "samples_per_s": size / p50}
+    return out
+
+
+def latency_ms(forward: Callable[[Batch], torch.Tensor], batch: Batch, batch_sizes: Sequence[int] = (1, 1024),
+               min_run_time: float = 0.3) -> Dict[str, float]:
+    """Median latency of ``forward`` at each batch size, as ``latency_ms_b<size>`` (for metrics.json).
+
+    Args:
+        forward (Callable[[Batch], Tensor]): scores a batch.
+        batch (Batch): source rows (at least ``max(batch_sizes)``).
+        batch_sizes (Sequence[int]): sizes to time.
+        min_run_time (float): seconds of measurement per size.
 
     Returns:
         Dict[str, float]: ``latency_ms_b<size>`` -> median milliseconds.
     """
-    out = {}
-    for size in batch_sizes:
-        rows = take_rows(batch, size)
-        forward(rows)  # warm-up: first calls allocate and initialise kernels
-        timer = benchmark.Timer(stmt="forward(rows)", globals={"forward": forward, "rows": rows}, num_threads=1)
-        out[f"latency_ms_b{size}"] = timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
-    return out
+    with _single_thread():
+        profile = latency_profile(forward, batch, batch_sizes, min_run_time)
+    return {f"latency_ms_b{size}": p["p50_ms"] for size, p in profile.items()}
+
+
+@contextlib.contextmanager
+def _single_thread() -> Iterator[None]:
+    """Time on one intra-op thread, like one serving worker per core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
