@@ -117,6 +117,44 @@ def distill(
                    max_retries, env, name)
 
 
+def distill_qat(
+    *script_args: str,
+    config: str = DEFAULT_CONFIG,
+    output_dir: Optional[str] = None,
+    j: str = "1x2",
+    image: str = torchx.IMAGE,
+    python: str = sys.executable,
+    cpu: int = 2,
+    memMB: int = 8192,
+    gpu: int = 0,
+    h: Optional[str] = None,
+    max_retries: int = 0,
+    env: Optional[Dict[str, str]] = None,
+    name: Optional[str] = None,
+) -> specs.AppDef:
+    return _launch("distill-qat", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
+                   max_retries, env, name)
+
+
+def score_teacher(
+    *script_args: str,
+    config: str = DEFAULT_CONFIG,
+    output_dir: Optional[str] = None,
+    j: str = "1x2",
+    image: str = torchx.IMAGE,
+    python: str = sys.executable,
+    cpu: int = 2,
+    memMB: int = 8192,
+    gpu: int = 0,
+    h: Optional[str] = None,
+    max_retries: int = 0,
+    env: Optional[Dict[str, str]] = None,
+    name: Optional[str] = None,
+) -> specs.AppDef:
+    return _launch("score-teacher", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
+                   max_retries, env, name)
+
+
 def quantize(
     *script_args: str,
     config: str = DEFAULT_CONFIG,
@@ -240,7 +278,12 @@ def predict(
 # TorchX renders a component's docstring as its --help; the arguments are shared.
 train_teacher.__doc__ = "Train the sharded DLRM teacher through TorchRec's TrainPipelineSparseDist.\n" + _ARGS_DOC
 train_student.__doc__ = "Train the student alone: the baseline distillation must beat.\n" + _ARGS_DOC
-distill.__doc__ = "Distill the trained teacher into the slim student inside TrainPipelineSparseDist.\n" + _ARGS_DOC
+distill.__doc__ = ("Distill the trained teacher(s) into the slim student inside TrainPipelineSparseDist "
+                   "(distill.offline=true: from score_teacher's stored outputs).\n" + _ARGS_DOC)
+distill_qat.__doc__ = ("Quantization-aware distillation: the student's rows are fake-quantized as distill.qat "
+                       "(int4 by default) while it learns; saved as distilled_qat.\n" + _ARGS_DOC)
+score_teacher.__doc__ = ("Score the training stream with the frozen teacher(s) once and store the outputs for "
+                         "offline distillation (distill with distill.offline=true).\n" + _ARGS_DOC)
 quantize.__doc__ = "Quantize the distilled student's tables (quantize.dtypes), evaluate each, export for serving.\n" + _ARGS_DOC
 experiment.__doc__ = ("The whole job: teacher -> student alone -> distillation -> quantization -> report, "
                       "skipping steps whose outputs exist.\n" + _ARGS_DOC)

@@ -48,12 +48,12 @@ def main() -> None:
     teacher = dlrm("t_", 64, [128, 64], [128, 1])  # in real use: load its checkpoint after sharding
     student = dlrm("s_", 16, [32, 16], [32, 1])
     loss = build_loss([LossTermConfig("hard_bce", 0.5), LossTermConfig("soft_bce", 0.5, temperature=2.0)])
-    model = DistillationModel(teacher, student, loss)
+    model = DistillationModel([teacher], student, loss)
 
     freeze_teacher_tables(model.teacher)  # stateless fused SGD, never stepped
     apply_optimizer_in_backward(RowWiseAdagrad, model.student.sparse_arch.parameters(), {"lr": 0.05})
     dmp = DistributedModelParallel(model, device=device)
-    fused = [(n, o) for n, o in dmp.fused_optimizer.optimizers if not n.startswith("teacher.")]
+    fused = [(n, o) for n, o in dmp.fused_optimizer.optimizers if not n.startswith("teachers.")]
     dense = dict(p for p in in_backward_optimizer_filter(dmp.named_parameters()) if p[1].requires_grad)
     optimizer = CombinedOptimizer([*fused, KeyedOptimizerWrapper(dense, lambda ps: torch.optim.Adagrad(ps, lr=0.01))])
 

@@ -14,6 +14,7 @@ from tests.conftest import REPO, TINY
 
 
 COMPONENTS = {"train_teacher": "train-teacher", "train_student": "train-student", "distill": "distill",
+              "distill_qat": "distill-qat", "score_teacher": "score-teacher",
               "quantize": "quantize", "experiment": "experiment", "report": "report", "export": "quantize --source distilled",
               "evaluate": "evaluate --source distilled --split test",
               "predict": "predict --model m --out p.csv --split test"}

@@ -30,7 +30,7 @@ def _distill_pipelined_vs_eager(rank, world_size, out_dir):
     piped, eager = DistillRecipe(cfg), DistillRecipe(cfg)
     piped.setup()
     eager.setup()
-    teacher_before = local_tensors(piped.model, "teacher.")
+    teacher_before = local_tensors(piped.model, "teachers.")
     batches = list(piped.data.batches("train", cfg.data.batch_size, rank, world_size, num_batches=STEPS))
     pipeline = TrainPipelineSparseDist(piped.model, piped.optimizer, piped.env.device)
     it = iter(batches)
@@ -46,10 +46,10 @@ def _distill_pipelined_vs_eager(rank, world_size, out_dir):
         student_diff.append(float((s_p - s_e).abs().max()))
         teacher_diff.append(float((t_p - t_e).abs().max()))
     model = pipeline.detach()
-    teacher_after = local_tensors(model, "teacher.")
+    teacher_after = local_tensors(model, "teachers.")
     sp, se = local_tensors(model, "student."), local_tensors(eager.model, "student.")
     teacher_fused_state = {name: sum(len(s) for s in opt.state.values())
-                           for name, opt in model.fused_optimizer.optimizers if name.startswith("teacher.")}
+                           for name, opt in model.fused_optimizer.optimizers if name.startswith("teachers.")}
     return {
         "pipelined": sorted(m._module_fqn if hasattr(m, "_module_fqn") else type(m).__name__ for m in pipeline._pipelined_modules),
         "n_pipelined": len(pipeline._pipelined_modules),
@@ -63,7 +63,7 @@ def _distill_pipelined_vs_eager(rank, world_size, out_dir):
         "teacher_fused_state": teacher_fused_state,
         # fused tables are reported as slices of one TBE weight; the TBE weight is what autograd sees
         "teacher_requires_grad": [n for n, p in model.named_parameters()
-                                  if n.startswith("teacher.") and getattr(p, "_original_tensor", p).requires_grad],
+                                  if n.startswith("teachers.") and getattr(p, "_original_tensor", p).requires_grad],
     }
 
 
@@ -84,6 +84,6 @@ def test_distillation_pipelined_equals_eager_and_teacher_stays_frozen(teacher_di
         # the teacher: bit-identical, no grads, no optimizer (and no optimizer state) for any of its parameters
         assert r["teacher_keys"] > 0 and r["teacher_identical"]
         assert r["teacher_requires_grad"] == []
-        assert not [k for k in r["optimizer_params"] if k.startswith("teacher.") or ".teacher." in k], r["optimizer_params"]
+        assert not [k for k in r["optimizer_params"] if k.startswith("teachers.") or ".teacher." in k], r["optimizer_params"]
         assert not [k for k in r["optimizer_keys"] if "teacher" in k]
         assert r["teacher_fused_state"] and all(v == 0 for v in r["teacher_fused_state"].values())

@@ -19,6 +19,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from torchrec_kd.config import ConfigError
+from torchrec_kd.models.dlrm import ebc_layout_key
 from torchrec_kd.safe_dcp import SafeFileSystemReader
 
 MODEL_DIR = "model"
@@ -36,7 +37,9 @@ def save_model(model: nn.Module, path: Path, meta: Dict[str, Any], model_prefix:
         ckpt_prefix (str): …renamed to start with this instead (e.g. ``model.``, as ``DLRMTrain``).
     """
     path = Path(path)
-    state = {ckpt_prefix + k[len(model_prefix):]: v for k, v in model.state_dict().items() if k.startswith(model_prefix)}
+    # a quantization-aware student's tables are saved in the plain DLRM layout (quantize, export)
+    state = {ckpt_prefix + ebc_layout_key(k[len(model_prefix):]): v
+             for k, v in model.state_dict().items() if k.startswith(model_prefix)}
     dcp.save(state, checkpoint_id=str(path / MODEL_DIR))
     if dist.get_rank() == 0:
         (path / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -69,8 +72,10 @@ def load_module(model: nn.Module, path: Path, model_prefix: str = "", ckpt_prefi
         raise KeyError(f"no parameters under '{model_prefix}' in the model")
     model_dir = Path(path) / MODEL_DIR
     dcp.load(wanted, storage_reader=SafeFileSystemReader(str(model_dir)))
-    loaded = {model_prefix + k[len(ckpt_prefix):]: v for k, v in wanted.items()}
-    model.load_state_dict(loaded, strict=False)
+    # the rest of the model loads its own tensors back: some sharded modules (e.g. an
+    # EmbeddingCollection's pre-load hook) require all of their keys to be present
+    full.update({model_prefix + k[len(ckpt_prefix):]: v for k, v in wanted.items()})
+    model.load_state_dict(full, strict=False)
 
 
 def load_full_state_dict(path: Path) -> Dict[str, Any]:

@@ -1,7 +1,8 @@
 """Command line: ``python -m torchrec_kd.cli <command> --config X.yaml key=value ...``.
 
 This is what the TorchX components launch (under torchrun, one process per rank).
-Commands: ``train-teacher``, ``train-student``, ``distill``, ``quantize``, ``evaluate``, ``experiment``, ``report``, ``predict``;
+Commands: ``train-teacher``, ``train-student``, ``distill``, ``distill-qat``, ``score-teacher``, ``quantize``,
+``evaluate``, ``experiment``, ``report``, ``predict``;
 data: ``inspect-data``, ``preprocess``.
 """
 
@@ -38,9 +39,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _config_parser(sub.add_parser("train-teacher", help="train the sharded DLRM teacher"))
     _config_parser(sub.add_parser("train-student", help="train the student alone (the baseline distillation must beat)"))
-    _config_parser(sub.add_parser("distill", help="distill the trained teacher into the student"))
+    _config_parser(sub.add_parser("distill", help="distill the trained teacher(s) into the student "
+                                                  "(distill.offline=true: from score-teacher's cache)"))
+    _config_parser(sub.add_parser("distill-qat", help="quantization-aware distillation: the student's rows are "
+                                                      "fake-quantized as distill.qat while it learns (-> distilled_qat)"))
+    _config_parser(sub.add_parser("score-teacher", help="score the training stream with the teacher(s) once and "
+                                                        "store the outputs for offline distillation"))
     q = _config_parser(sub.add_parser("quantize", help="quantize a trained student's tables, evaluate and export"))
-    q.add_argument("--source", default="distilled", choices=["distilled", "student"], help="which checkpoint to quantize")
+    q.add_argument("--source", default="distilled", choices=["distilled", "distilled_qat", "student"],
+                   help="which checkpoint to quantize")
     _config_parser(sub.add_parser("experiment", help="teacher -> student -> distill -> quantize -> report, skipping done steps"))
     ev = _config_parser(sub.add_parser("evaluate", help="evaluate a saved model (checkpoint or export) of the run"))
     ev.add_argument("--source", required=True, help="teacher, student, distilled, or an export such as distilled_int4")
@@ -77,10 +84,22 @@ def _dispatch(args: argparse.Namespace, cfg: RunConfig) -> None:
 
         entry = run_distill(cfg)
         logger.info("distilled test auc %.4f ne %.4f logloss %.4f", entry["auc"], entry["ne"], entry["logloss"])
+    elif args.command == "distill-qat":
+        from torchrec_kd.recipes.distill import run as run_distill
+
+        if cfg.distill.qat is None:
+            raise ConfigError("distill-qat needs distill.qat (int8, int4, int2 or fp16), e.g. distill.qat=int4")
+        entry = run_distill(cfg, qat=cfg.distill.qat)
+        logger.info("distilled_qat (%s) test auc %.4f ne %.4f", cfg.distill.qat, entry["auc"], entry["ne"])
+    elif args.command == "score-teacher":
+        from torchrec_kd.recipes.score_teacher import run as run_score
+
+        run_score(cfg)
     elif args.command == "quantize":
         from torchrec_kd.recipes.quantize import run as run_quantize
 
-        run_quantize(cfg, args.source)
+        # a QAT student is exported in the format it was trained for
+        run_quantize(cfg, args.source, [cfg.distill.qat] if args.source == "distilled_qat" and cfg.distill.qat else None)
     elif args.command == "experiment":
         from torchrec_kd.recipes.experiment import run as run_experiment
 

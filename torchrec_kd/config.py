@@ -279,23 +279,75 @@ class TrainConfig:
 
 
 @dataclass
+class ScheduleConfig:
+    """How a loss term's weight or temperature moves from ``start`` to its configured value.
+
+    With ``t = clamp((step - delay) / steps, 0, 1)``: constant: the value; linear:
+    ``start + (value - start) * t``; cosine: ``value + (start - value) * (1 + cos(pi t)) / 2``;
+    warmup: ``value * t`` (see ``torchrec_kd.losses.schedules``).
+    """
+
+    kind: Literal["constant", "linear", "cosine", "warmup"] = "constant"
+    # Value at step 0 (linear, cosine); constant and warmup ignore it.
+    start: float = 0.0
+    # Steps over which the value moves (>= 1 unless constant); then it stays at the end value.
+    steps: int = 0
+    # Steps to hold the start value (0 for warmup) before moving.
+    delay: int = 0
+
+
+@dataclass
 class LossTermConfig:
     """One weighted term of the distillation objective (names from ``torchrec_kd.losses``)."""
 
     name: str = "soft_bce"
     weight: float = 1.0
-    # Softening temperature for soft-label terms (soft_bce, kl); ignored by others.
+    # Softening temperature for soft-label terms (soft_bce, kl, rank_*); ignored by others.
     temperature: float = 1.0
+    # The weight and temperature above are the values reached at the end of these schedules.
+    weight_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    temperature_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+@dataclass
+class TeacherEntryConfig:
+    """One member of a teacher ensemble: a ``train-teacher`` checkpoint and its weight."""
+
+    # Checkpoint directory; its meta.json says the architecture (dlrm or dlrm_dcn) and tables.
+    checkpoint: str = ""
+    # Relative weight of this teacher's logits in the ensemble (normalised to sum to 1).
+    weight: float = 1.0
+
+
+QuantDtypeName = Literal["int8", "int4", "int2", "fp16"]
 
 
 @dataclass
 class DistillConfig:
-    """What the student learns from: the teacher checkpoint and the loss mix."""
+    """What the student learns from: the teacher(s), the loss mix and the training variant."""
 
     # Teacher checkpoint directory; null: <output_dir>/teacher (from train-teacher).
     teacher_checkpoint: Optional[str] = None
+    # A teacher ensemble (overrides teacher_checkpoint): the weighted mean of their logits is
+    # the soft target; hint/embedding terms read the first teacher. Table prefixes must differ.
+    teachers: List[TeacherEntryConfig] = field(default_factory=list)
     losses: List[LossTermConfig] = field(default_factory=lambda: [
         LossTermConfig(name="hard_bce", weight=0.2), LossTermConfig(name="soft_bce", weight=0.8, temperature=1.0)])
+    # Sparse features only the teacher reads (e.g. not available at serving time): the student
+    # (alone and distilled) is built without them.
+    privileged_features: List[str] = field(default_factory=list)
+    # Sparse feature whose first id groups rows (session / query / user) for the rank_* terms.
+    group_feature: Optional[str] = None
+    # Quantization-aware distillation (`distill-qat`): the student's rows pass through this
+    # format's fake quantization while it learns; null: `experiment` skips the QAT step.
+    qat: Optional[QuantDtypeName] = "int4"
+    # Offline distillation: read teacher outputs stored by `score-teacher` instead of running
+    # the teacher (no teacher in memory). The cache lives in teacher_scores
+    # (null: <output_dir>/teacher_scores).
+    offline: bool = False
+    teacher_scores: Optional[str] = None
+    # Stored precision of cached hint / embedding outputs (logits are always float32).
+    score_feature_dtype: Literal["float32", "float16"] = "float16"
 
 
 @dataclass

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
+from torchrec_kd.models.dlrm import is_table_key
+
 
 def freeze_teacher_tables(teacher: nn.Module) -> None:
     """Give the teacher's tables a stateless fused optimizer with lr 0 (call before sharding).
@@ -22,7 +24,7 @@ def freeze_teacher_tables(teacher: nn.Module) -> None:
     Args:
         teacher (nn.Module): the unsharded teacher (e.g. on ``meta``).
     """
-    params = [p for n, p in teacher.named_parameters() if "embedding_bags" in n]
+    params = [p for n, p in teacher.named_parameters() if is_table_key(n)]
     # apply_optimizer_in_backward hooks the grad accumulator, which frozen params lack
     flags = [p.requires_grad for p in params]
     for p in params:

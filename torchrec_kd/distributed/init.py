@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
+from torchrec_kd.models.dlrm import ebc_layout_key, is_table_key
+
 ROW_CHUNK = 1 << 16
 
 
@@ -56,12 +58,13 @@ def init_weights(model: nn.Module, seed: int, prefix: str = "") -> None:
         seed (int): the run's seed.
         prefix (str): only keys starting with it (e.g. ``"student."``).
     """
-    sd = {k[len(prefix):]: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+    # keyed by the EBC-layout name, so a quantization-aware student starts from the plain student's weights
+    sd = {ebc_layout_key(k[len(prefix):]): v for k, v in model.state_dict().items() if k.startswith(prefix)}
     shapes = {k: tuple(v.size()) for k, v in sd.items()}
     for name, t in sd.items():
         if not isinstance(t, ShardedTensor) and not torch.is_floating_point(t):
             continue
-        is_table = "embedding_bags" in name
+        is_table = is_table_key(name)
         if isinstance(t, ShardedTensor):
             rows, dim = t.size()
             for shard in t.local_shards():

@@ -28,6 +28,7 @@ from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from torchrec_kd.config import ConfigError, ShardingConfig, TrainConfig
 from torchrec_kd.distributed.env import DistEnv
+from torchrec_kd.models.dlrm import is_table_key
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +91,12 @@ def planner_constraints(sharding: ShardingConfig, tables: Sequence[EmbeddingBagC
 
 def add_fused_embedding_optimizer(module: nn.Module, cfg: TrainConfig) -> None:
     """Fuse row-wise Adagrad into the backward of every embedding table under ``module``."""
-    params = [p for n, p in module.named_parameters() if "embedding_bags" in n]
+    params = [p for n, p in module.named_parameters() if is_table_key(n)]
     apply_optimizer_in_backward(RowWiseAdagrad, params, {"lr": cfg.embedding_lr, "eps": cfg.eps})
 
 
 def shard(module: nn.Module, env: DistEnv, local_batch_size: int,
-          constraints: Dict[str, ParameterConstraints]) -> DistributedModelParallel:
+          constraints: Dict[str, ParameterConstraints], data_parallel: bool = True) -> DistributedModelParallel:
     """Plan with TorchRec's planner (same plan on every rank) and wrap in DMP.
 
     Args:
@@ -103,6 +104,8 @@ def shard(module: nn.Module, env: DistEnv, local_batch_size: int,
         env (DistEnv): ranks and device.
         local_batch_size (int): per-rank batch size (the planner's cost model uses it).
         constraints (Dict[str, ParameterConstraints]): per-table constraints.
+        data_parallel (bool): wrap the dense part in DDP (False for a model that never trains,
+            e.g. a teacher scoring data: DDP refuses a model with nothing to train).
 
     Returns:
         DistributedModelParallel: the sharded model, materialised on ``env.device``.
@@ -114,7 +117,8 @@ def shard(module: nn.Module, env: DistEnv, local_batch_size: int,
     plan: ShardingPlan = planner.collective_plan(module, sharders, dist.GroupMember.WORLD)
     if env.is_main:
         logger.info("sharding plan:\n%s", plan)
-    return DistributedModelParallel(module=module, device=env.device, plan=plan, sharders=sharders)
+    return DistributedModelParallel(module=module, device=env.device, plan=plan, sharders=sharders,
+                                    init_data_parallel=data_parallel)
 
 
 def build_optimizer(model: DistributedModelParallel, cfg: TrainConfig, frozen_prefix: Optional[str] = None) -> CombinedOptimizer:

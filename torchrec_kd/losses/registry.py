@@ -6,9 +6,13 @@ picks them by name::
     distill:
       losses:
         - {name: hard_bce, weight: 0.5}
-        - {name: soft_bce, weight: 0.5, temperature: 2.0}
+        - {name: soft_bce, weight: 0.5, temperature: 2.0,
+           weight_schedule: {kind: warmup, steps: 100}}
+        - {name: hint_mse, weight: 0.05}
 
-and ``build_loss(cfg.distill.losses)`` returns one module computing the weighted sum.
+and ``build_loss(cfg.distill.losses, dims)`` returns one module computing the weighted sum.
+Logit terms see ``(student, teacher, labels)``; feature terms (hint, embedding, ranking)
+see a :class:`KDInputs` with the intermediate outputs they declare in ``requires``.
 """
 
 from __future__ import annotations
@@ -16,24 +20,86 @@ from __future__ import annotations
 import difflib
 import math
 from collections import Counter
-from typing import Callable, Dict, List, Sequence, Tuple, Type
+from dataclasses import dataclass, field
+from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import Tensor, nn
 
-from torchrec_kd.config import LossTermConfig
+from torchrec_kd.config import LossTermConfig, ScheduleConfig
+from torchrec_kd.losses.schedules import check_schedule, schedule_value
+
+# What a feature term may ask for besides logits and labels.
+FEATURES = ("hint", "embeddings", "groups")
+
+
+@dataclass
+class FeatureDims:
+    """Shapes feature terms need to build their projections.
+
+    Args:
+        student_hint (int): width of the student's over-arch input (its interaction output).
+        teacher_hint (int): the same for the teacher.
+        student_dim (int): the student's embedding dim.
+        teacher_dim (int): the teacher's embedding dim.
+        student_features (List[str]): the student's sparse features, in its order.
+        teacher_features (List[str]): the teacher's (a superset when some are privileged).
+    """
+
+    student_hint: int
+    teacher_hint: int
+    student_dim: int
+    teacher_dim: int
+    student_features: List[str] = field(default_factory=list)
+    teacher_features: List[str] = field(default_factory=list)
+
+
+@dataclass
+class KDInputs:
+    """Everything a term may read for one batch (feature fields are None unless some term requires them).
+
+    Args:
+        student (Tensor): student logits [B].
+        teacher (Tensor): teacher logits [B] (an ensemble's weighted mean).
+        labels (Tensor): [B] 0/1 labels.
+        student_hint (Optional[Tensor]): [B, Hs] the student's over-arch input.
+        teacher_hint (Optional[Tensor]): [B, Ht] the teacher's.
+        student_embeddings (Optional[Tensor]): [B, Fs, Ds] pooled embeddings.
+        teacher_embeddings (Optional[Tensor]): [B, Ft, Dt] pooled embeddings.
+        groups (Optional[Tensor]): [B] int64 group id of each row.
+    """
+
+    student: Tensor
+    teacher: Tensor
+    labels: Tensor
+    student_hint: Optional[Tensor] = None
+    teacher_hint: Optional[Tensor] = None
+    student_embeddings: Optional[Tensor] = None
+    teacher_embeddings: Optional[Tensor] = None
+    groups: Optional[Tensor] = None
 
 
 class KDLoss(nn.Module):
-    """Base class of one distillation term; subclasses implement ``forward``.
+    """Base class of one distillation term.
+
+    Logit terms implement ``forward(student, teacher, labels)``. Terms needing more set
+    ``requires`` (a subset of ``FEATURES``) and override :meth:`compute`; terms with
+    learned parts override :meth:`build` to size them from :class:`FeatureDims`.
 
     Args:
         temperature (float): softening temperature; terms that do not soften ignore it.
     """
 
+    requires: FrozenSet[str] = frozenset()
+
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
         self.temperature = float(temperature)
+
+    @classmethod
+    def build(cls, temperature: float, dims: Optional[FeatureDims]) -> "KDLoss":
+        """Construct the term (feature terms size their projections from ``dims``)."""
+        return cls(temperature=temperature)
 
     def forward(self, student: Tensor, teacher: Tensor, labels: Tensor) -> Tensor:
         """The term's value, averaged over the batch.
@@ -47,6 +113,10 @@ class KDLoss(nn.Module):
             Tensor: a scalar.
         """
         raise NotImplementedError
+
+    def compute(self, x: KDInputs) -> Tensor:
+        """The term's value on a batch's :class:`KDInputs` (logit terms: ``forward`` on the logits)."""
+        return self(x.student, x.teacher, x.labels)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"
@@ -78,78 +148,120 @@ def register_loss(name: str) -> Callable[[Type[KDLoss]], Type[KDLoss]]:
 
 
 class WeightedKDLoss(nn.Module):
-    """Weighted sum of distillation terms.
+    """Weighted sum of distillation terms, with per-term weight and temperature schedules.
+
+    The schedules advance one step per training-mode ``forward`` (one optimizer step);
+    ``step`` can be set when a run resumes.
 
     Args:
         terms (Sequence[Tuple[str, KDLoss, float]]): ``(key, term, weight)`` triples; keys
             name the terms in ``components`` and must be unique.
+        weight_schedules (Optional[Sequence[ScheduleConfig]]): one per term (default constant).
+        temperature_schedules (Optional[Sequence[ScheduleConfig]]): one per term (default constant).
     """
 
-    def __init__(self, terms: Sequence[Tuple[str, KDLoss, float]]) -> None:
+    def __init__(self, terms: Sequence[Tuple[str, KDLoss, float]],
+                 weight_schedules: Optional[Sequence[ScheduleConfig]] = None,
+                 temperature_schedules: Optional[Sequence[ScheduleConfig]] = None) -> None:
         super().__init__()
         self.names: List[str] = [key for key, _, _ in terms]
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"WeightedKDLoss: term keys must be unique, got {self.names}")
         self.terms = nn.ModuleList(term for _, term, _ in terms)
         self.weights: List[float] = [float(w) for _, _, w in terms]
+        self.temperatures: List[float] = [term.temperature for _, term, _ in terms]
+        self.weight_schedules = list(weight_schedules or [ScheduleConfig() for _ in terms])
+        self.temperature_schedules = list(temperature_schedules or [ScheduleConfig() for _ in terms])
+        self.step = 0
 
-    def forward(self, student: Tensor, teacher: Tensor, labels: Tensor) -> Tensor:
-        """Sum of ``weight * term`` over the terms whose weight is not zero.
+    @property
+    def requires(self) -> FrozenSet[str]:
+        """Union of what the terms need besides logits and labels."""
+        return frozenset().union(*(t.requires for t in self.terms))
+
+    def current(self) -> List[Tuple[float, float]]:
+        """``(weight, temperature)`` of each term at the current step."""
+        return [(schedule_value(ws, w, self.step), schedule_value(ts, t, self.step))
+                for w, t, ws, ts in zip(self.weights, self.temperatures, self.weight_schedules, self.temperature_schedules)]
+
+    def forward(self, student: Tensor, teacher: Tensor, labels: Tensor, **features: Optional[Tensor]) -> Tensor:
+        """Sum of ``weight * term`` at the current step of the schedules.
 
         Args:
             student (Tensor): student logits, [B] or [B, C].
             teacher (Tensor): teacher logits, same shape as ``student``.
             labels (Tensor): [B] labels.
+            **features (Optional[Tensor]): the other :class:`KDInputs` fields
+                (``student_hint``, ``teacher_hint``, ``student_embeddings``, ``teacher_embeddings``, ``groups``).
 
         Returns:
             Tensor: a scalar; it requires grad whenever ``student`` does.
         """
-        # Weights are Python floats fixed at build time, so skipping zero terms needs no host sync.
-        parts = [w * term(student, teacher, labels) for term, w in zip(self.terms, self.weights) if w != 0.0]
+        x = KDInputs(student, teacher, labels, **features)
+        parts = []
+        for term, (w, t) in zip(self.terms, self.current()):
+            # A zero weight skips a parameter-free term (weights are host floats: no sync);
+            # a term with learned parts always runs, so DDP sees the same graph every step.
+            if w == 0.0 and not any(True for _ in term.parameters()):
+                continue
+            term.temperature = t
+            parts.append(w * term.compute(x))
+        if self.training:
+            self.step += 1
         if not parts:
             # Every weight is zero: still return a zero connected to the graph so backward() works.
             return student.sum() * 0.0
         return sum(parts[1:], parts[0])
 
     @torch.no_grad()
-    def components(self, student: Tensor, teacher: Tensor, labels: Tensor) -> Dict[str, Tensor]:
+    def components(self, student: Tensor, teacher: Tensor, labels: Tensor, **features: Optional[Tensor]) -> Dict[str, Tensor]:
         """Each term's unweighted value (zero-weight terms included), for logging.
 
         Args:
             student (Tensor): student logits, [B] or [B, C].
             teacher (Tensor): teacher logits, same shape as ``student``.
             labels (Tensor): [B] labels.
+            **features (Optional[Tensor]): as in :meth:`forward`.
 
         Returns:
             Dict[str, Tensor]: detached scalars keyed by term name.
         """
-        return {key: term(student, teacher, labels) for key, term in zip(self.names, self.terms)}
+        x = KDInputs(student, teacher, labels, **features)
+        out = {}
+        for key, term, (_, t) in zip(self.names, self.terms, self.current()):
+            term.temperature = t
+            out[key] = term.compute(x)
+        return out
 
     def extra_repr(self) -> str:
         return ", ".join(f"{key}={w:g}" for key, w in zip(self.names, self.weights))
 
 
-def build_loss(terms: Sequence[LossTermConfig]) -> WeightedKDLoss:
+def build_loss(terms: Sequence[LossTermConfig], dims: Optional[FeatureDims] = None) -> WeightedKDLoss:
     """Build the weighted distillation objective from config entries.
 
     A name used more than once (e.g. ``soft_bce`` at two temperatures) gets keys
     ``soft_bce``, ``soft_bce_2``, ... in ``components``.
 
     Args:
-        terms (Sequence[LossTermConfig]): name, weight and temperature of each term.
+        terms (Sequence[LossTermConfig]): name, weight, temperature and schedules of each term.
+        dims (Optional[FeatureDims]): model shapes; needed by terms with projections
+            (hint_*, embedding_*).
 
     Returns:
         WeightedKDLoss: the module computing ``sum(weight * term)``.
 
     Raises:
         ValueError: empty list, unknown name (nearest name suggested), temperature not
-            finite and > 0, or weight negative or not finite.
+            finite and > 0, weight negative or not finite, a bad schedule, or a feature
+            term built without ``dims``.
     """
     if not terms:
         raise ValueError(f"no loss terms given; list at least one of: {', '.join(sorted(LOSSES))}")
     built: List[Tuple[str, KDLoss, float]] = []
     seen: Counter = Counter()
     for i, t in enumerate(terms):
+        where = f"distill.losses[{i}]"
         if t.name not in LOSSES:
             near = difflib.get_close_matches(t.name, list(LOSSES), n=1)
             hint = f"; did you mean '{near[0]}'?" if near else ""
@@ -158,7 +270,15 @@ def build_loss(terms: Sequence[LossTermConfig]) -> WeightedKDLoss:
             raise ValueError(f"loss term '{t.name}' (losses[{i}]): temperature must be finite and > 0, got {t.temperature}")
         if not (math.isfinite(t.weight) and t.weight >= 0):
             raise ValueError(f"loss term '{t.name}' (losses[{i}]): weight must be finite and >= 0, got {t.weight}")
+        check_schedule(t.weight_schedule, f"{where}.weight_schedule")
+        check_schedule(t.temperature_schedule, f"{where}.temperature_schedule")
+        if t.temperature_schedule.kind in ("linear", "cosine") and not t.temperature_schedule.start > 0:
+            raise ValueError(f"{where}.temperature_schedule.start must be > 0 (temperatures divide logits), "
+                             f"got {t.temperature_schedule.start}")
+        if t.temperature_schedule.kind == "warmup":
+            raise ValueError(f"{where}.temperature_schedule: 'warmup' starts at 0, which no temperature may be; "
+                             "use linear or cosine with start > 0")
         seen[t.name] += 1
         key = t.name if seen[t.name] == 1 else f"{t.name}_{seen[t.name]}"
-        built.append((key, LOSSES[t.name](temperature=t.temperature), t.weight))
-    return WeightedKDLoss(built)
+        built.append((key, LOSSES[t.name].build(t.temperature, dims), t.weight))
+    return WeightedKDLoss(built, [t.weight_schedule for t in terms], [t.temperature_schedule for t in terms])

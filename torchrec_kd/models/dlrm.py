@@ -11,14 +11,42 @@ Example::
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import torch
+from torch import Tensor
 from torchrec.models.dlrm import DLRM, DLRM_DCN
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_kd.config import ModelConfig
+
+
+# Where embedding tables sit in a state dict: TorchRec's EmbeddingBagCollection, or the
+# EmbeddingCollection of the quantization-aware sparse arch (torchrec_kd.qat).
+TABLE_KEY_PARTS = ("embedding_bags.", "embedding_collection.embeddings.")
+
+
+def is_table_key(name: str) -> bool:
+    """Whether a parameter / state-dict key names an embedding table."""
+    return any(part in name for part in TABLE_KEY_PARTS)
+
+
+def ebc_layout_key(key: str) -> str:
+    """A state-dict key in TorchRec's ``SparseArch(EmbeddingBagCollection)`` layout.
+
+    The quantization-aware sparse arch keeps its tables in an ``EmbeddingCollection``;
+    renaming its keys lets a QAT checkpoint load into a plain DLRM (quantize, export) and
+    keeps weight initialisation identical to the plain model's.
+
+    Args:
+        key (str): e.g. ``student.sparse_arch.embedding_collection.embeddings.s_cat_0.weight``.
+
+    Returns:
+        str: e.g. ``student.sparse_arch.embedding_bag_collection.embedding_bags.s_cat_0.weight``.
+    """
+    return key.replace("sparse_arch.embedding_collection.embeddings.", "sparse_arch.embedding_bag_collection.embedding_bags.")
 
 
 def make_tables(cfg: ModelConfig, feature_names: Sequence[str], num_embeddings: Sequence[int]) -> List[EmbeddingBagConfig]:
@@ -94,3 +122,41 @@ def build_dlrm_from_meta(meta: dict, device: torch.device = torch.device("cpu"))
     cfg = ModelConfig(**meta["model"])
     tables = make_tables(cfg, meta["sparse_features"], meta["num_embeddings"])
     return build_dlrm(cfg, tables, meta["dense_in_features"], device=device)
+
+
+def interaction_dim(cfg: ModelConfig, num_features: int) -> int:
+    """Width of the over-arch input (the interaction arch's output), as TorchRec builds it.
+
+    Args:
+        cfg (ModelConfig): ``dlrm`` (dense + pairwise dot products) or ``dlrm_dcn`` (cross net).
+        num_features (int): sparse features the model reads.
+
+    Returns:
+        int: ``D + F (F + 1) / 2`` for DLRM, ``(F + 1) D`` for DLRM_DCN.
+    """
+    d = cfg.embedding_dim
+    if cfg.arch == "dlrm_dcn":
+        return (num_features + 1) * d
+    return d + num_features * (num_features + 1) // 2
+
+
+def forward_with_features(model: DLRM, dense: Tensor, sparse: KeyedJaggedTensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """``DLRM.forward`` that also returns the intermediates feature distillation reads.
+
+    Same arches in the same order as TorchRec's ``DLRM.forward`` (each sharded embedding
+    collection is still called once), so the logits are the model's own.
+
+    Args:
+        model (DLRM): a DLRM or DLRM_DCN (sharded or not).
+        dense (Tensor): [B, num_dense] dense features.
+        sparse (KeyedJaggedTensor): sparse features.
+
+    Returns:
+        Tuple[Tensor, Tensor, Tensor]: logits [B], hint (the over-arch input) [B, H] and
+        pooled embeddings [B, F, D].
+    """
+    embedded_dense = model.dense_arch(dense)
+    embedded_sparse = model.sparse_arch(sparse)
+    hint = model.inter_arch(dense_features=embedded_dense, sparse_features=embedded_sparse)
+    logits = model.over_arch(hint)
+    return logits.squeeze(-1), hint, embedded_sparse

@@ -1,21 +1,29 @@
-"""Recipe: distill the trained teacher into the student inside ``TrainPipelineSparseDist``.
+"""Recipe: distill trained teacher(s) into the student inside ``TrainPipelineSparseDist``.
 
 Example::
 
     python -m torchrec_kd.cli distill --config configs/dlrm_teacher_synthetic.yaml
+    python -m torchrec_kd.cli distill-qat --config configs/dlrm_teacher_synthetic.yaml   # int4-aware
+    python -m torchrec_kd.cli distill --config … distill.offline=true                  # from score-teacher's cache
 
-Setup builds teacher and student on ``meta``, wraps them in one
-``DistillationModel``, freezes the teacher's tables (stateless fused SGD, left out of
-the optimizer), shards everything with one ``DistributedModelParallel``, loads the
+Setup builds the teacher(s) and the student on ``meta``, wraps them in one
+``DistillationModel``, freezes the teachers' tables (stateless fused SGD, left out of
+the optimizer), shards everything with one ``DistributedModelParallel``, loads each
 teacher checkpoint (resharded to this plan) and initialises the student exactly as
 ``train-student`` does, so "student alone" and "distilled" differ only in the loss.
+Offline, no teacher is built: its stored outputs ride with each batch. With QAT the
+student's tables sit in a :class:`~torchrec_kd.qat.sparse_arch.FakeQuantSparseArch`.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List, Optional
+
+import torch
+from torchrec.datasets.utils import Batch
+from torchrec.models.dlrm import DLRM
 
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
@@ -25,16 +33,23 @@ from torchrec_kd.distill.freeze import freeze_sharded, freeze_teacher_tables
 from torchrec_kd.distill.model import DistillationModel
 from torchrec_kd.distributed.init import init_weights
 from torchrec_kd.distributed.sharding import add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard
-from torchrec_kd.losses import build_loss
-from torchrec_kd.models.dlrm import build_dlrm, embedding_bytes, make_tables, model_meta
+from torchrec_kd.distill.offline import OfflineScores
+from torchrec_kd.losses import FeatureDims, build_loss
+from torchrec_kd.models.dlrm import build_dlrm, embedding_bytes, interaction_dim, make_tables, model_meta
+from torchrec_kd.qat.sparse_arch import use_fake_quant_sparse_arch
 from torchrec_kd.recipes.pipelined import PipelinedRecipe
-from torchrec_kd.recipes.train_model import MODEL_PREFIX, count_params
+from torchrec_kd.recipes.train_model import MODEL_PREFIX, count_params, model_features
 from torchrec_kd.results import metrics_table, update_metrics
 
 logger = logging.getLogger(__name__)
 
-TEACHER, STUDENT = "teacher.", "student."
+TEACHERS, STUDENT = "teachers.", "student."
 DISTILLED = "distilled"
+
+
+def entry_name(qat: Optional[str]) -> str:
+    """``metrics.json`` key and checkpoint directory of a distillation run."""
+    return DISTILLED if qat is None else f"{DISTILLED}_qat"
 
 
 def check_teacher_checkpoint(path: Path, teacher: ModelConfig, tables: List[EmbeddingBagConfig]) -> None:
@@ -68,63 +83,179 @@ def check_teacher_checkpoint(path: Path, teacher: ModelConfig, tables: List[Embe
                          + ", ".join(f"{k}={wanted_cfg[k]}" for k in diff))
 
 
+class TeacherSpec:
+    """One teacher of this run: where it comes from and how it is built.
+
+    Args:
+        checkpoint (Path): its ``train-teacher`` checkpoint.
+        weight (float): its ensemble weight.
+        model (ModelConfig): architecture.
+        tables (List[EmbeddingBagConfig]): its tables.
+    """
+
+    def __init__(self, checkpoint: Path, weight: float, model: ModelConfig, tables: List[EmbeddingBagConfig]) -> None:
+        self.checkpoint, self.weight, self.model, self.tables = checkpoint, weight, model, tables
+
+    @property
+    def features(self) -> List[str]:
+        return [t.feature_names[0] for t in self.tables]
+
+
+def resolve_teachers(cfg: RunConfig, sparse_names: List[str], num_embeddings: List[int]) -> List[TeacherSpec]:
+    """The run's teachers: ``distill.teachers`` if listed, else the configured teacher.
+
+    Args:
+        cfg (RunConfig): the run config.
+        sparse_names (List[str]): the data's sparse features.
+        num_embeddings (List[int]): their table sizes.
+
+    Returns:
+        List[TeacherSpec]: checked against the data and each other.
+
+    Raises:
+        ConfigError: a checkpoint that is not a teacher, does not fit the data, or shares a
+            table prefix with another model of the run.
+    """
+    if not cfg.distill.teachers:
+        path = Path(cfg.distill.teacher_checkpoint or cfg.out_dir / "teacher")
+        tables = make_tables(cfg.teacher, sparse_names, num_embeddings)
+        check_teacher_checkpoint(path, cfg.teacher, tables)
+        return [TeacherSpec(path, 1.0, cfg.teacher, tables)]
+    sizes = dict(zip(sparse_names, num_embeddings))
+    specs: List[TeacherSpec] = []
+    for i, entry in enumerate(cfg.distill.teachers):
+        where = f"distill.teachers[{i}]"
+        if not entry.checkpoint:
+            raise ConfigError(f"{where}.checkpoint is empty; give a train-teacher output directory")
+        if not entry.weight >= 0:
+            raise ConfigError(f"{where}.weight must be >= 0, got {entry.weight}")
+        meta = read_meta(Path(entry.checkpoint))
+        if meta.get("role") != "teacher":
+            raise ConfigError(f"{where}.checkpoint: {entry.checkpoint} holds a {meta.get('role')!r} model, not a teacher")
+        model = ModelConfig(**meta["model"])
+        feats, rows = meta["sparse_features"], meta["num_embeddings"]
+        bad = [(f, r, sizes.get(f)) for f, r in zip(feats, rows) if sizes.get(f) != r]
+        if bad:
+            raise ConfigError(f"{where}.checkpoint: {entry.checkpoint} does not fit this data: (feature, its rows, the data's) "
+                              f"{bad[:3]}; distill on the data the teacher was trained on")
+        specs.append(TeacherSpec(Path(entry.checkpoint), entry.weight, model, make_tables(model, feats, rows)))
+    if sum(s.weight for s in specs) <= 0:
+        raise ConfigError("distill.teachers: the weights sum to 0; give at least one teacher a positive weight")
+    prefixes = [s.model.table_prefix for s in specs] + [cfg.student.table_prefix]
+    clash = sorted({p for p in prefixes if prefixes.count(p) > 1})
+    if clash:
+        raise ConfigError(f"distill.teachers: table prefix(es) {clash} used by more than one model of this run "
+                          "(every model shares one DMP); train the extra teacher with e.g. teacher.table_prefix=t2_")
+    return specs
+
+
 class DistillRecipe(PipelinedRecipe):
-    """Distill ``cfg.teacher`` (from its checkpoint) into ``cfg.student``.
+    """Distill the teacher(s) into ``cfg.student``, online or from stored scores, optionally QAT.
 
     Args:
         cfg (RunConfig): the validated run config.
+        qat (Optional[str]): fake-quantize the student's rows as this format (``int4``, …)
+            while it learns; the result is saved as ``distilled_qat``.
     """
 
-    def __init__(self, cfg: RunConfig) -> None:
-        super().__init__(cfg, "distill", DISTILLED)
+    def __init__(self, cfg: RunConfig, qat: Optional[str] = None) -> None:
+        super().__init__(cfg, "distill" if qat is None else "distill_qat", entry_name(qat))
+        self.qat = qat
+        self.offline: Optional[OfflineScores] = None
 
     @property
     def teacher_checkpoint(self) -> Path:
-        """Where the teacher is loaded from."""
-        return Path(self.cfg.distill.teacher_checkpoint or self.cfg.out_dir / "teacher")
+        """The (first) teacher's checkpoint."""
+        return self.teachers[0].checkpoint
 
     def setup(self) -> None:
-        """Process group, data, both models, freezing, sharding, teacher load, optimizer, pipeline."""
+        """Process group, data, models, freezing, sharding, teacher load, optimizer, pipeline."""
         cfg = self.cfg
         env = self.setup_run()
         dense_in = len(self.data.dense_names)
-        self.teacher_tables = make_tables(cfg.teacher, self.data.sparse_names, self.data.num_embeddings)
-        self.student_tables = make_tables(cfg.student, self.data.sparse_names, self.data.num_embeddings)
-        check_teacher_checkpoint(self.teacher_checkpoint, cfg.teacher, self.teacher_tables)
-        module = DistillationModel(build_dlrm(cfg.teacher, self.teacher_tables, dense_in),
-                                   build_dlrm(cfg.student, self.student_tables, dense_in),
-                                   build_loss(cfg.distill.losses))
-        freeze_teacher_tables(module.teacher)
+        self.teachers = resolve_teachers(cfg, list(self.data.sparse_names), list(self.data.num_embeddings))
+        features, sizes = model_features(cfg, "student", self.data.sparse_names, self.data.num_embeddings)
+        self.student_tables = make_tables(cfg.student, features, sizes)
+        first = self.teachers[0]
+        dims = FeatureDims(student_hint=interaction_dim(cfg.student, len(features)),
+                           teacher_hint=interaction_dim(first.model, len(first.features)),
+                           student_dim=cfg.student.embedding_dim, teacher_dim=first.model.embedding_dim,
+                           student_features=features, teacher_features=first.features)
+        loss = build_loss(cfg.distill.losses, dims)
+        if cfg.distill.offline:
+            self.offline = OfflineScores.open(cfg, self.teachers, loss.requires, env)
+            self.teachers_built: List[DLRM] = []
+        else:
+            self.teachers_built = [build_dlrm(t.model, t.tables, dense_in) for t in self.teachers]
+        student = build_dlrm(cfg.student, self.student_tables, dense_in)
+        if self.qat is not None:
+            use_fake_quant_sparse_arch(student, self.student_tables, self.qat)
+        try:
+            module = DistillationModel(self.teachers_built, student, loss,
+                                       teacher_weights=[t.weight for t in self.teachers] if self.teachers_built else None,
+                                       group_feature=cfg.distill.group_feature)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if cfg.distill.group_feature is not None and cfg.distill.group_feature not in self.data.sparse_names:
+            raise ConfigError(f"distill.group_feature: '{cfg.distill.group_feature}' is not a sparse feature of this data; "
+                              f"it has {list(self.data.sparse_names)[:8]}")
+        for teacher in module.teachers:
+            freeze_teacher_tables(teacher)
         add_fused_embedding_optimizer(module.student, cfg.train)
-        constraints = planner_constraints(cfg.sharding, self.teacher_tables + self.student_tables, env.device.type)
+        online = self.teachers if self.teachers_built else []
+        all_tables = [t for spec in online for t in spec.tables] + self.student_tables
+        constraints = planner_constraints(cfg.sharding, all_tables, env.device.type)
         self.model = shard(module, env, self.local_batch, constraints)
-        freeze_sharded(self.model, TEACHER)
+        freeze_sharded(self.model, TEACHERS)
         init_weights(self.model, cfg.seed, prefix=STUDENT)
-        load_module(self.model, self.teacher_checkpoint, model_prefix=TEACHER, ckpt_prefix=MODEL_PREFIX)
-        self.optimizer = build_optimizer(self.model, cfg.train, frozen_prefix=TEACHER)
+        for i, spec in enumerate(online):
+            load_module(self.model, spec.checkpoint, model_prefix=f"{TEACHERS}{i}.", ckpt_prefix=MODEL_PREFIX)
+        self.optimizer = build_optimizer(self.model, cfg.train, frozen_prefix=TEACHERS)
         self.make_pipeline()
+
+    def _resume(self) -> int:
+        start = super()._resume()
+        assert self.model is not None
+        self.model.module.loss_fn.step = start  # schedules continue where the run stopped
+        return start
+
+    def train_batches(self, start: int) -> Iterator[Batch]:
+        """Offline, each batch carries the stored teacher outputs of its rows."""
+        batches = super().train_batches(start)
+        if self.offline is None:
+            return batches
+        assert self.env is not None
+        return self.offline.attach(batches, start, self.env.rank, self.env.world_size)
+
+    @torch.no_grad()
+    def score(self, batch: Batch) -> torch.Tensor:
+        """The student alone scores evaluation batches (no teacher work, no stored scores needed)."""
+        assert self.model is not None
+        return self.model.module.student(batch.dense_features, batch.sparse_features).squeeze(-1)
 
     def save(self, metrics: Dict[str, float]) -> Dict[str, Any]:
         """Checkpoint the student (in ``train-student``'s layout) and record its metrics."""
         cfg, env = self.cfg, self.env
         assert env is not None and self.model is not None
         out = cfg.out_dir
-        meta = {"role": "student", "distilled_from": str(self.teacher_checkpoint), "config": config_to_dict(cfg),
+        meta = {"role": "student", "distilled_from": [str(t.checkpoint) for t in self.teachers],
+                "offline": cfg.distill.offline, "qat": self.qat, "config": config_to_dict(cfg),
                 "world_size": env.world_size, "tables": [t.name for t in self.student_tables],
                 **model_meta(cfg.student, self.student_tables, len(self.data.dense_names))}
-        save_model(self.model, out / DISTILLED, meta, model_prefix=STUDENT, ckpt_prefix=MODEL_PREFIX)
+        save_model(self.model, out / self.entry_name, meta, model_prefix=STUDENT, ckpt_prefix=MODEL_PREFIX)
         emb = embedding_bytes(self.student_tables)
         entry = {**self.entry(metrics, count_params(emb, self.model, STUDENT), emb),
-                 "losses": [config_to_dict(t) for t in cfg.distill.losses]}
+                 "losses": [config_to_dict(t) for t in cfg.distill.losses], "qat": self.qat,
+                 "offline": cfg.distill.offline, "teachers": len(self.teachers)}
         if env.is_main:
-            data = update_metrics(out, DISTILLED, entry)
+            data = update_metrics(out, self.entry_name, entry)
             logger.info("wrote %s\n%s", out / "metrics.json", metrics_table(data))
         return entry
 
 
-def run(cfg: RunConfig) -> Dict[str, Any]:
-    """Distill, evaluate on the test split and save. Returns the ``distilled`` entry."""
-    recipe = DistillRecipe(cfg)
+def run(cfg: RunConfig, qat: Optional[str] = None) -> Dict[str, Any]:
+    """Distill, evaluate on the test split and save. Returns the ``distilled`` (or ``distilled_qat``) entry."""
+    recipe = DistillRecipe(cfg, qat)
     recipe.setup()
     recipe.train()
     return recipe.save(recipe.evaluate("test"))

@@ -1,5 +1,6 @@
 """Recipe: the whole job in one launch — teacher, student alone, distillation,
-quantization, report — skipping every step whose outputs already exist.
+quantization, quantization-aware distillation (``distill.qat``), report — skipping
+every step whose outputs already exist.
 
 All steps run in the same processes and process group; a step is done when its
 checkpoint (``<name>/meta.json``) and its ``metrics.json`` entry exist. Rank 0
@@ -39,13 +40,20 @@ def _has(out: Path, entries: List[str], checkpoint: str = "") -> bool:
 def steps(cfg: RunConfig) -> List[Tuple[str, Callable[[Path], bool], Callable[[], object]]]:
     """(name, is_done(out_dir), run) for each step, in order."""
     quantized = [f"distilled_{d}" for d in cfg.quantize.dtypes]
-    return [
+    out = [
         ("teacher", lambda out: _has(out, ["teacher"], "teacher"), lambda: train_model.run(cfg, "teacher")),
         ("student", lambda out: _has(out, ["student"], "student"), lambda: train_model.run(cfg, "student")),
         ("distill", lambda out: _has(out, ["distilled"], "distilled"), lambda: distill.run(cfg)),
         ("quantize", lambda out: _has(out, quantized), lambda: quantize.run(cfg, "distilled")),
-        ("report", lambda out: False, lambda: report.run(cfg)),
     ]
+    qat = cfg.distill.qat
+    if qat is not None:  # quantization-aware distillation, exported in the format it trained for
+        out += [
+            ("distill-qat", lambda out: _has(out, ["distilled_qat"], "distilled_qat"), lambda: distill.run(cfg, qat=qat)),
+            ("quantize-qat", lambda out: _has(out, [f"distilled_qat_{qat}"]),
+             lambda: quantize.run(cfg, "distilled_qat", [qat])),
+        ]
+    return out + [("report", lambda out: False, lambda: report.run(cfg))]
 
 
 def run(cfg: RunConfig) -> None:

@@ -8,9 +8,10 @@ returns ``(loss, (loss, logits, …))``) and ``optimizer``, then calls :meth:`ma
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import torch
+from torchrec.datasets.utils import Batch
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.optim.keyed import KeyedOptimizer
@@ -25,6 +26,22 @@ from torchrec_kd.training.guard import NonFiniteGuard
 from torchrec_kd.training.loop import TrainStats, train
 
 TRAIN_STATE_DIR = "train_state"
+
+
+def peak_rss_gib(device: torch.device = torch.device("cpu")) -> float:
+    """Largest peak resident memory of any rank's process so far, in GiB (a collective).
+
+    Args:
+        device (torch.device): the process group's device (nccl reduces CUDA tensors).
+    """
+    import resource
+
+    import torch.distributed as dist
+
+    peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20], device=device)  # Linux: KiB
+    if dist.is_initialized():
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    return round(float(peak), 3)
 
 
 class PipelinedRecipe:
@@ -99,8 +116,7 @@ class PipelinedRecipe:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(log_dir=str(cfg.out_dir / TENSORBOARD_DIR / self.entry_name))
-        batches = self.data.batches("train", cfg.data.batch_size, env.rank, env.world_size,
-                                    num_batches=self.steps, start=start)
+        batches = self.train_batches(start)
         self.stats = train(self.pipeline, batches, self.steps, env, cfg.data.batch_size, cfg.train.log_every,
                            cfg.train.eval_every, on_eval=lambda step: self.evaluate("val"), desc=self.name,
                            start_step=start, stats=self.stats, checkpoint_every=cfg.train.checkpoint_every,
@@ -110,6 +126,18 @@ class PipelinedRecipe:
         self.pipeline.detach()  # back to the plain model for evaluation and saving
         return self.stats
 
+    def train_batches(self, start: int) -> Iterator[Batch]:
+        """This rank's training batches from step ``start`` on (a subclass may decorate them)."""
+        assert self.env is not None
+        return iter(self.data.batches("train", self.cfg.data.batch_size, self.env.rank, self.env.world_size,
+                                      num_batches=self.steps, start=start))
+
+    def score(self, batch: Batch) -> torch.Tensor:
+        """Logits [B] of the trained model on an evaluation batch."""
+        assert self.model is not None
+        # forward returns (loss, (loss, logits, ...)): the trained model's logits come second
+        return self.model(batch)[1][1]
+
     def evaluate(self, split: str = "test") -> Dict[str, float]:
         """AUC / NE / log loss / calibration of the trained model's logits on ``split``."""
         cfg, env = self.cfg, self.env
@@ -117,13 +145,12 @@ class PipelinedRecipe:
         self.model.eval()
         n = self.data.num_batches(split, cfg.data.batch_size) or 0
         batches = self.data.batches(split, cfg.data.batch_size, env.rank, env.world_size)
-        # forward returns (loss, (loss, logits, ...)): the trained model's logits come second
-        return evaluate(lambda b: self.model(b)[1][1], batches, env, self.local_batch, n * cfg.data.batch_size)
+        return evaluate(self.score, batches, env, self.local_batch, n * cfg.data.batch_size)
 
     def entry(self, metrics: Dict[str, float], params: int, embedding_bytes: int) -> Dict[str, Any]:
         """The ``metrics.json`` entry of this run."""
         assert self.env is not None
-        return {**metrics, "params": params, "embedding_bytes": embedding_bytes,
+        return {**metrics, "params": params, "embedding_bytes": embedding_bytes, "peak_rss_gib": peak_rss_gib(self.env.device),
                 "train_samples_per_s": self.stats.samples_per_s, "world_size": self.env.world_size,
                 "steps": self.stats.steps, "loss_curve": list(zip(self.stats.loss_steps, self.stats.losses)),
                 "val_curve": self.stats.evals}

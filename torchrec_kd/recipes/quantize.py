@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from torchrec.models.dlrm import DLRM
 
@@ -54,12 +54,14 @@ def load_float_model(ckpt: Path) -> Tuple[DLRM, Dict[str, Any]]:
     return model.eval(), meta
 
 
-def run(cfg: RunConfig, source: str = "distilled") -> Dict[str, Dict[str, Any]]:
+def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
     """Quantize ``<output_dir>/<source>`` to each of ``quantize.dtypes`` and evaluate.
 
     Args:
         cfg (RunConfig): the run config (``quantize`` section, data, output dir).
-        source (str): which checkpoint: ``distilled`` or ``student``.
+        source (str): which checkpoint: ``distilled``, ``distilled_qat`` or ``student``.
+        dtypes (Optional[Sequence[str]]): overrides ``quantize.dtypes`` (a QAT student is
+            exported in the format it was trained for).
 
     Returns:
         Dict[str, dict]: the metrics entries written, keyed ``<source>_<dtype>``.
@@ -72,7 +74,7 @@ def run(cfg: RunConfig, source: str = "distilled") -> Dict[str, Dict[str, Any]]:
     n = data.num_batches("test", cfg.data.batch_size) or 0
     params = sum(p.numel() for p in float_model.parameters())
     results: Dict[str, Dict[str, Any]] = {}
-    for dtype in cfg.quantize.dtypes:
+    for dtype in (dtypes or cfg.quantize.dtypes):
         qm = quantize_dlrm(float_model, dtype, cfg.quantize.tables)
         t0 = time.perf_counter()
         metrics = evaluate(lambda b: qm(b.dense_features, b.sparse_features).squeeze(-1),

@@ -9,16 +9,16 @@ Example::
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from torchrec.models.dlrm import DLRMTrain
 
 from torchrec_kd.checkpoint import save_model
-from torchrec_kd.config import RunConfig, config_to_dict
+from torchrec_kd.config import ConfigError, RunConfig, config_to_dict
 from torchrec_kd.distributed.init import init_weights
 from torchrec_kd.distributed.sharding import (add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard)
-from torchrec_kd.models.dlrm import build_dlrm, embedding_bytes, make_tables, model_meta
+from torchrec_kd.models.dlrm import build_dlrm, embedding_bytes, is_table_key, make_tables, model_meta
 from torchrec_kd.results import metrics_table, update_metrics
 from torchrec_kd.recipes.pipelined import PipelinedRecipe
 
@@ -33,8 +33,38 @@ def count_params(tables_bytes: int, model: torch.nn.Module, prefix: str = "") ->
 
     Dense parameters are replicated, so this rank's state dict holds them whole.
     """
-    dense = sum(v.numel() for k, v in model.state_dict().items() if k.startswith(prefix) and "embedding_bags" not in k)
+    dense = sum(v.numel() for k, v in model.state_dict().items() if k.startswith(prefix) and not is_table_key(k))
     return tables_bytes // 4 + dense
+
+
+def model_features(cfg: RunConfig, role: str, names: Sequence[str], sizes: Sequence[int]) -> Tuple[List[str], List[int]]:
+    """The sparse features (and their table sizes) the ``role`` model reads.
+
+    The teacher reads every feature; the student leaves out ``distill.privileged_features``.
+
+    Args:
+        cfg (RunConfig): the run config.
+        role (str): "teacher" or "student".
+        names (Sequence[str]): the data's sparse features.
+        sizes (Sequence[int]): their table sizes.
+
+    Returns:
+        Tuple[List[str], List[int]]: the features kept and their sizes.
+
+    Raises:
+        ConfigError: a privileged feature the data does not have, or every feature privileged.
+    """
+    privileged = set(cfg.distill.privileged_features)
+    unknown = sorted(privileged - set(names))
+    if unknown:
+        raise ConfigError(f"distill.privileged_features: {unknown} are not sparse features of this data; "
+                          f"it has {list(names)[:8]}{' …' if len(names) > 8 else ''}")
+    if role == "teacher" or not privileged:
+        return list(names), list(sizes)
+    kept = [(n, k) for n, k in zip(names, sizes) if n not in privileged]
+    if not kept:
+        raise ConfigError("distill.privileged_features lists every sparse feature; the student needs at least one")
+    return [n for n, _ in kept], [k for _, k in kept]
 
 
 class TrainModelRecipe(PipelinedRecipe):
@@ -61,7 +91,7 @@ class TrainModelRecipe(PipelinedRecipe):
         """Process group, data, model on meta, sharding plan, optimizers, pipeline."""
         cfg = self.cfg
         env = self.setup_run()
-        self.tables = make_tables(self.model_cfg, self.data.sparse_names, self.data.num_embeddings)
+        self.tables = make_tables(self.model_cfg, *model_features(cfg, self.role, self.data.sparse_names, self.data.num_embeddings))
         module = DLRMTrain(build_dlrm(self.model_cfg, self.tables, len(self.data.dense_names)))
         add_fused_embedding_optimizer(module, cfg.train)
         self.model = shard(module, env, self.local_batch, planner_constraints(cfg.sharding, self.tables, env.device.type))

@@ -1,0 +1,159 @@
+"""Distillation variants on gloo ranks: QAT, offline teacher scores, ensembles, privileged features, feature terms."""
+
+import pytest
+import torch
+
+from tests.conftest import TINY
+from tests.multiprocess import run_ranks
+from torchrec_kd.checkpoint import read_meta
+from torchrec_kd.config import ConfigError, load_config
+from torchrec_kd.distributed.state import local_tensors
+from torchrec_kd.quantization import quantize_dlrm
+from torchrec_kd.recipes import score_teacher
+from torchrec_kd.recipes.distill import DistillRecipe
+from torchrec_kd.recipes.quantize import load_float_model
+from torchrec_kd.recipes.train_model import TrainModelRecipe
+
+STEPS = 6
+
+
+def _cfg(out, *extra):
+    return load_config(TINY, [f"output_dir={out}", f"train.steps={STEPS}", *extra])
+
+
+def _train_teacher(rank, world_size, out, *extra):
+    r = TrainModelRecipe(_cfg(out, *extra), "teacher")
+    r.setup()
+    r.train()
+    r.save({})
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    """A DLRM teacher and a DLRM_DCN teacher (other table prefix), each trained on 2 ranks."""
+    dlrm, dcn = tmp_path_factory.mktemp("dlrm"), tmp_path_factory.mktemp("dcn")
+    run_ranks(_train_teacher, 2, dlrm, str(dlrm))
+    run_ranks(_train_teacher, 2, dcn, str(dcn), "teacher.arch=dlrm_dcn", "teacher.table_prefix=t2_",
+              "teacher.dcn_num_layers=1", "teacher.dcn_low_rank_dim=4")
+    return dlrm / "teacher", dcn / "teacher"
+
+
+def _distill(rank, world_size, out, qat, *extra):
+    r = DistillRecipe(_cfg(out, *extra), qat=qat)
+    r.setup()
+    stats = r.train()
+    entry = r.save(r.evaluate("test"))
+    batch = next(iter(r.data.batches("test", r.cfg.data.batch_size, rank, world_size)))
+    kjt = batch.sparse_features
+    return {"losses": stats.losses, "auc": entry["auc"], "student": local_tensors(r.model, "student."),
+            "scores": r.score(batch), "dense": batch.dense_features, "keys": kjt.keys(),
+            "values": kjt.values(), "lengths": kjt.lengths(),
+            "student_tables": [t.name for t in r.student_tables], "teacher_count": len(r.model.module.teachers)}
+
+
+def _kjt(r):
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    return KeyedJaggedTensor.from_lengths_sync(keys=r["keys"], values=r["values"], lengths=r["lengths"])
+
+
+def test_qat_trains_on_two_ranks_and_the_int4_export_scores_what_it_trained(teachers, tmp_path):
+    out = tmp_path / "qat"
+    results = run_ranks(_distill, 2, tmp_path, str(out), "int4", f"distill.teacher_checkpoint={teachers[0]}")
+    assert all(torch.isfinite(torch.tensor(r["losses"])).all() for r in results)
+    assert read_meta(out / "distilled_qat")["qat"] == "int4"
+    float_model, _ = load_float_model(out / "distilled_qat")  # the QAT checkpoint loads into a plain DLRM
+    qm = quantize_dlrm(float_model, "int4")
+    for r in results:
+        exported = qm(r["dense"], _kjt(r)).squeeze(-1)
+        assert torch.allclose(exported, r["scores"], atol=1e-5), (exported - r["scores"]).abs().max()
+        # without QAT the float model would differ from its int4 export
+        assert not torch.allclose(float_model(r["dense"], _kjt(r)).squeeze(-1), exported, atol=1e-4)
+
+
+def _score(rank, world_size, out, *extra):
+    return score_teacher.run(_cfg(out, *extra))
+
+
+def _try_offline(rank, world_size, out, *extra):
+    try:
+        _distill(rank, world_size, out, None, "distill.offline=true", *extra)
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+def test_offline_distillation_equals_online_and_a_mismatched_cache_is_refused(teachers, tmp_path):
+    ckpt = f"distill.teacher_checkpoint={teachers[0]}"
+    online = run_ranks(_distill, 2, tmp_path, str(tmp_path / "online"), None, ckpt)
+    cache = tmp_path / "cache"
+    scores = f"distill.teacher_scores={cache}"
+    run_ranks(_score, 2, tmp_path, str(tmp_path / "score"), ckpt, scores)
+    assert (cache / "manifest.json").is_file()
+    offline = run_ranks(_distill, 2, tmp_path, str(tmp_path / "offline"), None, ckpt, scores, "distill.offline=true")
+    for on, off in zip(online, offline):
+        assert off["teacher_count"] == 0  # no teacher in memory
+        assert off["losses"] == pytest.approx(on["losses"], abs=1e-6)
+        for k, v in on["student"].items():
+            assert torch.allclose(v, off["student"][k], atol=1e-6), k
+    # the same cache, read by one rank, gives the same run
+    single = run_ranks(_distill, 1, tmp_path, str(tmp_path / "offline1"), None, ckpt, scores, "distill.offline=true")
+    # (each of 2 ranks logs the loss of its half of the global batch; one rank logs the whole)
+    two_rank_mean = [sum(v) / 2 for v in zip(*(r["losses"] for r in online))]
+    assert single[0]["losses"] == pytest.approx(two_rank_mean, abs=1e-5)
+
+    refused = {
+        "seed": run_ranks(_try_offline, 1, tmp_path, str(tmp_path / "r1"), ckpt, scores, "seed=1")[0],
+        "steps": run_ranks(_try_offline, 1, tmp_path, str(tmp_path / "r2"), ckpt, scores, f"train.steps={STEPS + 2}")[0],
+        "data": run_ranks(_try_offline, 1, tmp_path, str(tmp_path / "r3"), ckpt, scores,
+                          "data.synthetic.zipf_exponent=1.3")[0],
+        "teacher": run_ranks(_try_offline, 1, tmp_path, str(tmp_path / "r4"), scores,
+                             f"distill.teachers=[{{checkpoint: {teachers[0]}}}, {{checkpoint: {teachers[1]}}}]")[0],
+        "fields": run_ranks(_try_offline, 1, tmp_path, str(tmp_path / "r5"), ckpt, scores,
+                            "distill.losses=[{name: soft_bce}, {name: hint_mse, weight: 0.1}]")[0],
+    }
+    assert all(refused.values()), refused
+    assert "seed" in refused["seed"] and str(cache) in refused["seed"]
+    assert str(STEPS) in refused["steps"]
+    assert "different data" in refused["data"]
+    assert "teachers" in refused["teacher"]
+    assert "hint" in refused["fields"]
+
+
+def test_ensemble_privileged_features_and_feature_terms_on_two_ranks(teachers, tmp_path):
+    out = tmp_path / "ens"
+    losses = ("distill.losses=[{name: hard_bce, weight: 0.2}, {name: soft_bce, weight: 0.8}, {name: hint_mse, weight: 0.1}, "
+              "{name: embedding_cosine, weight: 0.1}, {name: rank_listwise, weight: 0.1}, "
+              "{name: rank_pairwise, weight: 0.1, weight_schedule: {kind: linear, start: 0.0, steps: 3}}]")
+    results = run_ranks(_distill, 2, tmp_path, str(out), None, losses, "distill.group_feature=cat_0",
+                        "distill.privileged_features=[cat_3]",
+                        f"distill.teachers=[{{checkpoint: {teachers[0]}, weight: 2}}, {{checkpoint: {teachers[1]}}}]")
+    for r in results:
+        assert r["teacher_count"] == 2
+        assert torch.isfinite(torch.tensor(r["losses"])).all()
+        assert r["student_tables"] == ["s_cat_0", "s_cat_1", "s_cat_2"]  # cat_3 is the teachers' alone
+    meta = read_meta(out / "distilled")
+    assert meta["sparse_features"] == ["cat_0", "cat_1", "cat_2"]
+    # the student serves without the privileged feature, from a KJT that still carries it
+    model, _ = load_float_model(out / "distilled")
+    qm = quantize_dlrm(model, "int8")
+    r = results[0]
+    assert torch.allclose(model(r["dense"], _kjt(r)).squeeze(-1), r["scores"], atol=1e-5)
+    assert torch.isfinite(qm(r["dense"], _kjt(r))).all()
+
+
+def test_privileged_feature_must_exist_and_teacher_prefixes_must_differ(teachers, tmp_path):
+    def err(*extra):
+        return run_ranks(_try_offline_online, 1, tmp_path, str(tmp_path / "e"), *extra)[0]
+
+    assert "cat_9" in err(f"distill.teacher_checkpoint={teachers[0]}", "distill.privileged_features=[cat_9]")
+    msg = err(f"distill.teachers=[{{checkpoint: {teachers[0]}}}, {{checkpoint: {teachers[0]}}}]")
+    assert "table prefix" in msg and "t_" in msg
+
+
+def _try_offline_online(rank, world_size, out, *extra):
+    try:
+        _distill(rank, world_size, out, None, *extra)
+    except ConfigError as e:
+        return str(e)
+    return None

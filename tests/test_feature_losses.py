@@ -1,0 +1,150 @@
+"""Feature terms (hint, embedding, ranking), schedules inside the weighted loss, model intermediates."""
+
+import math
+
+import pytest
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from torchrec_kd.config import LossTermConfig, ModelConfig, ScheduleConfig
+from torchrec_kd.distill.model import DistillationModel, TeacherEnsemble
+from torchrec_kd.distill.scored_batch import ScoredBatch
+from torchrec_kd.losses import FeatureDims, build_loss
+from torchrec_kd.models.dlrm import build_dlrm, forward_with_features, interaction_dim, make_tables
+
+FEATS = ["a", "b", "c"]
+DIMS = FeatureDims(student_hint=3, teacher_hint=2, student_dim=2, teacher_dim=3,
+                   student_features=["a", "c"], teacher_features=FEATS)
+
+
+def _term(name, **kw):
+    return build_loss([LossTermConfig(name, 1.0, **kw)], DIMS).terms[0]
+
+
+def test_hint_mse_and_cosine_equal_hand_computed_values():
+    s = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]])
+    t = torch.tensor([[1.0, 1.0], [2.0, 0.0]])
+    for name in ("hint_mse", "hint_cosine"):
+        term = _term(name)
+        with torch.no_grad():
+            term.proj.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+            term.proj.bias.copy_(torch.tensor([0.0, 1.0]))
+        # projected: row0 = [1, 3], row1 = [0, 0]
+        loss = build_loss([LossTermConfig(name, 1.0)], DIMS)
+        loss.terms[0].load_state_dict(term.state_dict())
+        got = loss(torch.zeros(2), torch.zeros(2), torch.zeros(2), student_hint=s, teacher_hint=t).item()
+        if name == "hint_mse":
+            expected = ((1 - 1) ** 2 + (3 - 1) ** 2 + (0 - 2) ** 2 + (0 - 0) ** 2) / 4
+        else:  # cos([1,3],[1,1]) = 4 / (sqrt(10) sqrt(2)); a zero vector has cosine 0
+            expected = ((1 - 4 / (math.sqrt(10) * math.sqrt(2))) + (1 - 0)) / 2
+        assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_embedding_terms_project_the_teachers_matching_features():
+    loss = build_loss([LossTermConfig("embedding_mse", 1.0)], DIMS)
+    term = loss.terms[0]
+    with torch.no_grad():  # feature a: pick teacher dims 0,1; feature c: 2 * teacher dim 2 into both
+        term.proj.copy_(torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]],
+                                      [[0.0, 0.0], [0.0, 0.0], [2.0, 2.0]]]))
+    teacher = torch.tensor([[[1.0, 2.0, 3.0], [9.0, 9.0, 9.0], [0.5, 0.0, 1.0]]])  # [B=1, F=3 (a,b,c), 3]
+    student = torch.tensor([[[1.0, 1.0], [2.0, 0.0]]])  # [B=1, F=2 (a,c), 2]
+    got = loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), student_embeddings=student, teacher_embeddings=teacher)
+    # targets: a -> [1, 2]; c -> [2, 2]: squared errors 0, 1, 0, 4 over 4 elements
+    assert got.item() == pytest.approx(5 / 4)
+    cos = build_loss([LossTermConfig("embedding_cosine", 1.0)], DIMS)
+    cos.terms[0].proj.data.copy_(term.proj.data)
+    got = cos(torch.zeros(1), torch.zeros(1), torch.zeros(1), student_embeddings=student, teacher_embeddings=teacher)
+    expected = ((1 - 3 / (math.sqrt(2) * math.sqrt(5))) + (1 - 4 / (2 * math.sqrt(8)))) / 2
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_feature_terms_need_dims_and_inputs():
+    with pytest.raises(ValueError, match="needs the models' shapes"):
+        build_loss([LossTermConfig("hint_mse", 1.0)])
+    loss = build_loss([LossTermConfig("hint_mse", 1.0)], DIMS)
+    assert loss.requires == frozenset({"hint"})
+    with pytest.raises(ValueError, match="needs 'student_hint'"):
+        loss(torch.zeros(2), torch.zeros(2), torch.zeros(2))
+
+
+def test_rank_terms_read_groups():
+    s, t = torch.tensor([0.0, 1.0, 3.0]), torch.tensor([1.0, 0.0, 2.0])
+    groups = torch.tensor([7, 7, 9])
+    loss = build_loss([LossTermConfig("rank_pairwise", 1.0)])
+    # one group with a pair: p = sigmoid(1 - 0), q-logit = 0 - 1, both orders of the pair
+    p = 1 / (1 + math.exp(-1.0))
+    bce = lambda z, y: -(y * math.log(1 / (1 + math.exp(-z))) + (1 - y) * math.log(1 - 1 / (1 + math.exp(-z))))  # noqa: E731
+    expected = (bce(-1.0, p) + bce(1.0, 1 - p)) / 2
+    assert loss(s, t, torch.zeros(3), groups=groups).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_weight_and_temperature_schedules_follow_the_documented_values():
+    cfg = LossTermConfig("soft_bce", 0.8, temperature=1.0, weight_schedule=ScheduleConfig(kind="warmup", steps=4),
+                         temperature_schedule=ScheduleConfig(kind="linear", start=3.0, steps=2))
+    loss = build_loss([LossTermConfig("hard_bce", 0.2), cfg])
+    s, t, y = torch.tensor([0.3, -1.0]), torch.tensor([1.0, 0.5]), torch.tensor([1.0, 0.0])
+    hard = build_loss([LossTermConfig("hard_bce", 1.0)])(s, t, y).item()
+    loss.train()
+    for step, (w, temp) in enumerate([(0.0, 3.0), (0.2, 2.0), (0.4, 1.0), (0.6, 1.0), (0.8, 1.0), (0.8, 1.0)]):
+        assert loss.step == step
+        assert loss.current()[1] == pytest.approx((w, temp))
+        soft = build_loss([LossTermConfig("soft_bce", 1.0, temperature=temp)])(s, t, y).item()
+        assert loss(s, t, y).item() == pytest.approx(0.2 * hard + w * soft, rel=1e-6)
+    loss.eval()
+    loss(s, t, y)
+    assert loss.step == 6  # evaluation does not advance the schedules
+
+
+def test_bad_schedules_are_refused_naming_the_key():
+    with pytest.raises(ValueError, match=r"distill.losses\[0\].weight_schedule"):
+        build_loss([LossTermConfig("soft_bce", 1.0, weight_schedule=ScheduleConfig(kind="linear", steps=0))])
+    with pytest.raises(ValueError, match="temperature_schedule"):
+        build_loss([LossTermConfig("soft_bce", 1.0, temperature_schedule=ScheduleConfig(kind="warmup", steps=5))])
+
+
+def _batch(n=6, feats=FEATS, rows=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=feats, values=torch.randint(0, rows, (n * len(feats),), generator=g),
+                                              lengths=torch.ones(n * len(feats), dtype=torch.long))
+    return torch.randn(n, 4, generator=g), kjt, torch.randint(0, 2, (n,), generator=g).float()
+
+
+@pytest.mark.parametrize("arch", ["dlrm", "dlrm_dcn"])
+def test_intermediates_match_torchrec_forward_and_interaction_dim(arch):
+    cfg = ModelConfig(arch=arch, embedding_dim=8, dense_arch_layer_sizes=[16, 8], over_arch_layer_sizes=[16, 1],
+                      dcn_num_layers=2, dcn_low_rank_dim=4)
+    torch.manual_seed(0)
+    model = build_dlrm(cfg, make_tables(cfg, FEATS, [20] * 3), 4, device=torch.device("cpu"))
+    dense, kjt, _ = _batch()
+    logits, hint, emb = forward_with_features(model, dense, kjt)
+    assert torch.equal(logits, model(dense, kjt).squeeze(-1))
+    assert hint.shape == (6, interaction_dim(cfg, 3)) and emb.shape == (6, 3, 8)
+
+
+def test_ensemble_logits_are_the_weighted_mean_and_offline_reads_the_batch():
+    cfgs = [ModelConfig(embedding_dim=8, dense_arch_layer_sizes=[8], over_arch_layer_sizes=[8, 1], table_prefix=p)
+            for p in ("t1_", "t2_", "s_")]
+    torch.manual_seed(0)
+    models = [build_dlrm(c, make_tables(c, FEATS, [20] * 3), 4, device=torch.device("cpu")) for c in cfgs]
+    dense, kjt, labels = _batch()
+    batch = ScoredBatch(dense, kjt, labels, teacher_logits=torch.arange(6.0))
+    ens = TeacherEnsemble(models[:2], [1.0, 3.0])
+    want = 0.25 * models[0](dense, kjt).squeeze(-1) + 0.75 * models[1](dense, kjt).squeeze(-1)
+    assert torch.allclose(ens(batch)[0], want, atol=1e-6)
+    loss = build_loss([LossTermConfig("logit_mse", 1.0)])
+    online = DistillationModel(models[:2], models[2], loss, teacher_weights=[1.0, 3.0])
+    assert torch.allclose(online(batch)[1][2], want, atol=1e-6)
+    offline = DistillationModel([], models[2], loss)
+    assert torch.equal(offline(batch)[1][2], torch.arange(6.0))
+    with pytest.raises(ValueError, match="teacher_weights"):
+        DistillationModel(models[:2], models[2], loss, teacher_weights=[0.0, 0.0])
+    with pytest.raises(ValueError, match="group_feature"):
+        DistillationModel(models[:1], models[2], build_loss([LossTermConfig("rank_listwise", 1.0)]))
+
+
+def test_scored_batch_keeps_teacher_outputs_through_to_and_pin():
+    dense, kjt, labels = _batch()
+    b = ScoredBatch(dense, kjt, labels, teacher_logits=torch.ones(6), teacher_hint=torch.zeros(6, 2))
+    moved = b.to(torch.device("cpu"))
+    assert torch.equal(moved.teacher_logits, b.teacher_logits) and torch.equal(moved.teacher_hint, b.teacher_hint)
+    assert moved.teacher_embeddings is None and torch.equal(moved.labels, labels)

@@ -1,0 +1,118 @@
+"""Offline distillation: what ties a teacher-score cache to a run, and reading it batch by batch.
+
+``score-teacher`` runs the frozen teacher(s) once over the training stream that
+``distill`` will consume (same data, seed, batch size, steps) and stores per row the
+ensemble logits and, when a configured term needs them, the first teacher's hint and
+pooled embeddings (:mod:`torchrec_kd.distill.score_cache`). ``distill`` with
+``distill.offline: true`` then builds no teacher: :meth:`OfflineScores.attach` turns each
+training batch into a :class:`~torchrec_kd.distill.scored_batch.ScoredBatch` carrying the
+stored outputs of exactly its rows.
+
+A cache is refused (``ConfigError``) when its teacher fingerprint, data source, seed,
+batch size or fields differ from the run, when it holds fewer steps than the run needs, or
+when a batch's data digest differs from the one stored for the same rows.
+
+Example::
+
+    python -m torchrec_kd.cli score-teacher --config configs/dlrm_teacher_synthetic.yaml
+    python -m torchrec_kd.cli distill --config configs/dlrm_teacher_synthetic.yaml distill.offline=true
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, Iterator, List, Sequence
+
+from torchrec.datasets.utils import Batch
+
+from torchrec_kd.checkpoint import META_FILE, MODEL_DIR
+from torchrec_kd.config import RunConfig
+from torchrec_kd.distill.score_cache import batch_digest, check_digest, open_cache
+from torchrec_kd.distill.scored_batch import ScoredBatch
+from torchrec_kd.distributed.env import DistEnv
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torchrec_kd.recipes.distill import TeacherSpec
+
+SCORES_DIR = "teacher_scores"
+
+
+def scores_dir(cfg: RunConfig) -> Path:
+    """Where the run's teacher-score cache lives (``distill.teacher_scores`` or ``<output_dir>/teacher_scores``)."""
+    return Path(cfg.distill.teacher_scores or cfg.out_dir / SCORES_DIR)
+
+
+def cached_fields(requires: Iterable[str]) -> List[str]:
+    """Fields a cache must hold for loss terms requiring ``requires`` (logits always)."""
+    need = set(requires)
+    return ["logits"] + [f for f in ("hint", "embeddings") if f in need]
+
+
+def checkpoint_fingerprint(path: Path) -> str:
+    """sha256 over a checkpoint's meta.json, DCP metadata and shard file names and sizes.
+
+    Cheap for any checkpoint size (shard contents are covered by DCP's metadata, which
+    changes with every save) and changes whenever the checkpoint is rewritten.
+    """
+    path = Path(path)
+    h = hashlib.sha256()
+    for f in [path / META_FILE, path / MODEL_DIR / ".metadata"]:
+        h.update(f.name.encode())
+        h.update(f.read_bytes() if f.is_file() else b"<missing>")
+    for f in sorted((path / MODEL_DIR).glob("*.distcp")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()
+
+
+def run_fingerprint(cfg: RunConfig, teachers: Sequence["TeacherSpec"]) -> Dict[str, Any]:
+    """What a cache must match to stand in for the teacher(s) in this run."""
+    return {
+        "teachers": [{"checkpoint": str(t.checkpoint), "sha256": checkpoint_fingerprint(t.checkpoint),
+                      "weight": t.weight} for t in teachers],
+        "data_source": cfg.data.source,
+        "seed": cfg.seed,
+    }
+
+
+class OfflineScores:
+    """The validated cache of one run, handing out the stored outputs of each batch.
+
+    Args:
+        path (Path): the cache directory.
+        reader: an opened :mod:`score_cache` reader.
+        fields (List[str]): fields read per batch.
+    """
+
+    def __init__(self, path: Path, reader: Any, fields: List[str]) -> None:
+        self.path, self.reader, self.fields = path, reader, fields
+
+    @classmethod
+    def open(cls, cfg: RunConfig, teachers: Sequence["TeacherSpec"], requires: FrozenSet[str],
+             env: DistEnv) -> "OfflineScores":
+        """Open and check the run's cache (raises ``ConfigError`` naming what does not match)."""
+        path = scores_dir(cfg)
+        fields = cached_fields(requires)
+        reader = open_cache(path, run_fingerprint(cfg, teachers), steps=cfg.train.steps,
+                            global_batch=cfg.data.batch_size, fields=fields)
+        return cls(path, reader, fields)
+
+    def attach(self, batches: Iterable[Batch], start: int, rank: int, world_size: int) -> Iterator[ScoredBatch]:
+        """Yield each batch with its rows' stored teacher outputs, checking the data digest.
+
+        Args:
+            batches (Iterable[Batch]): this rank's training batches from step ``start``.
+            start (int): the step of the first batch (a resumed run starts late).
+            rank (int): this rank.
+            world_size (int): ranks of this run (may differ from the scoring run's).
+
+        Yields:
+            ScoredBatch: the batch with ``teacher_logits`` (and hint / embeddings if stored).
+        """
+        for step, batch in enumerate(batches, start):
+            outputs, digest = self.reader.read(step, rank, world_size)
+            kjt = batch.sparse_features
+            check_digest(digest, batch_digest(batch.dense_features, kjt.values(), kjt.lengths(), batch.labels),
+                         self.path, step, rank)
+            yield ScoredBatch(batch.dense_features, kjt, batch.labels, teacher_logits=outputs["logits"],
+                              teacher_hint=outputs.get("hint"), teacher_embeddings=outputs.get("embeddings"))

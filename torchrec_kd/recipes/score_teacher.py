@@ -1,0 +1,98 @@
+"""Recipe: score the training stream with the frozen teacher(s) once, for offline distillation.
+
+Example::
+
+    python -m torchrec_kd.cli score-teacher --config configs/dlrm_teacher_synthetic.yaml
+    python -m torchrec_kd.cli distill --config configs/dlrm_teacher_synthetic.yaml distill.offline=true
+
+The teachers are sharded exactly as in online distillation (so a teacher too big for one
+host scores on N ranks), run under ``no_grad`` over the ``train.steps`` batches that
+``distill`` will read, and each rank writes its rows' outputs to the cache
+(:mod:`torchrec_kd.distill.score_cache`); rank 0 writes the manifest last, so a cache cut
+off half way is never mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Dict
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from torchrec_kd.checkpoint import load_module
+from torchrec_kd.config import RunConfig
+from torchrec_kd.distill.freeze import freeze_sharded, freeze_teacher_tables
+from torchrec_kd.distill.model import TeacherEnsemble
+from torchrec_kd.distill.offline import cached_fields, run_fingerprint, scores_dir
+from torchrec_kd.distill.score_cache import CacheSpec, ScoreCacheWriter, batch_digest, write_manifest
+from torchrec_kd.distributed.env import init_distributed
+from torchrec_kd.distributed.sharding import planner_constraints, shard
+from torchrec_kd.losses import LOSSES
+from torchrec_kd.models.dlrm import build_dlrm, interaction_dim
+from torchrec_kd.recipes.distill import TEACHERS, resolve_teachers
+from torchrec_kd.recipes.train_model import MODEL_PREFIX
+from torchrec_kd.data import build_data
+
+logger = logging.getLogger(__name__)
+
+
+def run(cfg: RunConfig) -> Dict[str, Any]:
+    """Write the teacher-score cache of ``cfg`` (``distill.teacher_scores``).
+
+    Args:
+        cfg (RunConfig): the run config; ``train.steps`` batches are scored.
+
+    Returns:
+        Dict[str, Any]: path, rows, fields and samples/s of the scoring pass.
+    """
+    env = init_distributed(cfg.distributed)
+    torch.manual_seed(cfg.seed)
+    data = build_data(cfg.data, cfg.seed)
+    local_batch = cfg.data.batch_size // env.world_size
+    teachers = resolve_teachers(cfg, list(data.sparse_names), list(data.num_embeddings))
+    dense_in = len(data.dense_names)
+    module = TeacherEnsemble([build_dlrm(t.model, t.tables, dense_in) for t in teachers], [t.weight for t in teachers])
+    for teacher in module.teachers:
+        freeze_teacher_tables(teacher)
+    tables = [t for spec in teachers for t in spec.tables]
+    model = shard(module, env, local_batch, planner_constraints(cfg.sharding, tables, env.device.type), data_parallel=False)
+    freeze_sharded(model, TEACHERS)
+    for i, spec in enumerate(teachers):
+        load_module(model, spec.checkpoint, model_prefix=f"{TEACHERS}{i}.", ckpt_prefix=MODEL_PREFIX)
+    model.eval()
+
+    requires = frozenset().union(*(LOSSES[t.name].requires for t in cfg.distill.losses))
+    fields = cached_fields(requires)
+    first = teachers[0]
+    shapes = {"logits": (), "hint": (interaction_dim(first.model, len(first.features)),),
+              "embeddings": (len(first.features), first.model.embedding_dim)}
+    spec = CacheSpec(steps=cfg.train.steps, global_batch=cfg.data.batch_size,
+                     fields={f: shapes[f] for f in fields},
+                     dtypes={f: cfg.distill.score_feature_dtype for f in fields if f != "logits"},
+                     fingerprint=run_fingerprint(cfg, teachers))
+    path = scores_dir(cfg)
+    writer = ScoreCacheWriter(path, spec, env.rank, env.world_size)
+    batches = data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=cfg.train.steps)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for step, batch in enumerate(tqdm(batches, total=cfg.train.steps, desc="score-teacher", disable=not env.is_main)):
+            batch = batch.to(env.device)
+            logits, hint, emb = model.module(batch)
+            outputs = {"logits": logits, "hint": hint, "embeddings": emb}
+            kjt = batch.sparse_features
+            writer.write(step, {f: outputs[f].float().cpu() for f in fields},
+                         batch_digest(batch.dense_features, kjt.values(), kjt.lengths(), batch.labels).cpu())
+    writer.flush()
+    seconds = time.perf_counter() - t0
+    dist.barrier()  # every rank's rows are on disk before the manifest says the cache is complete
+    if env.is_main:
+        write_manifest(path, spec, env.world_size, cfg.train.steps)
+    dist.barrier()
+    rows = cfg.train.steps * cfg.data.batch_size
+    result = {"path": str(path), "rows": rows, "fields": fields, "samples_per_s": rows / max(seconds, 1e-9)}
+    logger.info("score-teacher: %d rows (%s) in %.1f s (%.0f samples/s) -> %s", rows, ", ".join(fields), seconds,
+                result["samples_per_s"], path)
+    return result
