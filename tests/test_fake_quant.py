@@ -1,0 +1,63 @@
+"""Row-wise fake quantization equals what fbgemm stores; the straight-through gradient."""
+
+import pytest
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from torchrec_kd.config import ModelConfig
+from torchrec_kd.models.dlrm import build_dlrm, make_tables
+from torchrec_kd.qat.fake_quant import fake_quantize_rows, quantize_dequantize_rows
+from torchrec_kd.quantization import dequantized_tables, quantize_dlrm
+
+FEATS = ["f0", "f1", "f2"]
+
+
+def _model(dim):
+    cfg = ModelConfig(embedding_dim=dim, dense_arch_layer_sizes=[dim], over_arch_layer_sizes=[8, 1])
+    model = build_dlrm(cfg, make_tables(cfg, FEATS, [60, 300, 7]), 4, device=torch.device("cpu"))
+    g = torch.Generator().manual_seed(dim)
+    with torch.no_grad():
+        for i, (name, bag) in enumerate(model.sparse_arch.embedding_bag_collection.embedding_bags.items()):
+            w = bag.weight
+            w.copy_(torch.randn(w.shape, generator=g) * torch.rand(w.shape[0], 1, generator=g) * (1 + 3 * i))
+            w[0] = 0.25             # a constant row
+            w[1, 0] = 1e4           # a row with a huge range
+            w[2] = torch.linspace(-1, 1, w.shape[1])  # codes land on .5 boundaries
+    return model.eval()
+
+
+@pytest.mark.parametrize("dim", [8, 16, 64])
+@pytest.mark.parametrize("dtype", ["int8", "int4", "int2", "fp16"])
+def test_fake_quantized_rows_equal_fbgemms_dequantized_rows(dtype, dim):
+    model = _model(dim)
+    qm = quantize_dlrm(model, dtype)
+    stored = dequantized_tables(qm)
+    for name, bag in model.sparse_arch.embedding_bag_collection.embedding_bags.items():
+        assert torch.equal(quantize_dequantize_rows(bag.weight, dtype), stored[name]), name
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4", "int2"])
+def test_quantized_lookup_sums_fake_quantized_rows(dtype):
+    model = _model(16)
+    qm = quantize_dlrm(model, dtype)
+    ids = torch.tensor([3, 5, 0, 1, 2, 9, 4, 6])
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=FEATS, values=ids, lengths=torch.tensor([2, 1, 1, 2, 1, 1]))
+    pooled = qm.sparse_arch.embedding_bag_collection(kjt).to_dict()
+    bags = model.sparse_arch.embedding_bag_collection.embedding_bags
+    rows = {f: quantize_dequantize_rows(bags[f"t_{f}"].weight, dtype) for f in FEATS}
+    expected = {"f0": torch.stack([rows["f0"][3] + rows["f0"][5], rows["f0"][0]]),
+                "f1": torch.stack([rows["f1"][1], rows["f1"][2] + rows["f1"][9]]),
+                "f2": torch.stack([rows["f2"][4], rows["f2"][6]])}
+    for f in FEATS:
+        assert torch.allclose(pooled[f].float(), expected[f], atol=1e-5, rtol=1e-6), f
+
+
+def test_straight_through_gradient_and_bad_dtype():
+    w = torch.randn(5, 8, requires_grad=True)
+    g = torch.randn(5, 8)
+    q = fake_quantize_rows(w, "int4")
+    assert torch.equal(q.detach(), quantize_dequantize_rows(w, "int4"))
+    (q * g).sum().backward()
+    assert torch.equal(w.grad, g)
+    with pytest.raises(ValueError, match="int4"):
+        quantize_dequantize_rows(w, "int3")
