@@ -38,9 +38,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# the performance suite (training, inference, memory, scale -> benchmarks/results/latest.json),
+# then the quality benchmarks: teacher/student/distilled/quantized and the distillation ablation
 bench: $(STAMP)
+	$(PY) benchmarks/suite.py
 	$(PY) benchmarks/distillation.py
-	$(PY) benchmarks/inference_memory.py
+	$(PY) benchmarks/ablation.py
 
 clean:
 	rm -rf $(VENV) outputs

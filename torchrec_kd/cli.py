@@ -2,7 +2,7 @@
 
 This is what the TorchX components launch (under torchrun, one process per rank).
 Commands: ``train-teacher``, ``train-student``, ``distill``, ``distill-qat``, ``score-teacher``, ``quantize``,
-``evaluate``, ``experiment``, ``report``, ``predict``;
+``evaluate``, ``experiment``, ``report``, ``predict``, ``bench``;
 data: ``inspect-data``, ``preprocess``.
 """
 
@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--source", required=True, help="teacher, student, distilled, or an export such as distilled_int4")
     ev.add_argument("--split", default="test", choices=["val", "test"])
     _config_parser(sub.add_parser("report", help="time every model of the run; write report.md, report.png, TensorBoard"))
+    b = sub.add_parser("bench", help="the benchmark suite (make bench): training, inference, memory, scale -> "
+                                     "benchmarks/results/latest.json and latest.md")
+    b.add_argument("--quick", action="store_true", help="scale runs up to 10 M rows only")
     pr = _config_parser(sub.add_parser("predict", help="score data with an exported model, write CSV/Parquet"))
     pr.add_argument("--model", required=True, help="exported model directory (<output_dir>/export/<name>)")
     pr.add_argument("--split", default="test", choices=["val", "test"], help="which split of the configured data")
@@ -128,6 +131,18 @@ def _dispatch(args: argparse.Namespace, cfg: RunConfig) -> None:
                     sum(r.rows for r in results), sum(r.bad_rows for r in results))
 
 
+def _bench(quick: bool) -> int:
+    """Run the repository's benchmark suite (it lives beside the package, not inside it)."""
+    import subprocess
+    from pathlib import Path
+
+    suite = Path(__file__).resolve().parents[1] / "benchmarks" / "suite.py"
+    if not suite.is_file():
+        print(f"error: {suite} not found: `bench` runs from a source checkout of torchrec_kd", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, str(suite), *(["--quick"] if quick else [])], cwd=suite.parents[1])
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``torchrec-kd`` and ``python -m torchrec_kd.cli``.
 
@@ -136,6 +151,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     """
     args = _parser().parse_args(argv)
     _setup_logging()
+    if args.command == "bench":
+        return _bench(args.quick)
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")

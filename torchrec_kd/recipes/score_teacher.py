@@ -16,39 +16,41 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 import torch
 import torch.distributed as dist
+from torchrec.distributed.model_parallel import DistributedModelParallel
 from tqdm import tqdm
 
 from torchrec_kd.checkpoint import load_module
 from torchrec_kd.config import RunConfig
+from torchrec_kd.data import build_data
 from torchrec_kd.distill.freeze import freeze_sharded, freeze_teacher_tables
 from torchrec_kd.distill.model import TeacherEnsemble
 from torchrec_kd.distill.offline import cached_fields, run_fingerprint, scores_dir
 from torchrec_kd.distill.score_cache import CacheSpec, ScoreCacheWriter, batch_digest, write_manifest
-from torchrec_kd.distributed.env import init_distributed
+from torchrec_kd.distributed.env import DistEnv, init_distributed
 from torchrec_kd.distributed.sharding import planner_constraints, shard
 from torchrec_kd.losses import LOSSES
 from torchrec_kd.models.dlrm import build_dlrm, interaction_dim
-from torchrec_kd.recipes.distill import TEACHERS, resolve_teachers
+from torchrec_kd.recipes.distill import TEACHERS, TeacherSpec, resolve_teachers
 from torchrec_kd.recipes.train_model import MODEL_PREFIX
-from torchrec_kd.data import build_data
 
 logger = logging.getLogger(__name__)
 
 
-def run(cfg: RunConfig) -> Dict[str, Any]:
-    """Write the teacher-score cache of ``cfg`` (``distill.teacher_scores``).
+def build_scorer(cfg: RunConfig, env: DistEnv) -> Tuple[DistributedModelParallel, Any, List[TeacherSpec]]:
+    """The run's teacher(s), sharded and frozen, with their checkpoints loaded.
 
     Args:
-        cfg (RunConfig): the run config; ``train.steps`` batches are scored.
+        cfg (RunConfig): the run config.
+        env (DistEnv): ranks and device.
 
     Returns:
-        Dict[str, Any]: path, rows, fields and samples/s of the scoring pass.
+        Tuple[DistributedModelParallel, data, List[TeacherSpec]]: the model (no DDP: nothing
+        trains; call ``model.module(batch)``), the data source and the teachers.
     """
-    env = init_distributed(cfg.distributed)
     torch.manual_seed(cfg.seed)
     data = build_data(cfg.data, cfg.seed)
     local_batch = cfg.data.batch_size // env.world_size
@@ -63,6 +65,20 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
     for i, spec in enumerate(teachers):
         load_module(model, spec.checkpoint, model_prefix=f"{TEACHERS}{i}.", ckpt_prefix=MODEL_PREFIX)
     model.eval()
+    return model, data, teachers
+
+
+def run(cfg: RunConfig) -> Dict[str, Any]:
+    """Write the teacher-score cache of ``cfg`` (``distill.teacher_scores``).
+
+    Args:
+        cfg (RunConfig): the run config; ``train.steps`` batches are scored.
+
+    Returns:
+        Dict[str, Any]: path, rows, fields and samples/s of the scoring pass.
+    """
+    env = init_distributed(cfg.distributed)
+    model, data, teachers = build_scorer(cfg, env)
 
     requires = frozenset().union(*(LOSSES[t.name].requires for t in cfg.distill.losses))
     fields = cached_fields(requires)

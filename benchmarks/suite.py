@@ -1,0 +1,116 @@
+"""The benchmark suite behind ``make bench``: training, inference, memory and scale side by side.
+
+Runs ``training.py`` (throughput and memory of student / online KD / offline KD / teacher,
+with a profile of the online-KD step), ``inference_memory.py`` (latency and samples/s at
+batch 1, 64, 2048; bytes per row against each format's floor) and ``scale.py`` (1 M → 50 M
+rows on 2 ranks, and a batch-size sweep), then writes ``benchmarks/results/latest.json``,
+a dated copy and ``latest.md``. ``--quick`` stops the scale runs at 10 M rows::
+
+    python benchmarks/suite.py [--quick]          # or: python -m torchrec_kd.cli bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any, Dict, List
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def _run(script: str, *args: str) -> None:
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO, check=True)
+
+
+def _load(name: str) -> Dict[str, Any]:
+    return json.loads((RESULTS / name).read_text())
+
+
+def targets(r: Dict[str, Any]) -> List[List[Any]]:
+    """Every target of the performance issue: [name, value, met]."""
+    out = [[k, v["value"], v["met"]] for k, v in r["training_targets"].items()]
+    inf = r["inference"]
+    ratio = inf["student_int4"]["b2048"]["samples_per_s"] / inf["teacher_fp32"]["b2048"]["samples_per_s"]
+    out.append(["int4 student / teacher samples/s at batch 2048 >= 5", round(ratio, 2), ratio >= 5])
+    worst = max(v["bytes_per_row"] / v["floor_bytes_per_row"] for dims in r["memory_per_row"].values()
+                for d, v in dims.items() if int(d[1:]) >= 32)
+    out.append(["bytes per row / floor (d >= 32, every dtype) <= 1.10", round(worst, 3), worst <= 1.10])
+    if "50000000" in r["scale"]:
+        out.append(["50 M-row teacher trains and distills on 2 ranks", r["scale"]["50000000"]["distill_peak_rss_gib"], True])
+    return out
+
+
+def markdown(r: Dict[str, Any]) -> str:
+    t, m = r["train"], r["memory"]
+    lines = ["## Training (samples/s, 2 ranks, default config)", "",
+             "| student | online KD | offline KD | teacher forward | teacher train |", "|---|---|---|---|---|",
+             f"| {t['student_samples_per_s']:,.0f} | {t['online_kd_samples_per_s']:,.0f} | {t['offline_kd_samples_per_s']:,.0f} "
+             f"| {t['teacher_forward_samples_per_s']:,.0f} | {t['teacher_train_samples_per_s']:,.0f} |", "",
+             f"Teacher resident memory: training {m['teacher_train_rss_gib']:.3f} GiB, online distillation "
+             f"{m['teacher_distill_rss_gib']:.3f} GiB, offline distillation {m['teacher_offline_distill_rss_gib']:.3f} GiB.", "",
+             "## Inference", "", "| model | batch | p50 ms | p99 ms | samples/s |", "|---|---|---|---|---|"]
+    for name, sizes in r["inference"].items():
+        for b, v in sizes.items():
+            lines.append(f"| {name} | {b[1:]} | {v['p50_ms']:.3f} | {v['p99_ms']:.3f} | {v['samples_per_s']:,.0f} |")
+    lines += ["", "## Bytes per embedding row (floor)", "", "| dtype | " + " | ".join(next(iter(r["memory_per_row"].values()))) + " |",
+              "|---" * (1 + len(next(iter(r["memory_per_row"].values())))) + "|"]
+    for dtype, dims in r["memory_per_row"].items():
+        lines.append(f"| {dtype} | " + " | ".join(f"{v['bytes_per_row']:.0f} ({v['floor_bytes_per_row']})" for v in dims.values()) + " |")
+    lines += ["", "## Scale (2 ranks)", "", "| total rows | teacher step s | teacher peak GiB | distill step s | distill peak GiB |",
+              "|---|---|---|---|---|"]
+    for rows, v in r["scale"].items():
+        lines.append(f"| {int(rows):,} | {v['step_s']:.3f} | {v['peak_rss_gib']:.2f} | {v['distill_step_s']:.3f} | "
+                     f"{v['distill_peak_rss_gib']:.2f} |")
+    sweep = r.get("batch_sweep", {})
+    if sweep:
+        lines += ["", f"Batch sweep at {sweep['total_rows']:,} rows (teacher train): " + ", ".join(
+            f"b{b}: {v['samples_per_s']:,.0f} samples/s, {v['peak_rss_gib']:.2f} GiB" for b, v in sweep.items() if b != "total_rows")]
+    lines += ["", "## Targets", "", "| target | value | met |", "|---|---|---|"]
+    lines += [f"| {n} | {v} | {'yes' if ok else 'no'} |" for n, v, ok in r["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="scale runs up to 10 M rows only")
+    p.add_argument("--skip", nargs="*", default=[], choices=["training", "inference", "scale"],
+                   help="reuse these sections' last results")
+    a = p.parse_args()
+    t0 = time.perf_counter()
+    if "training" not in a.skip:
+        _run("training.py", "--profile")
+    if "inference" not in a.skip:
+        _run("inference_memory.py")
+    if "scale" not in a.skip:
+        _run("scale.py", *(["--rows", "1000000", "10000000", "--batches", "1024", "4096"] if a.quick else []))
+    training, inference, scale = _load("training.json"), _load("inference_memory.json"), _load("scale.json")
+    result: Dict[str, Any] = {
+        "date": date.today().isoformat(),
+        "train": training["train"],
+        # memory.<dtype>.{bytes_per_row, floor_bytes_per_row} at the teacher's dim 64; all dims below
+        "memory": {**training["memory"], **{d: v["d64"] for d, v in inference["memory"].items()}},
+        "memory_per_row": inference["memory"],
+        "inference": inference["inference"],
+        "scale": scale["scale"], "batch_sweep": scale.get("batch_sweep", {}),
+        "profile_online_kd": training.get("profile_online_kd"),
+        "training_targets": training["targets"],
+        "harness": {"training": training["harness"], "scale": scale["harness"]},
+    }
+    result["targets"] = targets(result)
+    result["wall_s"] = time.perf_counter() - t0
+    text = json.dumps(result, indent=2)
+    (RESULTS / "latest.json").write_text(text)
+    (RESULTS / f"bench-{result['date']}.json").write_text(text)
+    md = markdown(result)
+    (RESULTS / "latest.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Benchmark: training throughput and memory of student alone, online KD, offline KD, teacher.
+
+Each phase runs in its own ``torchrun`` launch (so resident memory is the phase's own)
+on the default config, builds the model exactly as the recipes do, pre-generates its
+batches (the data generator is not what is measured), warms up, then times ``--repeats``
+blocks of ``--steps`` pipelined steps with ``torch.utils.benchmark.Timer`` (the same fixed
+count on every rank: an adaptive count would desynchronise the collectives) and keeps the
+median. Resident memory is summed over ranks (tables are sharded) and reported relative
+to the process before the model was built. ``--profile`` writes the top ``torch.profiler``
+operators of 5 online-KD steps. Results merge into ``benchmarks/results/training.json``::
+
+    python benchmarks/training.py [--config configs/dlrm_teacher_synthetic.yaml] [--nproc 2] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+PHASES = ("student", "teacher_train", "teacher_forward", "online_kd", "offline_kd")
+
+
+def _rss_gib() -> float:
+    """This process's resident set now (not the peak), in GiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    return 0.0
+
+
+def _nbytes(batches) -> int:
+    """Bytes held by pre-generated batches (subtracted from the phase's memory)."""
+    kjt = lambda b: b.sparse_features.values().nbytes + b.sparse_features.lengths().nbytes  # noqa: E731
+    return sum(b.dense_features.nbytes + b.labels.nbytes + kjt(b) for b in batches)
+
+
+def _sum(value: float) -> float:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t)
+
+
+def _time_steps(step, steps: int, repeats: int, warmup: int) -> List[float]:
+    """Seconds per block of ``steps`` calls of ``step()``, ``repeats`` blocks after ``warmup`` calls."""
+    import torch.distributed as dist
+    from torch.utils.benchmark import Timer
+
+    for _ in range(warmup):
+        step()
+    timer = Timer(stmt="for _ in range(n): step()", globals={"step": step, "n": steps})
+    out = []
+    for _ in range(repeats):
+        dist.barrier()
+        out.append(timer.timeit(1).median)
+    return out
+
+
+def _worker(a: argparse.Namespace) -> None:
+    import torch
+    from torchrec_kd.config import load_config
+    from torchrec_kd.distributed.env import init_distributed
+
+    overrides = [f"output_dir={a.out}", *a.overrides]
+    cfg = load_config(a.config, overrides)
+    env = init_distributed(cfg.distributed)
+    gc.collect()
+    base = _rss_gib()
+    total = a.warmup + a.steps * a.repeats
+    result: Dict[str, Any] = {}
+    prof_rows = None
+    if a.phase in ("student", "teacher_train", "online_kd", "offline_kd"):
+        if a.phase in ("student", "teacher_train"):
+            from torchrec_kd.recipes.train_model import TrainModelRecipe
+
+            recipe = TrainModelRecipe(cfg, "student" if a.phase == "student" else "teacher")
+        else:
+            from torchrec_kd.recipes.distill import DistillRecipe
+
+            if a.phase == "offline_kd":
+                cfg.distill.offline = True
+            recipe = DistillRecipe(cfg)
+        recipe.setup()
+        data = recipe.data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=total)
+        batches = list(data)
+        held = _nbytes(batches)
+        stream = iter(batches)
+        if a.phase == "offline_kd":  # the cache read and digest check are part of offline KD's cost
+            stream = recipe.offline.attach(stream, 0, env.rank, env.world_size)
+        recipe.model.train()
+        pipeline = recipe.pipeline
+        times = _time_steps(lambda: pipeline.progress(stream), a.steps, a.repeats, a.warmup)
+        if a.profile and a.phase == "online_kd":
+            prof_rows = _profile(recipe, cfg, env)
+    else:  # teacher_forward: the frozen, sharded teacher alone, as score-teacher runs it
+        from torchrec_kd.recipes.score_teacher import build_scorer
+
+        model, data = build_scorer(cfg, env)
+        batches = list(data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=total))
+        held = _nbytes(batches)
+        it = iter(batches)
+
+        def step() -> None:
+            with torch.no_grad():
+                model.module(next(it).to(env.device))
+
+        times = _time_steps(step, a.steps, a.repeats, a.warmup)
+    median = sorted(times)[len(times) // 2]
+    rss = _sum(_rss_gib() - base - held / 2**30)  # the model's footprint: pre-generated batches excluded
+    result = {"samples_per_s": a.steps * cfg.data.batch_size / median, "step_ms": median / a.steps * 1e3,
+              "block_s": times, "rss_gib": rss, "world_size": env.world_size}
+    if env.is_main:
+        Path(a.result).write_text(json.dumps({"result": result, "profile": prof_rows}))
+
+
+def _profile(recipe, cfg, env) -> List[Dict[str, Any]]:
+    """Top operators (self CPU time) of 5 online-KD steps on rank 0."""
+    from torch.profiler import ProfilerActivity, profile
+
+    batches = iter(list(recipe.data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=8)))
+    for _ in range(2):
+        recipe.pipeline.progress(batches)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(5):
+            recipe.pipeline.progress(batches)
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
+    total = sum(e.self_cpu_time_total for e in prof.key_averages())
+    return [{"op": e.key, "self_cpu_ms_per_step": e.self_cpu_time_total / 5e3, "share": e.self_cpu_time_total / total,
+             "calls_per_step": e.count / 5} for e in rows]
+
+
+def _launch(a: argparse.Namespace, phase: str, out: Path) -> Dict[str, Any]:
+    result = out / f"{phase}.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.nproc}",
+           __file__, "--worker", "--phase", phase, "--config", a.config, "--out", str(out), "--result", str(result),
+           "--steps", str(a.steps), "--repeats", str(a.repeats), "--warmup", str(a.warmup),
+           *(["--profile"] if a.profile else []), *a.overrides]
+    subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return json.loads(result.read_text())
+
+
+def _cli(cmd: str, a: argparse.Namespace, out: Path, *extra: str) -> None:
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.nproc}",
+                    "-m", "torchrec_kd.cli", cmd, "--config", a.config, "--output-dir", str(out), *a.overrides,
+                    *extra], cwd=REPO, check=True)
+
+
+def run(a: argparse.Namespace) -> Dict[str, Any]:
+    """Every phase, the ratios and the targets; returns the ``train`` / ``memory`` sections."""
+    out = REPO / a.out
+    if not (out / "teacher" / "meta.json").is_file():  # a teacher to distill from (its quality is not measured here)
+        _cli("train-teacher", a, out, "train.teacher_steps=20")
+    # the cache must cover every step the offline phase runs
+    scored = a.warmup + a.steps * a.repeats
+    _cli("score-teacher", a, out, f"train.steps={scored}")
+    a.overrides = [*a.overrides, f"train.steps={scored}"]
+    phases: Dict[str, Dict[str, Any]] = {}
+    profile = None
+    for phase in PHASES:
+        got = _launch(a, phase, out)
+        phases[phase] = got["result"]
+        profile = got["profile"] or profile
+        print(f"{phase}: {phases[phase]['samples_per_s']:,.0f} samples/s, {phases[phase]['step_ms']:.1f} ms/step, "
+              f"{phases[phase]['rss_gib']:.3f} GiB", flush=True)
+    s, t, on, off = (phases[p]["step_ms"] for p in ("student", "teacher_forward", "online_kd", "offline_kd"))
+    train = {f"{p}_samples_per_s": phases[p]["samples_per_s"] for p in ("student", "online_kd", "offline_kd")}
+    train["teacher_forward_samples_per_s"] = phases["teacher_forward"]["samples_per_s"]
+    train["teacher_train_samples_per_s"] = phases["teacher_train"]["samples_per_s"]
+    train["step_ms"] = {p: phases[p]["step_ms"] for p in PHASES}
+    teacher_in_distill = phases["online_kd"]["rss_gib"] - phases["student"]["rss_gib"]
+    memory = {"teacher_train_rss_gib": phases["teacher_train"]["rss_gib"],
+              "teacher_distill_rss_gib": teacher_in_distill,
+              "teacher_offline_distill_rss_gib": max(0.0, phases["offline_kd"]["rss_gib"] - phases["student"]["rss_gib"]),
+              "phase_rss_gib": {p: phases[p]["rss_gib"] for p in PHASES}}
+    targets = {
+        "online KD step / (teacher forward + student step) <= 1.1": (on / (t + s), on / (t + s) <= 1.1),
+        "offline KD step / student step <= 1.1": (off / s, off / s <= 1.1),
+        "teacher RSS in online distillation / in training <= 1/3": (
+            teacher_in_distill / memory["teacher_train_rss_gib"], teacher_in_distill / memory["teacher_train_rss_gib"] <= 1 / 3),
+    }
+    return {"train": train, "memory": memory, "profile_online_kd": profile,
+            "targets": {k: {"value": round(v, 3), "met": ok} for k, (v, ok) in targets.items()},
+            "harness": {"steps": a.steps, "repeats": a.repeats, "warmup": a.warmup, "nproc": a.nproc,
+                        "timer": "torch.utils.benchmark.Timer.timeit, median of repeats"}}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/dlrm_teacher_synthetic.yaml")
+    p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--out", default="outputs/bench_training")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*")
+    return p
+
+
+def main() -> None:
+    a = parser().parse_args()
+    if a.worker:
+        _worker(a)
+        return
+    t0 = time.perf_counter()
+    result = run(a)
+    result["wall_s"] = time.perf_counter() - t0
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "training.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result["targets"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
