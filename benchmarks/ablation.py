@@ -42,7 +42,7 @@ METHODS: Dict[str, Tuple[str, List[str]]] = {
                                  "temperature_schedule: {kind: cosine, start: 3.0, steps: 300}}]"]),
     "hint_mse": ("distill", [_losses("{name: hint_mse, weight: 0.1}")]),
     "embedding_cosine": ("distill", [_losses("{name: embedding_cosine, weight: 0.05}")]),
-    "rank_pairwise": ("distill", [_losses("{name: rank_pairwise, weight: 0.2}"), "distill.group_feature=cat_8"]),
+    "rank_pairwise": ("distill", [_losses("{name: rank_pairwise, weight: 0.2}")]),  # group feature added below
     "multi_teacher": ("distill", []),  # teachers filled in below
     "offline_kd": ("distill", ["distill.offline=true"]),
     "qat_int4": ("distill-qat", ["distill.qat=int4"]),
@@ -103,6 +103,8 @@ def main() -> None:
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--out", default="outputs/bench_ablation")
     p.add_argument("--only", nargs="*", help="rows to (re)run; default all")
+    p.add_argument("--privileged", nargs="*", default=PRIVILEGED, help="features hidden from the privileged rows' student")
+    p.add_argument("--group-feature", default="cat_8", help="the rank_pairwise row's group id feature")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
     base = REPO / a.out
@@ -116,7 +118,7 @@ def main() -> None:
     teacher_ckpt = f"distill.teacher_checkpoint={teacher / 'teacher'}"
     rows: Dict[str, dict] = {}
     results_file = RESULTS / "ablation.json"
-    if results_file.is_file():
+    if a.only and results_file.is_file():  # re-running some rows keeps the others
         rows = json.loads(results_file.read_text()).get("rows", {})
     for name, (command, extra) in METHODS.items():
         if a.only and name not in a.only:
@@ -127,7 +129,9 @@ def main() -> None:
             overrides.append(f"distill.teachers=[{{checkpoint: {teacher / 'teacher'}, weight: 1.0}}, "
                              f"{{checkpoint: {dcn / 'teacher'}, weight: 1.0}}]")
         if name.startswith("privileged"):
-            overrides.append("distill.privileged_features=[" + ", ".join(PRIVILEGED) + "]")
+            overrides.append("distill.privileged_features=[" + ", ".join(a.privileged) + "]")
+        if name == "rank_pairwise":
+            overrides.append(f"distill.group_feature={a.group_feature}")
         if "distill.offline=true" in extra:
             _run("score-teacher", a.config, out, a.nproc, overrides)
         wall = _run(command, a.config, out, a.nproc, overrides)

@@ -13,6 +13,7 @@ ranks. A batch-size sweep runs at one row count. Results: ``benchmarks/results/s
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -65,7 +66,8 @@ def _worker(a: argparse.Namespace) -> None:
         freeze_sharded(model, "teachers.")
         init_weights(model, cfg.seed, prefix="student.")
         pipeline = TrainPipelineSparseDist(model, build_optimizer(model, cfg.train, frozen_prefix="teachers."), env.device)
-    batches = iter(list(data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=total)))
+    # Timer.timeit adds warm-up blocks of its own: cycle through the pre-generated batches
+    batches = itertools.cycle(list(data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=total)))
     model.train()
     times = _time_steps(lambda: pipeline.progress(batches), a.steps, a.repeats, a.warmup)
     median = sorted(times)[len(times) // 2]

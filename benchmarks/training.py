@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import subprocess
@@ -96,21 +97,27 @@ def _worker(a: argparse.Namespace) -> None:
         data = recipe.data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=total)
         batches = list(data)
         held = _nbytes(batches)
-        stream = iter(batches)
+        # Timer.timeit runs warm-up blocks of its own: cycle through the batches (and the cache)
+        stream = itertools.cycle(batches)
         if a.phase == "offline_kd":  # the cache read and digest check are part of offline KD's cost
-            stream = recipe.offline.attach(stream, 0, env.rank, env.world_size)
+            def scored():
+                while True:
+                    yield from recipe.offline.attach(iter(batches), 0, env.rank, env.world_size)
+            stream = scored()
         recipe.model.train()
         pipeline = recipe.pipeline
         times = _time_steps(lambda: pipeline.progress(stream), a.steps, a.repeats, a.warmup)
-        if a.profile and a.phase == "online_kd":
-            prof_rows = _profile(recipe, cfg, env)
+        if a.phase == "online_kd":
+            result["eval"] = _eval_speed(recipe, cfg, env, a)
+            if a.profile:
+                prof_rows = _profile(recipe, cfg, env)
     else:  # teacher_forward: the frozen, sharded teacher alone, as score-teacher runs it
         from torchrec_kd.recipes.score_teacher import build_scorer
 
-        model, data = build_scorer(cfg, env)
+        model, data, _ = build_scorer(cfg, env)
         batches = list(data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=total))
         held = _nbytes(batches)
-        it = iter(batches)
+        it = itertools.cycle(batches)
 
         def step() -> None:
             with torch.no_grad():
@@ -118,27 +125,45 @@ def _worker(a: argparse.Namespace) -> None:
 
         times = _time_steps(step, a.steps, a.repeats, a.warmup)
     median = sorted(times)[len(times) // 2]
+    extra = result
     rss = _sum(_rss_gib() - base - held / 2**30)  # the model's footprint: pre-generated batches excluded
     result = {"samples_per_s": a.steps * cfg.data.batch_size / median, "step_ms": median / a.steps * 1e3,
-              "block_s": times, "rss_gib": rss, "world_size": env.world_size}
+              "block_s": times, "rss_gib": rss, "world_size": env.world_size, **extra}
     if env.is_main:
         Path(a.result).write_text(json.dumps({"result": result, "profile": prof_rows}))
 
 
+def _eval_speed(recipe, cfg, env, a) -> Dict[str, float]:
+    """Evaluation samples/s of the distilled student: the whole model (teacher too) vs the student alone."""
+    import torch
+
+    model = recipe.pipeline.detach()
+    model.eval()
+    batches = list(recipe.data.batches("test", cfg.data.batch_size, env.rank, env.world_size, num_batches=10))
+    out = {}
+    for name, fn in (("with_teacher", lambda b: model(b)[1][1]), ("student_only", recipe.score)):
+        with torch.no_grad():
+            times = _time_steps(lambda it=itertools.cycle(batches), f=fn: f(next(it)), 10, a.repeats, 2)
+        out[f"{name}_samples_per_s"] = 10 * cfg.data.batch_size / sorted(times)[len(times) // 2]
+    model.train()
+    return out
+
+
 def _profile(recipe, cfg, env) -> List[Dict[str, Any]]:
     """Top operators (self CPU time) of 5 online-KD steps on rank 0."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.autograd import profiler
 
     batches = iter(list(recipe.data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=8)))
     for _ in range(2):
         recipe.pipeline.progress(batches)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    # the legacy (non-kineto) profiler: kineto's CPU profiler aborts the process beside gloo here
+    with profiler.profile(use_kineto=False, record_shapes=True) as prof:
         for _ in range(5):
             recipe.pipeline.progress(batches)
-    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
+    rows = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
     total = sum(e.self_cpu_time_total for e in prof.key_averages())
-    return [{"op": e.key, "self_cpu_ms_per_step": e.self_cpu_time_total / 5e3, "share": e.self_cpu_time_total / total,
-             "calls_per_step": e.count / 5} for e in rows]
+    return [{"op": e.key, "shapes": str(e.input_shapes)[:160], "self_cpu_ms_per_step": e.self_cpu_time_total / 5e3,
+             "share": e.self_cpu_time_total / total, "calls_per_step": e.count / 5} for e in rows]
 
 
 def _launch(a: argparse.Namespace, phase: str, out: Path) -> Dict[str, Any]:
@@ -201,7 +226,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="configs/dlrm_teacher_synthetic.yaml")
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--out", default="outputs/bench_training")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--profile", action="store_true")
