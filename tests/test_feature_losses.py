@@ -148,3 +148,21 @@ def test_scored_batch_keeps_teacher_outputs_through_to_and_pin():
     moved = b.to(torch.device("cpu"))
     assert torch.equal(moved.teacher_logits, b.teacher_logits) and torch.equal(moved.teacher_hint, b.teacher_hint)
     assert moved.teacher_embeddings is None and torch.equal(moved.labels, labels)
+
+
+def test_flat_triu_interaction_equals_torchrecs_values_and_gradients():
+    from torchrec.models.dlrm import InteractionArch
+
+    from torchrec_kd.models.dlrm import FlatTriuInteractionArch
+
+    g = torch.Generator().manual_seed(0)
+    dense = torch.randn(5, 4, generator=g, requires_grad=True)
+    sparse = torch.randn(5, 3, 4, generator=g, requires_grad=True)
+    ours, theirs = FlatTriuInteractionArch(3), InteractionArch(3)
+    a, b = ours(dense, sparse), theirs(dense, sparse)
+    assert torch.equal(a, b)
+    w = torch.randn(a.shape, generator=g)
+    ga = torch.autograd.grad((a * w).sum(), (dense, sparse))
+    gb = torch.autograd.grad((b * w).sum(), (dense, sparse))
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(ga, gb))
+    assert ours.state_dict().keys() == theirs.state_dict().keys()

@@ -3,17 +3,23 @@
 Public API::
 
     from torchrec_kd import DistillationModel, build_loss, LossTermConfig, freeze_teacher_tables
+    from torchrec_kd import use_fake_quant_sparse_arch, ScoredBatch, TeacherEnsemble   # QAT, offline, ensembles
 """
 
-from torchrec_kd.config import ConfigError, LossTermConfig, RunConfig, load_config
+from torchrec_kd.config import ConfigError, LossTermConfig, RunConfig, ScheduleConfig, load_config
 from torchrec_kd.data import build_data
 from torchrec_kd.data.synthetic import SyntheticClickLog
 from torchrec_kd.distill.freeze import freeze_teacher_tables
-from torchrec_kd.distill.model import DistillationModel
-from torchrec_kd.losses import LOSSES, KDLoss, WeightedKDLoss, build_loss, register_loss
+from torchrec_kd.distill.model import DistillationModel, TeacherEnsemble
+from torchrec_kd.distill.scored_batch import ScoredBatch
+from torchrec_kd.losses import LOSSES, FeatureDims, KDInputs, KDLoss, WeightedKDLoss, build_loss, register_loss
+from torchrec_kd.qat.fake_quant import fake_quantize_rows
+from torchrec_kd.qat.sparse_arch import use_fake_quant_sparse_arch
 from torchrec_kd.quantization import quantize_dlrm
 
 __all__ = [
-    "ConfigError", "DistillationModel", "KDLoss", "LOSSES", "LossTermConfig", "RunConfig", "SyntheticClickLog",
-    "WeightedKDLoss", "build_data", "build_loss", "freeze_teacher_tables", "load_config", "quantize_dlrm", "register_loss",
+    "ConfigError", "DistillationModel", "FeatureDims", "KDInputs", "KDLoss", "LOSSES", "LossTermConfig", "RunConfig",
+    "ScheduleConfig", "ScoredBatch", "SyntheticClickLog", "TeacherEnsemble", "WeightedKDLoss", "build_data", "build_loss",
+    "fake_quantize_rows", "freeze_teacher_tables", "load_config", "quantize_dlrm", "register_loss",
+    "use_fake_quant_sparse_arch",
 ]

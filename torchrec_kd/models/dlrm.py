@@ -15,7 +15,7 @@ from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torchrec.models.dlrm import DLRM, DLRM_DCN
+from torchrec.models.dlrm import DLRM, DLRM_DCN, InteractionArch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -66,6 +66,40 @@ def make_tables(cfg: ModelConfig, feature_names: Sequence[str], num_embeddings: 
     ]
 
 
+class FlatTriuInteractionArch(InteractionArch):
+    """TorchRec's ``InteractionArch`` with the upper-triangle gather done as one ``index_select``.
+
+    TorchRec gathers the pairwise dot products with two index tensors
+    (``x[:, rows, cols]``), which on CPU costs ~3.5x a flat ``index_select`` forward and
+    ~6x in backward (the profile's top item for the int4 student at batch 2048). Same
+    values, same state dict.
+
+    Args:
+        num_sparse_features (int): F.
+    """
+
+    def __init__(self, num_sparse_features: int) -> None:
+        super().__init__(num_sparse_features)
+        n = self.F + 1
+        self.register_buffer("triu_flat", self.triu_indices[0] * n + self.triu_indices[1], persistent=False)
+
+    def forward(self, dense_features: Tensor, sparse_features: Tensor) -> Tensor:
+        """Dense features concatenated with the pairwise dot products of [dense, sparse...].
+
+        Args:
+            dense_features (Tensor): [B, D].
+            sparse_features (Tensor): [B, F, D].
+
+        Returns:
+            Tensor: [B, D + F (F + 1) / 2].
+        """
+        if self.F <= 0:
+            return dense_features
+        combined = torch.cat((dense_features.unsqueeze(1), sparse_features), dim=1)
+        interactions = torch.bmm(combined, torch.transpose(combined, 1, 2))
+        return torch.cat((dense_features, interactions.flatten(1).index_select(1, self.triu_flat)), dim=1)
+
+
 def build_dlrm(cfg: ModelConfig, tables: List[EmbeddingBagConfig], dense_in_features: int,
                device: torch.device = torch.device("meta")) -> DLRM:
     """A DLRM (or DLRM_DCN) whose embedding bag collection holds ``tables``.
@@ -89,7 +123,9 @@ def build_dlrm(cfg: ModelConfig, tables: List[EmbeddingBagConfig], dense_in_feat
     )
     if cfg.arch == "dlrm_dcn":
         return DLRM_DCN(dcn_num_layers=cfg.dcn_num_layers, dcn_low_rank_dim=cfg.dcn_low_rank_dim, **kwargs)
-    return DLRM(**kwargs)
+    model = DLRM(**kwargs)
+    model.inter_arch = FlatTriuInteractionArch(num_sparse_features=len(tables))
+    return model
 
 
 def embedding_bytes(tables: Sequence[EmbeddingBagConfig], bytes_per_value: int = 4) -> int:
