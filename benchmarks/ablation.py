@@ -8,6 +8,7 @@ Privileged-feature rows use the same data with ``--privileged`` features hidden 
 student. Writes ``benchmarks/results/ablation.json`` (and a dated copy) and ``ablation.md``::
 
     python benchmarks/ablation.py [--config configs/dlrm_teacher_synthetic.yaml] [--nproc 2] [--only ROW ...]
+    python benchmarks/ablation.py --only soft_kd qat_int4 --seeds 1 2   # the same rows under other seeds
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
 HARD_SOFT = "{name: hard_bce, weight: 0.2}, {name: soft_bce, weight: 0.8}"
+SCHEDULED = ("distill.losses=[{name: hard_bce, weight: 0.2}, {name: soft_bce, weight: 0.8, temperature: 1.0, "
+             "weight_schedule: {kind: warmup, steps: 100}, temperature_schedule: {kind: cosine, start: 3.0, steps: 300}}]")
 PRIVILEGED = ["cat_20", "cat_21", "cat_22", "cat_23", "cat_24", "cat_25"]
 
 
@@ -37,9 +40,7 @@ METHODS: Dict[str, Tuple[str, List[str]]] = {
     "student_alone": ("train-student", []),
     "soft_kd": ("distill", []),
     "logit_mse": ("distill", ["distill.losses=[{name: hard_bce, weight: 0.2}, {name: logit_mse, weight: 0.8}]"]),
-    "kd_schedules": ("distill", ["distill.losses=[{name: hard_bce, weight: 0.2}, {name: soft_bce, weight: 0.8, "
-                                 "temperature: 1.0, weight_schedule: {kind: warmup, steps: 100}, "
-                                 "temperature_schedule: {kind: cosine, start: 3.0, steps: 300}}]"]),
+    "kd_schedules": ("distill", [SCHEDULED]),
     "hint_mse": ("distill", [_losses("{name: hint_mse, weight: 0.1}")]),
     "embedding_cosine": ("distill", [_losses("{name: embedding_cosine, weight: 0.05}")]),
     "rank_pairwise": ("distill", [_losses("{name: rank_pairwise, weight: 0.2}")]),  # group feature added below
@@ -50,6 +51,8 @@ METHODS: Dict[str, Tuple[str, List[str]]] = {
     "recommended": ("distill-qat", ["distill.qat=int4", "distill.offline=true"]),
     "privileged_student_alone": ("train-student", []),
     "privileged_kd": ("distill", []),
+    "privileged_kd_schedules": ("distill", [SCHEDULED]),
+    "privileged_kd_rank": ("distill", [_losses("{name: rank_pairwise, weight: 0.2}")]),
 }
 
 
@@ -83,9 +86,17 @@ def targets(rows: Dict[str, dict]) -> Dict[str, Tuple[float, bool]]:
     if {"offline_kd", "student_alone"} <= rows.keys():
         ratio = rows["student_alone"]["samples_per_s"] / rows["offline_kd"]["samples_per_s"]
         out["offline KD step / student-alone step <= 1.1"] = (round(ratio, 3), ratio <= 1.1)
-    if {"privileged_kd", "privileged_student_alone"} <= rows.keys():
-        gain = rows["privileged_kd"]["auc"] - rows["privileged_student_alone"]["auc"]
-        out["privileged KD auc - student alone (same features) >= 0.005"] = (round(gain, 4), gain >= 0.005)
+    for suffix in ["", *sorted({"@" + n.split("@", 1)[1] for n in rows if "@" in n})]:
+        qat, ptq = rows.get(f"qat_int4{suffix}"), rows.get(f"soft_kd{suffix}")
+        if suffix and qat and ptq:  # the same comparison under another seed
+            diff = qat["int4_auc"] - ptq["int4_auc"]
+            out[f"QAT int4 auc - PTQ int4 auc > 0 ({suffix[1:]})"] = (round(diff, 5), diff > 0)
+        alone = rows.get(f"privileged_student_alone{suffix}")
+        if alone is None:
+            continue
+        for name in (n for n in rows if n.startswith("privileged_kd") and n.endswith(suffix) and ("@" in n) == bool(suffix)):
+            gain = rows[name]["auc"] - alone["auc"]
+            out[f"{name} auc - student alone (same features) >= 0.005"] = (round(gain, 4), gain >= 0.005)
     return out
 
 
@@ -109,6 +120,8 @@ def main() -> None:
     p.add_argument("--only", nargs="*", help="rows to (re)run; default all")
     p.add_argument("--privileged", nargs="*", default=PRIVILEGED, help="features hidden from the privileged rows' student")
     p.add_argument("--group-feature", default="cat_8", help="the rank_pairwise row's group id feature")
+    p.add_argument("--seeds", nargs="*", type=int, default=[],
+                   help="run the rows under these seeds instead (rows named ROW@seedN), to measure the noise")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
     base = REPO / a.out
@@ -117,9 +130,8 @@ def main() -> None:
     if not (teacher / "teacher" / "meta.json").is_file():
         _run("train-teacher", a.config, teacher, a.nproc, ov)
     dcn = base / "teacher_dcn_run"
-    if not (dcn / "teacher" / "meta.json").is_file():
+    if (not a.only or "multi_teacher" in a.only) and not (dcn / "teacher" / "meta.json").is_file():
         _run("train-teacher", a.config, dcn, a.nproc, [*ov, "teacher.arch=dlrm_dcn", "teacher.table_prefix=t2_"])
-    teacher_ckpt = f"distill.teacher_checkpoint={teacher / 'teacher'}"
     rows: Dict[str, dict] = {}
     results_file = RESULTS / "ablation.json"
     if a.only and results_file.is_file():  # re-running some rows keeps the others
@@ -127,35 +139,46 @@ def main() -> None:
     for name, (command, extra) in METHODS.items():
         if a.only and name not in a.only:
             continue
-        out = base / name
-        overrides = [*ov, teacher_ckpt, *extra]
-        if name == "multi_teacher":
-            overrides.append(f"distill.teachers=[{{checkpoint: {teacher / 'teacher'}, weight: 1.0}}, "
-                             f"{{checkpoint: {dcn / 'teacher'}, weight: 1.0}}]")
-        if name.startswith("privileged"):
-            overrides.append("distill.privileged_features=[" + ", ".join(a.privileged) + "]")
-        if name == "rank_pairwise":
-            overrides.append(f"distill.group_feature={a.group_feature}")
-        if "distill.offline=true" in extra:
-            _run("score-teacher", a.config, out, a.nproc, overrides)
-        wall = _run(command, a.config, out, a.nproc, overrides)
-        source = {"train-student": "student", "distill": "distilled", "distill-qat": "distilled_qat"}[command]
-        # a QAT student is exported in the format it trained for (distill.qat); the others as int4
-        _run("quantize", a.config, out, a.nproc, [*overrides, "quantize.dtypes=[int4]"], ["--source", source])
-        e, q = _entry(out, source), _entry(out, f"{source}_int4")
-        if name == "qat_int2":  # its own export is int2; compare with soft-label KD's post-training int2
-            q = {}
-            ptq = base / "soft_kd"
-            if not _entry(ptq, "distilled_int2"):
-                _run("quantize", a.config, ptq, a.nproc, [*ov, teacher_ckpt, "quantize.dtypes=[int2]"], ["--source", "distilled"])
-            rows.setdefault("soft_kd", {})["int2_auc"] = _entry(ptq, "distilled_int2").get("auc")
-        rows[name] = {"auc": e.get("auc"), "ne": e.get("ne"), "int4_auc": q.get("auc"),
-                      "int2_auc": _entry(out, f"{source}_int2").get("auc"),
-                      "samples_per_s": e.get("train_samples_per_s"), "peak_rss_gib": e.get("peak_rss_gib"),
-                      "wall_s": round(wall, 1), "command": command, "overrides": extra}
-        _write(rows, a)
+        for seed in a.seeds or [None]:
+            # other seeds (same teacher, other student init and data order) measure the noise
+            key = name if seed is None else f"{name}@seed{seed}"
+            rows[key] = _method(a, base, name, command, [*ov, *([f"seed={seed}"] if seed is not None else [])],
+                                extra, teacher, dcn, rows, "" if seed is None else f"@seed{seed}")
+            _write(rows, a)
     md = _write(rows, a)
     print(md)
+
+
+def _method(a: argparse.Namespace, base: Path, name: str, command: str, ov: List[str], extra: List[str],
+            teacher: Path, dcn: Path, rows: Dict[str, dict], suffix: str) -> dict:
+    """Train, quantize and evaluate one row; returns its table entry."""
+    out = base / f"{name}{suffix}"
+    teacher_ckpt = f"distill.teacher_checkpoint={teacher / 'teacher'}"
+    overrides = [*ov, teacher_ckpt, *extra]
+    if name == "multi_teacher":
+        overrides.append(f"distill.teachers=[{{checkpoint: {teacher / 'teacher'}, weight: 1.0}}, "
+                         f"{{checkpoint: {dcn / 'teacher'}, weight: 1.0}}]")
+    if name.startswith("privileged"):
+        overrides.append("distill.privileged_features=[" + ", ".join(a.privileged) + "]")
+    if name.endswith("rank_pairwise") or name.endswith("_rank"):
+        overrides.append(f"distill.group_feature={a.group_feature}")
+    if "distill.offline=true" in extra:
+        _run("score-teacher", a.config, out, a.nproc, overrides)
+    wall = _run(command, a.config, out, a.nproc, overrides)
+    source = {"train-student": "student", "distill": "distilled", "distill-qat": "distilled_qat"}[command]
+    # a QAT student is exported in the format it trained for (distill.qat); the others as int4
+    _run("quantize", a.config, out, a.nproc, [*overrides, "quantize.dtypes=[int4]"], ["--source", source])
+    e, q = _entry(out, source), _entry(out, f"{source}_int4")
+    if name == "qat_int2":  # its own export is int2; compare with soft-label KD's post-training int2
+        q = {}
+        ptq = base / f"soft_kd{suffix}"
+        if not _entry(ptq, "distilled_int2"):
+            _run("quantize", a.config, ptq, a.nproc, [*ov, teacher_ckpt, "quantize.dtypes=[int2]"], ["--source", "distilled"])
+        rows.setdefault(f"soft_kd{suffix}", {})["int2_auc"] = _entry(ptq, "distilled_int2").get("auc")
+    return {"auc": e.get("auc"), "ne": e.get("ne"), "int4_auc": q.get("auc"),
+            "int2_auc": _entry(out, f"{source}_int2").get("auc"),
+            "samples_per_s": e.get("train_samples_per_s"), "peak_rss_gib": e.get("peak_rss_gib"),
+            "wall_s": round(wall, 1), "command": command, "overrides": extra}
 
 
 def _write(rows: Dict[str, dict], a: argparse.Namespace) -> str:

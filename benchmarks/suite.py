@@ -42,7 +42,7 @@ def targets(r: Dict[str, Any]) -> List[List[Any]]:
                 for d, v in dims.items() if int(d[1:]) >= 32)
     out.append(["bytes per row / floor (d >= 32, every dtype) <= 1.10", round(worst, 3), worst <= 1.10])
     if "50000000" in r["scale"]:
-        out.append(["50 M-row teacher trains and distills on 2 ranks", r["scale"]["50000000"]["distill_peak_rss_gib"], True])
+        out.append(["50 M-row teacher trains and distills on 2 ranks", round(r["scale"]["50000000"]["distill_peak_rss_gib"], 2), True])
     return out
 
 
@@ -52,8 +52,11 @@ def markdown(r: Dict[str, Any]) -> str:
              "| student | online KD | offline KD | teacher forward | teacher train |", "|---|---|---|---|---|",
              f"| {t['student_samples_per_s']:,.0f} | {t['online_kd_samples_per_s']:,.0f} | {t['offline_kd_samples_per_s']:,.0f} "
              f"| {t['teacher_forward_samples_per_s']:,.0f} | {t['teacher_train_samples_per_s']:,.0f} |", "",
-             f"Teacher resident memory: training {m['teacher_train_rss_gib']:.3f} GiB, online distillation "
-             f"{m['teacher_distill_rss_gib']:.3f} GiB, offline distillation {m['teacher_offline_distill_rss_gib']:.3f} GiB.", "",
+             f"Teacher peak resident memory (all ranks): training {m['teacher_train_rss_gib']:.3f} GiB, online distillation "
+             f"{m['teacher_distill_rss_gib']:.3f} GiB ({m['teacher_distill_fp16_rss_gib']:.3f} GiB with fp16 tables), offline "
+             f"distillation {m['teacher_offline_distill_rss_gib']:.3f} GiB. Standing between steps: training "
+             f"{m['teacher_train_standing_gib']:.3f} GiB, online distillation {m['teacher_distill_standing_gib']:.3f} GiB "
+             f"({m['teacher_distill_fp16_standing_gib']:.3f} GiB fp16).", "",
              "## Inference", "", "| model | batch | p50 ms | p99 ms | samples/s |", "|---|---|---|---|---|"]
     for name, sizes in r["inference"].items():
         for b, v in sizes.items():

@@ -5,8 +5,10 @@ on the default config, builds the model exactly as the recipes do, pre-generates
 batches (the data generator is not what is measured), warms up, then times ``--repeats``
 blocks of ``--steps`` pipelined steps with ``torch.utils.benchmark.Timer`` (the same fixed
 count on every rank: an adaptive count would desynchronise the collectives) and keeps the
-median. Resident memory is summed over ranks (tables are sharded) and reported relative
-to the process before the model was built. ``--profile`` writes the top ``torch.profiler``
+median. Memory is each phase's peak resident set during the timed steps (weights,
+optimizer state, activations) above the process before the model was built, without the
+pre-generated batches, summed over ranks (tables are sharded); the teacher's share of
+distillation is online KD's peak minus the student-alone peak. ``--profile`` writes the top ``torch.profiler``
 operators of 5 online-KD steps. Results merge into ``benchmarks/results/training.json``::
 
     python benchmarks/training.py [--config configs/dlrm_teacher_synthetic.yaml] [--nproc 2] [--profile]
@@ -15,6 +17,7 @@ operators of 5 online-KD steps. Results merge into ``benchmarks/results/training
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import itertools
 import json
@@ -27,16 +30,30 @@ from typing import Any, Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-PHASES = ("student", "teacher_train", "teacher_forward", "online_kd", "offline_kd")
+PHASES = ("student", "teacher_train", "teacher_forward", "online_kd", "offline_kd", "online_kd_fp16_teacher")
 
 
-def _rss_gib() -> float:
-    """This process's resident set now (not the peak), in GiB."""
+def _status_gib(key: str) -> float:
+    """A memory line of /proc/self/status (``VmRSS``: resident now, ``VmHWM``: peak), in GiB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 2**20
     return 0.0
+
+
+def _reset_peak() -> None:
+    """Return freed heap to the OS and restart the peak-RSS counter from the resident set now.
+
+    Without this the phase's peak would be that of batch generation, and memory glibc
+    keeps after a free would count as the model's.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux >= 4.0)
+    except OSError as e:
+        raise SystemExit(f"cannot reset the peak RSS counter ({e}); the memory numbers need Linux") from e
 
 
 def _nbytes(batches) -> int:
@@ -77,12 +94,17 @@ def _worker(a: argparse.Namespace) -> None:
     overrides = [f"output_dir={a.out}", *a.overrides]
     cfg = load_config(a.config, overrides)
     env = init_distributed(cfg.distributed)
-    gc.collect()
-    base = _rss_gib()
+    # every phase imports the same modules before its baseline
+    import torchrec_kd.recipes.distill  # noqa: F401
+    import torchrec_kd.recipes.score_teacher  # noqa: F401
+    import torchrec_kd.recipes.train_model  # noqa: F401
+
+    _reset_peak()
+    base = _status_gib("VmRSS")
     total = a.warmup + a.steps * a.repeats
     result: Dict[str, Any] = {}
     prof_rows = None
-    if a.phase in ("student", "teacher_train", "online_kd", "offline_kd"):
+    if a.phase != "teacher_forward":
         if a.phase in ("student", "teacher_train"):
             from torchrec_kd.recipes.train_model import TrainModelRecipe
 
@@ -92,6 +114,8 @@ def _worker(a: argparse.Namespace) -> None:
 
             if a.phase == "offline_kd":
                 cfg.distill.offline = True
+            if a.phase == "online_kd_fp16_teacher":
+                cfg.distill.teacher_dtype = "fp16"
             recipe = DistillRecipe(cfg)
         recipe.setup()
         data = recipe.data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=total)
@@ -106,7 +130,10 @@ def _worker(a: argparse.Namespace) -> None:
             stream = scored()
         recipe.model.train()
         pipeline = recipe.pipeline
+        _reset_peak()
+        standing = _status_gib("VmRSS")
         times = _time_steps(lambda: pipeline.progress(stream), a.steps, a.repeats, a.warmup)
+        peak = _status_gib("VmHWM")
         if a.phase == "online_kd":
             result["eval"] = _eval_speed(recipe, cfg, env, a)
             if a.profile:
@@ -123,12 +150,20 @@ def _worker(a: argparse.Namespace) -> None:
             with torch.no_grad():
                 model.module(next(it).to(env.device))
 
+        _reset_peak()
+        standing = _status_gib("VmRSS")
         times = _time_steps(step, a.steps, a.repeats, a.warmup)
+        peak = _status_gib("VmHWM")
     median = sorted(times)[len(times) // 2]
     extra = result
-    rss = _sum(_rss_gib() - base - held / 2**30)  # the model's footprint: pre-generated batches excluded
+    # the phase's footprint over all ranks: its peak resident set during the timed steps
+    # (weights, optimizer state, activations, buffers) beyond the process's baseline,
+    # pre-generated batches excluded
+    rss = _sum(peak - base - held / 2**30)
     result = {"samples_per_s": a.steps * cfg.data.batch_size / median, "step_ms": median / a.steps * 1e3,
-              "block_s": times, "rss_gib": rss, "world_size": env.world_size, **extra}
+              "block_s": times, "rss_gib": rss, "world_size": env.world_size,
+              # what stays resident between steps (weights, optimizer state, buffers)
+              "standing_gib": _sum(standing - base - held / 2**30), **extra}
     if env.is_main:
         Path(a.result).write_text(json.dumps({"result": result, "profile": prof_rows}))
 
@@ -203,17 +238,29 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
     train = {f"{p}_samples_per_s": phases[p]["samples_per_s"] for p in ("student", "online_kd", "offline_kd")}
     train["teacher_forward_samples_per_s"] = phases["teacher_forward"]["samples_per_s"]
     train["teacher_train_samples_per_s"] = phases["teacher_train"]["samples_per_s"]
+    train["online_kd_fp16_teacher_samples_per_s"] = phases["online_kd_fp16_teacher"]["samples_per_s"]
     train["step_ms"] = {p: phases[p]["step_ms"] for p in PHASES}
-    teacher_in_distill = phases["online_kd"]["rss_gib"] - phases["student"]["rss_gib"]
-    memory = {"teacher_train_rss_gib": phases["teacher_train"]["rss_gib"],
+    def teacher_share(phase: str, key: str = "rss_gib") -> float:
+        return max(0.0, phases[phase][key] - phases["student"][key])
+
+    teacher_in_distill, teacher_fp16 = teacher_share("online_kd"), teacher_share("online_kd_fp16_teacher")
+    train_rss = phases["teacher_train"]["rss_gib"]
+    memory = {"teacher_train_rss_gib": train_rss,
               "teacher_distill_rss_gib": teacher_in_distill,
-              "teacher_offline_distill_rss_gib": max(0.0, phases["offline_kd"]["rss_gib"] - phases["student"]["rss_gib"]),
-              "phase_rss_gib": {p: phases[p]["rss_gib"] for p in PHASES}}
+              "teacher_distill_fp16_rss_gib": teacher_fp16,
+              "teacher_offline_distill_rss_gib": teacher_share("offline_kd"),
+              "teacher_train_standing_gib": phases["teacher_train"]["standing_gib"],
+              "teacher_distill_standing_gib": teacher_share("online_kd", "standing_gib"),
+              "teacher_distill_fp16_standing_gib": teacher_share("online_kd_fp16_teacher", "standing_gib"),
+              "phase_rss_gib": {p: phases[p]["rss_gib"] for p in PHASES},
+              "phase_standing_gib": {p: phases[p]["standing_gib"] for p in PHASES}}
     targets = {
         "online KD step / (teacher forward + student step) <= 1.1": (on / (t + s), on / (t + s) <= 1.1),
         "offline KD step / student step <= 1.1": (off / s, off / s <= 1.1),
         "teacher RSS in online distillation / in training <= 1/3": (
-            teacher_in_distill / memory["teacher_train_rss_gib"], teacher_in_distill / memory["teacher_train_rss_gib"] <= 1 / 3),
+            teacher_in_distill / train_rss, teacher_in_distill / train_rss <= 1 / 3),
+        "same, teacher tables stored fp16 (distill.teacher_dtype=fp16) <= 1/3": (
+            teacher_fp16 / train_rss, teacher_fp16 / train_rss <= 1 / 3),
     }
     return {"train": train, "memory": memory, "profile_online_kd": profile,
             "targets": {k: {"value": round(v, 3), "met": ok} for k, (v, ok) in targets.items()},

@@ -157,3 +157,33 @@ def _try_offline_online(rank, world_size, out, *extra):
     except ConfigError as e:
         return str(e)
     return None
+
+
+def _score_fp16_vs_fp32(rank, world_size, out, ckpt):
+    from torchrec_kd.distributed.env import init_distributed
+
+    got = {}
+    for dtype in ("fp32", "fp16"):
+        cfg = _cfg(out, ckpt, f"distill.teacher_dtype={dtype}")
+        model, data, _ = score_teacher.build_scorer(cfg, init_distributed(cfg.distributed))
+        batch = next(iter(data.batches("test", cfg.data.batch_size, rank, world_size)))
+        tables = {k: v for k, v in local_tensors(model, "teachers.").items() if ".embedding_bags." in k and v.numel()}
+        with torch.no_grad():
+            got[dtype] = {"logits": model.module(batch)[0], "dtypes": {v.dtype for v in tables.values()},
+                          "bytes": sum(v.nbytes for v in tables.values())}
+            if dtype == "fp32":  # the fp32 teacher with its rows rounded to fp16 the way a load casts them
+                for name, p in model.named_parameters():
+                    if name.startswith("teachers.") and ".embedding_bags." in name:
+                        p.copy_(p.half().float())
+                got["rounded"] = model.module(batch)[0]
+    return got
+
+
+def test_fp16_teacher_scores_its_rounded_rows_in_half_the_table_memory(teachers, tmp_path):
+    ckpt = f"distill.teacher_checkpoint={teachers[0]}"
+    for got in run_ranks(_score_fp16_vs_fp32, 2, tmp_path, str(tmp_path / "s"), ckpt):
+        assert got["fp16"]["dtypes"] == {torch.float16} and got["fp32"]["dtypes"] == {torch.float32}
+        assert got["fp16"]["bytes"] * 2 == got["fp32"]["bytes"]
+        # exactly what rounding the checkpoint's rows to fp16 gives, which is not nothing
+        torch.testing.assert_close(got["fp16"]["logits"], got["rounded"], atol=1e-5, rtol=1e-5)
+        assert not torch.equal(got["fp16"]["logits"], got["fp32"]["logits"])

@@ -70,6 +70,7 @@ def run_fingerprint(cfg: RunConfig, teachers: Sequence["TeacherSpec"]) -> Dict[s
     return {
         "teachers": [{"checkpoint": str(t.checkpoint), "sha256": checkpoint_fingerprint(t.checkpoint),
                       "weight": t.weight} for t in teachers],
+        "teacher_dtype": cfg.distill.teacher_dtype,  # fp16 tables score (slightly) differently
         "data_source": cfg.data.source,
         "seed": cfg.seed,
     }
