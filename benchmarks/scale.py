@@ -5,7 +5,9 @@ features) a 2-rank ``torchrun`` trains the sharded teacher (dim 64) for a few ti
 then a second launch distills into the student (dim 16) with that teacher frozen in the
 pipeline (randomly initialised: a 50 M-row checkpoint would only measure the disk). Step
 times are medians of ``torch.utils.benchmark`` blocks; memory is the peak RSS summed over
-ranks. A batch-size sweep runs at one row count. Results: ``benchmarks/results/scale.json``::
+ranks. At the largest size the student alone and distillation with fp16 teacher tables
+(``distill.teacher_dtype=fp16``) also run, giving the teacher's share of distillation's
+peak. A batch-size sweep runs at one row count. Results: ``benchmarks/results/scale.json``::
 
     python benchmarks/scale.py [--rows 1000000 10000000 50000000] [--batches 1024 4096 16384]
 """
@@ -13,6 +15,7 @@ ranks. A batch-size sweep runs at one row count. Results: ``benchmarks/results/s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -32,6 +35,7 @@ FEATURES = 26
 
 def _worker(a: argparse.Namespace) -> None:
     from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+    from torchrec.modules.embedding_configs import DataType
 
     from torchrec_kd.config import load_config
     from torchrec_kd.distill.freeze import freeze_sharded, freeze_teacher_tables
@@ -48,14 +52,16 @@ def _worker(a: argparse.Namespace) -> None:
                                  f"data.batch_size={a.batch}", f"output_dir={a.out}", "train.eval_every=0"])
     env = init_distributed(cfg.distributed)
     total = a.warmup + a.steps * a.repeats
-    if a.phase == "teacher_train":
-        recipe = TrainModelRecipe(cfg, "teacher")
+    if a.phase in ("teacher_train", "student"):
+        recipe = TrainModelRecipe(cfg, "teacher" if a.phase == "teacher_train" else "student")
         recipe.setup()
         model, pipeline, data = recipe.model, recipe.pipeline, recipe.data
     else:
         data = build_data(cfg.data, cfg.seed)
         dense_in = len(data.dense_names)
         t_tables = make_tables(cfg.teacher, data.sparse_names, data.num_embeddings)
+        if a.phase == "distill_fp16":  # distill.teacher_dtype=fp16
+            t_tables = [dataclasses.replace(t, data_type=DataType.FP16) for t in t_tables]
         s_tables = make_tables(cfg.student, data.sparse_names, data.num_embeddings)
         module = DistillationModel([build_dlrm(cfg.teacher, t_tables, dense_in)], build_dlrm(cfg.student, s_tables, dense_in),
                                    build_loss(cfg.distill.losses))
@@ -100,6 +106,14 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
         d = _launch(a, "distill", rows, a.batch)
         scale[str(rows)] = {"step_s": t["step_s"], "peak_rss_gib": t["peak_rss_gib"],
                             "distill_step_s": d["step_s"], "distill_peak_rss_gib": d["peak_rss_gib"]}
+    # at the largest size: the teacher's share of distillation (fp32 and fp16 tables) against its training
+    rows = max(a.rows)
+    s, h = _launch(a, "student", rows, a.batch), _launch(a, "distill_fp16", rows, a.batch)
+    big = scale[str(rows)]
+    big.update({"student_peak_rss_gib": s["peak_rss_gib"], "distill_fp16_step_s": h["step_s"],
+                "distill_fp16_peak_rss_gib": h["peak_rss_gib"]})
+    for key, peak in (("teacher_distill_share", big["distill_peak_rss_gib"]), ("teacher_distill_fp16_share", h["peak_rss_gib"])):
+        big[key] = (peak - s["peak_rss_gib"]) / big["peak_rss_gib"]  # teacher's part of the peak / teacher training peak
     sweep = {str(b): _launch(a, "teacher_train", a.sweep_rows, b) for b in a.batches}
     return {"scale": scale, "batch_sweep": {"total_rows": a.sweep_rows, **{b: {"step_s": v["step_s"],
             "samples_per_s": v["samples_per_s"], "peak_rss_gib": v["peak_rss_gib"]} for b, v in sweep.items()}},
@@ -119,7 +133,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--phase", choices=["teacher_train", "distill"], help=argparse.SUPPRESS)
+    p.add_argument("--phase", choices=["teacher_train", "student", "distill", "distill_fp16"], help=argparse.SUPPRESS)
     p.add_argument("--total-rows", type=int, help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     return p

@@ -41,6 +41,10 @@ def targets(r: Dict[str, Any]) -> List[List[Any]]:
     worst = max(v["bytes_per_row"] / v["floor_bytes_per_row"] for dims in r["memory_per_row"].values()
                 for d, v in dims.items() if int(d[1:]) >= 32)
     out.append(["bytes per row / floor (d >= 32, every dtype) <= 1.10", round(worst, 3), worst <= 1.10])
+    if big := next((v for v in r["scale"].values() if "teacher_distill_share" in v), None):
+        for key, what in (("teacher_distill_share", "fp32"), ("teacher_distill_fp16_share", "fp16")):
+            out.append([f"at scale: teacher's share of the distillation peak / its training peak <= 1/3 ({what} tables)",
+                        round(big[key], 3), big[key] <= 1 / 3])
     if "50000000" in r["scale"]:
         out.append(["50 M-row teacher trains and distills on 2 ranks", round(r["scale"]["50000000"]["distill_peak_rss_gib"], 2), True])
     return out
@@ -70,6 +74,13 @@ def markdown(r: Dict[str, Any]) -> str:
     for rows, v in r["scale"].items():
         lines.append(f"| {int(rows):,} | {v['step_s']:.3f} | {v['peak_rss_gib']:.2f} | {v['distill_step_s']:.3f} | "
                      f"{v['distill_peak_rss_gib']:.2f} |")
+    big = next((v for v in r["scale"].values() if "teacher_distill_share" in v), None)
+    if big:
+        lines += ["", f"At the largest size the student alone peaks at {big['student_peak_rss_gib']:.2f} GiB; the teacher "
+                  f"adds {big['distill_peak_rss_gib'] - big['student_peak_rss_gib']:.2f} GiB to distillation's peak "
+                  f"({big['distill_fp16_peak_rss_gib'] - big['student_peak_rss_gib']:.2f} GiB with fp16 tables, step "
+                  f"{big['distill_fp16_step_s']:.3f} s): {big['teacher_distill_share']:.2f} "
+                  f"({big['teacher_distill_fp16_share']:.2f}) of its training peak."]
     sweep = r.get("batch_sweep", {})
     if sweep:
         lines += ["", f"Batch sweep at {sweep['total_rows']:,} rows (teacher train): " + ", ".join(

@@ -261,6 +261,14 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
             teacher_in_distill / train_rss, teacher_in_distill / train_rss <= 1 / 3),
         "same, teacher tables stored fp16 (distill.teacher_dtype=fp16) <= 1/3": (
             teacher_fp16 / train_rss, teacher_fp16 / train_rss <= 1 / 3),
+        # between steps: what the teacher holds (tables) against what training holds
+        # (tables, optimizer state, dense weights and their grads); peaks add batch activations
+        "teacher standing memory in distillation / in training <= 1/3 (fp32 tables)": (
+            memory["teacher_distill_standing_gib"] / memory["teacher_train_standing_gib"],
+            memory["teacher_distill_standing_gib"] / memory["teacher_train_standing_gib"] <= 1 / 3),
+        "same, fp16 tables": (
+            memory["teacher_distill_fp16_standing_gib"] / memory["teacher_train_standing_gib"],
+            memory["teacher_distill_fp16_standing_gib"] / memory["teacher_train_standing_gib"] <= 1 / 3),
     }
     return {"train": train, "memory": memory, "profile_online_kd": profile,
             "targets": {k: {"value": round(v, 3), "met": ok} for k, (v, ok) in targets.items()},
