@@ -8,7 +8,7 @@ Privileged-feature rows use the same data with ``--privileged`` features hidden 
 student. Writes ``benchmarks/results/ablation.json`` (and a dated copy) and ``ablation.md``::
 
     python benchmarks/ablation.py [--config configs/dlrm_teacher_synthetic.yaml] [--nproc 2] [--only ROW ...]
-    python benchmarks/ablation.py --only soft_kd qat_int4 --seeds 1 2   # the same rows under other seeds
+    python benchmarks/ablation.py --only soft_kd qat_int4 --seeds 1 2   # replicates: new synthetic world + teacher per seed
 """
 
 from __future__ import annotations
@@ -121,29 +121,29 @@ def main() -> None:
     p.add_argument("--privileged", nargs="*", default=PRIVILEGED, help="features hidden from the privileged rows' student")
     p.add_argument("--group-feature", default="cat_8", help="the rank_pairwise row's group id feature")
     p.add_argument("--seeds", nargs="*", type=int, default=[],
-                   help="run the rows under these seeds instead (rows named ROW@seedN), to measure the noise")
+                   help="replicates under these seeds instead (new synthetic world and teacher; rows named ROW@seedN)")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
     base = REPO / a.out
-    ov = list(a.overrides)
-    teacher = base / "teacher_run"
-    if not (teacher / "teacher" / "meta.json").is_file():
-        _run("train-teacher", a.config, teacher, a.nproc, ov)
-    dcn = base / "teacher_dcn_run"
-    if (not a.only or "multi_teacher" in a.only) and not (dcn / "teacher" / "meta.json").is_file():
-        _run("train-teacher", a.config, dcn, a.nproc, [*ov, "teacher.arch=dlrm_dcn", "teacher.table_prefix=t2_"])
     rows: Dict[str, dict] = {}
     results_file = RESULTS / "ablation.json"
     if a.only and results_file.is_file():  # re-running some rows keeps the others
         rows = json.loads(results_file.read_text()).get("rows", {})
-    for name, (command, extra) in METHODS.items():
-        if a.only and name not in a.only:
-            continue
-        for seed in a.seeds or [None]:
-            # other seeds (same teacher, other student init and data order) measure the noise
-            key = name if seed is None else f"{name}@seed{seed}"
-            rows[key] = _method(a, base, name, command, [*ov, *([f"seed={seed}"] if seed is not None else [])],
-                                extra, teacher, dcn, rows, "" if seed is None else f"@seed{seed}")
+    for seed in a.seeds or [None]:
+        # the seed draws the synthetic world itself (its click model and rows), so another
+        # seed is a full replicate: its own teachers, then the same rows
+        suffix = "" if seed is None else f"@seed{seed}"
+        ov = [*a.overrides, *([f"seed={seed}"] if seed is not None else [])]
+        teacher = base / f"teacher_run{suffix}"
+        if not (teacher / "teacher" / "meta.json").is_file():
+            _run("train-teacher", a.config, teacher, a.nproc, ov)
+        dcn = base / f"teacher_dcn_run{suffix}"
+        if (not a.only or "multi_teacher" in a.only) and not (dcn / "teacher" / "meta.json").is_file():
+            _run("train-teacher", a.config, dcn, a.nproc, [*ov, "teacher.arch=dlrm_dcn", "teacher.table_prefix=t2_"])
+        for name, (command, extra) in METHODS.items():
+            if a.only and name not in a.only:
+                continue
+            rows[name + suffix] = _method(a, base, name, command, ov, extra, teacher, dcn, rows, suffix)
             _write(rows, a)
     md = _write(rows, a)
     print(md)
