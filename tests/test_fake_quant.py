@@ -61,3 +61,26 @@ def test_straight_through_gradient_and_bad_dtype():
     assert torch.equal(w.grad, g)
     with pytest.raises(ValueError, match="int4"):
         quantize_dequantize_rows(w, "int3")
+
+
+def test_qat_start_pools_fp32_rows_until_its_step_and_eval_always_quantizes():
+    from torchrec.sparse.jagged_tensor import JaggedTensor
+
+    from torchrec_kd.qat.sparse_arch import FakeQuantSumPool
+
+    rows = torch.randn(5, 8) * 3
+    embedded = {"a": JaggedTensor(values=rows[:3], lengths=torch.tensor([2, 1])),
+                "b": JaggedTensor(values=rows[3:], lengths=torch.tensor([0, 2]))}
+    q = quantize_dequantize_rows(rows, "int4")
+    fp32 = torch.stack([torch.stack([rows[0] + rows[1], torch.zeros(8)]), torch.stack([rows[2], rows[3] + rows[4]])])
+    quant = torch.stack([torch.stack([q[0] + q[1], torch.zeros(8)]), torch.stack([q[2], q[3] + q[4]])])
+    pool = FakeQuantSumPool(["a", "b"], "int4", start_step=2).train()
+    assert torch.allclose(pool(embedded), fp32)       # step 0
+    assert torch.allclose(pool.eval()(embedded), quant)  # eval: as exported; does not count as a step
+    assert torch.allclose(pool.train()(embedded), fp32)  # step 1
+    assert torch.allclose(pool(embedded), quant)       # step 2 on
+    assert pool.step == 3
+    with pytest.raises(Exception, match="distill.qat_start must be >= 0"):
+        from torchrec_kd.config import load_config
+
+        load_config(None, ["distill.qat_start=-1"])

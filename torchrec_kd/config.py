@@ -346,6 +346,9 @@ class DistillConfig:
     # Quantization-aware distillation (`distill-qat`): the student's rows pass through this
     # format's fake quantization while it learns; null: `experiment` skips the QAT step.
     qat: Optional[QuantDtypeName] = "int4"
+    # First training step whose rows are fake-quantized (0: all of them); before it the
+    # student learns in fp32. Evaluation and export always see the quantized rows.
+    qat_start: int = 0
     # Offline distillation: read teacher outputs stored by `score-teacher` instead of running
     # the teacher (no teacher in memory). The cache lives in teacher_scores
     # (null: <output_dir>/teacher_scores).
@@ -353,6 +356,10 @@ class DistillConfig:
     teacher_scores: Optional[str] = None
     # Stored precision of cached hint / embedding outputs (logits are always float32).
     score_feature_dtype: Literal["float32", "float16"] = "float16"
+
+    def __post_init__(self) -> None:
+        if self.qat_start < 0:
+            raise ConfigError(f"distill.qat_start must be >= 0 (the first fake-quantized step), got {self.qat_start}")
 
 
 @dataclass

@@ -44,15 +44,23 @@ class FakeQuantSumPool(nn.Module):
     A module of its own (holding no sharded module) so TorchRec's pipeline tracer treats
     it as a leaf and never traces its data-dependent indexing.
 
+    Training steps before ``start_step`` pool the rows unquantized (the student first
+    learns in fp32, then adapts to the storage format); evaluation always sees quantized
+    rows, as the export will. ``step`` counts training-mode calls (one per step); a
+    resumed run sets it.
+
     Args:
         feature_names (Sequence[str]): features in output order.
         dtype (str): storage format to imitate (``int8``, ``int4``, ``int2``, ``fp16``).
+        start_step (int): first training step with fake-quantized rows.
     """
 
-    def __init__(self, feature_names: Sequence[str], dtype: str) -> None:
+    def __init__(self, feature_names: Sequence[str], dtype: str, start_step: int = 0) -> None:
         super().__init__()
         self.feature_names: List[str] = list(feature_names)
         self.dtype = dtype
+        self.start_step = start_step
+        self.step = 0
 
     def forward(self, embedded: Dict[str, JaggedTensor]) -> Tensor:
         """Pool the unpooled lookups.
@@ -67,7 +75,11 @@ class FakeQuantSumPool(nn.Module):
         num_features = len(jts)
         lengths = torch.stack([jt.lengths() for jt in jts], dim=1)  # [B, F]
         batch = lengths.shape[0]
-        rows = fake_quantize_rows(torch.cat([jt.values() for jt in jts]), self.dtype)  # one call for all features
+        rows = torch.cat([jt.values() for jt in jts])
+        if not self.training or self.step >= self.start_step:
+            rows = fake_quantize_rows(rows, self.dtype)  # one call for all features
+        if self.training:
+            self.step += 1
         # bag index of each row: b * F + f, in the feature-major order of `rows`
         bags = torch.arange(batch * num_features, device=rows.device).view(batch, num_features).t().reshape(-1)
         seg = torch.repeat_interleave(bags, lengths.t().reshape(-1), output_size=rows.shape[0])
@@ -75,7 +87,7 @@ class FakeQuantSumPool(nn.Module):
         return pooled.view(batch, num_features, rows.shape[1])
 
     def extra_repr(self) -> str:
-        return f"dtype={self.dtype}, features={len(self.feature_names)}"
+        return f"dtype={self.dtype}, start_step={self.start_step}, features={len(self.feature_names)}"
 
 
 class FakeQuantSparseArch(nn.Module):
@@ -84,16 +96,17 @@ class FakeQuantSparseArch(nn.Module):
     Args:
         embedding_collection (EmbeddingCollection): the tables (one embedding dim), sharded later.
         dtype (str): storage format the model will be exported in.
+        start_step (int): first training step with fake-quantized rows (see :class:`FakeQuantSumPool`).
     """
 
-    def __init__(self, embedding_collection: EmbeddingCollection, dtype: str) -> None:
+    def __init__(self, embedding_collection: EmbeddingCollection, dtype: str, start_step: int = 0) -> None:
         super().__init__()
         self.embedding_collection = embedding_collection
         configs = embedding_collection.embedding_configs()
         self.D: int = configs[0].embedding_dim
         self._sparse_feature_names: List[str] = [f for c in configs for f in c.feature_names]
         self.F: int = len(self._sparse_feature_names)
-        self.pool = FakeQuantSumPool(self._sparse_feature_names, dtype)
+        self.pool = FakeQuantSumPool(self._sparse_feature_names, dtype, start_step)
 
     @property
     def sparse_feature_names(self) -> List[str]:
@@ -112,7 +125,8 @@ class FakeQuantSparseArch(nn.Module):
         return self.pool(self.embedding_collection(features))
 
 
-def use_fake_quant_sparse_arch(dlrm: DLRM, tables: Sequence[EmbeddingBagConfig], dtype: str) -> DLRM:
+def use_fake_quant_sparse_arch(dlrm: DLRM, tables: Sequence[EmbeddingBagConfig], dtype: str,
+                               start_step: int = 0) -> DLRM:
     """Replace a DLRM's sparse arch by a :class:`FakeQuantSparseArch` over the same tables.
 
     Call on the unsharded model (e.g. on ``meta``), before the fused optimizer is applied.
@@ -121,6 +135,7 @@ def use_fake_quant_sparse_arch(dlrm: DLRM, tables: Sequence[EmbeddingBagConfig],
         dlrm (DLRM): a model from :func:`~torchrec_kd.models.dlrm.build_dlrm`.
         tables (Sequence[EmbeddingBagConfig]): its tables (same names, rows and dims).
         dtype (str): ``int8``, ``int4``, ``int2`` or ``fp16``.
+        start_step (int): first training step with fake-quantized rows.
 
     Returns:
         DLRM: the same model, modified in place.
@@ -133,5 +148,5 @@ def use_fake_quant_sparse_arch(dlrm: DLRM, tables: Sequence[EmbeddingBagConfig],
         tables=[EmbeddingConfig(name=t.name, embedding_dim=t.embedding_dim, num_embeddings=t.num_embeddings,
                                 feature_names=list(t.feature_names)) for t in tables],
         device=device)
-    dlrm.sparse_arch = FakeQuantSparseArch(ec, dtype)
+    dlrm.sparse_arch = FakeQuantSparseArch(ec, dtype, start_step)
     return dlrm

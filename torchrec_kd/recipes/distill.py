@@ -197,7 +197,7 @@ class DistillRecipe(PipelinedRecipe):
             self.teachers_built = [build_dlrm(t.model, t.tables, dense_in) for t in self.teachers]
         student = build_dlrm(cfg.student, self.student_tables, dense_in)
         if self.qat is not None:
-            use_fake_quant_sparse_arch(student, self.student_tables, self.qat)
+            use_fake_quant_sparse_arch(student, self.student_tables, self.qat, cfg.distill.qat_start)
         try:
             module = DistillationModel(self.teachers_built, student, loss,
                                        teacher_weights=[t.weight for t in self.teachers] if self.teachers_built else None,
@@ -225,6 +225,8 @@ class DistillRecipe(PipelinedRecipe):
         start = super()._resume()
         assert self.model is not None
         self.model.module.loss_fn.step = start  # schedules continue where the run stopped
+        if self.qat is not None:  # and so does the QAT start
+            self.model.module.student.sparse_arch.pool.step = start
         return start
 
     def train_batches(self, start: int) -> Iterator[Batch]:
