@@ -1,7 +1,7 @@
 """Benchmark: teacher / student alone / distilled / quantized students on one config.
 
-Runs the four CLI steps (equal steps and seeds for student alone and distilled) under
-torchrun, then writes ``benchmarks/results/distillation.json`` and a markdown table
+Runs the CLI steps (equal steps and seeds for student alone, distilled and int4-aware
+distilled) under torchrun, then writes ``benchmarks/results/distillation.json`` and a markdown table
 with the targets of the distillation issue checked::
 
     python benchmarks/distillation.py [--config configs/dlrm_teacher_synthetic.yaml] [--nproc 2] [key=value ...]
@@ -19,13 +19,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-ROWS = ("teacher", "student", "distilled", "distilled_fp16", "distilled_int8", "distilled_int4", "distilled_int2")
+ROWS = ("teacher", "student", "distilled", "distilled_fp16", "distilled_int8", "distilled_int4", "distilled_int2",
+        "distilled_qat", "distilled_qat_int4")
 COLS = ("auc", "ne", "logloss", "embedding_bytes", "params", "train_samples_per_s", "eval_samples_per_s")
 
 
-def _run(command: str, config: str, out: Path, nproc: int, overrides: list) -> float:
+def _run(command: str, config: str, out: Path, nproc: int, overrides: list, args: tuple = ()) -> float:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "torchrec_kd.cli", command, "--config", config, "--output-dir", str(out), *overrides]
+           "-m", "torchrec_kd.cli", command, *args, "--config", config, "--output-dir", str(out), *overrides]
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=REPO, check=True)
     return time.perf_counter() - t0
@@ -67,9 +68,11 @@ def main() -> None:
     a = p.parse_args()
     out = REPO / a.out
     wall = {}
-    for command in ("train-teacher", "train-student", "distill"):
-        wall[command] = _run(command, a.config, out, a.nproc, a.overrides)
+    for command in ("train-teacher", "train-student", "distill", "distill-qat"):
+        wall[command] = _run(command, a.config, out, a.nproc, [*a.overrides, "distill.qat=int4"])
     wall["quantize"] = _run("quantize", a.config, out, a.nproc, [*a.overrides, "quantize.dtypes=[fp16,int8,int4,int2]"])
+    wall["quantize_qat"] = _run("quantize", a.config, out, a.nproc, [*a.overrides, "distill.qat=int4"],
+                                ("--source", "distilled_qat"))
     metrics = json.loads((out / "metrics.json").read_text())
     result = {"config": a.config, "nproc": a.nproc, "overrides": a.overrides, "wall_s": wall,
               "metrics": {k: {c: v.get(c) for c in COLS} for k, v in metrics.items()},

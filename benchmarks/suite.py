@@ -56,6 +56,8 @@ def markdown(r: Dict[str, Any]) -> str:
              "| student | online KD | offline KD | teacher forward | teacher train |", "|---|---|---|---|---|",
              f"| {t['student_samples_per_s']:,.0f} | {t['online_kd_samples_per_s']:,.0f} | {t['offline_kd_samples_per_s']:,.0f} "
              f"| {t['teacher_forward_samples_per_s']:,.0f} | {t['teacher_train_samples_per_s']:,.0f} |", "",
+             *([f"Evaluating the distilled student: {t['eval']['student_only_samples_per_s']:,.0f} samples/s alone, "
+                f"{t['eval']['with_teacher_samples_per_s']:,.0f} with the teacher running too.", ""] if t.get("eval") else []),
              f"Teacher peak resident memory (all ranks): training {m['teacher_train_rss_gib']:.3f} GiB, online distillation "
              f"{m['teacher_distill_rss_gib']:.3f} GiB ({m['teacher_distill_fp16_rss_gib']:.3f} GiB with fp16 tables), offline "
              f"distillation {m['teacher_offline_distill_rss_gib']:.3f} GiB. Standing between steps: training "

@@ -239,6 +239,8 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
     train["teacher_forward_samples_per_s"] = phases["teacher_forward"]["samples_per_s"]
     train["teacher_train_samples_per_s"] = phases["teacher_train"]["samples_per_s"]
     train["online_kd_fp16_teacher_samples_per_s"] = phases["online_kd_fp16_teacher"]["samples_per_s"]
+    # evaluating the distilled student: the whole model (teacher too) vs the student alone
+    train["eval"] = phases["online_kd"].get("eval")
     train["step_ms"] = {p: phases[p]["step_ms"] for p in PHASES}
     def teacher_share(phase: str, key: str = "rss_gib") -> float:
         return max(0.0, phases[phase][key] - phases["student"][key])
