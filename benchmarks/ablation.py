@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from datetime import date
 from pathlib import Path
 from typing import Dict, List, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from launch import run_cli as _run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -55,14 +56,6 @@ METHODS: Dict[str, Tuple[str, List[str]]] = {
     "privileged_kd_schedules": ("distill", [SCHEDULED]),
     "privileged_kd_rank": ("distill", [_losses("{name: rank_pairwise, weight: 0.2}")]),
 }
-
-
-def _run(command: str, config: str, out: Path, nproc: int, overrides: List[str], args: List[str] = ()) -> float:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "torchrec_kd.cli", command, *args, "--config", config, "--output-dir", str(out), *overrides]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, check=True)
-    return time.perf_counter() - t0
 
 
 def _entry(out: Path, name: str) -> dict:

@@ -11,25 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from datetime import date
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from launch import run_cli as _run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 ROWS = ("teacher", "student", "distilled", "distilled_fp16", "distilled_int8", "distilled_int4", "distilled_int2",
         "distilled_qat", "distilled_qat_int4")
 COLS = ("auc", "ne", "logloss", "embedding_bytes", "params", "train_samples_per_s", "eval_samples_per_s")
-
-
-def _run(command: str, config: str, out: Path, nproc: int, overrides: list, args: tuple = ()) -> float:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "torchrec_kd.cli", command, *args, "--config", config, "--output-dir", str(out), *overrides]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, check=True)
-    return time.perf_counter() - t0
 
 
 def targets(m: dict) -> dict:
