@@ -56,6 +56,13 @@ def _reset_peak() -> None:
         raise SystemExit(f"cannot reset the peak RSS counter ({e}); the memory numbers need Linux") from e
 
 
+def _resident_after_steps() -> float:
+    """Resident set between steps (after the timed ones: lazily built optimizer state counts)."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return _status_gib("VmRSS")
+
+
 def _nbytes(batches) -> int:
     """Bytes held by pre-generated batches (subtracted from the phase's memory)."""
     kjt = lambda b: b.sparse_features.values().nbytes + b.sparse_features.lengths().nbytes  # noqa: E731
@@ -131,9 +138,8 @@ def _worker(a: argparse.Namespace) -> None:
         recipe.model.train()
         pipeline = recipe.pipeline
         _reset_peak()
-        standing = _status_gib("VmRSS")
         times = _time_steps(lambda: pipeline.progress(stream), a.steps, a.repeats, a.warmup)
-        peak = _status_gib("VmHWM")
+        peak, standing = _status_gib("VmHWM"), _resident_after_steps()
         if a.phase == "online_kd":
             result["eval"] = _eval_speed(recipe, cfg, env, a)
             if a.profile:
@@ -151,9 +157,8 @@ def _worker(a: argparse.Namespace) -> None:
                 model.module(next(it).to(env.device))
 
         _reset_peak()
-        standing = _status_gib("VmRSS")
         times = _time_steps(step, a.steps, a.repeats, a.warmup)
-        peak = _status_gib("VmHWM")
+        peak, standing = _status_gib("VmHWM"), _resident_after_steps()
     median = sorted(times)[len(times) // 2]
     extra = result
     # the phase's footprint over all ranks: its peak resident set during the timed steps
@@ -162,7 +167,7 @@ def _worker(a: argparse.Namespace) -> None:
     rss = _sum(peak - base - held / 2**30)
     result = {"samples_per_s": a.steps * cfg.data.batch_size / median, "step_ms": median / a.steps * 1e3,
               "block_s": times, "rss_gib": rss, "world_size": env.world_size,
-              # what stays resident between steps (weights, optimizer state, buffers)
+              # what stays resident between steps (weights, optimizer state, pipeline buffers)
               "standing_gib": _sum(standing - base - held / 2**30), **extra}
     if env.is_main:
         Path(a.result).write_text(json.dumps({"result": result, "profile": prof_rows}))
