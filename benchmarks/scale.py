@@ -15,7 +15,6 @@ peak. A batch-size sweep runs at one row count. Results: ``benchmarks/results/sc
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import os
@@ -35,7 +34,6 @@ FEATURES = 26
 
 def _worker(a: argparse.Namespace) -> None:
     from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-    from torchrec.modules.embedding_configs import DataType
 
     from torchrec_kd.config import load_config
     from torchrec_kd.distill.freeze import freeze_sharded, freeze_teacher_tables
@@ -45,7 +43,7 @@ def _worker(a: argparse.Namespace) -> None:
     from torchrec_kd.distributed.sharding import add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard
     from torchrec_kd.data import build_data
     from torchrec_kd.losses import build_loss
-    from torchrec_kd.models.dlrm import build_dlrm, make_tables
+    from torchrec_kd.models.dlrm import build_dlrm, make_tables, tables_stored_as
     from torchrec_kd.recipes.train_model import TrainModelRecipe
 
     cfg = load_config(a.config, [f"data.synthetic.num_embeddings={a.total_rows // FEATURES}",
@@ -61,7 +59,7 @@ def _worker(a: argparse.Namespace) -> None:
         dense_in = len(data.dense_names)
         t_tables = make_tables(cfg.teacher, data.sparse_names, data.num_embeddings)
         if a.phase == "distill_fp16":  # distill.teacher_dtype=fp16
-            t_tables = [dataclasses.replace(t, data_type=DataType.FP16) for t in t_tables]
+            t_tables = tables_stored_as(t_tables, "fp16")
         s_tables = make_tables(cfg.student, data.sparse_names, data.num_embeddings)
         module = DistillationModel([build_dlrm(cfg.teacher, t_tables, dense_in)], build_dlrm(cfg.student, s_tables, dense_in),
                                    build_loss(cfg.distill.losses))

@@ -8,7 +8,8 @@ count on every rank: an adaptive count would desynchronise the collectives) and 
 median. Memory is each phase's peak resident set during the timed steps (weights,
 optimizer state, activations) above the process before the model was built, without the
 pre-generated batches, summed over ranks (tables are sharded); the teacher's share of
-distillation is online KD's peak minus the student-alone peak. ``--profile`` writes the top ``torch.profiler``
+distillation is online KD's peak minus the student-alone peak. The standing footprint is
+the resident set after the timed steps (lazily built optimizer state included). ``--profile`` writes the top ``torch.profiler``
 operators of 5 online-KD steps. Results merge into ``benchmarks/results/training.json``::
 
     python benchmarks/training.py [--config configs/dlrm_teacher_synthetic.yaml] [--nproc 2] [--profile]
@@ -42,25 +43,21 @@ def _status_gib(key: str) -> float:
     return 0.0
 
 
-def _reset_peak() -> None:
-    """Return freed heap to the OS and restart the peak-RSS counter from the resident set now.
-
-    Without this the phase's peak would be that of batch generation, and memory glibc
-    keeps after a free would count as the model's.
-    """
+def _trimmed_rss_gib() -> float:
+    """Resident set after returning freed heap to the OS (memory glibc keeps is not the model's)."""
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux >= 4.0)
     except OSError as e:
-        raise SystemExit(f"cannot reset the peak RSS counter ({e}); the memory numbers need Linux") from e
-
-
-def _resident_after_steps() -> float:
-    """Resident set between steps (after the timed ones: lazily built optimizer state counts)."""
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
+        raise SystemExit(f"cannot trim the heap ({e}); the memory numbers need Linux with glibc") from e
     return _status_gib("VmRSS")
+
+
+def _reset_peak() -> None:
+    """Restart the peak-RSS counter from the (trimmed) resident set now, so a phase's peak
+    is that of its timed steps, not of batch generation."""
+    _trimmed_rss_gib()
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux >= 4.0)
 
 
 def _nbytes(batches) -> int:
@@ -139,7 +136,7 @@ def _worker(a: argparse.Namespace) -> None:
         pipeline = recipe.pipeline
         _reset_peak()
         times = _time_steps(lambda: pipeline.progress(stream), a.steps, a.repeats, a.warmup)
-        peak, standing = _status_gib("VmHWM"), _resident_after_steps()
+        peak, standing = _status_gib("VmHWM"), _trimmed_rss_gib()  # standing: between steps
         if a.phase == "online_kd":
             result["eval"] = _eval_speed(recipe, cfg, env, a)
             if a.profile:
@@ -158,7 +155,7 @@ def _worker(a: argparse.Namespace) -> None:
 
         _reset_peak()
         times = _time_steps(step, a.steps, a.repeats, a.warmup)
-        peak, standing = _status_gib("VmHWM"), _resident_after_steps()
+        peak, standing = _status_gib("VmHWM"), _trimmed_rss_gib()  # standing: between steps
     median = sorted(times)[len(times) // 2]
     extra = result
     # the phase's footprint over all ranks: its peak resident set during the timed steps
@@ -247,6 +244,7 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
     # evaluating the distilled student: the whole model (teacher too) vs the student alone
     train["eval"] = phases["online_kd"].get("eval")
     train["step_ms"] = {p: phases[p]["step_ms"] for p in PHASES}
+
     def teacher_share(phase: str, key: str = "rss_gib") -> float:
         return max(0.0, phases[phase][key] - phases["student"][key])
 

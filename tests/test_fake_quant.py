@@ -80,7 +80,7 @@ def test_qat_start_pools_fp32_rows_until_its_step_and_eval_always_quantizes():
     assert torch.allclose(pool.train()(embedded), fp32)  # step 1
     assert torch.allclose(pool(embedded), quant)       # step 2 on
     assert pool.step == 3
-    with pytest.raises(Exception, match="distill.qat_start must be >= 0"):
-        from torchrec_kd.config import load_config
+    from torchrec_kd.config import ConfigError, load_config
 
+    with pytest.raises(ConfigError, match="distill.qat_start must be >= 0"):
         load_config(None, ["distill.qat_start=-1"])

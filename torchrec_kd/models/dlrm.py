@@ -11,12 +11,13 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from torchrec.models.dlrm import DLRM, DLRM_DCN, InteractionArch
-from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -64,6 +65,20 @@ def make_tables(cfg: ModelConfig, feature_names: Sequence[str], num_embeddings: 
         EmbeddingBagConfig(name=f"{cfg.table_prefix}{f}", embedding_dim=cfg.embedding_dim, num_embeddings=n, feature_names=[f])
         for f, n in zip(feature_names, num_embeddings)
     ]
+
+
+def tables_stored_as(tables: Sequence[EmbeddingBagConfig], dtype: str) -> List[EmbeddingBagConfig]:
+    """The same tables stored as ``dtype`` (``fp32`` or ``fp16``): the sharder's TBE weight precision.
+
+    Args:
+        tables (Sequence[EmbeddingBagConfig]): table configs.
+        dtype (str): ``fp32`` or ``fp16``.
+
+    Returns:
+        List[EmbeddingBagConfig]: copies with ``data_type`` set.
+    """
+    data_type = {"fp32": DataType.FP32, "fp16": DataType.FP16}[dtype]
+    return [dataclasses.replace(t, data_type=data_type) for t in tables]
 
 
 class FlatTriuInteractionArch(InteractionArch):
@@ -135,8 +150,6 @@ def embedding_bytes(tables: Sequence[EmbeddingBagConfig], bytes_per_value: int =
 
 def model_meta(cfg: ModelConfig, tables: Sequence[EmbeddingBagConfig], dense_in_features: int) -> dict:
     """What :func:`build_dlrm_from_meta` needs to rebuild the model (JSON-serialisable)."""
-    import dataclasses
-
     return {
         "model": dataclasses.asdict(cfg),
         "dense_in_features": dense_in_features,

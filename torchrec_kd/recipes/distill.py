@@ -17,7 +17,6 @@ student's tables sit in a :class:`~torchrec_kd.qat.sparse_arch.FakeQuantSparseAr
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -26,7 +25,7 @@ import torch
 from torchrec.datasets.utils import Batch
 from torchrec.models.dlrm import DLRM
 
-from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from torchrec_kd.checkpoint import load_module, read_meta, save_model
 from torchrec_kd.config import ConfigError, ModelConfig, RunConfig, config_to_dict
@@ -36,7 +35,8 @@ from torchrec_kd.distributed.init import init_weights
 from torchrec_kd.distributed.sharding import add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard
 from torchrec_kd.distill.offline import OfflineScores
 from torchrec_kd.losses import FeatureDims, build_loss
-from torchrec_kd.models.dlrm import build_dlrm, embedding_bytes, interaction_dim, make_tables, model_meta
+from torchrec_kd.models.dlrm import (build_dlrm, embedding_bytes, interaction_dim, make_tables, model_meta,
+                                     tables_stored_as)
 from torchrec_kd.qat.sparse_arch import use_fake_quant_sparse_arch
 from torchrec_kd.recipes.pipelined import PipelinedRecipe
 from torchrec_kd.recipes.train_model import MODEL_PREFIX, count_params, model_features
@@ -102,12 +102,6 @@ class TeacherSpec:
         return [t.feature_names[0] for t in self.tables]
 
 
-def _stored_as(tables: List[EmbeddingBagConfig], dtype: str) -> List[EmbeddingBagConfig]:
-    """The teacher's tables with ``distill.teacher_dtype`` storage (the sharder's TBE precision)."""
-    data_type = {"fp32": DataType.FP32, "fp16": DataType.FP16}[dtype]
-    return [dataclasses.replace(t, data_type=data_type) for t in tables]
-
-
 def resolve_teachers(cfg: RunConfig, sparse_names: List[str], num_embeddings: List[int]) -> List[TeacherSpec]:
     """The run's teachers: ``distill.teachers`` if listed, else the configured teacher.
 
@@ -127,7 +121,7 @@ def resolve_teachers(cfg: RunConfig, sparse_names: List[str], num_embeddings: Li
         path = Path(cfg.distill.teacher_checkpoint or cfg.out_dir / "teacher")
         tables = make_tables(cfg.teacher, sparse_names, num_embeddings)
         check_teacher_checkpoint(path, cfg.teacher, tables)
-        return [TeacherSpec(path, 1.0, cfg.teacher, _stored_as(tables, cfg.distill.teacher_dtype))]
+        return [TeacherSpec(path, 1.0, cfg.teacher, tables_stored_as(tables, cfg.distill.teacher_dtype))]
     sizes = dict(zip(sparse_names, num_embeddings))
     specs: List[TeacherSpec] = []
     for i, entry in enumerate(cfg.distill.teachers):
@@ -145,7 +139,7 @@ def resolve_teachers(cfg: RunConfig, sparse_names: List[str], num_embeddings: Li
         if bad:
             raise ConfigError(f"{where}.checkpoint: {entry.checkpoint} does not fit this data: (feature, its rows, the data's) "
                               f"{bad[:3]}; distill on the data the teacher was trained on")
-        tables = _stored_as(make_tables(model, feats, rows), cfg.distill.teacher_dtype)
+        tables = tables_stored_as(make_tables(model, feats, rows), cfg.distill.teacher_dtype)
         specs.append(TeacherSpec(Path(entry.checkpoint), entry.weight, model, tables))
     if sum(s.weight for s in specs) <= 0:
         raise ConfigError("distill.teachers: the weights sum to 0; give at least one teacher a positive weight")
