@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import socket
+import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.multiprocessing as mp
+
+# how much of each rank's stderr an error message carries
+_LOG_TAIL_CHARS = 2500
 
 
 def _free_port() -> int:
@@ -22,27 +28,61 @@ def _entry(rank: int, world_size: int, port: int, fn: Callable[..., Any], out_di
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                       OMP_NUM_THREADS="1")
+    # stderr (Python's and C++'s) into a file the parent reads back: a rank killed by a
+    # signal leaves no Python traceback, and its last lines are what says why
+    log = os.open(Path(out_dir) / f"rank{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(log, 2)
+    faulthandler.enable()  # a fatal signal prints every thread's Python stack
     torch.set_num_threads(1)
+    import torch.distributed as dist
+
     try:
         result = fn(rank, world_size, *args)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+        if dist.is_initialized():
+            dist.barrier()  # no rank tears down while another is still in a collective
     except BaseException:
         traceback.print_exc()
         raise
     finally:
-        import torch.distributed as dist
-
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _logs(out: Path, world_size: int, tail: int = 0) -> str:
+    """Every rank's stderr (its last ``tail`` characters when ``tail`` > 0)."""
+    parts = []
+    for r in range(world_size):
+        log = out / f"rank{r}.log"
+        if log.is_file():
+            text = log.read_text(errors="replace")
+            parts.append(f"--- rank {r} stderr ---\n{text[-tail:] if tail else text}")
+    return "\n".join(parts)
 
 
 def run_ranks(fn: Callable[..., Any], world_size: int, tmp_path: Path, *args: Any) -> list:
     """Spawn ``world_size`` processes running ``fn(rank, world_size, *args)``; return their results.
 
-    ``fn`` must be a module-level function; results must be ``torch.save``-able.
+    ``fn`` must be a module-level function; results must be ``torch.save``-able. Each rank's
+    stderr is echoed to this process's stderr (pytest shows it with a failure). A rank killed
+    by a signal raises an error that carries the end of its stderr, unless every rank had
+    already returned its result: a crash in process teardown is reported as a warning.
     """
     out = Path(tmp_path) / f"ranks_{fn.__name__}_{world_size}"
     out.mkdir(parents=True, exist_ok=True)
-    mp.start_processes(_entry, args=(world_size, _free_port(), fn, str(out), args), nprocs=world_size,
-                       join=True, start_method="spawn")
+    for r in range(world_size):
+        (out / f"rank{r}.pt").unlink(missing_ok=True)
+    try:
+        mp.start_processes(_entry, args=(world_size, _free_port(), fn, str(out), args), nprocs=world_size,
+                           join=True, start_method="spawn")
+    except mp.ProcessExitedException as e:
+        finished = [r for r in range(world_size) if (out / f"rank{r}.pt").is_file()]
+        tail = _logs(out, world_size, _LOG_TAIL_CHARS)
+        if len(finished) < world_size:
+            raise RuntimeError(f"{fn.__name__}: rank {e.error_index} died ({e.signal_name or e.exit_code}); "
+                               f"ranks that had returned: {finished}\n{tail}") from e
+        warnings.warn(f"{fn.__name__}: every rank returned, then rank {e.error_index} died in teardown "
+                      f"({e.signal_name or e.exit_code})\n{tail}")
+    finally:
+        sys.stderr.write(_logs(out, world_size))
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world_size)]

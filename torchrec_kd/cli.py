@@ -158,13 +158,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         overrides.append(f"output_dir={args.output_dir}")
     from torchrec_kd.distributed.env import shutdown_distributed
 
+    ok = False
     try:
         _dispatch(args, load_config(args.config, overrides))
+        ok = True
     except ConfigError as e:  # bad input: a message that says what to do, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        shutdown_distributed()
+        shutdown_distributed(synchronize=ok)
     return 0
 
 

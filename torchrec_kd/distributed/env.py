@@ -76,7 +76,15 @@ def init_distributed(cfg: DistributedConfig) -> DistEnv:
     return env
 
 
-def shutdown_distributed() -> None:
-    """Destroy the default process group if this process made one."""
+def shutdown_distributed(synchronize: bool = False) -> None:
+    """Destroy the default process group if this process made one.
+
+    Args:
+        synchronize (bool): wait for every rank first (on success: no rank closes its
+            connections while a peer is still in a collective). Leave it off on an error
+            path, where the other ranks may never arrive.
+    """
     if dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
