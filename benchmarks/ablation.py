@@ -4,8 +4,8 @@ One teacher is trained once (plus a DLRM_DCN teacher for the ensemble row); ever
 then trains the same student for ``train.steps`` from the same initial weights and is
 quantized to int4 (post-training, or quantization-aware for the QAT rows). Each row
 reports test AUC / NE, int4 AUC, training samples/s and the peak RSS of rank 0.
-Privileged-feature rows use the same data with ``--privileged`` features hidden from the
-student. Writes ``benchmarks/results/ablation.json`` (and a dated copy) and ``ablation.md``::
+Privileged-feature rows use the same data with ``--privileged`` sparse features (or, in
+the ``privileged_dense`` rows, ``--privileged-dense`` dense features) hidden from the student. Writes ``benchmarks/results/ablation.json`` (and a dated copy) and ``ablation.md``::
 
     python benchmarks/ablation.py [--config configs/dlrm_teacher_synthetic.yaml] [--nproc 2] [--only ROW ...]
     python benchmarks/ablation.py --only soft_kd qat_int4 --seeds 1 2   # replicates: new synthetic world + teacher per seed
@@ -30,6 +30,7 @@ HARD_SOFT = "{name: hard_bce, weight: 0.2}, {name: soft_bce, weight: 0.8}"
 SCHEDULED = ("distill.losses=[{name: hard_bce, weight: 0.2}, {name: soft_bce, weight: 0.8, temperature: 1.0, "
              "weight_schedule: {kind: warmup, steps: 100}, temperature_schedule: {kind: cosine, start: 3.0, steps: 300}}]")
 PRIVILEGED = ["cat_20", "cat_21", "cat_22", "cat_23", "cat_24", "cat_25"]
+PRIVILEGED_DENSE = ["int_0", "int_1", "int_2", "int_3", "int_4", "int_5"]
 
 
 def _losses(*extra: str) -> str:
@@ -55,6 +56,9 @@ METHODS: Dict[str, Tuple[str, List[str]]] = {
     "privileged_kd": ("distill", []),
     "privileged_kd_schedules": ("distill", [SCHEDULED]),
     "privileged_kd_rank": ("distill", [_losses("{name: rank_pairwise, weight: 0.2}")]),
+    "privileged_dense_student_alone": ("train-student", []),
+    "privileged_dense_kd": ("distill", []),
+    "privileged_dense_kd_schedules": ("distill", [SCHEDULED]),
 }
 
 
@@ -87,12 +91,14 @@ def targets(rows: Dict[str, dict]) -> Dict[str, Tuple[float, bool]]:
             if suffix and qat and ptq:  # the same comparison under another seed
                 diff = qat["int4_auc"] - ptq["int4_auc"]
                 out[f"{name} int4 auc - PTQ int4 auc > 0 ({suffix[1:]})"] = (round(diff, 5), diff > 0)
-        alone = rows.get(f"privileged_student_alone{suffix}")
-        if alone is None:
-            continue
-        for name in (n for n in rows if n.startswith("privileged_kd") and n.endswith(suffix) and ("@" in n) == bool(suffix)):
-            gain = rows[name]["auc"] - alone["auc"]
-            out[f"{name} auc - student alone (same features) >= 0.005"] = (round(gain, 4), gain >= 0.005)
+        for kind in ("privileged", "privileged_dense"):
+            alone = rows.get(f"{kind}_student_alone{suffix}")
+            if alone is None:
+                continue
+            for name in (n for n in rows if n.startswith(f"{kind}_kd") and n.endswith(suffix)
+                         and ("@" in n) == bool(suffix)):
+                gain = rows[name]["auc"] - alone["auc"]
+                out[f"{name} auc - student alone (same features) >= 0.005"] = (round(gain, 4), gain >= 0.005)
     return out
 
 
@@ -114,7 +120,9 @@ def main() -> None:
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--out", default="outputs/bench_ablation")
     p.add_argument("--only", nargs="*", help="rows to (re)run; default all")
-    p.add_argument("--privileged", nargs="*", default=PRIVILEGED, help="features hidden from the privileged rows' student")
+    p.add_argument("--privileged", nargs="*", default=PRIVILEGED, help="sparse features hidden from the privileged rows' student")
+    p.add_argument("--privileged-dense", nargs="*", default=PRIVILEGED_DENSE,
+                   help="dense features hidden from the privileged_dense rows' student")
     p.add_argument("--group-feature", default="cat_8", help="the rank_pairwise row's group id feature")
     p.add_argument("--seeds", nargs="*", type=int, default=[],
                    help="replicates under these seeds instead (new synthetic world and teacher; rows named ROW@seedN)")
@@ -155,7 +163,8 @@ def _method(a: argparse.Namespace, base: Path, name: str, command: str, ov: List
         overrides.append(f"distill.teachers=[{{checkpoint: {teacher / 'teacher'}, weight: 1.0}}, "
                          f"{{checkpoint: {dcn / 'teacher'}, weight: 1.0}}]")
     if name.startswith("privileged"):
-        overrides.append("distill.privileged_features=[" + ", ".join(a.privileged) + "]")
+        hidden = a.privileged_dense if name.startswith("privileged_dense") else a.privileged
+        overrides.append("distill.privileged_features=[" + ", ".join(hidden) + "]")
     if name.endswith("rank_pairwise") or name.endswith("_rank"):
         overrides.append(f"distill.group_feature={a.group_feature}")
     if "distill.offline=true" in extra:

@@ -126,7 +126,7 @@ def test_ensemble_privileged_features_and_feature_terms_on_two_ranks(teachers, t
               "{name: embedding_cosine, weight: 0.1}, {name: rank_listwise, weight: 0.1}, "
               "{name: rank_pairwise, weight: 0.1, weight_schedule: {kind: linear, start: 0.0, steps: 3}}]")
     results = run_ranks(_distill, 2, tmp_path, str(out), None, losses, "distill.group_feature=cat_0",
-                        "distill.privileged_features=[cat_3]",
+                        "distill.privileged_features=[cat_3, int_1]",
                         f"distill.teachers=[{{checkpoint: {teachers[0]}, weight: 2}}, {{checkpoint: {teachers[1]}}}]")
     for r in results:
         assert r["teacher_count"] == 2
@@ -134,11 +134,15 @@ def test_ensemble_privileged_features_and_feature_terms_on_two_ranks(teachers, t
         assert r["student_tables"] == ["s_cat_0", "s_cat_1", "s_cat_2"]  # cat_3 is the teachers' alone
     meta = read_meta(out / "distilled")
     assert meta["sparse_features"] == ["cat_0", "cat_1", "cat_2"]
-    # the student serves without the privileged feature, from a KJT that still carries it
+    assert meta["dense_in_features"] == 4 and meta["dense_columns"] == [0, 2, 3]  # int_1 is the teachers' alone
+    # the student serves without the privileged features, from a batch that still carries them
     model, _ = load_float_model(out / "distilled")
     qm = quantize_dlrm(model, "int8")
     r = results[0]
+    scrambled = r["dense"].clone()
+    scrambled[:, 1] = torch.randn(len(scrambled)) * 10
     assert torch.allclose(model(r["dense"], _kjt(r)).squeeze(-1), r["scores"], atol=1e-5)
+    assert torch.equal(model(scrambled, _kjt(r)), model(r["dense"], _kjt(r)))
     assert torch.isfinite(qm(r["dense"], _kjt(r))).all()
 
 
@@ -147,6 +151,8 @@ def test_privileged_feature_must_exist_and_teacher_prefixes_must_differ(teachers
         return run_ranks(_try_offline_online, 1, tmp_path, str(tmp_path / "e"), *extra)[0]
 
     assert "cat_9" in err(f"distill.teacher_checkpoint={teachers[0]}", "distill.privileged_features=[cat_9]")
+    assert "every dense feature" in err(f"distill.teacher_checkpoint={teachers[0]}",
+                                        "distill.privileged_features=[int_0, int_1, int_2, int_3]")
     msg = err(f"distill.teachers=[{{checkpoint: {teachers[0]}}}, {{checkpoint: {teachers[0]}}}]")
     assert "table prefix" in msg and "t_" in msg
 

@@ -20,7 +20,7 @@ from torchrec_kd.export import (
     load_torchscript,
     save_quantized,
 )
-from torchrec_kd.models.dlrm import build_dlrm, make_tables
+from torchrec_kd.models.dlrm import build_dlrm, build_dlrm_from_meta, make_tables
 from torchrec_kd.quantization import (
     dequantized_tables,
     embedding_storage_bytes,
@@ -232,3 +232,27 @@ def test_export_program_roundtrip(mixed_qmodel: torch.nn.Module, batch: tuple, t
     program = load_program(tmp_path / "q.pt2")
     with torch.no_grad():
         assert torch.equal(program(dense, kjt), mixed_qmodel(dense, kjt))
+
+
+def test_privileged_dense_columns_never_reach_the_exported_student(batch: tuple, tmp_path: Path) -> None:
+    """A student built without dense columns 1 and 3 reads the data's 4-column input and ignores them."""
+    meta = {**_meta(16), "dense_columns": [0, 2]}
+    torch.manual_seed(0)
+    model = build_dlrm_from_meta(meta).eval()
+    plain = _build_float({**meta, "dense_in_features": 2})
+    assert model.state_dict().keys() == plain.state_dict().keys()  # loads like any DLRM checkpoint
+    dense, kjt = batch
+    scrambled = dense.clone()
+    scrambled[:, [1, 3]] = torch.randn(BATCH, 2) * 100
+    qm = quantize_dlrm(model, "int4")
+    export_torchscript(qm, tmp_path / "q.pt")
+    scripted = load_torchscript(tmp_path / "q.pt")
+    export_program(qm, (dense, kjt), tmp_path / "q.pt2")
+    program = load_program(tmp_path / "q.pt2")
+    with torch.no_grad():
+        for m in (model, qm, scripted, program):
+            assert torch.equal(m(dense, kjt), m(scrambled, kjt))
+        assert not torch.equal(model(dense, kjt), model(dense.roll(1, 0), kjt))  # the kept columns matter
+        assert torch.equal(scripted(dense, kjt), qm(dense, kjt))
+    with pytest.raises(ValueError, match="dense_columns"):
+        build_dlrm_from_meta({**meta, "dense_columns": [0, 4]})

@@ -12,11 +12,11 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor
-from torchrec.models.dlrm import DLRM, DLRM_DCN, InteractionArch
+from torch import Tensor, nn
+from torchrec.models.dlrm import DLRM, DLRM_DCN, DenseArch, InteractionArch
 from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -115,31 +115,76 @@ class FlatTriuInteractionArch(InteractionArch):
         return torch.cat((dense_features, interactions.flatten(1).index_select(1, self.triu_flat)), dim=1)
 
 
+class DenseColumnsArch(nn.Module):
+    """A ``DenseArch`` that reads some columns of the dense input and ignores the rest.
+
+    A student without privileged dense features keeps the data's dense layout as its
+    input (one feature schema for training, evaluation and serving) while its MLP sees
+    only ``columns``: the privileged ones cannot reach its output. The MLP stays at
+    ``model``, so the state dict is a plain DLRM's.
+
+    Args:
+        dense_arch (DenseArch): TorchRec's dense arch, built for ``len(columns)`` inputs.
+        columns (Sequence[int]): positions of the columns it reads, in input order.
+    """
+
+    def __init__(self, dense_arch: DenseArch, columns: Sequence[int]) -> None:
+        super().__init__()
+        self.model: nn.Module = dense_arch.model
+        # a CPU buffer like InteractionArch's triu_indices: real even when the model is on meta
+        self.register_buffer("columns", torch.tensor(list(columns), dtype=torch.long), persistent=False)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """The dense arch on the kept columns.
+
+        Args:
+            features (Tensor): [B, all dense features].
+
+        Returns:
+            Tensor: [B, D].
+        """
+        return self.model(features.index_select(1, self.columns))
+
+
 def build_dlrm(cfg: ModelConfig, tables: List[EmbeddingBagConfig], dense_in_features: int,
-               device: torch.device = torch.device("meta")) -> DLRM:
+               device: torch.device = torch.device("meta"),
+               dense_columns: Optional[Sequence[int]] = None) -> DLRM:
     """A DLRM (or DLRM_DCN) whose embedding bag collection holds ``tables``.
 
     Args:
         cfg (ModelConfig): architecture and layer sizes.
         tables (List[EmbeddingBagConfig]): from :func:`make_tables`.
-        dense_in_features (int): number of dense features.
+        dense_in_features (int): number of dense features in the input.
         device (torch.device): ``meta`` to shard later, or a real device.
+        dense_columns (Optional[Sequence[int]]): the dense columns the model reads (all when
+            None); the others are privileged (see :class:`DenseColumnsArch`).
 
     Returns:
         DLRM: the model (``forward(dense, kjt) -> logits [B, 1]``).
+
+    Raises:
+        ValueError: ``dense_columns`` empty or outside ``0 … dense_in_features - 1``.
     """
+    if dense_columns is not None:
+        bad = [c for c in dense_columns if not 0 <= c < dense_in_features]
+        if not dense_columns or bad:
+            raise ValueError(f"dense_columns {list(dense_columns)} must be a non-empty subset of "
+                             f"0..{dense_in_features - 1}")
     ebc = EmbeddingBagCollection(tables=tables, device=device)
     kwargs = dict(
         embedding_bag_collection=ebc,
-        dense_in_features=dense_in_features,
+        dense_in_features=dense_in_features if dense_columns is None else len(dense_columns),
         dense_arch_layer_sizes=list(cfg.dense_arch_layer_sizes),
         over_arch_layer_sizes=list(cfg.over_arch_layer_sizes),
         dense_device=device,
     )
     if cfg.arch == "dlrm_dcn":
-        return DLRM_DCN(dcn_num_layers=cfg.dcn_num_layers, dcn_low_rank_dim=cfg.dcn_low_rank_dim, **kwargs)
-    model = DLRM(**kwargs)
-    model.inter_arch = FlatTriuInteractionArch(num_sparse_features=len(tables))
+        model = DLRM_DCN(dcn_num_layers=cfg.dcn_num_layers, dcn_low_rank_dim=cfg.dcn_low_rank_dim, **kwargs)
+    else:
+        model = DLRM(**kwargs)
+        model.inter_arch = FlatTriuInteractionArch(num_sparse_features=len(tables))
+    if dense_columns is not None:
+        model.dense_arch = DenseColumnsArch(model.dense_arch, dense_columns)
     return model
 
 
@@ -148,21 +193,26 @@ def embedding_bytes(tables: Sequence[EmbeddingBagConfig], bytes_per_value: int =
     return sum(t.num_embeddings * t.embedding_dim for t in tables) * bytes_per_value
 
 
-def model_meta(cfg: ModelConfig, tables: Sequence[EmbeddingBagConfig], dense_in_features: int) -> dict:
+def model_meta(cfg: ModelConfig, tables: Sequence[EmbeddingBagConfig], dense_in_features: int,
+               dense_columns: Optional[Sequence[int]] = None) -> dict:
     """What :func:`build_dlrm_from_meta` needs to rebuild the model (JSON-serialisable)."""
-    return {
+    meta = {
         "model": dataclasses.asdict(cfg),
         "dense_in_features": dense_in_features,
         "sparse_features": [t.feature_names[0] for t in tables],
         "num_embeddings": [t.num_embeddings for t in tables],
     }
+    if dense_columns is not None:
+        meta["dense_columns"] = list(dense_columns)
+    return meta
 
 
 def build_dlrm_from_meta(meta: dict, device: torch.device = torch.device("cpu")) -> DLRM:
     """Rebuild a model described by :func:`model_meta` (e.g. from a checkpoint's meta.json).
 
     Args:
-        meta (dict): holds ``model``, ``dense_in_features``, ``sparse_features``, ``num_embeddings``.
+        meta (dict): holds ``model``, ``dense_in_features``, ``sparse_features``, ``num_embeddings``
+            (and ``dense_columns`` when some dense features were privileged).
         device (torch.device): where to build it.
 
     Returns:
@@ -170,7 +220,7 @@ def build_dlrm_from_meta(meta: dict, device: torch.device = torch.device("cpu"))
     """
     cfg = ModelConfig(**meta["model"])
     tables = make_tables(cfg, meta["sparse_features"], meta["num_embeddings"])
-    return build_dlrm(cfg, tables, meta["dense_in_features"], device=device)
+    return build_dlrm(cfg, tables, meta["dense_in_features"], device=device, dense_columns=meta.get("dense_columns"))
 
 
 def interaction_dim(cfg: ModelConfig, num_features: int) -> int:

@@ -39,7 +39,7 @@ from torchrec_kd.models.dlrm import (build_dlrm, embedding_bytes, interaction_di
                                      tables_stored_as)
 from torchrec_kd.qat.sparse_arch import use_fake_quant_sparse_arch
 from torchrec_kd.recipes.pipelined import PipelinedRecipe
-from torchrec_kd.recipes.train_model import MODEL_PREFIX, count_params, model_features
+from torchrec_kd.recipes.train_model import MODEL_PREFIX, count_params, model_inputs
 from torchrec_kd.results import metrics_table, update_metrics
 
 logger = logging.getLogger(__name__)
@@ -176,8 +176,9 @@ class DistillRecipe(PipelinedRecipe):
         env = self.setup_run()
         dense_in = len(self.data.dense_names)
         self.teachers = resolve_teachers(cfg, list(self.data.sparse_names), list(self.data.num_embeddings))
-        features, sizes = model_features(cfg, "student", self.data.sparse_names, self.data.num_embeddings)
-        self.student_tables = make_tables(cfg.student, features, sizes)
+        self.inputs = model_inputs(cfg, "student", self.data.sparse_names, self.data.num_embeddings, self.data.dense_names)
+        features = self.inputs.sparse_features
+        self.student_tables = make_tables(cfg.student, features, self.inputs.num_embeddings)
         first = self.teachers[0]
         dims = FeatureDims(student_hint=interaction_dim(cfg.student, len(features)),
                            teacher_hint=interaction_dim(first.model, len(first.features)),
@@ -189,7 +190,7 @@ class DistillRecipe(PipelinedRecipe):
             self.teachers_built: List[DLRM] = []
         else:
             self.teachers_built = [build_dlrm(t.model, t.tables, dense_in) for t in self.teachers]
-        student = build_dlrm(cfg.student, self.student_tables, dense_in)
+        student = build_dlrm(cfg.student, self.student_tables, dense_in, dense_columns=self.inputs.dense_columns)
         if self.qat is not None:
             use_fake_quant_sparse_arch(student, self.student_tables, self.qat, cfg.distill.qat_start)
         try:
@@ -245,7 +246,8 @@ class DistillRecipe(PipelinedRecipe):
         meta = {"role": "student", "distilled_from": [str(t.checkpoint) for t in self.teachers],
                 "offline": cfg.distill.offline, "qat": self.qat, "config": config_to_dict(cfg),
                 "world_size": env.world_size, "tables": [t.name for t in self.student_tables],
-                **model_meta(cfg.student, self.student_tables, len(self.data.dense_names))}
+                **model_meta(cfg.student, self.student_tables, dense_in_features=self.inputs.dense_in_features,
+                             dense_columns=self.inputs.dense_columns)}
         save_model(self.model, out / self.entry_name, meta, model_prefix=STUDENT, ckpt_prefix=MODEL_PREFIX)
         emb = embedding_bytes(self.student_tables)
         entry = {**self.entry(metrics, count_params(emb, self.model, STUDENT), emb),

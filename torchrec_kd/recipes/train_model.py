@@ -9,7 +9,8 @@ Example::
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torchrec.models.dlrm import DLRMTrain
@@ -37,34 +38,61 @@ def count_params(tables_bytes: int, model: torch.nn.Module, prefix: str = "") ->
     return tables_bytes // 4 + dense
 
 
-def model_features(cfg: RunConfig, role: str, names: Sequence[str], sizes: Sequence[int]) -> Tuple[List[str], List[int]]:
-    """The sparse features (and their table sizes) the ``role`` model reads.
+@dataclass(frozen=True)
+class ModelInputs:
+    """What one role's model reads of the data.
 
-    The teacher reads every feature; the student leaves out ``distill.privileged_features``.
+    Attributes:
+        sparse_features (List[str]): the sparse features it has tables for.
+        num_embeddings (List[int]): their table sizes.
+        dense_in_features (int): width of the batch's dense input (every dense feature).
+        dense_columns (Optional[List[int]]): the dense columns it reads; None: all.
+    """
+
+    sparse_features: List[str]
+    num_embeddings: List[int]
+    dense_in_features: int
+    dense_columns: Optional[List[int]] = None
+
+
+def model_inputs(cfg: RunConfig, role: str, sparse_names: Sequence[str], sizes: Sequence[int],
+                 dense_names: Sequence[str]) -> ModelInputs:
+    """The features the ``role`` model reads.
+
+    The teacher reads every feature; the student leaves out ``distill.privileged_features``,
+    which may name sparse features (no table) and dense features (its dense arch skips
+    their columns).
 
     Args:
         cfg (RunConfig): the run config.
         role (str): "teacher" or "student".
-        names (Sequence[str]): the data's sparse features.
+        sparse_names (Sequence[str]): the data's sparse features.
         sizes (Sequence[int]): their table sizes.
+        dense_names (Sequence[str]): the data's dense features, in column order.
 
     Returns:
-        Tuple[List[str], List[int]]: the features kept and their sizes.
+        ModelInputs: the features kept.
 
     Raises:
-        ConfigError: a privileged feature the data does not have, or every feature privileged.
+        ConfigError: a privileged feature the data does not have, or every sparse (or
+            every dense) feature privileged.
     """
     privileged = set(cfg.distill.privileged_features)
-    unknown = sorted(privileged - set(names))
+    unknown = sorted(privileged - set(sparse_names) - set(dense_names))
     if unknown:
-        raise ConfigError(f"distill.privileged_features: {unknown} are not sparse features of this data; "
-                          f"it has {list(names)[:8]}{' …' if len(names) > 8 else ''}")
+        raise ConfigError(f"distill.privileged_features: {unknown} are not features of this data; it has sparse "
+                          f"{list(sparse_names)[:8]}{' …' if len(sparse_names) > 8 else ''} and dense "
+                          f"{list(dense_names)[:8]}{' …' if len(dense_names) > 8 else ''}")
     if role == "teacher" or not privileged:
-        return list(names), list(sizes)
-    kept = [(n, k) for n, k in zip(names, sizes) if n not in privileged]
+        return ModelInputs(list(sparse_names), list(sizes), len(dense_names))
+    kept = [(n, k) for n, k in zip(sparse_names, sizes) if n not in privileged]
     if not kept:
         raise ConfigError("distill.privileged_features lists every sparse feature; the student needs at least one")
-    return [n for n, _ in kept], [k for _, k in kept]
+    columns = [i for i, n in enumerate(dense_names) if n not in privileged]
+    if dense_names and not columns:
+        raise ConfigError("distill.privileged_features lists every dense feature; the student needs at least one")
+    return ModelInputs([n for n, _ in kept], [k for _, k in kept], len(dense_names),
+                       columns if len(columns) < len(dense_names) else None)
 
 
 class TrainModelRecipe(PipelinedRecipe):
@@ -91,8 +119,10 @@ class TrainModelRecipe(PipelinedRecipe):
         """Process group, data, model on meta, sharding plan, optimizers, pipeline."""
         cfg = self.cfg
         env = self.setup_run()
-        self.tables = make_tables(self.model_cfg, *model_features(cfg, self.role, self.data.sparse_names, self.data.num_embeddings))
-        module = DLRMTrain(build_dlrm(self.model_cfg, self.tables, len(self.data.dense_names)))
+        self.inputs = model_inputs(cfg, self.role, self.data.sparse_names, self.data.num_embeddings, self.data.dense_names)
+        self.tables = make_tables(self.model_cfg, self.inputs.sparse_features, self.inputs.num_embeddings)
+        module = DLRMTrain(build_dlrm(self.model_cfg, self.tables, self.inputs.dense_in_features,
+                                     dense_columns=self.inputs.dense_columns))
         add_fused_embedding_optimizer(module, cfg.train)
         self.model = shard(module, env, self.local_batch, planner_constraints(cfg.sharding, self.tables, env.device.type))
         init_weights(self.model, cfg.seed, prefix=MODEL_PREFIX)
@@ -115,7 +145,7 @@ class TrainModelRecipe(PipelinedRecipe):
         out = cfg.out_dir
         meta = {"role": self.role, "config": config_to_dict(cfg), "world_size": env.world_size,
                 "tables": [t.name for t in self.tables],
-                **model_meta(self.model_cfg, self.tables, len(self.data.dense_names))}
+                **model_meta(self.model_cfg, self.tables, self.inputs.dense_in_features, self.inputs.dense_columns)}
         save_model(self.model, out / self.role, meta)
         emb = embedding_bytes(self.tables)
         entry = self.entry(metrics, count_params(emb, self.model, MODEL_PREFIX), emb)
