@@ -10,8 +10,9 @@ Variants, all through the same forward:
 * one teacher, or an ensemble (weighted mean of the teachers' logits; DLRM and DLRM_DCN mix);
 * no teacher at all: offline distillation reads the teacher outputs stored with each
   row from a :class:`~torchrec_kd.distill.scored_batch.ScoredBatch`;
-* privileged features: the student's tables simply leave them out (the KJT still carries
-  them for the teachers);
+* privileged features: the student's tables leave the sparse ones out (the KJT still
+  carries them for the teachers) and its dense arch skips the dense ones' columns
+  (:class:`~torchrec_kd.models.dlrm.DenseColumnsArch`);
 * hint / embedding / ranking terms get the intermediate outputs and group ids they require.
 
 Example::
