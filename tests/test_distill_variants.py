@@ -165,31 +165,69 @@ def _try_offline_online(rank, world_size, out, *extra):
     return None
 
 
-def _score_fp16_vs_fp32(rank, world_size, out, ckpt):
+def _score_by_teacher_dtype(rank, world_size, out, ckpt):
+    from torchrec_kd.distill.quantized_teacher import int8_bags
     from torchrec_kd.distributed.env import init_distributed
 
     got = {}
-    for dtype in ("fp32", "fp16"):
+    for dtype in ("fp32", "fp16", "int8"):
         cfg = _cfg(out, ckpt, f"distill.teacher_dtype={dtype}")
         model, data, _ = score_teacher.build_scorer(cfg, init_distributed(cfg.distributed))
         batch = next(iter(data.batches("test", cfg.data.batch_size, rank, world_size)))
         tables = {k: v for k, v in local_tensors(model, "teachers.").items() if ".embedding_bags." in k and v.numel()}
+        bags = int8_bags(model, "teachers.")
         with torch.no_grad():
             got[dtype] = {"logits": model.module(batch)[0], "dtypes": {v.dtype for v in tables.values()},
-                          "bytes": sum(v.nbytes for v in tables.values())}
+                          "bytes": sum(v.nbytes for v in tables.values()),
+                          "int8_bytes": sum(b.int8_bytes for b in bags),
+                          "int8_storage": sum(b.tbe.weights_host.numel() for b in bags),
+                          "float_bytes": sum(b.float_bytes for b in bags)}
             if dtype == "fp32":  # the fp32 teacher with its rows rounded to fp16 the way a load casts them
                 for name, p in model.named_parameters():
                     if name.startswith("teachers.") and ".embedding_bags." in name:
                         p.copy_(p.half().float())
                 got["rounded"] = model.module(batch)[0]
+            if dtype == "int8":  # what still refers to the float rows holds no memory
+                got["int8"]["float_left"] = sum(p.untyped_storage().nbytes() for n, p in model.named_parameters()
+                                                if n.startswith("teachers.") and ".embedding_bags." in n)
+    kjt = batch.sparse_features
+    got["batch"] = {"dense": batch.dense_features, "keys": kjt.keys(), "values": kjt.values(), "lengths": kjt.lengths()}
     return got
 
 
-def test_fp16_teacher_scores_its_rounded_rows_in_half_the_table_memory(teachers, tmp_path):
+def test_fp16_and_int8_teachers_score_their_rounded_rows_in_less_memory(teachers, tmp_path):
     ckpt = f"distill.teacher_checkpoint={teachers[0]}"
-    for got in run_ranks(_score_fp16_vs_fp32, 2, tmp_path, str(tmp_path / "s"), ckpt):
+    float_teacher, _ = load_float_model(teachers[0])
+    int8_teacher = quantize_dlrm(float_teacher, "int8")
+    for got in run_ranks(_score_by_teacher_dtype, 2, tmp_path, str(tmp_path / "s"), ckpt):
         assert got["fp16"]["dtypes"] == {torch.float16} and got["fp32"]["dtypes"] == {torch.float32}
         assert got["fp16"]["bytes"] * 2 == got["fp32"]["bytes"]
         # exactly what rounding the checkpoint's rows to fp16 gives, which is not nothing
         torch.testing.assert_close(got["fp16"]["logits"], got["rounded"], atol=1e-5, rtol=1e-5)
         assert not torch.equal(got["fp16"]["logits"], got["fp32"]["logits"])
+        # int8: this rank's shards as fbgemm int8 rows (d + 4 bytes), the float rows released,
+        # scoring what `quantize` int8 of the whole teacher scores
+        int8 = got["int8"]
+        assert int8["float_bytes"] == got["fp32"]["bytes"] and int8["float_left"] == 0
+        dim = float_teacher.sparse_arch.embedding_bag_collection.embedding_bag_configs()[0].embedding_dim
+        assert int8["int8_bytes"] == got["fp32"]["bytes"] // (4 * dim) * (dim + 4)
+        assert int8["int8_bytes"] <= int8["int8_storage"] <= int8["int8_bytes"] + 256  # fbgemm's buffer: the rows + alignment
+        b = got["batch"]
+        kjt = _kjt(b)
+        torch.testing.assert_close(int8["logits"], int8_teacher(b["dense"], kjt).squeeze(-1), atol=1e-5, rtol=1e-5)
+        assert not torch.equal(int8["logits"], got["fp32"]["logits"])
+
+
+def test_distillation_from_an_int8_teacher_trains_checkpoints_and_resumes(teachers, tmp_path):
+    out = tmp_path / "int8"
+    args = (f"distill.teacher_checkpoint={teachers[0]}", "distill.teacher_dtype=int8", "train.checkpoint_every=3",
+            "train.log_every=1")
+    first = run_ranks(_distill, 2, tmp_path / "a", str(out), None, *args)
+    assert all(len(r["losses"]) == STEPS and torch.isfinite(torch.tensor(r["losses"])).all() for r in first)
+    assert read_meta(out / "distilled")["role"] == "student"  # the student's checkpoint, no teacher rows
+    # a longer run resumes from the step-3 state (teacher reloaded from its fp32 checkpoint, quantized again)
+    again = run_ranks(_distill, 2, tmp_path / "b", str(out), None, *args, f"train.steps={STEPS + 3}")
+    for a, b in zip(first, again):
+        # steps 1-3 come from the saved training state (rank 0 writes its log), 4-6 are run again
+        assert len(b["losses"]) == STEPS + 3 and b["losses"][:3] == first[0]["losses"][:3]
+        assert b["losses"][3:6] == pytest.approx(a["losses"][3:6], abs=1e-6)

@@ -34,6 +34,7 @@ from torchrec_kd.distill.model import DistillationModel
 from torchrec_kd.distributed.init import init_weights
 from torchrec_kd.distributed.sharding import add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard
 from torchrec_kd.distill.offline import OfflineScores
+from torchrec_kd.distill.quantized_teacher import quantize_frozen_tables
 from torchrec_kd.losses import FeatureDims, build_loss
 from torchrec_kd.models.dlrm import (build_dlrm, embedding_bytes, interaction_dim, make_tables, model_meta,
                                      tables_stored_as)
@@ -102,6 +103,15 @@ class TeacherSpec:
         return [t.feature_names[0] for t in self.tables]
 
 
+def sharded_dtype(cfg: RunConfig) -> str:
+    """The precision the teachers' tables are sharded (and loaded) in.
+
+    An int8 teacher is loaded in fp32 and then quantized in place
+    (:func:`~torchrec_kd.distill.quantized_teacher.quantize_frozen_tables`).
+    """
+    return "fp32" if cfg.distill.teacher_dtype == "int8" else cfg.distill.teacher_dtype
+
+
 def resolve_teachers(cfg: RunConfig, sparse_names: List[str], num_embeddings: List[int]) -> List[TeacherSpec]:
     """The run's teachers: ``distill.teachers`` if listed, else the configured teacher.
 
@@ -121,7 +131,7 @@ def resolve_teachers(cfg: RunConfig, sparse_names: List[str], num_embeddings: Li
         path = Path(cfg.distill.teacher_checkpoint or cfg.out_dir / "teacher")
         tables = make_tables(cfg.teacher, sparse_names, num_embeddings)
         check_teacher_checkpoint(path, cfg.teacher, tables)
-        return [TeacherSpec(path, 1.0, cfg.teacher, tables_stored_as(tables, cfg.distill.teacher_dtype))]
+        return [TeacherSpec(path, 1.0, cfg.teacher, tables_stored_as(tables, sharded_dtype(cfg)))]
     sizes = dict(zip(sparse_names, num_embeddings))
     specs: List[TeacherSpec] = []
     for i, entry in enumerate(cfg.distill.teachers):
@@ -139,7 +149,7 @@ def resolve_teachers(cfg: RunConfig, sparse_names: List[str], num_embeddings: Li
         if bad:
             raise ConfigError(f"{where}.checkpoint: {entry.checkpoint} does not fit this data: (feature, its rows, the data's) "
                               f"{bad[:3]}; distill on the data the teacher was trained on")
-        tables = tables_stored_as(make_tables(model, feats, rows), cfg.distill.teacher_dtype)
+        tables = tables_stored_as(make_tables(model, feats, rows), sharded_dtype(cfg))
         specs.append(TeacherSpec(Path(entry.checkpoint), entry.weight, model, tables))
     if sum(s.weight for s in specs) <= 0:
         raise ConfigError("distill.teachers: the weights sum to 0; give at least one teacher a positive weight")
@@ -213,6 +223,8 @@ class DistillRecipe(PipelinedRecipe):
         init_weights(self.model, cfg.seed, prefix=STUDENT)
         for i, spec in enumerate(online):
             load_module(self.model, spec.checkpoint, model_prefix=f"{TEACHERS}{i}.", ckpt_prefix=MODEL_PREFIX)
+        if online and cfg.distill.teacher_dtype == "int8":
+            quantize_frozen_tables(self.model, TEACHERS)
         self.optimizer = build_optimizer(self.model, cfg.train, frozen_prefix=TEACHERS)
         self.make_pipeline()
 

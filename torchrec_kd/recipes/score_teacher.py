@@ -29,6 +29,7 @@ from torchrec_kd.data import build_data
 from torchrec_kd.distill.freeze import freeze_sharded, freeze_teacher_tables
 from torchrec_kd.distill.model import TeacherEnsemble
 from torchrec_kd.distill.offline import cached_fields, run_fingerprint, scores_dir
+from torchrec_kd.distill.quantized_teacher import quantize_frozen_tables
 from torchrec_kd.distill.score_cache import CacheSpec, ScoreCacheWriter, batch_digest, write_manifest
 from torchrec_kd.distributed.env import DistEnv, init_distributed
 from torchrec_kd.distributed.sharding import planner_constraints, shard
@@ -64,6 +65,8 @@ def build_scorer(cfg: RunConfig, env: DistEnv) -> Tuple[DistributedModelParallel
     freeze_sharded(model, TEACHERS)
     for i, spec in enumerate(teachers):
         load_module(model, spec.checkpoint, model_prefix=f"{TEACHERS}{i}.", ckpt_prefix=MODEL_PREFIX)
+    if cfg.distill.teacher_dtype == "int8":
+        quantize_frozen_tables(model, TEACHERS)
     model.eval()
     return model, data, teachers
 
