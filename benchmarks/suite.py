@@ -42,9 +42,16 @@ def targets(r: Dict[str, Any]) -> List[List[Any]]:
                 for d, v in dims.items() if int(d[1:]) >= 32)
     out.append(["bytes per row / floor (d >= 32, every dtype) <= 1.10", round(worst, 3), worst <= 1.10])
     if big := next((v for v in r["scale"].values() if "teacher_distill_share" in v), None):
-        for key, what in (("teacher_distill_share", "fp32"), ("teacher_distill_fp16_share", "fp16")):
-            out.append([f"at scale: teacher's share of the distillation peak / its training peak <= 1/3 ({what} tables)",
-                        round(big[key], 3), big[key] <= 1 / 3])
+        for key, what in (("teacher_distill_share", "fp32"), ("teacher_distill_fp16_share", "fp16"),
+                          ("teacher_distill_int8_share", "int8, set-up included: loaded in fp32")):
+            if key in big:
+                out.append([f"at scale: teacher's share of the distillation peak / its training peak <= 1/3 ({what} tables)",
+                            round(big[key], 3), big[key] <= 1 / 3])
+        for what in ("fp32", "fp16", "int8"):
+            key = "teacher_distill_steps_share" if what == "fp32" else f"teacher_distill_{what}_steps_share"
+            if key in big:
+                out.append([f"at scale, during the steps: teacher's share of distillation / of training <= 1/3 ({what} tables)",
+                            round(big[key], 3), big[key] <= 1 / 3])
     if "50000000" in r["scale"]:
         out.append(["50 M-row teacher trains and distills on 2 ranks", round(r["scale"]["50000000"]["distill_peak_rss_gib"], 2), True])
     return out
@@ -59,10 +66,12 @@ def markdown(r: Dict[str, Any]) -> str:
              *([f"Evaluating the distilled student: {t['eval']['student_only_samples_per_s']:,.0f} samples/s alone, "
                 f"{t['eval']['with_teacher_samples_per_s']:,.0f} with the teacher running too.", ""] if t.get("eval") else []),
              f"Teacher peak resident memory (all ranks): training {m['teacher_train_rss_gib']:.3f} GiB, online distillation "
-             f"{m['teacher_distill_rss_gib']:.3f} GiB ({m['teacher_distill_fp16_rss_gib']:.3f} GiB with fp16 tables), offline "
+             f"{m['teacher_distill_rss_gib']:.3f} GiB ({m['teacher_distill_fp16_rss_gib']:.3f} GiB with fp16 tables, "
+             f"{m.get('teacher_distill_int8_rss_gib', float('nan')):.3f} GiB int8), offline "
              f"distillation {m['teacher_offline_distill_rss_gib']:.3f} GiB. Standing between steps: training "
              f"{m['teacher_train_standing_gib']:.3f} GiB, online distillation {m['teacher_distill_standing_gib']:.3f} GiB "
-             f"({m['teacher_distill_fp16_standing_gib']:.3f} GiB fp16).", "",
+             f"({m['teacher_distill_fp16_standing_gib']:.3f} GiB fp16, "
+             f"{m.get('teacher_distill_int8_standing_gib', float('nan')):.3f} GiB int8).", "",
              "## Inference", "", "| model | batch | p50 ms | p99 ms | samples/s |", "|---|---|---|---|---|"]
     for name, sizes in r["inference"].items():
         for b, v in sizes.items():
@@ -83,6 +92,16 @@ def markdown(r: Dict[str, Any]) -> str:
                   f"({big['distill_fp16_peak_rss_gib'] - big['student_peak_rss_gib']:.2f} GiB with fp16 tables, step "
                   f"{big['distill_fp16_step_s']:.3f} s): {big['teacher_distill_share']:.2f} "
                   f"({big['teacher_distill_fp16_share']:.2f}) of its training peak."]
+        if "distill_int8_steps_peak_rss_gib" in big:
+            lines += ["", f"During the timed steps (peak counter reset after set-up) the teacher adds "
+                      f"{big['distill_steps_peak_rss_gib'] - big['student_steps_peak_rss_gib']:.2f} GiB with fp32 tables, "
+                      f"{big['distill_fp16_steps_peak_rss_gib'] - big['student_steps_peak_rss_gib']:.2f} GiB fp16, "
+                      f"{big['distill_int8_steps_peak_rss_gib'] - big['student_steps_peak_rss_gib']:.2f} GiB int8 "
+                      f"(step {big['distill_int8_step_s']:.3f} s) against a teacher-training peak of "
+                      f"{big['steps_peak_rss_gib']:.2f} GiB: {big['teacher_distill_steps_share']:.2f} / "
+                      f"{big['teacher_distill_fp16_steps_share']:.2f} / {big['teacher_distill_int8_steps_share']:.2f}. "
+                      f"An int8 teacher is loaded in fp32 first: its whole-run peak is "
+                      f"{big['distill_int8_peak_rss_gib']:.2f} GiB."]
     sweep = r.get("batch_sweep", {})
     if sweep:
         lines += ["", f"Batch sweep at {sweep['total_rows']:,} rows (teacher train): " + ", ".join(

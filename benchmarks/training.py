@@ -8,7 +8,8 @@ count on every rank: an adaptive count would desynchronise the collectives) and 
 median. Memory is each phase's peak resident set during the timed steps (weights,
 optimizer state, activations) above the process before the model was built, without the
 pre-generated batches, summed over ranks (tables are sharded); the teacher's share of
-distillation is online KD's peak minus the student-alone peak. The standing footprint is
+distillation is online KD's peak minus the student-alone peak (also with the teacher's
+tables stored fp16 and int8, ``distill.teacher_dtype``). The standing footprint is
 the resident set after the timed steps (lazily built optimizer state included). ``--profile`` writes the top ``torch.profiler``
 operators of 5 online-KD steps. Results merge into ``benchmarks/results/training.json``::
 
@@ -31,7 +32,8 @@ from typing import Any, Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-PHASES = ("student", "teacher_train", "teacher_forward", "online_kd", "offline_kd", "online_kd_fp16_teacher")
+PHASES = ("student", "teacher_train", "teacher_forward", "online_kd", "offline_kd", "online_kd_fp16_teacher",
+          "online_kd_int8_teacher")
 
 
 def _status_gib(key: str) -> float:
@@ -118,8 +120,8 @@ def _worker(a: argparse.Namespace) -> None:
 
             if a.phase == "offline_kd":
                 cfg.distill.offline = True
-            if a.phase == "online_kd_fp16_teacher":
-                cfg.distill.teacher_dtype = "fp16"
+            if a.phase in ("online_kd_fp16_teacher", "online_kd_int8_teacher"):
+                cfg.distill.teacher_dtype = a.phase.split("_")[2]
             recipe = DistillRecipe(cfg)
         recipe.setup()
         data = recipe.data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=total)
@@ -240,7 +242,8 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
     train = {f"{p}_samples_per_s": phases[p]["samples_per_s"] for p in ("student", "online_kd", "offline_kd")}
     train["teacher_forward_samples_per_s"] = phases["teacher_forward"]["samples_per_s"]
     train["teacher_train_samples_per_s"] = phases["teacher_train"]["samples_per_s"]
-    train["online_kd_fp16_teacher_samples_per_s"] = phases["online_kd_fp16_teacher"]["samples_per_s"]
+    for dtype in ("fp16", "int8"):
+        train[f"online_kd_{dtype}_teacher_samples_per_s"] = phases[f"online_kd_{dtype}_teacher"]["samples_per_s"]
     # evaluating the distilled student: the whole model (teacher too) vs the student alone
     train["eval"] = phases["online_kd"].get("eval")
     train["step_ms"] = {p: phases[p]["step_ms"] for p in PHASES}
@@ -249,14 +252,17 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
         return max(0.0, phases[phase][key] - phases["student"][key])
 
     teacher_in_distill, teacher_fp16 = teacher_share("online_kd"), teacher_share("online_kd_fp16_teacher")
+    teacher_int8 = teacher_share("online_kd_int8_teacher")
     train_rss = phases["teacher_train"]["rss_gib"]
     memory = {"teacher_train_rss_gib": train_rss,
               "teacher_distill_rss_gib": teacher_in_distill,
               "teacher_distill_fp16_rss_gib": teacher_fp16,
+              "teacher_distill_int8_rss_gib": teacher_int8,
               "teacher_offline_distill_rss_gib": teacher_share("offline_kd"),
               "teacher_train_standing_gib": phases["teacher_train"]["standing_gib"],
               "teacher_distill_standing_gib": teacher_share("online_kd", "standing_gib"),
               "teacher_distill_fp16_standing_gib": teacher_share("online_kd_fp16_teacher", "standing_gib"),
+              "teacher_distill_int8_standing_gib": teacher_share("online_kd_int8_teacher", "standing_gib"),
               "phase_rss_gib": {p: phases[p]["rss_gib"] for p in PHASES},
               "phase_standing_gib": {p: phases[p]["standing_gib"] for p in PHASES}}
     targets = {
@@ -266,6 +272,8 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
             teacher_in_distill / train_rss, teacher_in_distill / train_rss <= 1 / 3),
         "same, teacher tables stored fp16 (distill.teacher_dtype=fp16) <= 1/3": (
             teacher_fp16 / train_rss, teacher_fp16 / train_rss <= 1 / 3),
+        "same, teacher tables stored int8 (distill.teacher_dtype=int8) <= 1/3": (
+            teacher_int8 / train_rss, teacher_int8 / train_rss <= 1 / 3),
         # between steps: what the teacher holds (tables) against what training holds
         # (tables, optimizer state, dense weights and their grads); peaks add batch activations
         "teacher standing memory in distillation / in training <= 1/3 (fp32 tables)": (
@@ -274,6 +282,9 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
         "same, fp16 tables": (
             memory["teacher_distill_fp16_standing_gib"] / memory["teacher_train_standing_gib"],
             memory["teacher_distill_fp16_standing_gib"] / memory["teacher_train_standing_gib"] <= 1 / 3),
+        "same, int8 tables": (
+            memory["teacher_distill_int8_standing_gib"] / memory["teacher_train_standing_gib"],
+            memory["teacher_distill_int8_standing_gib"] / memory["teacher_train_standing_gib"] <= 1 / 3),
     }
     return {"train": train, "memory": memory, "profile_online_kd": profile,
             "targets": {k: {"value": round(v, 3), "met": ok} for k, (v, ok) in targets.items()},

@@ -198,6 +198,9 @@ def _score_by_teacher_dtype(rank, world_size, out, ckpt):
 def test_fp16_and_int8_teachers_score_their_rounded_rows_in_less_memory(teachers, tmp_path):
     ckpt = f"distill.teacher_checkpoint={teachers[0]}"
     float_teacher, _ = load_float_model(teachers[0])
+    with torch.no_grad():  # an int8 teacher is loaded in fp16, then quantized
+        for bag in float_teacher.sparse_arch.embedding_bag_collection.embedding_bags.values():
+            bag.weight.copy_(bag.weight.half().float())
     int8_teacher = quantize_dlrm(float_teacher, "int8")
     for got in run_ranks(_score_by_teacher_dtype, 2, tmp_path, str(tmp_path / "s"), ckpt):
         assert got["fp16"]["dtypes"] == {torch.float16} and got["fp32"]["dtypes"] == {torch.float32}
@@ -205,10 +208,10 @@ def test_fp16_and_int8_teachers_score_their_rounded_rows_in_less_memory(teachers
         # exactly what rounding the checkpoint's rows to fp16 gives, which is not nothing
         torch.testing.assert_close(got["fp16"]["logits"], got["rounded"], atol=1e-5, rtol=1e-5)
         assert not torch.equal(got["fp16"]["logits"], got["fp32"]["logits"])
-        # int8: this rank's shards as fbgemm int8 rows (d + 4 bytes), the float rows released,
-        # scoring what `quantize` int8 of the whole teacher scores
+        # int8: this rank's shards as fbgemm int8 rows (d + 4 bytes), the fp16 rows it was loaded
+        # in released, scoring what `quantize` int8 of the fp16-rounded teacher scores
         int8 = got["int8"]
-        assert int8["float_bytes"] == got["fp32"]["bytes"] and int8["float_left"] == 0
+        assert int8["float_bytes"] == got["fp16"]["bytes"] and int8["float_left"] == 0
         dim = float_teacher.sparse_arch.embedding_bag_collection.embedding_bag_configs()[0].embedding_dim
         assert int8["int8_bytes"] == got["fp32"]["bytes"] // (4 * dim) * (dim + 4)
         assert int8["int8_bytes"] <= int8["int8_storage"] <= int8["int8_bytes"] + 256  # fbgemm's buffer: the rows + alignment

@@ -341,8 +341,8 @@ class DistillConfig:
     # Storage of the frozen teacher's tables while it scores (distill, score-teacher): fp16
     # halves the teacher's table memory (its fp32 checkpoint is rounded on load); int8
     # stores rows as fbgemm's row-wise int8 (d + 4 bytes: a quarter plus the fp16 scale and
-    # bias), scoring what `quantize` int8 of the teacher scores; loading still reads the
-    # fp32 rows once. Soft targets move by that rounding only.
+    # bias): loaded as fp16, then quantized, scoring what `quantize` int8 of the fp16-rounded
+    # teacher scores. Soft targets move by that rounding only.
     teacher_dtype: Literal["fp32", "fp16", "int8"] = "fp32"
     # Quantization-aware distillation (`distill-qat`): the student's rows pass through this
     # format's fake quantization while it learns; null: `experiment` skips the QAT step.

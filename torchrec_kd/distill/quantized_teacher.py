@@ -4,18 +4,19 @@ The teacher only runs forward, so its tables need neither a training kernel nor
 float rows. TorchRec's training sharder cannot hold int8 rows (its state dict gives
 every shard ``[rows, d]`` metadata and refuses ``[rows, d + 8]`` bytes), and its
 inference sharder works on one process with several devices, not on ranks. So the
-teacher is sharded and loaded as usual, then each of this rank's fused lookup kernels
-(``BatchedFusedEmbeddingBag``, one per group of local table shards) is replaced by
-:class:`Int8FrozenBag`: fbgemm's ``IntNBitTableBatchedEmbeddingBagsCodegen`` over the
-same local shards, quantized the way :func:`~torchrec_kd.quantization.quantize_dlrm`
-quantizes (fp16 scale and bias per row, rows at the 4-byte floor). Input and output
-distribution, pipelining and the pooled layout are TorchRec's, untouched.
+teacher is sharded and loaded as usual with fp16 tables (half the fp32 transient), then
+each of this rank's fused lookup kernels (``BatchedFusedEmbeddingBag``, one per group of
+local table shards) is replaced by :class:`Int8FrozenBag`: fbgemm's
+``IntNBitTableBatchedEmbeddingBagsCodegen`` over the same local shards, quantized one
+table at a time the way :func:`~torchrec_kd.quantization.quantize_dlrm` quantizes (fp16
+scale and bias per row, rows at the 4-byte floor). Input and output distribution,
+pipelining and the pooled layout stay TorchRec's.
 
-The float rows are then released in place (their storage is resized to zero), so
+The fp16 rows are then released in place (their storage is resized to zero), so
 whatever still refers to them (the module's sharded-tensor views, TorchRec's fused
-optimizer entry) holds no memory; the quantized teacher has no state dict (it is
-never saved — its checkpoint is the float one it was loaded from — and a resumed
-run's training state, which leaves it out, loads around it).
+optimizer entry) holds no memory. The quantized teacher has no state dict: it is never
+saved (its checkpoint is the float one it was loaded from), and a resumed run's
+training state, which leaves it out, loads around it.
 
 Example::
 
@@ -64,15 +65,17 @@ class Int8FrozenBag(nn.Module):
                              for i, w in enumerate(rows)],
             pooling_mode=tbe.pooling_mode, device=device, output_dtype=SparseType.FP32, row_alignment=1)
         qtbe.initialize_weights()
-        quantized = []
-        for w in rows:
+        self.int8_bytes = 0
+        # one table at a time, straight into the kernel's rows: the transient is one table's bytes
+        for w, (data, scale_bias) in zip(rows, qtbe.split_embedding_weights(split_scale_shifts=True)):
             packed = torch.ops.fbgemm.FloatOrHalfToFusedNBitRowwiseQuantizedSBHalf(w.detach(), 8)
-            quantized.append((packed[:, :-_SCALE_BIAS_BYTES], packed[:, -_SCALE_BIAS_BYTES:]))
-        qtbe.assign_embedding_weights(quantized)
+            data.copy_(packed[:, :-_SCALE_BIAS_BYTES])
+            scale_bias.copy_(packed[:, -_SCALE_BIAS_BYTES:])
+            self.int8_bytes += packed.numel()
+            del packed
         # held outside the module tree: nothing of it belongs in a state dict or an optimizer
         self._tbe: List[IntNBitTableBatchedEmbeddingBagsCodegen] = [qtbe]
         self.float_bytes = sum(w.numel() * w.element_size() for w in rows)
-        self.int8_bytes = sum(q.numel() + s.numel() for q, s in quantized)
 
     @property
     def tbe(self) -> IntNBitTableBatchedEmbeddingBagsCodegen:

@@ -106,10 +106,10 @@ class TeacherSpec:
 def sharded_dtype(cfg: RunConfig) -> str:
     """The precision the teachers' tables are sharded (and loaded) in.
 
-    An int8 teacher is loaded in fp32 and then quantized in place
-    (:func:`~torchrec_kd.distill.quantized_teacher.quantize_frozen_tables`).
+    An int8 teacher is loaded in fp16 (half the fp32 transient) and then quantized in
+    place (:func:`~torchrec_kd.distill.quantized_teacher.quantize_frozen_tables`).
     """
-    return "fp32" if cfg.distill.teacher_dtype == "int8" else cfg.distill.teacher_dtype
+    return "fp16" if cfg.distill.teacher_dtype == "int8" else cfg.distill.teacher_dtype
 
 
 def resolve_teachers(cfg: RunConfig, sparse_names: List[str], num_embeddings: List[int]) -> List[TeacherSpec]:
