@@ -112,6 +112,24 @@ def sharded_dtype(cfg: RunConfig) -> str:
     return "fp16" if cfg.distill.teacher_dtype == "int8" else cfg.distill.teacher_dtype
 
 
+def store_teachers_as_int8(cfg: RunConfig, model: torch.nn.Module) -> None:
+    """``distill.teacher_dtype=int8``: quantize the loaded, frozen teachers' tables in place.
+
+    Args:
+        cfg (RunConfig): the run config (nothing happens unless ``teacher_dtype`` is int8).
+        model (nn.Module): the sharded model holding the teachers under ``teachers.``.
+
+    Raises:
+        ConfigError: the teachers' tables are sharded in a way the int8 kernel cannot replace.
+    """
+    if cfg.distill.teacher_dtype != "int8":
+        return
+    try:
+        quantize_frozen_tables(model, TEACHERS)
+    except ValueError as e:
+        raise ConfigError(f"distill.teacher_dtype=int8: {e}; or use teacher_dtype fp16") from None
+
+
 def resolve_teachers(cfg: RunConfig, sparse_names: List[str], num_embeddings: List[int]) -> List[TeacherSpec]:
     """The run's teachers: ``distill.teachers`` if listed, else the configured teacher.
 
@@ -223,8 +241,8 @@ class DistillRecipe(PipelinedRecipe):
         init_weights(self.model, cfg.seed, prefix=STUDENT)
         for i, spec in enumerate(online):
             load_module(self.model, spec.checkpoint, model_prefix=f"{TEACHERS}{i}.", ckpt_prefix=MODEL_PREFIX)
-        if online and cfg.distill.teacher_dtype == "int8":
-            quantize_frozen_tables(self.model, TEACHERS)
+        if online:
+            store_teachers_as_int8(cfg, self.model)
         self.optimizer = build_optimizer(self.model, cfg.train, frozen_prefix=TEACHERS)
         self.make_pipeline()
 

@@ -29,13 +29,12 @@ from torchrec_kd.data import build_data
 from torchrec_kd.distill.freeze import freeze_sharded, freeze_teacher_tables
 from torchrec_kd.distill.model import TeacherEnsemble
 from torchrec_kd.distill.offline import cached_fields, run_fingerprint, scores_dir
-from torchrec_kd.distill.quantized_teacher import quantize_frozen_tables
 from torchrec_kd.distill.score_cache import CacheSpec, ScoreCacheWriter, batch_digest, write_manifest
 from torchrec_kd.distributed.env import DistEnv, init_distributed
 from torchrec_kd.distributed.sharding import planner_constraints, shard
 from torchrec_kd.losses import LOSSES
 from torchrec_kd.models.dlrm import build_dlrm, interaction_dim
-from torchrec_kd.recipes.distill import TEACHERS, TeacherSpec, resolve_teachers
+from torchrec_kd.recipes.distill import TEACHERS, TeacherSpec, resolve_teachers, store_teachers_as_int8
 from torchrec_kd.recipes.train_model import MODEL_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -65,8 +64,7 @@ def build_scorer(cfg: RunConfig, env: DistEnv) -> Tuple[DistributedModelParallel
     freeze_sharded(model, TEACHERS)
     for i, spec in enumerate(teachers):
         load_module(model, spec.checkpoint, model_prefix=f"{TEACHERS}{i}.", ckpt_prefix=MODEL_PREFIX)
-    if cfg.distill.teacher_dtype == "int8":
-        quantize_frozen_tables(model, TEACHERS)
+    store_teachers_as_int8(cfg, model)
     model.eval()
     return model, data, teachers
 
