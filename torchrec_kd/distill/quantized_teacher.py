@@ -95,12 +95,8 @@ class Int8FrozenBag(nn.Module):
         return self.tbe(indices=features.values().int(), offsets=features.offsets().int(),
                         per_sample_weights=weights if weights is not None and weights.is_floating_point() else None)
 
-    def state_dict(self, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Dict[str, Any]:
-        """Nothing: the quantized teacher is never saved (the lookup module calls this)."""
-        return {} if destination is None else destination
-
     def flush(self) -> None:
-        """No cache to write back (called by TorchRec's lookup before a state dict)."""
+        """No cache to write back (TorchRec's lookup calls ``flush`` on its kernels)."""
 
     def purge(self) -> None:
         """No cache to drop."""
@@ -116,9 +112,9 @@ def _no_load_state_dict(self: nn.Module, state_dict: Any, strict: bool = True, a
 
 
 def _release(bag: BatchedFusedEmbeddingBag) -> None:
-    """Free the float kernel's weight (and optimizer-state) storage in place."""
+    """Free the float kernel's weight storage in place (a frozen teacher's SGD keeps no optimizer state)."""
     tbe = bag.emb_module
-    for name in ("weights_host", "weights_dev", "weights_uvm", "momentum1_host", "momentum1_dev", "momentum1_uvm"):
+    for name in ("weights_host", "weights_dev", "weights_uvm"):
         t = getattr(tbe, name, None)
         if isinstance(t, Tensor) and t.numel():
             t.untyped_storage().resize_(0)
