@@ -188,7 +188,10 @@ def experiment(
     max_retries: int = 0,
     env: Optional[Dict[str, str]] = None,
     name: Optional[str] = None,
+    seeds: Optional[str] = None,
 ) -> specs.AppDef:
+    if seeds:  # the same as the override experiment.seeds=[...]
+        script_args = (*script_args, f"experiment.seeds=[{seeds}]")
     return _launch("experiment", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
                    max_retries, env, name)
 
@@ -285,8 +288,12 @@ distill_qat.__doc__ = ("Quantization-aware distillation: the student's rows are 
 score_teacher.__doc__ = ("Score the training stream with the frozen teacher(s) once and store the outputs for "
                          "offline distillation (distill with distill.offline=true).\n" + _ARGS_DOC)
 quantize.__doc__ = "Quantize the distilled student's tables (quantize.dtypes), evaluate each, export for serving.\n" + _ARGS_DOC
-experiment.__doc__ = ("The whole job: teacher -> student alone -> distillation -> quantization -> report, "
-                      "skipping steps whose outputs exist.\n" + _ARGS_DOC)
+experiment.__doc__ = ("The whole job: teacher -> student alone -> distillation -> quantization -> report, each "
+                      "model at its best validation step, skipping steps whose outputs exist; with seeds, one "
+                      "replicate per seed and summary.json with the distillation gain's 95% interval.\n"
+                      + _ARGS_DOC.replace("        name: job name (default: the command)\n",
+                                          "        name: job name (default: the command)\n"
+                                          "        seeds: comma-separated run seeds, e.g. 0,1,2 (experiment.seeds)\n"))
 report.__doc__ = "Time every model of the run and write report.md, report.png and TensorBoard events.\n" + _ARGS_DOC
 export.__doc__ = ("Quantize a trained student (source: distilled or student) to quantize.dtypes, evaluate and "
                   "export each (weights.pt + quantized.json, model.ts).\n" + _ARGS_DOC.replace(

@@ -1,4 +1,5 @@
-"""The whole job through TorchX with 2 processes, and resuming it skips finished steps."""
+"""The whole job through TorchX with 2 processes and 2 seeds: each seed a replicate, a summary with the
+distillation gain's interval, and a second launch that skips finished steps."""
 
 import json
 
@@ -18,22 +19,39 @@ def _run(app, tmp_path):
         runner.close()
 
 
-def test_experiment_two_processes_writes_report_then_skips_done_steps(tmp_path):
+ARGS = ("train.steps=6", "train.eval_every=3", "quantize.dtypes=[int8,int4]")
+
+
+def test_experiment_two_seeds_writes_summary_and_reports_then_skips_done_steps(tmp_path):
     out = tmp_path / "run"
-    app = kd.experiment("train.steps=6", "quantize.dtypes=[int8,int4]", config=str(TINY), output_dir=str(out), j="1x2")
+    app = kd.experiment(*ARGS, config=str(TINY), output_dir=str(out), j="1x2", seeds="0,1")
     status = _run(app, tmp_path)
     assert status is not None and status.state == specs.AppState.SUCCEEDED, status
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert {"teacher", "student", "distilled", "distilled_int8", "distilled_int4"} <= metrics.keys()
-    assert all(metrics[m]["latency_ms_b1"] > 0 for m in ("teacher", "student", "distilled", "distilled_int4"))
-    report = (out / "report.md").read_text()
-    assert "Distillation moved the student's test AUC" in report and "| distilled_int4 |" in report
-    assert (out / "report.png").is_file() and (out / "tensorboard" / "teacher").is_dir()
-    assert (out / "export" / "distilled_int4" / "model.ts").is_file()
+    for seed in (0, 1):
+        run = out / f"seed_{seed}"
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert {"teacher", "student", "distilled", "distilled_int8", "distilled_int4"} <= metrics.keys()
+        assert all(metrics[m]["latency_ms_b1"] > 0 for m in ("teacher", "student", "distilled", "distilled_int4"))
+        assert all(metrics[m]["best_step"] in (3, 6) for m in ("teacher", "student", "distilled", "distilled_int4"))
+        assert json.loads((run / "distilled" / "meta.json").read_text())["config"]["seed"] == seed
+        report = (run / "report.md").read_text()
+        assert report.splitlines()[2].startswith("Distilled − student alone:") and "on one seed" in report
+        assert "| distilled_int4 |" in report
+        assert (run / "report.png").is_file() and (run / "tensorboard" / "teacher").is_dir()
+        assert (run / "export" / "distilled_int4" / "model.ts").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1]
+    for m in ("teacher", "student", "distilled", "distilled_int8", "distilled_int4"):
+        assert {"auc_mean", "auc_std", "ne_mean", "ne_std"} <= summary["models"][m].keys()
+    gain = summary["kd_gain"]
+    per_seed = [json.loads((out / f"seed_{s}" / "metrics.json").read_text()) for s in (0, 1)]
+    assert gain["per_seed"] == [m["distilled"]["auc"] - m["student"]["auc"] for m in per_seed]
+    assert len(gain["auc_ci95"]) == 2 and isinstance(gain["significant"], bool)
+    top = (out / "report.md").read_text()
+    assert "95% CI" in top.splitlines()[2] and "2 seeds" in top.splitlines()[2]
 
     # a second launch finds every step done: nothing retrained
-    teacher_meta = (out / "teacher" / "meta.json").stat().st_mtime
-    status = _run(kd.experiment("train.steps=6", "quantize.dtypes=[int8,int4]", config=str(TINY),
-                                output_dir=str(out), j="1x2"), tmp_path)
+    teacher_meta = (out / "seed_1" / "teacher" / "meta.json").stat().st_mtime
+    status = _run(kd.experiment(*ARGS, config=str(TINY), output_dir=str(out), j="1x2", seeds="0,1"), tmp_path)
     assert status.state == specs.AppState.SUCCEEDED
-    assert (out / "teacher" / "meta.json").stat().st_mtime == teacher_meta
+    assert (out / "seed_1" / "teacher" / "meta.json").stat().st_mtime == teacher_meta

@@ -20,10 +20,12 @@ METRICS = {
 }
 
 
-def test_summary_states_what_kd_bought():
+def test_summary_states_what_kd_bought_and_that_one_seed_is_not_a_result():
     text = kd_summary(METRICS)
-    assert "from 0.7800" in text and "to 0.7900 (+0.0100)" in text
-    assert "closing 50% of the gap" in text
+    assert text.startswith("Distilled − student alone: +0.0100 test AUC on one seed")
+    assert "one seed has no interval, so this alone is not a result to act on" in text
+    assert "Test AUC 0.7800 alone" in text and "0.7900 distilled" in text and "same data and maximum budget" in text
+    assert "same steps and seed" not in text and "closing" not in text
     assert "int4 tables hold 2,000,000 bytes, 32x less" in text and "-0.0001 AUC" in text
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import REPO, TINY
 
-STEPS = ["train.teacher_steps=300", "train.checkpoint_every=50", "train.log_every=50"]
+STEPS = ["train.teacher_steps=300", "train.checkpoint_every=50", "train.log_every=50", "train.eval_every=50"]
 
 
 def _torchrun(nproc, *args):
@@ -70,6 +70,10 @@ def test_sigkill_and_restart_ends_like_an_uninterrupted_run(uninterrupted, tmp_p
     assert [s for s, _ in resumed["loss_curve"]] == [s for s, _ in straight["loss_curve"]]  # the curve survives
     for (_, a), (_, b) in zip(resumed["loss_curve"], straight["loss_curve"]):
         assert abs(a - b) < 1e-4
+    # model selection survives the kill: the same validations, the same kept step
+    assert [e["step"] for e in resumed["val_curve"]] == [50, 100, 150, 200, 250, 300]
+    assert resumed["best_step"] == straight["best_step"]
+    assert resumed["best_val"]["auc"] == pytest.approx(straight["best_val"]["auc"], abs=1e-4)
 
 
 def test_resume_on_another_world_size(uninterrupted, tmp_path):
@@ -157,3 +161,28 @@ def test_distillation_resumes_after_sigkill(uninterrupted, tmp_path):
     a = json.loads((straight / "metrics.json").read_text())["distilled"]["auc"]
     b = json.loads((killed / "metrics.json").read_text())["distilled"]["auc"]
     assert abs(a - b) < 1e-4
+
+
+# overfits 4 batches of rows: the best validation comes early, before the kill at step 100
+OVERFIT = ["train.teacher_steps=200", "train.checkpoint_every=50", "train.log_every=50", "train.eval_every=25",
+           "data.synthetic.train_rows=512", "train.embedding_lr=0.3", "train.dense_lr=0.1",
+           "train.early_stopping.patience=0"]
+
+
+def test_resume_keeps_the_best_so_far(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    done = subprocess.run(_teacher(straight, extra=OVERFIT), cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _kill_after_checkpoint(_teacher(killed, extra=OVERFIT), killed / "train_state" / "teacher" / "step_00000100")
+    assert (killed / "train_state" / "teacher" / "best").is_dir()
+    done = subprocess.run(_teacher(killed, extra=OVERFIT), cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stderr
+    a = json.loads((straight / "metrics.json").read_text())["teacher"]
+    b = json.loads((killed / "metrics.json").read_text())["teacher"]
+    assert a["best_step"] < 100 and b["best_step"] == a["best_step"]  # the best came before the kill
+    assert not b["stopped_early"] and b["steps"] == 200
+    assert b["best_val"]["auc"] == pytest.approx(a["best_val"]["auc"], abs=1e-5)
+    assert b["auc"] == pytest.approx(a["auc"], abs=1e-5)  # the kept model is the same one

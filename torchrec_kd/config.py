@@ -56,6 +56,17 @@ class SyntheticDataConfig:
     # Rows are generated in independently seeded blocks; batch sizes per rank must be
     # a multiple of this so that 1 and N ranks see the same global batches.
     block_rows: int = 256
+    # Seed of the world (oracle, val and test rows, the finite train rows); the run's
+    # ``seed`` picks the model initialisation and the train order, so replicates over
+    # ``experiment.seeds`` compare models on one world. Null: the run's seed.
+    world_seed: Optional[int] = 0
+    # Rows of a finite train split (read by epochs, reshuffled each epoch by the run seed);
+    # null: an endless stream, a fresh sample of the world for every step.
+    train_rows: Optional[int] = None
+    # The student (alone and distilled, and score-teacher's stream) trains on only the first
+    # this-many rows of the train split, by epochs: the recent window of a teacher that
+    # read the long stream. Null: the same train split as the teacher.
+    student_train_rows: Optional[int] = None
 
 
 def _check_fraction_pair(where: str, val: float, test: float) -> None:
@@ -256,19 +267,41 @@ class ShardingConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Optimisation budget and schedule."""
+class EarlyStoppingConfig:
+    """Model selection on the validation split (every ``train.eval_every`` steps)."""
 
-    # Steps of the student (alone and distilled): the budget both get.
+    # What picks the best checkpoint: auc (higher is better), ne or logloss (lower is better).
+    metric: Literal["auc", "ne", "logloss"] = "auc"
+    # Stop after this many validations in a row without an improvement of more than
+    # min_delta (0: never stop early; the best checkpoint is still the one kept).
+    patience: int = 5
+    min_delta: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation budget, model selection and schedule.
+
+    Every recipe validates every ``eval_every`` steps (and at its last step), keeps the
+    best checkpoint by ``early_stopping.metric`` and stops after ``patience`` validations
+    without improvement; test metrics, export and distillation use the kept checkpoint.
+    """
+
+    # Maximum steps of the student (alone and distilled): the budget both get.
     steps: int = 600
-    # Steps of the teacher (null: ``steps``); production teachers see far more data.
+    # Maximum steps of the teacher (null: ``steps``).
     teacher_steps: Optional[int] = None
+    # Finite train data: the maximum budget in epochs instead (steps = epochs x full batches
+    # per epoch); null: ``steps`` / ``teacher_steps``.
+    epochs: Optional[int] = None
+    teacher_epochs: Optional[int] = None
     embedding_lr: float = 0.05
     dense_lr: float = 0.02
     eps: float = 1e-8
     log_every: int = 100
-    # Validation every N steps (0: only at the end).
-    eval_every: int = 0
+    # Validation every N steps and at the last step (0: none, the last step's model is kept).
+    eval_every: int = 100
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     # Save the full training state every N steps (0: never) under <output_dir>/train_state/<step name>/;
     # a restarted run with the same command resumes from the newest complete one.
     checkpoint_every: int = 0
@@ -374,6 +407,16 @@ class QuantizeConfig:
 
 
 @dataclass
+class ExperimentConfig:
+    """What ``experiment`` repeats: each seed is a whole replicate (teacher, student, distilled, quantized)."""
+
+    # Run seeds (model initialisation and train order; the synthetic world stays
+    # data.synthetic.world_seed). Empty: one run with ``seed``, in the output dir itself;
+    # otherwise each seed in <output_dir>/seed_<s>/ and summary.json / summary.md across them.
+    seeds: List[int] = field(default_factory=list)
+
+
+@dataclass
 class DistributedConfig:
     """Process-group settings; the same code runs 1 process, N gloo ranks or N GPUs."""
 
@@ -397,6 +440,7 @@ class RunConfig:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     @property
@@ -494,9 +538,24 @@ def _check_semantics(cfg: RunConfig, where: str) -> None:
     """Cross-field rules that types alone cannot express."""
     syn = cfg.data.synthetic
     for name, val in [("data.batch_size", cfg.data.batch_size), ("train.steps", cfg.train.steps),
-                      ("data.synthetic.block_rows", syn.block_rows)]:
-        if val <= 0:
+                      ("data.synthetic.block_rows", syn.block_rows), ("train.teacher_steps", cfg.train.teacher_steps),
+                      ("train.epochs", cfg.train.epochs), ("train.teacher_epochs", cfg.train.teacher_epochs),
+                      ("data.synthetic.train_rows", syn.train_rows),
+                      ("data.synthetic.student_train_rows", syn.student_train_rows)]:
+        if val is not None and val <= 0:
             raise ConfigError(f"{where}: {name} must be positive, got {val}")
+    stop = cfg.train.early_stopping
+    if stop.patience < 0 or stop.min_delta < 0:
+        raise ConfigError(f"{where}: train.early_stopping.patience and min_delta must be >= 0, "
+                          f"got {stop.patience} and {stop.min_delta}")
+    if cfg.train.eval_every < 0:
+        raise ConfigError(f"{where}: train.eval_every must be >= 0 (0: no validation), got {cfg.train.eval_every}")
+    if len(set(cfg.experiment.seeds)) != len(cfg.experiment.seeds):
+        raise ConfigError(f"{where}: experiment.seeds repeats a seed: {cfg.experiment.seeds}")
+    if (syn.train_rows is not None and syn.student_train_rows is not None
+            and syn.student_train_rows > syn.train_rows):
+        raise ConfigError(f"{where}: data.synthetic.student_train_rows ({syn.student_train_rows}) is more than "
+                          f"data.synthetic.train_rows ({syn.train_rows}); the student's window is part of the train split")
     for name, sizes in [("data.synthetic.num_embeddings", syn.num_embeddings), ("data.synthetic.pooling", syn.pooling)]:
         if isinstance(sizes, list) and len(sizes) != syn.num_sparse:
             raise ConfigError(f"{where}: {name} lists {len(sizes)} values but data.synthetic.num_sparse is {syn.num_sparse}")

@@ -39,18 +39,23 @@ def _cell(key: str, value: Any) -> str:
 
 
 def kd_summary(metrics: Dict[str, Dict[str, Any]]) -> str:
-    """One or two sentences on what distillation and quantization bought, from the numbers."""
+    """What distillation and quantization bought, from the numbers, honestly qualified.
+
+    The first sentence is the distilled − student-alone difference (on one run: no
+    interval, said so); then which step each model was kept at, a warning when the
+    teacher is not better than the student alone, and what quantization cost.
+    """
+    from torchrec_kd.summary import gain_sentence, summarize, teacher_warning
+
     parts = []
     if {"student", "distilled"} <= metrics.keys():
-        s, d = metrics["student"]["auc"], metrics["distilled"]["auc"]
-        parts.append(f"Distillation moved the student's test AUC from {s:.4f} (trained alone, same steps and seed) "
-                     f"to {d:.4f} ({d - s:+.4f})")
-        if "teacher" in metrics:
-            t = metrics["teacher"]["auc"]
-            share = (d - s) / (t - s) if t != s else float("nan")
-            parts[-1] += f", closing {share:.0%} of the gap to the teacher's {t:.4f}."
-        else:
-            parts[-1] += "."
+        parts.append(gain_sentence(summarize({0: metrics})))
+        s, d = metrics["student"], metrics["distilled"]
+        parts.append(f"Test AUC {s['auc']:.4f} alone ({_kept(s)}) and {d['auc']:.4f} distilled ({_kept(d)}), "
+                     "with the same data and maximum budget.")
+    warning = teacher_warning(metrics)
+    if warning:
+        parts.append(warning)
     quant = [m for m in ("distilled_int4", "distilled_int8") if m in metrics]
     if quant and "teacher" in metrics and "distilled" in metrics:
         q = quant[0]
@@ -58,6 +63,14 @@ def kd_summary(metrics: Dict[str, Dict[str, Any]]) -> str:
         parts.append(f"Its {q.split('_')[1]} tables hold {metrics[q]['embedding_bytes']:,} bytes, {ratio:.0f}x less than "
                      f"the teacher's, for {metrics[q]['auc'] - metrics['distilled']['auc']:+.4f} AUC against fp32.")
     return " ".join(parts) if parts else "Not enough models in metrics.json yet to compare."
+
+
+def _kept(entry: Dict[str, Any]) -> str:
+    """'best at step 1200 of 1500 trained, stopped early; max 3000' for a metrics entry."""
+    best, steps, cap = entry.get("best_step"), entry.get("steps"), entry.get("max_steps")
+    if best is None:
+        return f"{steps} steps"
+    return f"best at step {best} of {steps} trained{', stopped early' if entry.get('stopped_early') else ''}; max {cap}"
 
 
 def write_markdown(metrics: Dict[str, Dict[str, Any]], out_dir: Path, title: str) -> Path:

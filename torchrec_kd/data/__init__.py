@@ -21,12 +21,14 @@ from torchrec_kd.data.table import TableClickLog
 ClickLog = Union[SyntheticClickLog, CriteoTsvLog, CriteoNpyLog, MovieLensClickLog, TableClickLog]
 
 
-def build_data(cfg: DataConfig, seed: int) -> ClickLog:
+def build_data(cfg: DataConfig, seed: int, role: str = "teacher") -> ClickLog:
     """The data source named by ``cfg.source``.
 
     Args:
         cfg (DataConfig): the ``data`` section.
-        seed (int): the run's seed (synthetic rows; per-epoch shuffling of in-memory train splits).
+        seed (int): the run's seed (synthetic train order; per-epoch shuffling of in-memory train splits).
+        role (str): "teacher" or "student": the student's synthetic train split is its window
+            (``data.synthetic.student_train_rows``) when one is set.
 
     Returns:
         ClickLog: exposes feature names, table sizes and per-rank batch streams.
@@ -38,7 +40,9 @@ def build_data(cfg: DataConfig, seed: int) -> ClickLog:
     # only rank 0 logs load summaries (bad rows, split sizes); every rank counts the same rows
     verbose = os.environ.get("RANK", "0") == "0"
     if cfg.source == "synthetic":
-        return SyntheticClickLog(cfg.synthetic, seed=seed, val_rows=cfg.val_rows, test_rows=cfg.test_rows)
+        syn = cfg.synthetic
+        rows = syn.student_train_rows if role == "student" and syn.student_train_rows is not None else syn.train_rows
+        return SyntheticClickLog(syn, seed=seed, val_rows=cfg.val_rows, test_rows=cfg.test_rows, train_rows=rows)
     if cfg.source == "criteo_tsv":
         return CriteoTsvLog(cfg.criteo, on_bad_row=cfg.on_bad_row)
     if cfg.source == "criteo_npy":

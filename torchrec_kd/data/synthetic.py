@@ -1,8 +1,10 @@
 """A planted click log shaped like Criteo: labels drawn from a hidden oracle.
 
-Every row is a function of ``(seed, split, block index)`` only, so the stream is
+Every row is a function of ``(world seed, split, block index)`` only, so the stream is
 deterministic, never materialised, splits are disjoint, and any rank can generate
-exactly its own share. Ids are Zipf-distributed and scattered over each table by a
+exactly its own share. The run seed only orders the train blocks: a finite train split
+(``train_rows``) is the world's first rows, read by epochs, and the endless stream is
+read in shuffled chunks, so replicates over seeds train on the same rows in other orders. Ids are Zipf-distributed and scattered over each table by a
 fixed permutation. The oracle's logit has
 
 * a per-id bias for every feature (what a wide model memorises),
@@ -38,6 +40,8 @@ from torchrec_kd.config import ConfigError, SyntheticDataConfig
 SPLITS = {"train": 0, "val": 1, "test": 2}
 _PERM_PRIME = 1_000_000_007
 _MASK32 = (1 << 32) - 1
+# The endless train stream is shuffled (per run seed) within chunks of this many batches.
+STREAM_CHUNK_BATCHES = 64
 
 
 def dense_feature_names(n: int) -> List[str]:
@@ -71,16 +75,25 @@ class SyntheticClickLog:
     """Deterministic, streaming generator of click-log batches with a known oracle.
 
     Args:
-        cfg (SyntheticDataConfig): shape and difficulty.
-        seed (int): everything (oracle and rows) derives from it.
+        cfg (SyntheticDataConfig): shape and difficulty; ``cfg.world_seed`` (when set) seeds
+            the oracle and the rows instead of ``seed``.
+        seed (int): the run seed: the train order (and, without ``world_seed``, everything).
         val_rows (int): rows in the validation split.
         test_rows (int): rows in the test split.
+        train_rows (Optional[int]): a finite train split of the world's first rows, read by
+            epochs; None: the endless stream (``cfg.train_rows`` is what recipes pass).
     """
 
-    def __init__(self, cfg: SyntheticDataConfig, seed: int = 0, val_rows: int = 65_536, test_rows: int = 131_072) -> None:
+    def __init__(self, cfg: SyntheticDataConfig, seed: int = 0, val_rows: int = 65_536, test_rows: int = 131_072,
+                 train_rows: Optional[int] = None) -> None:
         self.cfg = cfg
-        self.seed = seed
-        self.split_rows = {"train": None, "val": val_rows, "test": test_rows}
+        self.run_seed = seed
+        self.seed = seed if cfg.world_seed is None else cfg.world_seed  # the world's
+        if train_rows is not None and train_rows < cfg.block_rows:
+            raise ConfigError(f"the synthetic train split has {train_rows} rows, fewer than one block of "
+                              f"data.synthetic.block_rows={cfg.block_rows}")
+        self.split_rows = {"train": train_rows, "val": val_rows, "test": test_rows}
+        self._orders: dict = {}
         self.dense_names = dense_feature_names(cfg.num_dense)
         self.sparse_names = sparse_feature_names(cfg.num_sparse)
         self.num_embeddings = _per_feature(cfg.num_embeddings, cfg.num_sparse)
@@ -172,9 +185,35 @@ class SyntheticClickLog:
 
     # -------------------------------------------------------------- batches
     def num_batches(self, split: str, batch_size: int) -> Optional[int]:
-        """Global batches in ``split`` (None for the endless train stream)."""
+        """Global batches in ``split`` (one epoch of a finite train split; None for the endless stream)."""
         rows = self.split_rows[split]
         return None if rows is None else rows // batch_size
+
+    def _train_blocks(self, index: int, batch_size: int) -> np.ndarray:
+        """World blocks of global train batch ``index``.
+
+        A finite split reads epoch ``index // per_epoch`` in a block order drawn from
+        (run seed, epoch). The endless stream reads the world's blocks in chunks of
+        ``STREAM_CHUNK_BATCHES`` batches, each chunk in an order drawn from (run seed, chunk):
+        every seed reads the same rows (so a finite window of the first rows is part of a
+        teacher's long stream) in its own order.
+        """
+        per_batch = batch_size // self.cfg.block_rows
+        rows = self.split_rows["train"]
+        if rows is None:
+            chunk, j = divmod(index, STREAM_CHUNK_BATCHES)
+            n, first = STREAM_CHUNK_BATCHES * per_batch, chunk * STREAM_CHUNK_BATCHES * per_batch
+        else:
+            per_epoch = rows // batch_size
+            if per_epoch == 0:
+                raise ConfigError(f"the synthetic train split has {rows} rows, fewer than one batch of "
+                                  f"data.batch_size={batch_size}; raise data.synthetic.(student_)train_rows")
+            chunk, j = divmod(index, per_epoch)
+            n, first = rows // self.cfg.block_rows, 0
+        if chunk not in self._orders:  # one chunk (epoch) at a time
+            rng = np.random.default_rng(np.random.SeedSequence([self.run_seed, 0xE90C, chunk]))
+            self._orders = {chunk: first + rng.permutation(n)}
+        return self._orders[chunk][j * per_batch:(j + 1) * per_batch]
 
     def batch(self, split: str, index: int, batch_size: int, rank: int = 0, world_size: int = 1, with_oracle: bool = False) -> Batch:
         """Rank ``rank``'s share of global batch ``index`` of ``split``.
@@ -193,8 +232,13 @@ class SyntheticClickLog:
         """
         local = self._local_batch_size(batch_size, world_size)
         blocks_per_rank = local // self.cfg.block_rows
-        first = index * (batch_size // self.cfg.block_rows) + rank * blocks_per_rank
-        parts = [self._rows(SPLITS[split], first + i) for i in range(blocks_per_rank)]
+        if split == "train":
+            blocks = self._train_blocks(index, batch_size)
+        else:
+            per_batch = batch_size // self.cfg.block_rows
+            blocks = np.arange(index * per_batch, (index + 1) * per_batch)
+        mine = blocks[rank * blocks_per_rank:(rank + 1) * blocks_per_rank]
+        parts = [self._rows(SPLITS[split], int(b)) for b in mine]
         z = torch.cat([p[0] for p in parts])
         lengths = torch.cat([p[1] for p in parts])
         ids = torch.cat([p[2] for p in parts])
@@ -219,7 +263,7 @@ class SyntheticClickLog:
         """Stream rank ``rank``'s share of ``split`` from global batch ``start``.
 
         Args:
-            split (str): "train" (endless unless ``num_batches``), "val" or "test".
+            split (str): "train" (endless, or finite and repeated by epochs, up to ``num_batches``), "val" or "test".
             batch_size (int): global batch size.
             rank (int): this rank.
             world_size (int): number of ranks.
@@ -232,8 +276,8 @@ class SyntheticClickLog:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
         total = self.num_batches(split, batch_size)
-        if num_batches is not None:
-            total = num_batches if total is None else min(total, num_batches)
+        if num_batches is not None:  # the train split repeats epochs up to num_batches
+            total = num_batches if total is None or split == "train" else min(total, num_batches)
         i = start
         while total is None or i < total:
             yield self.batch(split, i, batch_size, rank, world_size)

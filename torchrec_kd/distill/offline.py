@@ -90,11 +90,11 @@ class OfflineScores:
 
     @classmethod
     def open(cls, cfg: RunConfig, teachers: Sequence["TeacherSpec"], requires: FrozenSet[str],
-             env: DistEnv) -> "OfflineScores":
-        """Open and check the run's cache (raises ``ConfigError`` naming what does not match)."""
+             env: DistEnv, steps: int) -> "OfflineScores":
+        """Open and check the run's cache for ``steps`` batches (raises ``ConfigError`` naming what does not match)."""
         path = scores_dir(cfg)
         fields = cached_fields(requires)
-        reader = open_cache(path, run_fingerprint(cfg, teachers), steps=cfg.train.steps,
+        reader = open_cache(path, run_fingerprint(cfg, teachers), steps=steps,
                             global_batch=cfg.data.batch_size, fields=fields)
         return cls(path, reader, fields)
 

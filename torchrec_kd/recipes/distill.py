@@ -17,6 +17,7 @@ student's tables sit in a :class:`~torchrec_kd.qat.sparse_arch.FakeQuantSparseAr
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -41,7 +42,8 @@ from torchrec_kd.models.dlrm import (build_dlrm, embedding_bytes, interaction_di
 from torchrec_kd.qat.sparse_arch import use_fake_quant_sparse_arch
 from torchrec_kd.recipes.pipelined import PipelinedRecipe
 from torchrec_kd.recipes.train_model import MODEL_PREFIX, count_params, model_inputs
-from torchrec_kd.results import metrics_table, update_metrics
+from torchrec_kd.results import METRICS_FILE, metrics_table, update_metrics
+from torchrec_kd.summary import teacher_warning
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +181,27 @@ def resolve_teachers(cfg: RunConfig, sparse_names: List[str], num_embeddings: Li
     return specs
 
 
+def warn_if_teacher_not_better(cfg: RunConfig, teacher_checkpoint: Path) -> Optional[str]:
+    """Log (and return) a warning when the teacher's best validation AUC is not above the student alone's.
+
+    Args:
+        cfg (RunConfig): the run (its ``metrics.json`` may hold the student alone).
+        teacher_checkpoint (Path): the (first) teacher's checkpoint; its meta records its selection.
+
+    Returns:
+        Optional[str]: the warning, or None (teacher better, or nothing to compare yet).
+    """
+    metrics_file = cfg.out_dir / METRICS_FILE
+    student = json.loads(metrics_file.read_text()).get("student") if metrics_file.is_file() else None
+    teacher = (read_meta(teacher_checkpoint).get("selection") or {})
+    if not student or not teacher.get("best_val"):
+        return None
+    warning = teacher_warning({"teacher": teacher, "student": student})
+    if warning:
+        logger.warning("distill: %s", warning)
+    return warning
+
+
 class DistillRecipe(PipelinedRecipe):
     """Distill the teacher(s) into ``cfg.student``, online or from stored scores, optionally QAT.
 
@@ -189,7 +212,8 @@ class DistillRecipe(PipelinedRecipe):
     """
 
     def __init__(self, cfg: RunConfig, qat: Optional[str] = None) -> None:
-        super().__init__(cfg, "distill" if qat is None else "distill_qat", entry_name(qat))
+        super().__init__(cfg, "distill" if qat is None else "distill_qat", entry_name(qat), trained_prefix=STUDENT,
+                         data_role="student")
         self.qat = qat
         self.offline: Optional[OfflineScores] = None
 
@@ -204,6 +228,8 @@ class DistillRecipe(PipelinedRecipe):
         env = self.setup_run()
         dense_in = len(self.data.dense_names)
         self.teachers = resolve_teachers(cfg, list(self.data.sparse_names), list(self.data.num_embeddings))
+        if env.is_main:
+            warn_if_teacher_not_better(cfg, self.teachers[0].checkpoint)
         self.inputs = model_inputs(cfg, "student", self.data.sparse_names, self.data.num_embeddings, self.data.dense_names)
         features = self.inputs.sparse_features
         self.student_tables = make_tables(cfg.student, features, self.inputs.num_embeddings)
@@ -214,7 +240,7 @@ class DistillRecipe(PipelinedRecipe):
                            student_features=features, teacher_features=first.features)
         loss = build_loss(cfg.distill.losses, dims)
         if cfg.distill.offline:
-            self.offline = OfflineScores.open(cfg, self.teachers, loss.requires, env)
+            self.offline = OfflineScores.open(cfg, self.teachers, loss.requires, env, self.steps)
             self.teachers_built: List[DLRM] = []
         else:
             self.teachers_built = [build_dlrm(t.model, t.tables, dense_in) for t in self.teachers]
@@ -275,6 +301,7 @@ class DistillRecipe(PipelinedRecipe):
         out = cfg.out_dir
         meta = {"role": "student", "distilled_from": [str(t.checkpoint) for t in self.teachers],
                 "offline": cfg.distill.offline, "qat": self.qat, "config": config_to_dict(cfg),
+                "selection": self.selection(),
                 "world_size": env.world_size, "tables": [t.name for t in self.student_tables],
                 **model_meta(cfg.student, self.student_tables, dense_in_features=self.inputs.dense_in_features,
                              dense_columns=self.inputs.dense_columns)}

@@ -1,5 +1,5 @@
-"""What every pipelined recipe shares: train through the pipeline (resumably), evaluate,
-report an entry.
+"""What every pipelined recipe shares: train through the pipeline (resumably) with model
+selection on the validation split, evaluate the kept model, report an entry.
 
 Subclasses' ``setup()`` calls :meth:`setup_run`, builds ``model`` (a DMP whose forward
 returns ``(loss, (loss, logits, …))``) and ``optimizer``, then calls :meth:`make_pipeline`.
@@ -8,24 +8,36 @@ returns ``(loss, (loss, logits, …))``) and ``optimizer``, then calls :meth:`ma
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import shutil
+from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torchrec.datasets.utils import Batch
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.optim.keyed import KeyedOptimizer
 
-from torchrec_kd.config import RunConfig, config_to_dict
+from torchrec_kd.checkpoint import MODEL_DIR, load_module
+from torchrec_kd.config import ConfigError, RunConfig, config_to_dict
 from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import DistEnv, init_distributed
 from torchrec_kd.report import TENSORBOARD_DIR
+from torchrec_kd.training.budget import max_steps
 from torchrec_kd.training.checkpointing import TrainingCheckpointer
 from torchrec_kd.training.evaluate import evaluate
 from torchrec_kd.training.guard import NonFiniteGuard
 from torchrec_kd.training.loop import TrainStats, train
+from torchrec_kd.training.selection import ModelSelector
+
+logger = logging.getLogger(__name__)
 
 TRAIN_STATE_DIR = "train_state"
+BEST_DIR = "best"  # under train_state/<name>/: the best validated weights so far
 
 
 def peak_rss_gib(device: torch.device = torch.device("cpu")) -> float:
@@ -51,12 +63,19 @@ class PipelinedRecipe:
         cfg (RunConfig): the validated run config.
         name (str): progress-bar label and name of the training-state directory.
         entry_name (str): the model's key in ``metrics.json`` and its TensorBoard run.
+        trained_prefix (str): state-dict prefix of the model being trained (what model
+            selection keeps and restores).
+        data_role (str): "teacher" or "student": which train split it reads.
     """
 
-    def __init__(self, cfg: RunConfig, name: str, entry_name: str) -> None:
+    def __init__(self, cfg: RunConfig, name: str, entry_name: str, trained_prefix: str = "",
+                 data_role: str = "student") -> None:
         self.cfg = cfg
         self.name = name
         self.entry_name = entry_name
+        self.trained_prefix = trained_prefix
+        self.data_role = data_role
+        self.selector = ModelSelector(cfg.train.early_stopping)
         self.env: Optional[DistEnv] = None
         self.model: Optional[DistributedModelParallel] = None
         self.optimizer: Optional[KeyedOptimizer] = None
@@ -67,46 +86,98 @@ class PipelinedRecipe:
 
     @property
     def steps(self) -> int:
-        """Training steps of this recipe (``train.steps`` unless a subclass says otherwise)."""
-        return self.cfg.train.steps
+        """Maximum training steps of this recipe (:func:`~torchrec_kd.training.budget.max_steps` of its data role)."""
+        return max_steps(self.cfg.train, self.data, self.cfg.data.batch_size, self.data_role)
 
     def setup_run(self) -> DistEnv:
         """Process group, seed, data source and per-rank batch size: the first steps of every ``setup``."""
         self.env = init_distributed(self.cfg.distributed)
         torch.manual_seed(self.cfg.seed)
-        self.data = build_data(self.cfg.data, self.cfg.seed)
+        self.data = build_data(self.cfg.data, self.cfg.seed, self.data_role)
         self.local_batch = self.cfg.data.batch_size // self.env.world_size
         return self.env
 
-    def make_pipeline(self) -> None:
-        """``TrainPipelineSparseDist`` over the model, with the non-finite-loss guard as its forward."""
+    def make_pipeline(self) -> TrainPipelineSparseDist:
+        """``TrainPipelineSparseDist`` over the model, with the non-finite-loss guard as its forward.
+
+        Called again after each validation (the loop continues on a new pipeline); the guard
+        and its count of non-finite steps carry over.
+        """
         assert self.env is not None and self.model is not None and self.optimizer is not None
-        self.guard = NonFiniteGuard(self.model, self.cfg.train.on_nonfinite)
+        if self.guard is None:
+            self.guard = NonFiniteGuard(self.model, self.cfg.train.on_nonfinite)
         self.pipeline = TrainPipelineSparseDist(self.model, self.optimizer, self.env.device, custom_model_fwd=self.guard)
+        return self.pipeline
 
     @property
     def checkpointer(self) -> TrainingCheckpointer:
         """Where this recipe's resumable training state lives."""
         return TrainingCheckpointer(self.cfg.out_dir / TRAIN_STATE_DIR / self.name, self.cfg.train.keep_checkpoints)
 
+    @property
+    def best_dir(self) -> Path:
+        """Where the best validated weights so far are kept."""
+        return self.checkpointer.root / BEST_DIR
+
     def _resume(self) -> int:
-        """Load the newest complete training state if there is one; return its step."""
+        """Load the newest complete training state if there is one; return its step.
+
+        A fresh start drops a best checkpoint left by an earlier run; a resumed one keeps
+        it with the selection state (best step, patience count) it was saved with.
+        """
         ckpt = self.checkpointer
         ckpt.clean_incomplete()
         latest = ckpt.latest() if self.cfg.train.resume else None
         if latest is None:
+            if self.env is not None and self.env.is_main:
+                shutil.rmtree(self.best_dir, ignore_errors=True)
+            dist.barrier()
             return 0
         meta = ckpt.load(latest, self.model, self.optimizer)
         self.stats = TrainStats(**meta["stats"])
+        self.selector = ModelSelector(self.cfg.train.early_stopping, self.stats.selection or None)
         return int(meta["step"])
+
+    def _keep_best(self, step: int) -> None:
+        """Save the trained model's weights as the best so far (collective; atomic rename by rank 0)."""
+        assert self.model is not None and self.env is not None
+        best = self.best_dir
+        tmp = best.with_name(".tmp-" + BEST_DIR)
+        if self.env.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        state = {k: v for k, v in self.model.state_dict().items() if k.startswith(self.trained_prefix)}
+        dcp.save(state, checkpoint_id=str(tmp / MODEL_DIR))
+        dist.barrier()
+        if self.env.is_main:
+            (tmp / "step").write_text(str(step))
+            shutil.rmtree(best, ignore_errors=True)
+            os.replace(tmp, best)  # the commit point
+        dist.barrier()
+
+    def _restore_best(self) -> None:
+        """Load the best validated weights back into the model, if they are not the last step's."""
+        best_step = self.selector.state.best_step
+        if best_step is None or best_step == self.stats.steps:
+            return
+        saved = (self.best_dir / "step").read_text().strip() if (self.best_dir / "step").is_file() else None
+        if saved != str(best_step):
+            raise ConfigError(f"{self.best_dir} holds step {saved}, but model selection chose step {best_step}; "
+                              f"delete {self.checkpointer.root} and run again")
+        assert self.model is not None
+        load_module(self.model, self.best_dir, model_prefix=self.trained_prefix, ckpt_prefix=self.trained_prefix)
+        logger.info("%s: kept the best validated model, step %d of %d trained (validation %s %.5f)", self.name,
+                    best_step, self.stats.steps, self.selector.metric, self.selector.state.best[self.selector.metric])
 
     def _checkpoint(self, step: int, stats: TrainStats) -> None:
         self.checkpointer.save(self.model, self.optimizer, step,
                                {"stats": dataclasses.asdict(stats), "config": config_to_dict(self.cfg)})
 
     def train(self) -> TrainStats:
-        """Run ``steps`` pipelined steps on the train stream, validating every ``train.eval_every``,
-        checkpointing every ``train.checkpoint_every`` and resuming from the newest checkpoint."""
+        """Train up to ``steps`` pipelined steps, validating every ``train.eval_every`` and at the end,
+        stopping early per ``train.early_stopping``, checkpointing every ``train.checkpoint_every``
+        and resuming from the newest checkpoint; the model ends as its best validated step."""
         cfg, env = self.cfg, self.env
         assert env is not None and self.model is not None and self.pipeline is not None
         start = self._resume()
@@ -120,10 +191,12 @@ class PipelinedRecipe:
         self.stats = train(self.pipeline, batches, self.steps, env, cfg.data.batch_size, cfg.train.log_every,
                            cfg.train.eval_every, on_eval=lambda step: self.evaluate("val"), desc=self.name,
                            start_step=start, stats=self.stats, checkpoint_every=cfg.train.checkpoint_every,
-                           on_checkpoint=self._checkpoint, guard=self.guard, writer=writer)
+                           on_checkpoint=self._checkpoint, guard=self.guard, writer=writer,
+                           selector=self.selector, on_best=self._keep_best, make_pipeline=self.make_pipeline)
         if writer is not None:
             writer.close()
         self.pipeline.detach()  # back to the plain model for evaluation and saving
+        self._restore_best()
         return self.stats
 
     def train_batches(self, start: int) -> Iterator[Batch]:
@@ -147,10 +220,23 @@ class PipelinedRecipe:
         batches = self.data.batches(split, cfg.data.batch_size, env.rank, env.world_size)
         return evaluate(self.score, batches, env, self.local_batch, n * cfg.data.batch_size)
 
+    def selection(self) -> Dict[str, Any]:
+        """Which model was kept: ``best_step`` (the last step without validation), its validation
+        metrics ``best_val``, ``steps`` trained of ``max_steps``, ``stopped_early``, ``select_metric``."""
+        sel = self.selector.state
+        return {"best_step": sel.best_step if sel.best_step is not None else self.stats.steps,
+                "best_val": dict(sel.best) or None, "steps": self.stats.steps, "max_steps": self.steps,
+                "stopped_early": sel.stopped_early, "select_metric": self.selector.metric,
+                "epochs": self._epochs_seen()}
+
+    def _epochs_seen(self) -> Optional[float]:
+        per_epoch = self.data.num_batches("train", self.cfg.data.batch_size)
+        return round(self.stats.steps / per_epoch, 2) if per_epoch else None
+
     def entry(self, metrics: Dict[str, float], params: int, embedding_bytes: int) -> Dict[str, Any]:
         """The ``metrics.json`` entry of this run."""
         assert self.env is not None
         return {**metrics, "params": params, "embedding_bytes": embedding_bytes, "peak_rss_gib": peak_rss_gib(self.env.device),
                 "train_samples_per_s": self.stats.samples_per_s, "world_size": self.env.world_size,
-                "steps": self.stats.steps, "loss_curve": list(zip(self.stats.loss_steps, self.stats.losses)),
+                **self.selection(), "loss_curve": list(zip(self.stats.loss_steps, self.stats.losses)),
                 "val_curve": self.stats.evals}

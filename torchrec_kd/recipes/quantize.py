@@ -87,6 +87,7 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
         if env.is_main:
             base = _read_entry(out, source)
             entry["train_samples_per_s"] = base.get("train_samples_per_s")
+            entry["best_step"] = base.get("best_step")  # quantized from the source's kept checkpoint
             target = out / EXPORT_DIR / name
             save_quantized(qm, target, meta)
             export_torchscript(qm, target / "model.ts")

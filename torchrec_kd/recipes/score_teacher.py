@@ -6,7 +6,7 @@ Example::
     python -m torchrec_kd.cli distill --config configs/dlrm_teacher_synthetic.yaml distill.offline=true
 
 The teachers are sharded exactly as in online distillation (so a teacher too big for one
-host scores on N ranks), run under ``no_grad`` over the ``train.steps`` batches that
+host scores on N ranks), run under ``no_grad`` over the budget of batches that
 ``distill`` will read, and each rank writes its rows' outputs to the cache
 (:mod:`torchrec_kd.distill.score_cache`); rank 0 writes the manifest last, so a cache cut
 off half way is never mistaken for a finished one.
@@ -36,6 +36,7 @@ from torchrec_kd.losses import LOSSES
 from torchrec_kd.models.dlrm import build_dlrm, interaction_dim
 from torchrec_kd.recipes.distill import TEACHERS, TeacherSpec, resolve_teachers, store_teachers_as_int8
 from torchrec_kd.recipes.train_model import MODEL_PREFIX
+from torchrec_kd.training.budget import max_steps
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def build_scorer(cfg: RunConfig, env: DistEnv) -> Tuple[DistributedModelParallel
         trains; call ``model.module(batch)``), the data source and the teachers.
     """
     torch.manual_seed(cfg.seed)
-    data = build_data(cfg.data, cfg.seed)
+    data = build_data(cfg.data, cfg.seed, role="student")  # the batches distill will read
     local_batch = cfg.data.batch_size // env.world_size
     teachers = resolve_teachers(cfg, list(data.sparse_names), list(data.num_embeddings))
     dense_in = len(data.dense_names)
@@ -73,29 +74,30 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
     """Write the teacher-score cache of ``cfg`` (``distill.teacher_scores``).
 
     Args:
-        cfg (RunConfig): the run config; ``train.steps`` batches are scored.
+        cfg (RunConfig): the run config; the student's whole budget of batches is scored.
 
     Returns:
         Dict[str, Any]: path, rows, fields and samples/s of the scoring pass.
     """
     env = init_distributed(cfg.distributed)
     model, data, teachers = build_scorer(cfg, env)
+    steps = max_steps(cfg.train, data, cfg.data.batch_size)  # distill's whole budget
 
     requires = frozenset().union(*(LOSSES[t.name].requires for t in cfg.distill.losses))
     fields = cached_fields(requires)
     first = teachers[0]
     shapes = {"logits": (), "hint": (interaction_dim(first.model, len(first.features)),),
               "embeddings": (len(first.features), first.model.embedding_dim)}
-    spec = CacheSpec(steps=cfg.train.steps, global_batch=cfg.data.batch_size,
+    spec = CacheSpec(steps=steps, global_batch=cfg.data.batch_size,
                      fields={f: shapes[f] for f in fields},
                      dtypes={f: cfg.distill.score_feature_dtype for f in fields if f != "logits"},
                      fingerprint=run_fingerprint(cfg, teachers))
     path = scores_dir(cfg)
     writer = ScoreCacheWriter(path, spec, env.rank, env.world_size)
-    batches = data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=cfg.train.steps)
+    batches = data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=steps)
     t0 = time.perf_counter()
     with torch.no_grad():
-        for step, batch in enumerate(tqdm(batches, total=cfg.train.steps, desc="score-teacher", disable=not env.is_main)):
+        for step, batch in enumerate(tqdm(batches, total=steps, desc="score-teacher", disable=not env.is_main)):
             batch = batch.to(env.device)
             logits, hint, emb = model.module(batch)
             outputs = {"logits": logits, "hint": hint, "embeddings": emb}
@@ -106,9 +108,9 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
     seconds = time.perf_counter() - t0
     dist.barrier()  # every rank's rows are on disk before the manifest says the cache is complete
     if env.is_main:
-        write_manifest(path, spec, env.world_size, cfg.train.steps)
+        write_manifest(path, spec, env.world_size, steps)
     dist.barrier()
-    rows = cfg.train.steps * cfg.data.batch_size
+    rows = steps * cfg.data.batch_size
     result = {"path": str(path), "rows": rows, "fields": fields, "samples_per_s": rows / max(seconds, 1e-9)}
     logger.info("score-teacher: %d rows (%s) in %.1f s (%.0f samples/s) -> %s", rows, ", ".join(fields), seconds,
                 result["samples_per_s"], path)

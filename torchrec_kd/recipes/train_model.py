@@ -110,7 +110,7 @@ class TrainModelRecipe(PipelinedRecipe):
     def __init__(self, cfg: RunConfig, role: str = "teacher") -> None:
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-        super().__init__(cfg, role, role)
+        super().__init__(cfg, role, role, trained_prefix=MODEL_PREFIX, data_role=role)
         self.role = role
         self.model_cfg = getattr(cfg, role)
 
@@ -130,13 +130,6 @@ class TrainModelRecipe(PipelinedRecipe):
         self.make_pipeline()
 
     # ------------------------------------------------------------------ train
-    @property
-    def steps(self) -> int:
-        """This role's budget: ``train.teacher_steps`` for the teacher (if set), else ``train.steps``."""
-        if self.role == "teacher" and self.cfg.train.teacher_steps is not None:
-            return self.cfg.train.teacher_steps
-        return self.cfg.train.steps
-
     # ------------------------------------------------------------------- save
     def save(self, metrics: Dict[str, float]) -> Dict[str, Any]:
         """Checkpoint the model and merge its entry into ``metrics.json``."""
@@ -144,7 +137,7 @@ class TrainModelRecipe(PipelinedRecipe):
         assert env is not None and self.model is not None
         out = cfg.out_dir
         meta = {"role": self.role, "config": config_to_dict(cfg), "world_size": env.world_size,
-                "tables": [t.name for t in self.tables],
+                "tables": [t.name for t in self.tables], "selection": self.selection(),
                 **model_meta(self.model_cfg, self.tables, self.inputs.dense_in_features, self.inputs.dense_columns)}
         save_model(self.model, out / self.role, meta)
         emb = embedding_bytes(self.tables)

@@ -6,6 +6,7 @@ the current forward/backward; this loop only drives it, logs, and times it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from tqdm import tqdm
 
 from torchrec_kd.distributed.env import DistEnv
 from torchrec_kd.training.guard import NonFiniteGuard
+from torchrec_kd.training.selection import ModelSelector
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ class TrainStats:
     losses: List[float] = field(default_factory=list)  # every log_every steps
     loss_steps: List[int] = field(default_factory=list)
     evals: List[Dict[str, float]] = field(default_factory=list)
+    # model selection so far (:class:`~torchrec_kd.training.selection.SelectionState` as a dict)
+    selection: Dict[str, Any] = field(default_factory=dict)
 
 
 def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: int, env: DistEnv,
@@ -40,8 +44,10 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
           on_eval: Optional[Callable[[int], Dict[str, float]]] = None, desc: str = "train",
           start_step: int = 0, stats: Optional[TrainStats] = None, checkpoint_every: int = 0,
           on_checkpoint: Optional[Callable[[int, TrainStats], None]] = None,
-          guard: Optional[NonFiniteGuard] = None, writer: Optional[Any] = None) -> TrainStats:
-    """Run pipelined training steps ``start_step + 1 … steps``.
+          guard: Optional[NonFiniteGuard] = None, writer: Optional[Any] = None,
+          selector: Optional[ModelSelector] = None, on_best: Optional[Callable[[int], None]] = None,
+          make_pipeline: Optional[Callable[[], TrainPipelineSparseDist]] = None) -> TrainStats:
+    """Run pipelined training steps ``start_step + 1 … steps``, or until early stopping.
 
     Args:
         pipeline (TrainPipelineSparseDist): wraps the sharded model and optimizer.
@@ -50,8 +56,8 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
         env (DistEnv): rank 0 shows the progress bar.
         global_batch_size (int): samples per step across ranks (for throughput).
         log_every (int): log the loss every N steps.
-        eval_every (int): call ``on_eval(step)`` every N steps (0: never).
-        on_eval (Optional[Callable]): evaluates the model (the loop detaches the pipeline around it).
+        eval_every (int): call ``on_eval(step)`` every N steps and at the last step (0: never).
+        on_eval (Optional[Callable]): validates the model (the loop detaches the pipeline around it).
         desc (str): progress-bar label.
         start_step (int): steps already done (when resuming).
         stats (Optional[TrainStats]): what the earlier part of a resumed run logged.
@@ -59,9 +65,20 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
         on_checkpoint (Optional[Callable]): saves the training state.
         guard (Optional[NonFiniteGuard]): checked at log and checkpoint steps.
         writer (Optional[SummaryWriter]): TensorBoard writer for the loss and validation curves (rank 0).
+        selector (Optional[ModelSelector]): sees every validation; training stops when it says so.
+        on_best (Optional[Callable[[int], None]]): keeps a copy of the model when a
+            validation is the best so far (called with the pipeline detached).
+        make_pipeline (Optional[Callable[[], TrainPipelineSparseDist]]): a new pipeline over
+            the same model and optimizer, to continue after a validation (see below);
+            None: re-attach the detached one.
+
+    A validation detaches the pipeline and calls the model directly. ``attach`` restarts
+    the input distribution of the next batch, which is already in flight, and with sharded
+    ``EmbeddingCollection``s (quantization-aware students) the ranks' all-to-alls then
+    disagree; so the loop continues with a new pipeline fed the in-flight batches first.
 
     Returns:
-        TrainStats: throughput, logged losses and evaluations.
+        TrainStats: throughput, logged losses, evaluations, steps trained and the selection state.
     """
     stats = stats or TrainStats()
     bar = tqdm(total=steps, initial=start_step, desc=desc, disable=not env.is_main, mininterval=2.0)
@@ -69,6 +86,8 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
     timed_from = None
     paused_seconds = 0.0
     first = start_step + 1
+    step = start_step
+    stop = False
     for step in range(first, steps + 1):
         out = pipeline.progress(batches)
         if step == start_step + WARMUP_STEPS:
@@ -84,17 +103,35 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
             stats.loss_steps.append(step)
             bar.set_postfix(loss=f"{loss:.4f}")
             logger.info("%s step %d/%d loss %.5f", desc, step, steps, loss)
-        if on_eval is not None and eval_every and step % eval_every == 0 and step < steps:
+        if on_eval is not None and eval_every and (step % eval_every == 0 or step == steps):
             t0 = time.perf_counter()
             model = pipeline.detach()
-            stats.evals.append({"step": step, **on_eval(step)})
+            metrics = on_eval(step)
+            stats.evals.append({"step": step, **metrics})
             if writer is not None:
                 for key in ("auc", "ne", "logloss"):
-                    writer.add_scalar(f"val/{key}", stats.evals[-1][key], step)
+                    writer.add_scalar(f"val/{key}", metrics[key], step)
                 writer.flush()
+            if selector is not None:
+                if selector.observe(step, metrics) and on_best is not None:
+                    on_best(step)
+                stop = selector.should_stop and step < steps
+                selector.state.stopped_early = stop
+                stats.selection = selector.to_dict()
+                if stop:
+                    logger.info("%s: early stop at step %d: validation %s has not improved for %d validations "
+                                "(best %.5f at step %d)", desc, step, selector.metric, selector.state.evals_since_best,
+                                selector.state.best[selector.metric], selector.state.best_step)
             model.train()
-            pipeline.attach(model)
+            if make_pipeline is None:
+                pipeline.attach(model)
+            else:  # the batches already read from the stream come first
+                batches = itertools.chain(list(pipeline.batches), batches)
+                pipeline = make_pipeline()
             paused_seconds += time.perf_counter() - t0
+        if stop:
+            bar.update(1)
+            break
         if on_checkpoint is not None and checkpoint_every and step % checkpoint_every == 0 and step < steps:
             t0 = time.perf_counter()
             stats.steps = step
@@ -103,9 +140,9 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
         bar.update(1)
     bar.close()
     end = time.perf_counter()
-    run_steps = steps - start_step
+    run_steps = step - start_step
     timed_steps = run_steps - WARMUP_STEPS if timed_from is not None else run_steps
     elapsed = end - (timed_from if timed_from is not None else start) - paused_seconds
-    stats.steps = steps
+    stats.steps = step
     stats.samples_per_s = timed_steps * global_batch_size / max(elapsed, 1e-9)
     return stats

@@ -1,0 +1,165 @@
+"""Across seeds: each model's mean and spread, and what distillation bought with its 95% interval.
+
+A gain counts only as the paired difference of distilled and student-alone test AUC over
+seeds (each seed one replicate: the same world and budget, its own initialisation and
+data order), with a Student-t interval; it is *significant* when the interval excludes 0.
+One seed has no interval and is never called significant.
+
+Example::
+
+    s = summarize({0: metrics_seed0, 1: metrics_seed1, 2: metrics_seed2})
+    s["kd_gain"]  # {"auc_mean": 0.0031, "auc_ci95": [0.0012, 0.0050], "significant": True, ...}
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+SUMMARY_JSON = "summary.json"
+# two-sided 95% quantiles of Student's t, by degrees of freedom 1..30
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+SUMMARY_MODELS = ("teacher", "student", "distilled", "distilled_int8", "distilled_int4")
+
+
+def t_quantile_975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (normal beyond the table)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    return _T975[df - 1] if df <= len(_T975) else 1.960 + 2.4 / df
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
+    """Mean and sample standard deviation (None for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def paired_interval(diffs: Sequence[float]) -> Tuple[float, Optional[Tuple[float, float]]]:
+    """Mean of paired differences and its 95% Student-t confidence interval (None for one pair).
+
+    Args:
+        diffs (Sequence[float]): per-seed differences (e.g. distilled − student alone AUC).
+
+    Returns:
+        Tuple[float, Optional[Tuple[float, float]]]: the mean and (low, high).
+    """
+    mean, std = mean_std(diffs)
+    if std is None:
+        return mean, None
+    half = t_quantile_975(len(diffs) - 1) * std / math.sqrt(len(diffs))
+    return mean, (mean - half, mean + half)
+
+
+def _best_val_auc(entry: Mapping[str, Any]) -> Optional[float]:
+    best = entry.get("best_val") or {}
+    return best.get("auc")
+
+
+def teacher_warning(metrics: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
+    """The warning to print when the teacher is not better than the student alone on validation.
+
+    Args:
+        metrics (Mapping[str, dict]): one run's ``metrics.json`` (needs ``teacher`` and ``student``).
+
+    Returns:
+        Optional[str]: the sentence, or None when the teacher is better (or a model is missing).
+    """
+    if not {"teacher", "student"} <= metrics.keys():
+        return None
+    t, s = _best_val_auc(metrics["teacher"]), _best_val_auc(metrics["student"])
+    if t is None or s is None or t > s:
+        return None
+    return (f"This teacher scores below the student alone (validation AUC {t:.4f} against {s:.4f}): "
+            "distillation cannot help here; train a better teacher first.")
+
+
+def summarize(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> Dict[str, Any]:
+    """``summary.json`` of a multi-seed experiment.
+
+    Args:
+        per_seed (Mapping[int, dict]): each seed's ``metrics.json``.
+
+    Returns:
+        Dict[str, Any]: ``seeds``; ``models``: per model present in every seed ``auc_mean``,
+        ``auc_std``, ``ne_mean``, ``ne_std``, ``auc`` (per seed), ``best_step`` (per seed);
+        ``kd_gain``: distilled − student alone test AUC, ``auc_mean``, ``auc_ci95`` (None for
+        one seed), ``significant``, ``per_seed``, and NE likewise; ``teacher_gap``: teacher −
+        student alone the same way; ``teacher_not_better``: seeds whose teacher did not beat the
+        student alone on validation.
+    """
+    seeds = sorted(per_seed)
+    runs = [per_seed[s] for s in seeds]
+    common = [m for m in runs[0] if all(m in r and r[m].get("auc") is not None for r in runs)]
+    order = [m for m in SUMMARY_MODELS if m in common] + sorted(m for m in common if m not in SUMMARY_MODELS)
+    models: Dict[str, Any] = {}
+    for m in order:
+        auc, ne = [r[m]["auc"] for r in runs], [r[m]["ne"] for r in runs]
+        (am, asd), (nm, nsd) = mean_std(auc), mean_std(ne)
+        models[m] = {"auc_mean": am, "auc_std": asd, "ne_mean": nm, "ne_std": nsd, "auc": auc,
+                     "best_step": [r[m].get("best_step") for r in runs]}
+    out: Dict[str, Any] = {"seeds": seeds, "models": models}
+    if {"student", "distilled"} <= models.keys():
+        out["kd_gain"] = _difference(runs, "distilled", "student")
+    if {"student", "teacher"} <= models.keys():
+        out["teacher_gap"] = _difference(runs, "teacher", "student")
+        if "kd_gain" in out and out["teacher_gap"]["auc_mean"] > 0:
+            out["kd_gain"]["gap_recovered"] = out["kd_gain"]["auc_mean"] / out["teacher_gap"]["auc_mean"]
+    out["teacher_not_better"] = [s for s, r in zip(seeds, runs) if teacher_warning(r)]
+    return out
+
+
+def _difference(runs: List[Mapping[str, Mapping[str, Any]]], a: str, b: str) -> Dict[str, Any]:
+    d_auc = [r[a]["auc"] - r[b]["auc"] for r in runs]
+    d_ne = [r[a]["ne"] - r[b]["ne"] for r in runs]
+    auc_mean, auc_ci = paired_interval(d_auc)
+    ne_mean, ne_ci = paired_interval(d_ne)
+    return {"auc_mean": auc_mean, "auc_ci95": list(auc_ci) if auc_ci else None,
+            "significant": bool(auc_ci and (auc_ci[0] > 0 or auc_ci[1] < 0)), "per_seed": d_auc,
+            "ne_mean": ne_mean, "ne_ci95": list(ne_ci) if ne_ci else None}
+
+
+def gain_sentence(summary: Mapping[str, Any]) -> str:
+    """The report's first sentence: distilled − student alone with its interval, and whether it is significant."""
+    gain = summary.get("kd_gain")
+    if gain is None:
+        return "No comparison yet: the student alone and the distilled student are both needed."
+    n = len(summary["seeds"])
+    if gain["auc_ci95"] is None:
+        return (f"Distilled − student alone: {gain['auc_mean']:+.4f} test AUC on one seed, each at its best "
+                "validation step — one seed has no interval, so this alone is not a result to act on "
+                "(experiment.seeds=[0,1,2] gives one).")
+    lo, hi = gain["auc_ci95"]
+    verdict = ("significant" if gain["significant"] else "not significant (the interval includes 0)")
+    text = (f"Distilled − student alone: {gain['auc_mean']:+.4f} test AUC (95% CI {lo:+.4f} to {hi:+.4f}, "
+            f"{n} seeds, each model at its best validation step): {verdict}.")
+    if gain.get("gap_recovered") is not None and gain["significant"] and gain["auc_mean"] > 0:
+        text += f" It recovers {gain['gap_recovered']:.0%} of the teacher's lead of {summary['teacher_gap']['auc_mean']:+.4f}."
+    return text
+
+
+def summary_markdown(summary: Mapping[str, Any], title: str) -> str:
+    """``summary.md`` / the multi-seed ``report.md``: the sentence, a warning if any, and the table."""
+    lines = [f"# {title}", "", gain_sentence(summary), ""]
+    if summary.get("teacher_not_better"):
+        lines += [f"Warning: on seed(s) {summary['teacher_not_better']} the teacher scores below the student alone "
+                  "on validation: distillation cannot help there.", ""]
+    lines += ["| model | test AUC mean | std | NE mean | std | best step per seed |", "|---|---|---|---|---|---|"]
+    for m, v in summary["models"].items():
+        sd = lambda x: "–" if x is None else f"{x:.4f}"  # noqa: E731
+        lines.append(f"| {m} | {v['auc_mean']:.4f} | {sd(v['auc_std'])} | {v['ne_mean']:.4f} | {sd(v['ne_std'])} | "
+                     + ", ".join(str(s) for s in v["best_step"]) + " |")
+    for key, label in (("kd_gain", "distilled − student alone"), ("teacher_gap", "teacher − student alone")):
+        if key in summary:
+            g = summary[key]
+            ci = "–" if g["auc_ci95"] is None else f"[{g['auc_ci95'][0]:+.4f}, {g['auc_ci95'][1]:+.4f}]"
+            lines.append("")
+            lines.append(f"{label}: AUC {g['auc_mean']:+.4f}, 95% CI {ci}; per seed "
+                         + ", ".join(f"{d:+.4f}" for d in g["per_seed"]))
+    lines += ["", f"Seeds: {summary['seeds']}; each seed's own report is in seed_<s>/report.md."
+              if len(summary["seeds"]) > 1 else ""]
+    return "\n".join(lines).rstrip() + "\n"

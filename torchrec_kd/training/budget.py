@@ -1,0 +1,43 @@
+"""How many steps a model may train: its maximum budget in steps, or in epochs of finite data.
+
+Early stopping ends most runs before this; the budget is what the student alone and the
+distilled student share, so neither gets more data than the other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torchrec_kd.config import ConfigError, TrainConfig
+
+
+def max_steps(train: TrainConfig, data: Any, batch_size: int, role: str = "student") -> int:
+    """The ``role`` model's maximum training steps.
+
+    The teacher's ``train.teacher_steps`` / ``train.teacher_epochs`` fall back to the
+    student's ``train.steps`` / ``train.epochs``; an epochs budget is epochs times the full
+    global batches of one pass over the train split.
+
+    Args:
+        train (TrainConfig): the ``train`` section.
+        data: the role's data source (``num_batches("train", batch_size)``).
+        batch_size (int): the global batch size.
+        role (str): "teacher" or "student" (alone and distilled share the student's budget).
+
+    Returns:
+        int: the maximum number of optimizer steps.
+
+    Raises:
+        ConfigError: an epochs budget on an endless train stream.
+    """
+    steps, epochs = train.steps, train.epochs
+    if role == "teacher":
+        steps = train.teacher_steps if train.teacher_steps is not None else steps
+        epochs = train.teacher_epochs if train.teacher_epochs is not None else epochs
+    if epochs is None:
+        return steps
+    per_epoch = data.num_batches("train", batch_size)
+    if per_epoch is None:
+        raise ConfigError("train.epochs / train.teacher_epochs need a finite train split, but the synthetic stream "
+                          "is endless: set data.synthetic.train_rows, or give the budget in train.steps")
+    return epochs * per_epoch
