@@ -1,14 +1,19 @@
-"""Benchmark: ablation of the distillation methods on one config, equal steps and seeds.
+"""Benchmark: ablation of the distillation methods on one config, each at its best.
 
-One teacher is trained once (plus a DLRM_DCN teacher for the ensemble row); every method
-then trains the same student for ``train.steps`` from the same initial weights and is
-quantized to int4 (post-training, or quantization-aware for the QAT rows). Each row
-reports test AUC / NE, int4 AUC, training samples/s and the peak RSS of rank 0.
+Per seed, one teacher is trained to its best validation step (plus a DLRM_DCN teacher for
+the ensemble row); every method then trains the same student — same data, same maximum
+budget, same initial weights — early-stopped at its own best validation step, and is
+quantized to int4 (post-training, or quantization-aware for the QAT rows). Each row reports
+test AUC / NE, int4 AUC, the kept step, training samples/s and the peak RSS of rank 0; over
+several seeds (each its own initialisation, data order and teacher; the synthetic world
+stays fixed) also the mean difference from the student alone with its 95% interval.
 Privileged-feature rows use the same data with ``--privileged`` sparse features (or, in
-the ``privileged_dense`` rows, ``--privileged-dense`` dense features) hidden from the student. Writes ``benchmarks/results/ablation.json`` (and a dated copy) and ``ablation.md``::
+the ``privileged_dense`` rows, ``--privileged-dense`` dense features) hidden from the
+student; they are compared with the student alone without them. Writes
+``benchmarks/results/ablation.json`` (and a dated copy) and ``ablation.md``::
 
     python benchmarks/ablation.py [--config configs/dlrm_teacher_synthetic.yaml] [--nproc 2] [--only ROW ...]
-    python benchmarks/ablation.py --only soft_kd qat_int4 --seeds 1 2   # replicates: new synthetic world + teacher per seed
+    python benchmarks/ablation.py --only student_alone soft_kd logit_mse --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ import json
 import sys
 from datetime import date
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from launch import run_cli as _run  # noqa: E402
+
+from torchrec_kd.summary import paired_interval  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -67,9 +75,11 @@ def _entry(out: Path, name: str) -> dict:
     return json.loads(f.read_text()).get(name, {}) if f.is_file() else {}
 
 
-def targets(rows: Dict[str, dict]) -> Dict[str, Tuple[float, bool]]:
-    """The issue's targets, each with its measured value and verdict."""
+def targets(all_rows: Dict[str, dict]) -> Dict[str, Tuple[float, bool]]:
+    """The issue's targets on the first seed's rows, each with its measured value and verdict."""
     out: Dict[str, Tuple[float, bool]] = {}
+    first = min((k.split("@")[1] for k in all_rows if "@" in k), default="")
+    rows = {k.split("@")[0]: v for k, v in all_rows.items() if k.endswith("@" + first)}
     for qat in ("qat_int4", "qat_int4_late"):
         if {qat, "soft_kd"} <= rows.keys():
             gap = rows["soft_kd"]["auc"] - rows[qat]["int4_auc"]
@@ -85,32 +95,31 @@ def targets(rows: Dict[str, dict]) -> Dict[str, Tuple[float, bool]]:
     if {"offline_kd", "student_alone"} <= rows.keys():
         ratio = rows["student_alone"]["samples_per_s"] / rows["offline_kd"]["samples_per_s"]
         out["offline KD step / student-alone step <= 1.1"] = (round(ratio, 3), ratio <= 1.1)
-    for suffix in ["", *sorted({"@" + n.split("@", 1)[1] for n in rows if "@" in n})]:
-        for name in ("qat_int4", "qat_int4_late"):
-            qat, ptq = rows.get(f"{name}{suffix}"), rows.get(f"soft_kd{suffix}")
-            if suffix and qat and ptq:  # the same comparison under another seed
-                diff = qat["int4_auc"] - ptq["int4_auc"]
-                out[f"{name} int4 auc - PTQ int4 auc > 0 ({suffix[1:]})"] = (round(diff, 5), diff > 0)
-        for kind in ("privileged", "privileged_dense"):
-            alone = rows.get(f"{kind}_student_alone{suffix}")
-            if alone is None:
-                continue
-            for name in (n for n in rows if n.startswith(f"{kind}_kd") and n.endswith(suffix)
-                         and ("@" in n) == bool(suffix)):
-                gain = rows[name]["auc"] - alone["auc"]
-                out[f"{name} auc - student alone (same features) >= 0.005"] = (round(gain, 4), gain >= 0.005)
+    for kind in ("privileged", "privileged_dense"):
+        alone = rows.get(f"{kind}_student_alone")
+        for name in (n for n in rows if n.startswith(f"{kind}_kd") and alone):
+            gain = rows[name]["auc"] - alone["auc"]
+            out[f"{name} auc - student alone (same features) >= 0.005 ({first})"] = (round(gain, 4), gain >= 0.005)
     return out
 
 
 def table(rows: Dict[str, dict]) -> str:
-    cols = ("auc", "ne", "int4_auc", "int2_auc", "samples_per_s", "peak_rss_gib")
+    cols = ("auc", "ne", "int4_auc", "int2_auc", "best_step", "samples_per_s", "peak_rss_gib")
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in rows.items():
         cells = []
         for c in cols:
             v = r.get(c)
-            cells.append("" if v is None else (f"{v:,.0f}" if c == "samples_per_s" else f"{v:.4f}"))
+            cells.append("" if v is None else (f"{v:,.0f}" if c in ("samples_per_s", "best_step") else f"{v:.4f}"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    summary = across_seeds(rows)
+    if summary:
+        lines += ["", "| method | seeds | mean test AUC | − student alone | 95% CI |", "|---|---|---|---|---|"]
+        for name, m in summary.items():
+            d = "" if m["vs_student_alone"] is None else f"{m['vs_student_alone']:+.4f}"
+            ci = "" if m["ci95"] is None else (f"[{m['ci95'][0]:+.4f}, {m['ci95'][1]:+.4f}]"
+                                               + ("" if m["significant"] else " n.s."))
+            lines.append(f"| {name} | {len(m['seeds'])} | {m['auc_mean']:.4f} | {d} | {ci} |")
     return "\n".join(lines)
 
 
@@ -124,8 +133,8 @@ def main() -> None:
     p.add_argument("--privileged-dense", nargs="*", default=PRIVILEGED_DENSE,
                    help="dense features hidden from the privileged_dense rows' student")
     p.add_argument("--group-feature", default="cat_8", help="the rank_pairwise row's group id feature")
-    p.add_argument("--seeds", nargs="*", type=int, default=[],
-                   help="replicates under these seeds instead (new synthetic world and teacher; rows named ROW@seedN)")
+    p.add_argument("--seeds", nargs="*", type=int, default=[0],
+                   help="replicates (own teacher, initialisation and data order per seed; rows named ROW@seedN)")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
     base = REPO / a.out
@@ -133,17 +142,17 @@ def main() -> None:
     results_file = RESULTS / "ablation.json"
     if a.only and results_file.is_file():  # re-running some rows keeps the others
         rows = json.loads(results_file.read_text()).get("rows", {})
-    for seed in a.seeds or [None]:
-        # the seed draws the synthetic world itself (its click model and rows), so another
-        # seed is a full replicate: its own teachers, then the same rows
-        suffix = "" if seed is None else f"@seed{seed}"
-        ov = [*a.overrides, *([f"seed={seed}"] if seed is not None else [])]
+    for seed in a.seeds:
+        # each seed is a replicate: its own teachers, initialisation and data order, the same world
+        suffix = f"@seed{seed}"
+        ov = [*a.overrides, f"seed={seed}"]
         teacher = base / f"teacher_run{suffix}"
         if not (teacher / "teacher" / "meta.json").is_file():
             _run("train-teacher", a.config, teacher, a.nproc, ov)
         dcn = base / f"teacher_dcn_run{suffix}"
         if (not a.only or "multi_teacher" in a.only) and not (dcn / "teacher" / "meta.json").is_file():
             _run("train-teacher", a.config, dcn, a.nproc, [*ov, "teacher.arch=dlrm_dcn", "teacher.table_prefix=t2_"])
+        rows[f"teacher{suffix}"] = _row(_entry(teacher, "teacher"), {}, 0.0, "train-teacher", [])
         for name, (command, extra) in METHODS.items():
             if a.only and name not in a.only:
                 continue
@@ -174,21 +183,56 @@ def _method(a: argparse.Namespace, base: Path, name: str, command: str, ov: List
     # a QAT student is exported in the format it trained for (distill.qat); the others as int4
     _run("quantize", a.config, out, a.nproc, [*overrides, "quantize.dtypes=[int4]"], ["--source", source])
     e, q = _entry(out, source), _entry(out, f"{source}_int4")
+    int2 = _entry(out, f"{source}_int2").get("auc")
     if name == "qat_int2":  # its own export is int2; compare with soft-label KD's post-training int2
         q = {}
         ptq = base / f"soft_kd{suffix}"
         if not _entry(ptq, "distilled_int2"):
             _run("quantize", a.config, ptq, a.nproc, [*ov, teacher_ckpt, "quantize.dtypes=[int2]"], ["--source", "distilled"])
         rows.setdefault(f"soft_kd{suffix}", {})["int2_auc"] = _entry(ptq, "distilled_int2").get("auc")
-    return {"auc": e.get("auc"), "ne": e.get("ne"), "int4_auc": q.get("auc"),
-            "int2_auc": _entry(out, f"{source}_int2").get("auc"),
+    return _row(e, q, wall, command, extra, int2)
+
+
+def _row(e: dict, q: dict, wall: float, command: str, extra: List[str], int2: Optional[float] = None) -> dict:
+    return {"auc": e.get("auc"), "ne": e.get("ne"), "int4_auc": q.get("auc"), "int2_auc": int2,
+            "best_step": e.get("best_step"), "steps": e.get("steps"), "stopped_early": e.get("stopped_early"),
+            "val_auc": (e.get("best_val") or {}).get("auc"),
             "samples_per_s": e.get("train_samples_per_s"), "peak_rss_gib": e.get("peak_rss_gib"),
             "wall_s": round(wall, 1), "command": command, "overrides": extra}
+
+
+def baseline_of(name: str) -> str:
+    """The student alone that a row is compared with (the same features)."""
+    for kind in ("privileged_dense", "privileged"):
+        if name.startswith(kind):
+            return f"{kind}_student_alone"
+    return "student_alone"
+
+
+def across_seeds(rows: Dict[str, dict]) -> Dict[str, Dict[str, Any]]:
+    """Per method: mean test AUC over its seeds and the paired difference from its student alone."""
+    by_method: Dict[str, Dict[int, dict]] = {}
+    for key, r in rows.items():
+        if "@seed" in key and r.get("auc") is not None:
+            name, seed = key.split("@seed")
+            by_method.setdefault(name, {})[int(seed)] = r
+    out: Dict[str, Dict[str, Any]] = {}
+    for name, per_seed in by_method.items():
+        seeds = sorted(per_seed)
+        base = by_method.get(baseline_of(name), {})
+        paired = [s for s in seeds if s in base]
+        diffs = [per_seed[s]["auc"] - base[s]["auc"] for s in paired]
+        mean_diff, ci = paired_interval(diffs) if diffs and name != baseline_of(name) else (None, None)
+        out[name] = {"seeds": seeds, "auc_mean": sum(per_seed[s]["auc"] for s in seeds) / len(seeds),
+                     "vs_student_alone": mean_diff, "ci95": list(ci) if ci else None,
+                     "significant": bool(ci and (ci[0] > 0 or ci[1] < 0))}
+    return out
 
 
 def _write(rows: Dict[str, dict], a: argparse.Namespace) -> str:
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {"config": a.config, "nproc": a.nproc, "overrides": a.overrides, "rows": rows,
+              "across_seeds": across_seeds(rows),
               "targets": {k: {"value": v, "met": ok} for k, (v, ok) in targets(rows).items()}}
     text = json.dumps(result, indent=2)
     (RESULTS / "ablation.json").write_text(text)

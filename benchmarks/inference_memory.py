@@ -5,7 +5,7 @@ Models are built from the config with fresh weights (latency does not depend on 
 they learned); inputs are test rows of the configured data. Writes
 ``benchmarks/results/inference_memory.{json,md}``::
 
-    python benchmarks/inference_memory.py [--config configs/dlrm_teacher_synthetic.yaml] [--threads 1]
+    python benchmarks/inference_memory.py [--config configs/perf_criteo_shaped_synthetic.yaml] [--threads 1]
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def memory() -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/dlrm_teacher_synthetic.yaml")
+    p.add_argument("--config", default="configs/perf_criteo_shaped_synthetic.yaml")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (1: one serving worker per core)")
     a = p.parse_args()
     cfg = load_config(a.config)

@@ -142,7 +142,7 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/dlrm_teacher_synthetic.yaml")
+    p.add_argument("--config", default="configs/perf_criteo_shaped_synthetic.yaml")
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--out", default="outputs/bench_scale")
     p.add_argument("--rows", type=int, nargs="*", default=[1_000_000, 10_000_000, 50_000_000])

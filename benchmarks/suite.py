@@ -59,7 +59,7 @@ def targets(r: Dict[str, Any]) -> List[List[Any]]:
 
 def markdown(r: Dict[str, Any]) -> str:
     t, m = r["train"], r["memory"]
-    lines = ["## Training (samples/s, 2 ranks, default config)", "",
+    lines = ["## Training (samples/s, 2 ranks, configs/perf_criteo_shaped_synthetic.yaml)", "",
              "| student | online KD | offline KD | teacher forward | teacher train |", "|---|---|---|---|---|",
              f"| {t['student_samples_per_s']:,.0f} | {t['online_kd_samples_per_s']:,.0f} | {t['offline_kd_samples_per_s']:,.0f} "
              f"| {t['teacher_forward_samples_per_s']:,.0f} | {t['teacher_train_samples_per_s']:,.0f} |", "",

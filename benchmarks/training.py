@@ -13,7 +13,7 @@ tables stored fp16 and int8, ``distill.teacher_dtype``). The standing footprint 
 the resident set after the timed steps (lazily built optimizer state included). ``--profile`` writes the top ``torch.profiler``
 operators of 5 online-KD steps. Results merge into ``benchmarks/results/training.json``::
 
-    python benchmarks/training.py [--config configs/dlrm_teacher_synthetic.yaml] [--nproc 2] [--profile]
+    python benchmarks/training.py [--config configs/perf_criteo_shaped_synthetic.yaml] [--nproc 2] [--profile]
 """
 
 from __future__ import annotations
@@ -294,7 +294,7 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/dlrm_teacher_synthetic.yaml")
+    p.add_argument("--config", default="configs/perf_criteo_shaped_synthetic.yaml")
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--out", default="outputs/bench_training")
     p.add_argument("--steps", type=int, default=10)

@@ -90,6 +90,15 @@ def test_weak_teacher_is_called_out():
     assert summarize({0: weak, 1: _run(0.8, 0.7, 0.75)})["teacher_not_better"] == [0]
 
 
+def test_a_model_stopped_by_its_budget_is_called_out():
+    run = _run(0.8, 0.7, 0.71)
+    run["student"].update(best_step=300, max_steps=300, stopped_early=False)
+    assert "student reached the maximum budget" in kd_summary(run)
+    assert summarize({0: run})["budget_reached"] == [0]
+    run["student"].update(best_step=200)
+    assert "reached the maximum budget" not in kd_summary(run)
+
+
 def test_finite_synthetic_split_reads_the_same_rows_each_epoch_in_a_new_order():
     cfg = SyntheticDataConfig(num_dense=2, num_sparse=3, num_embeddings=100, latent_dim=4, num_clusters=8, block_rows=16)
     gen = SyntheticClickLog(cfg, seed=5, train_rows=256)

@@ -28,6 +28,10 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message says where and what to do."""
 
 
+class _RangeError(ConfigError):
+    """A number outside its key's accepted range (kept through ``Union`` coercion)."""
+
+
 @dataclass
 class SyntheticDataConfig:
     """Shape and difficulty of the built-in planted click log (see ``data/synthetic.py``)."""
@@ -298,6 +302,7 @@ class TrainConfig:
     embedding_lr: float = 0.05
     dense_lr: float = 0.02
     eps: float = 1e-8
+    # Log the training loss every N steps (0: only at the last step).
     log_every: int = 100
     # Validation every N steps and at the last step (0: none, the last step's model is kept).
     eval_every: int = 100
@@ -481,7 +486,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             try:
                 return _coerce(value, arg, where)
             except ConfigError as e:
-                errors.append(str(e))
+                errors.append(e)
+        for e in errors:  # the value had the right type but not an accepted size: say that
+            if isinstance(e, _RangeError):
+                raise e
         raise ConfigError(f"{where}: {value!r} is not a {_type_name(tp)}")
     if origin in (list, List):
         if not isinstance(value, list):
@@ -498,15 +506,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected null, got {value!r}")
         return None
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if tp in (int, float, str, bool):
         if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
             raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        _check_range(where, value)
         return value
     return value
 
@@ -522,6 +531,61 @@ def _build(cls: Any, raw: Dict[str, Any], where: str) -> Any:
             raise ConfigError(f"{where}: unknown key '{key}'{hint}")
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where else key)
     return cls(**kwargs)
+
+
+# Accepted ranges of numeric keys (inclusive; None: unbounded); ``[]`` matches any list index.
+# Step counts and sizes are capped where a larger value is a typo (10**12 steps), or past
+# what the kernels index (2^31 rows per table) or a host can hold.
+_MAX_ROWS = 2**31 - 1
+RANGES: Dict[str, tuple] = {
+    "seed": (0, 2**32 - 1),
+    "data.batch_size": (1, 1 << 20), "data.val_rows": (1, 10**10), "data.test_rows": (1, 10**10),
+    "data.synthetic.num_dense": (1, 4096), "data.synthetic.num_sparse": (1, 1024),
+    "data.synthetic.num_embeddings": (1, _MAX_ROWS), "data.synthetic.num_embeddings[]": (1, _MAX_ROWS),
+    "data.synthetic.pooling": (1, 1024), "data.synthetic.pooling[]": (1, 1024),
+    "data.synthetic.zipf_exponent": (0.01, 10.0), "data.synthetic.latent_dim": (1, 4096),
+    "data.synthetic.num_clusters": (1, 1 << 24), "data.synthetic.interaction_density": (0.0, 1.0),
+    "data.synthetic.interaction_vocab": (1, _MAX_ROWS), "data.synthetic.bias_weight": (0.0, None),
+    "data.synthetic.pair_weight": (0.0, None), "data.synthetic.dense_weight": (0.0, None),
+    "data.synthetic.cross_weight": (0.0, None), "data.synthetic.logit_scale": (1e-6, 100.0),
+    "data.synthetic.positive_rate": (1e-6, 1 - 1e-6), "data.synthetic.block_rows": (1, 1 << 16),
+    "data.synthetic.world_seed": (0, 2**32 - 1), "data.synthetic.train_rows": (1, 10**12),
+    "data.synthetic.student_train_rows": (1, 10**12),
+    "data.criteo.num_embeddings": (1, _MAX_ROWS), "data.criteo.num_embeddings[]": (1, _MAX_ROWS),
+    "data.criteo.chunk_bytes": (1024, 1 << 30), "data.movielens.split_seed": (0, 2**32 - 1),
+    "data.movielens.zip_prefix_len": (1, 5), "data.table.split_seed": (0, 2**32 - 1),
+    "data.table.sparse[].num_embeddings": (1, _MAX_ROWS), "data.table.sparse[].max_length": (1, 1 << 20),
+    "teacher.embedding_dim": (1, 4096), "student.embedding_dim": (1, 4096),
+    "teacher.dense_arch_layer_sizes[]": (1, 1 << 16), "student.dense_arch_layer_sizes[]": (1, 1 << 16),
+    "teacher.over_arch_layer_sizes[]": (1, 1 << 16), "student.over_arch_layer_sizes[]": (1, 1 << 16),
+    "teacher.dcn_num_layers": (1, 64), "student.dcn_num_layers": (1, 64),
+    "teacher.dcn_low_rank_dim": (1, 4096), "student.dcn_low_rank_dim": (1, 4096),
+    "train.steps": (1, 10**8), "train.teacher_steps": (1, 10**8), "train.epochs": (1, 10**5),
+    "train.teacher_epochs": (1, 10**5), "train.embedding_lr": (1e-12, 100.0), "train.dense_lr": (1e-12, 100.0),
+    "train.eps": (1e-30, 1.0), "train.log_every": (0, 10**8), "train.eval_every": (0, 10**8),
+    "train.checkpoint_every": (0, 10**8), "train.keep_checkpoints": (1, 1000),
+    "train.early_stopping.patience": (0, 10**6), "train.early_stopping.min_delta": (0.0, 1.0),
+    "distill.losses[].weight": (0.0, 1e6), "distill.losses[].temperature": (1e-3, 1e3),
+    "distill.losses[].weight_schedule.steps": (0, 10**8), "distill.losses[].weight_schedule.delay": (0, 10**8),
+    "distill.losses[].temperature_schedule.steps": (0, 10**8),
+    "distill.losses[].temperature_schedule.delay": (0, 10**8),
+    "distill.teachers[].weight": (0.0, 1e6), "distill.qat_start": (0, 10**8),
+    "experiment.seeds[]": (0, 2**32 - 1), "distributed.timeout_s": (1, 7 * 86400),
+}
+
+
+def _check_range(where: str, value: Any) -> None:
+    """Refuse a number outside its key's accepted range (``RANGES``)."""
+    import re
+
+    key = re.sub(r"\[\d+\]", "[]", where)
+    if key not in RANGES or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    lo, hi = RANGES[key]
+    if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):  # NaN too
+        accepted = (f"between {lo} and {hi}" if lo is not None and hi is not None
+                    else f">= {lo}" if lo is not None else f"<= {hi}")
+        raise _RangeError(f"{where} must be {accepted}, got {value}")
 
 
 def _set_dotted(tree: Dict[str, Any], dotted: str, value: Any) -> None:
@@ -544,6 +608,9 @@ def _check_semantics(cfg: RunConfig, where: str) -> None:
                       ("data.synthetic.student_train_rows", syn.student_train_rows)]:
         if val is not None and val <= 0:
             raise ConfigError(f"{where}: {name} must be positive, got {val}")
+    if abs(syn.zipf_exponent - 1.0) < 1e-6:
+        raise ConfigError(f"{where}: data.synthetic.zipf_exponent must not be 1 (the id sampler divides by "
+                          "1 - exponent); use e.g. 0.99 or 1.05")
     stop = cfg.train.early_stopping
     if stop.patience < 0 or stop.min_delta < 0:
         raise ConfigError(f"{where}: train.early_stopping.patience and min_delta must be >= 0, "

@@ -45,7 +45,7 @@ def kd_summary(metrics: Dict[str, Dict[str, Any]]) -> str:
     interval, said so); then which step each model was kept at, a warning when the
     teacher is not better than the student alone, and what quantization cost.
     """
-    from torchrec_kd.summary import gain_sentence, summarize, teacher_warning
+    from torchrec_kd.summary import budget_warning, gain_sentence, summarize, teacher_warning
 
     parts = []
     if {"student", "distilled"} <= metrics.keys():
@@ -53,9 +53,9 @@ def kd_summary(metrics: Dict[str, Dict[str, Any]]) -> str:
         s, d = metrics["student"], metrics["distilled"]
         parts.append(f"Test AUC {s['auc']:.4f} alone ({_kept(s)}) and {d['auc']:.4f} distilled ({_kept(d)}), "
                      "with the same data and maximum budget.")
-    warning = teacher_warning(metrics)
-    if warning:
-        parts.append(warning)
+    for warning in (teacher_warning(metrics), budget_warning(metrics)):
+        if warning:
+            parts.append(warning)
     quant = [m for m in ("distilled_int4", "distilled_int8") if m in metrics]
     if quant and "teacher" in metrics and "distilled" in metrics:
         q = quant[0]

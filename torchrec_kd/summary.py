@@ -78,6 +78,27 @@ def teacher_warning(metrics: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
             "distillation cannot help here; train a better teacher first.")
 
 
+def budget_warning(metrics: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
+    """A warning naming the models whose best validation was their last step of a full budget.
+
+    Such a model may still have been improving: its comparison is against a model that was
+    not at its best (raise ``train.steps`` / ``train.epochs``).
+
+    Args:
+        metrics (Mapping[str, dict]): one run's ``metrics.json``.
+
+    Returns:
+        Optional[str]: the sentence, or None.
+    """
+    capped = [m for m in ("teacher", "student", "distilled", "distilled_qat") if m in metrics
+              and metrics[m].get("best_val") and metrics[m].get("best_step") == metrics[m].get("max_steps")
+              and not metrics[m].get("stopped_early")]
+    if not capped:
+        return None
+    return (f"{', '.join(capped)} reached the maximum budget at its best validation step and may still have been "
+            "improving: raise train.steps / train.epochs (or train.teacher_*) so every model stops at its best.")
+
+
 def summarize(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> Dict[str, Any]:
     """``summary.json`` of a multi-seed experiment.
 
@@ -110,6 +131,7 @@ def summarize(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> Dict[s
         if "kd_gain" in out and out["teacher_gap"]["auc_mean"] > 0:
             out["kd_gain"]["gap_recovered"] = out["kd_gain"]["auc_mean"] / out["teacher_gap"]["auc_mean"]
     out["teacher_not_better"] = [s for s, r in zip(seeds, runs) if teacher_warning(r)]
+    out["budget_reached"] = [s for s, r in zip(seeds, runs) if budget_warning(r)]
     return out
 
 
@@ -148,6 +170,9 @@ def summary_markdown(summary: Mapping[str, Any], title: str) -> str:
     if summary.get("teacher_not_better"):
         lines += [f"Warning: on seed(s) {summary['teacher_not_better']} the teacher scores below the student alone "
                   "on validation: distillation cannot help there.", ""]
+    if summary.get("budget_reached"):
+        lines += [f"Warning: on seed(s) {summary['budget_reached']} a model's best validation was the last step of its "
+                  "maximum budget: it may not be at its best (see that seed's report.md).", ""]
     lines += ["| model | test AUC mean | std | NE mean | std | best step per seed |", "|---|---|---|---|---|---|"]
     for m, v in summary["models"].items():
         sd = lambda x: "–" if x is None else f"{x:.4f}"  # noqa: E731

@@ -55,7 +55,7 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
         steps (int): total optimizer steps of the run.
         env (DistEnv): rank 0 shows the progress bar.
         global_batch_size (int): samples per step across ranks (for throughput).
-        log_every (int): log the loss every N steps.
+        log_every (int): log the loss every N steps (0: only at the last step).
         eval_every (int): call ``on_eval(step)`` every N steps and at the last step (0: never).
         on_eval (Optional[Callable]): validates the model (the loop detaches the pipeline around it).
         desc (str): progress-bar label.
@@ -92,10 +92,10 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
         out = pipeline.progress(batches)
         if step == start_step + WARMUP_STEPS:
             timed_from = time.perf_counter()
-        if guard is not None and (step % log_every == 0 or step == steps or
-                                  (checkpoint_every and step % checkpoint_every == 0)):
+        logs = (log_every and step % log_every == 0) or step == steps
+        if guard is not None and (logs or (checkpoint_every and step % checkpoint_every == 0)):
             guard.check(step)
-        if step % log_every == 0 or step == steps:
+        if logs:
             loss = float(out[0])  # host sync, every log_every steps only
             stats.losses.append(loss)
             if writer is not None:
