@@ -36,7 +36,7 @@ RESULTS = REPO / "benchmarks" / "results"
 
 HARD_SOFT = "{name: hard_bce, weight: 0.2}, {name: soft_bce, weight: 0.8}"
 SCHEDULED = ("distill.losses=[{name: hard_bce, weight: 0.2}, {name: soft_bce, weight: 0.8, temperature: 1.0, "
-             "weight_schedule: {kind: warmup, steps: 100}, temperature_schedule: {kind: cosine, start: 3.0, steps: 300}}]")
+             "weight_schedule: {kind: warmup, steps: 256}, temperature_schedule: {kind: cosine, start: 3.0, steps: 1024}}]")
 PRIVILEGED = ["cat_20", "cat_21", "cat_22", "cat_23", "cat_24", "cat_25"]
 PRIVILEGED_DENSE = ["int_0", "int_1", "int_2", "int_3", "int_4", "int_5"]
 
@@ -48,7 +48,11 @@ def _losses(*extra: str) -> str:
 # row -> (command, overrides); every distill row reads the shared teacher
 METHODS: Dict[str, Tuple[str, List[str]]] = {
     "student_alone": ("train-student", []),
-    "soft_kd": ("distill", []),
+    "soft_kd": ("distill", []),  # the default mix: 0.2 hard BCE + 0.8 soft BCE at T=1
+    "soft_only": ("distill", ["distill.losses=[{name: soft_bce, weight: 1.0}]"]),
+    "soft_kd_t2": ("distill", ["distill.losses=[{name: hard_bce, weight: 0.2}, {name: soft_bce, weight: 0.8, "
+                               "temperature: 2.0}]"]),
+    "soft_kd_half": ("distill", ["distill.losses=[{name: hard_bce, weight: 0.5}, {name: soft_bce, weight: 0.5}]"]),
     "logit_mse": ("distill", ["distill.losses=[{name: hard_bce, weight: 0.2}, {name: logit_mse, weight: 0.8}]"]),
     "kd_schedules": ("distill", [SCHEDULED]),
     "hint_mse": ("distill", [_losses("{name: hint_mse, weight: 0.1}")]),
@@ -57,7 +61,7 @@ METHODS: Dict[str, Tuple[str, List[str]]] = {
     "multi_teacher": ("distill", []),  # teachers filled in below
     "offline_kd": ("distill", ["distill.offline=true"]),
     "qat_int4": ("distill-qat", ["distill.qat=int4"]),
-    "qat_int4_late": ("distill-qat", ["distill.qat=int4", "distill.qat_start=200"]),  # fp32 first, int4 last third
+    "qat_int4_late": ("distill-qat", ["distill.qat=int4", "distill.qat_start=768"]),  # fp32 for 3 epochs first
     "qat_int2": ("distill-qat", ["distill.qat=int2"]),  # where post-training quantization does cost AUC
     "recommended": ("distill-qat", ["distill.qat=int4", "distill.offline=true"]),
     "privileged_student_alone": ("train-student", []),

@@ -20,10 +20,12 @@ DEFAULT_CONFIG = "configs/dlrm_teacher_synthetic.yaml"
 def _launch(command: str, script_args: tuple, config: str, output_dir: Optional[str], j: str, image: str,
             python: str, cpu: int, memMB: int, gpu: int, h: Optional[str], max_retries: int,
             env: Optional[Dict[str, str]], name: Optional[str], options: tuple = ()) -> specs.AppDef:
-    """``dist.ddp`` running the CLI, with torchrun started as ``<python> -m torch.distributed.run``.
+    """``dist.ddp`` running the CLI, with torchrun started as ``<python> -m torchrec_kd.launch``.
 
     dist.ddp calls a bare ``torchrun`` that is only on PATH inside an activated venv;
     running it through the interpreter works wherever that interpreter is.
+    ``torchrec_kd.launch`` is torchrun itself, except that bad input ends the job with
+    rank 0's one-line error and exit code 2 instead of torchrun's failure report.
     """
     args = [command, "--config", config]
     if output_dir:
@@ -35,7 +37,7 @@ def _launch(command: str, script_args: tuple, config: str, output_dir: Optional[
     shell, cmd = role.args
     if not cmd.startswith("torchrun "):
         raise RuntimeError(f"unexpected dist.ddp command: {cmd!r}")
-    role.args = [shell, f"{python} -m torch.distributed.run " + cmd[len("torchrun "):]]
+    role.args = [shell, f"{python} -m torchrec_kd.launch " + cmd[len("torchrun "):]]
     return app
 
 

@@ -29,7 +29,7 @@ def test_each_component_returns_an_appdef_that_runs_the_cli(component):
     role = app.roles[0]
     assert role.num_replicas == 2 and role.max_retries == 2
     cmd = role.args[1]
-    assert cmd.startswith("python3 -m torch.distributed.run ")
+    assert cmd.startswith("python3 -m torchrec_kd.launch ")
     assert "--nproc_per_node 4" in cmd
     command, *options = COMPONENTS[component].split(" ", 1)
     assert cmd.endswith(f"-m torchrec_kd.cli {command} --config configs/tiny_synthetic.yaml --output-dir out "
@@ -45,7 +45,7 @@ def test_dryrun_for_cluster_schedulers():
              "--config", "configs/tiny_synthetic.yaml"],
             cwd=REPO, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]
-        assert "torch.distributed.run" in out.stdout + out.stderr
+        assert "torchrec_kd.launch" in out.stdout + out.stderr
 
 
 def test_torchx_local_cwd_two_processes(tmp_path):

@@ -161,3 +161,24 @@ def test_validation_mid_run_does_not_change_training_on_two_ranks(tmp_path):
             assert [e["step"] for e in entry["val_curve"]] == [3, 6, 9, 12]
     assert [s for s, _ in curves[0]] == [s for s, _ in curves[1]] == [2, 4, 6, 8, 10, 12]
     assert all(a == pytest.approx(b, abs=1e-6) for (_, a), (_, b) in zip(*curves))
+
+
+def test_budget_in_epochs_or_steps_and_the_teachers_own():
+    from torchrec_kd.config import ConfigError, TrainConfig
+    from torchrec_kd.training.budget import max_steps
+
+    class Finite:
+        def num_batches(self, split, batch_size):
+            return 10
+
+    class Endless:
+        def num_batches(self, split, batch_size):
+            return None
+
+    t = TrainConfig(steps=100, epochs=3)
+    assert max_steps(t, Finite(), 64) == 30 and max_steps(t, Finite(), 64, "teacher") == 30
+    assert max_steps(TrainConfig(steps=100, epochs=3, teacher_steps=500), Endless(), 64, "teacher") == 500
+    assert max_steps(TrainConfig(steps=100, epochs=3, teacher_epochs=5), Finite(), 64, "teacher") == 50
+    assert max_steps(TrainConfig(steps=100), Endless(), 64) == 100
+    with pytest.raises(ConfigError, match="need a finite train split"):
+        max_steps(t, Endless(), 64)

@@ -19,6 +19,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from torchrec_kd.config import ConfigError
+from torchrec_kd.integrity import file_records, verify_files
 from torchrec_kd.models.dlrm import ebc_layout_key
 from torchrec_kd.safe_dcp import SafeFileSystemReader
 
@@ -41,7 +42,9 @@ def save_model(model: nn.Module, path: Path, meta: Dict[str, Any], model_prefix:
     state = {ckpt_prefix + ebc_layout_key(k[len(model_prefix):]): v
              for k, v in model.state_dict().items() if k.startswith(model_prefix)}
     dcp.save(state, checkpoint_id=str(path / MODEL_DIR))
+    dist.barrier()  # every rank's shards are on disk before they are recorded
     if dist.get_rank() == 0:
+        meta = {**meta, "files": file_records(path / MODEL_DIR)}
         (path / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
     dist.barrier()
 
@@ -51,7 +54,24 @@ def read_meta(path: Path) -> Dict[str, Any]:
     f = Path(path) / META_FILE
     if not f.is_file():
         raise ConfigError(f"{f} not found: {path} is not a torchrec_kd checkpoint (run train-teacher / train-student / distill first)")
-    return json.loads(f.read_text())
+    try:
+        meta = json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{f}: unreadable ({e}); the checkpoint is damaged: delete {path} and train it again") from None
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{f}: not a checkpoint description; delete {path} and train it again")
+    return meta
+
+
+def verify_checkpoint(path: Path) -> Dict[str, Any]:
+    """Check a checkpoint's files against the sizes and hashes its ``meta.json`` recorded; return the meta.
+
+    Raises:
+        ConfigError: no meta; CorruptArtifactError: a shard missing, truncated or altered.
+    """
+    meta = read_meta(path)
+    verify_files(Path(path) / MODEL_DIR, meta.get("files", {}), f"delete {path} and train it again")
+    return meta
 
 
 def load_module(model: nn.Module, path: Path, model_prefix: str = "", ckpt_prefix: str = "") -> None:
@@ -70,6 +90,8 @@ def load_module(model: nn.Module, path: Path, model_prefix: str = "", ckpt_prefi
     wanted = {ckpt_prefix + k[len(model_prefix):]: v for k, v in full.items() if k.startswith(model_prefix)}
     if not wanted:
         raise KeyError(f"no parameters under '{model_prefix}' in the model")
+    if (Path(path) / META_FILE).is_file():  # a final checkpoint (the best-so-far snapshot has none)
+        verify_checkpoint(path)
     model_dir = Path(path) / MODEL_DIR
     dcp.load(wanted, storage_reader=SafeFileSystemReader(str(model_dir)))
     # the rest of the model loads its own tensors back: some sharded modules (e.g. an
@@ -92,6 +114,7 @@ def load_full_state_dict(path: Path) -> Dict[str, Any]:
     import torch
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+    verify_checkpoint(path)
     model_dir = str(Path(path) / MODEL_DIR)
     metadata = SafeFileSystemReader(model_dir).read_metadata()
     state = {k: torch.empty(m.size, dtype=m.properties.dtype)

@@ -17,6 +17,9 @@ from typing import List, Optional
 from torchrec_kd.config import ConfigError, RunConfig, load_config
 
 logger = logging.getLogger("torchrec_kd")
+# commands that write into the run's output directory (one run at a time there)
+WRITES_OUTPUT_DIR = {"train-teacher", "train-student", "distill", "distill-qat", "score-teacher", "quantize",
+                     "experiment", "evaluate", "report"}
 
 
 def _setup_logging() -> None:
@@ -160,10 +163,20 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     ok = False
     try:
-        _dispatch(args, load_config(args.config, overrides))
+        cfg = load_config(args.config, overrides)
+        if args.command in WRITES_OUTPUT_DIR and os.environ.get("RANK", "0") == "0":
+            from torchrec_kd.run_lock import hold_output_dir
+
+            hold_output_dir(cfg.out_dir)  # writable, and no other run in it, before any work
+        _dispatch(args, cfg)
         ok = True
     except ConfigError as e:  # bad input: a message that says what to do, not a traceback
-        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank sees the same bad input: say it once
+            print(f"error: {e}", file=sys.stderr)
+        else:  # let rank 0 print and exit first, so the launcher reports its exit (and nothing else)
+            import time
+
+            time.sleep(3)
         return 2
     finally:
         shutdown_distributed(synchronize=ok)

@@ -293,10 +293,11 @@ class TrainConfig:
 
     # Maximum steps of the student (alone and distilled): the budget both get.
     steps: int = 600
-    # Maximum steps of the teacher (null: ``steps``).
+    # Maximum steps of the teacher (null: the student's budget).
     teacher_steps: Optional[int] = None
     # Finite train data: the maximum budget in epochs instead (steps = epochs x full batches
-    # per epoch); null: ``steps`` / ``teacher_steps``.
+    # per epoch; wins over ``steps``). The teacher's teacher_epochs, else teacher_steps, else
+    # the student's epochs / steps.
     epochs: Optional[int] = None
     teacher_epochs: Optional[int] = None
     embedding_lr: float = 0.05
@@ -670,11 +671,24 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist; pass an existing YAML file to --config")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {e.reason}); save the config as UTF-8") from None
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot be read ({e.strerror}); pass a readable YAML file to --config") from None
+        try:
+            raw = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+            mark = getattr(e, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"{p}: not valid YAML{at}: {problem}") from None
+        if raw is None:
+            raise ConfigError(f"{p}: the file is empty; a config needs at least run_name and its sections "
+                              "(see configs/tiny_synthetic.yaml)")
         if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(raw).__name__}")
+            raise ConfigError(f"{p}: the top level must be a mapping of sections (run_name: …, data: …), "
+                              f"got a {type(raw).__name__}")
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value (e.g. train.steps=100)")

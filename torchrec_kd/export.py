@@ -30,6 +30,8 @@ from torch import Tensor, nn
 from torchrec.models.dlrm import DLRM
 from torchrec.tensor_types import UInt2Tensor, UInt4Tensor, UIntXTensor
 
+from torchrec_kd.config import ConfigError
+from torchrec_kd.integrity import file_records, verify_files
 from torchrec_kd.quantization import quantize_dlrm, row_alignment, table_dtypes
 
 WEIGHTS_FILE = "weights.pt"
@@ -95,6 +97,20 @@ def save_quantized(qmodel: nn.Module, path: Union[str, Path], meta: Dict[str, An
     return path
 
 
+def seal_export(path: Union[str, Path]) -> None:
+    """Record the size and sha256 of every file of an export (after ``model.ts`` is written) in its JSON.
+
+    Args:
+        path (str | Path): directory written by :func:`save_quantized` (and :func:`export_torchscript`).
+    """
+    path = Path(path)
+    sidecar = json.loads((path / META_FILE).read_text())
+    sidecar["files"] = file_records(path, exclude=[META_FILE])
+    tmp = path / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True))
+    tmp.replace(path / META_FILE)
+
+
 def read_quantized_meta(path: Union[str, Path]) -> Dict[str, Any]:
     """The JSON description written by :func:`save_quantized`.
 
@@ -106,10 +122,14 @@ def read_quantized_meta(path: Union[str, Path]) -> Dict[str, Any]:
     """
     meta_file = Path(path) / META_FILE
     if not meta_file.is_file():
-        raise FileNotFoundError(f"{meta_file} not found; is {path} a directory written by save_quantized?")
-    sidecar = json.loads(meta_file.read_text())
-    if sidecar.get("format") != FORMAT:
-        raise ValueError(f"{meta_file}: format {sidecar.get('format')!r}, expected {FORMAT!r}")
+        raise ConfigError(f"{meta_file} not found: {path} is not a torchrec_kd export (run quantize first)")
+    try:
+        sidecar = json.loads(meta_file.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{meta_file}: unreadable ({e}); the export is damaged: re-run quantize") from None
+    if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
+        got = sidecar.get("format") if isinstance(sidecar, dict) else type(sidecar).__name__
+        raise ConfigError(f"{meta_file}: format {got!r}, expected {FORMAT!r}; re-run quantize")
     return sidecar
 
 
@@ -126,9 +146,11 @@ def load_quantized(path: Union[str, Path], build_float: Callable[[Dict[str, Any]
 
     Raises:
         ValueError: if the rebuilt model's tables differ from the saved ones.
+        ConfigError: the export is missing, damaged or altered (named with what to do).
     """
     path = Path(path)
     sidecar = read_quantized_meta(path)
+    verify_files(path, sidecar.get("files", {}), f"re-run quantize to export {path.name} again")
     dtypes: Dict[str, str] = sidecar["table_dtypes"]
     float_model = build_float(sidecar["meta"])
     built = {t.name for t in float_model.sparse_arch.embedding_bag_collection.embedding_bag_configs()}
@@ -138,7 +160,11 @@ def load_quantized(path: Union[str, Path], build_float: Callable[[Dict[str, Any]
     # every table is named, so the default dtype is never used.
     qmodel = quantize_dlrm(float_model, next(iter(dtypes.values())), per_table=dtypes,
                            row_alignment=sidecar["row_alignment"], inplace=True)
-    saved = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    try:
+        saved = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch's message would advise weights_only=False: never do that here
+        raise ConfigError(f"{path / WEIGHTS_FILE}: not a tensor file this export wrote ({type(e).__name__}); "
+                          "re-run quantize") from None
     state = {key: _from_plain(tensor, sidecar["tensors"][key]) for key, tensor in saved.items()}
     # strict: a missing or unexpected key means the rebuilt model is not the saved one.
     # Quantized weights are views into fbgemm's TBE buffer, so copy_ fills the TBE.

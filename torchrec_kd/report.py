@@ -45,14 +45,16 @@ def kd_summary(metrics: Dict[str, Dict[str, Any]]) -> str:
     interval, said so); then which step each model was kept at, a warning when the
     teacher is not better than the student alone, and what quantization cost.
     """
-    from torchrec_kd.summary import budget_warning, gain_sentence, summarize, teacher_warning
+    from torchrec_kd.summary import budget_warning, comparable, consistency_notes, gain_sentence, summarize, teacher_warning
 
     parts = []
     if {"student", "distilled"} <= metrics.keys():
         parts.append(gain_sentence(summarize({0: metrics})))
         s, d = metrics["student"], metrics["distilled"]
-        parts.append(f"Test AUC {s['auc']:.4f} alone ({_kept(s)}) and {d['auc']:.4f} distilled ({_kept(d)}), "
-                     "with the same data and maximum budget.")
+        if comparable(metrics):
+            parts.append(f"Test AUC {s['auc']:.4f} alone ({_kept(s)}) and {d['auc']:.4f} distilled ({_kept(d)}), "
+                         "with the same data and maximum budget.")
+    parts += consistency_notes(metrics)
     for warning in (teacher_warning(metrics), budget_warning(metrics)):
         if warning:
             parts.append(warning)

@@ -79,10 +79,11 @@ def teacher_warning(metrics: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
 
 
 def budget_warning(metrics: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
-    """A warning naming the models whose best validation was their last step of a full budget.
+    """A warning naming the compared students whose best validation was the last step of their budget.
 
-    Such a model may still have been improving: its comparison is against a model that was
-    not at its best (raise ``train.steps`` / ``train.epochs``).
+    Such a model may still have been improving, so a comparison with it may be against a
+    model not at its best (raise ``train.steps`` / ``train.epochs``). A teacher capped by its
+    budget (a long stream's history) is a weaker teacher, not an unfair comparison.
 
     Args:
         metrics (Mapping[str, dict]): one run's ``metrics.json``.
@@ -90,13 +91,45 @@ def budget_warning(metrics: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
     Returns:
         Optional[str]: the sentence, or None.
     """
-    capped = [m for m in ("teacher", "student", "distilled", "distilled_qat") if m in metrics
+    capped = [m for m in ("student", "distilled", "distilled_qat") if m in metrics
               and metrics[m].get("best_val") and metrics[m].get("best_step") == metrics[m].get("max_steps")
               and not metrics[m].get("stopped_early")]
     if not capped:
         return None
     return (f"{', '.join(capped)} reached the maximum budget at its best validation step and may still have been "
-            "improving: raise train.steps / train.epochs (or train.teacher_*) so every model stops at its best.")
+            "improving: raise train.steps / train.epochs so both students stop at their best.")
+
+
+def consistency_notes(metrics: Mapping[str, Mapping[str, Any]]) -> List[str]:
+    """What in one run's ``metrics.json`` must not be compared or reported as current.
+
+    The student alone and the distilled student are compared only when they record the same
+    base (data, student architecture, seed, budget, training settings); an export is current
+    only while it records the fingerprint of the model it was quantized from.
+
+    Args:
+        metrics (Mapping[str, dict]): one run's ``metrics.json``.
+
+    Returns:
+        List[str]: one sentence per problem (empty: consistent).
+    """
+    notes = []
+    s, d = metrics.get("student", {}), metrics.get("distilled", {})
+    if s.get("base") and d.get("base") and s["base"] != d["base"]:
+        notes.append("The student alone and the distilled student were trained with different data, student, seed or "
+                     "budget (their fingerprints differ), so they are not compared: re-run the older one.")
+    for name, e in metrics.items():
+        source = name.rpartition("_")[0]
+        if e.get("source_fingerprint") and source in metrics and \
+                metrics[source].get("fingerprint") != e["source_fingerprint"]:
+            notes.append(f"{name} was exported from an earlier {source} model: re-run quantize (--source {source}).")
+    return notes
+
+
+def comparable(metrics: Mapping[str, Mapping[str, Any]]) -> bool:
+    """False when the student alone and the distilled student record different bases."""
+    s, d = metrics.get("student", {}), metrics.get("distilled", {})
+    return not (s.get("base") and d.get("base") and s["base"] != d["base"])
 
 
 def summarize(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> Dict[str, Any]:
@@ -124,7 +157,8 @@ def summarize(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> Dict[s
         models[m] = {"auc_mean": am, "auc_std": asd, "ne_mean": nm, "ne_std": nsd, "auc": auc,
                      "best_step": [r[m].get("best_step") for r in runs]}
     out: Dict[str, Any] = {"seeds": seeds, "models": models}
-    if {"student", "distilled"} <= models.keys():
+    out["not_comparable"] = [s for s, r in zip(seeds, runs) if not comparable(r)]
+    if {"student", "distilled"} <= models.keys() and not out["not_comparable"]:
         out["kd_gain"] = _difference(runs, "distilled", "student")
     if {"student", "teacher"} <= models.keys():
         out["teacher_gap"] = _difference(runs, "teacher", "student")
@@ -148,6 +182,9 @@ def _difference(runs: List[Mapping[str, Mapping[str, Any]]], a: str, b: str) -> 
 def gain_sentence(summary: Mapping[str, Any]) -> str:
     """The report's first sentence: distilled − student alone with its interval, and whether it is significant."""
     gain = summary.get("kd_gain")
+    if summary.get("not_comparable"):
+        return (f"No comparison: on seed(s) {summary['not_comparable']} the student alone and the distilled student "
+                "were trained with different configs.")
     if gain is None:
         return "No comparison yet: the student alone and the distilled student are both needed."
     n = len(summary["seeds"])

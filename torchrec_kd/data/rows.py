@@ -148,6 +148,9 @@ def check_split(split: str) -> None:
 
 def too_few_rows(split: str, rows: int, batch_size: int, where: str) -> DataError:
     """The error for a split that holds no full global batch."""
+    if rows == 0:  # not a batch-size problem: nothing in the files parsed as a row
+        return DataError(f"{where}: split '{split}' has no usable rows: every row was malformed or the files are "
+                         "empty; check the files' format (data.on_bad_row=error names the first bad line)")
     return DataError(f"{where}: split '{split}' has {rows} usable row(s), fewer than one global batch "
                      f"(data.batch_size={batch_size}); lower data.batch_size or give the split more data")
 

@@ -276,6 +276,9 @@ def _csv_chunks(path: Path, cfg: TableDataConfig,
             if first:
                 columns = [c.strip() for c in first]
                 break
+        if columns is None and bad:
+            raise DataError(f"{path}: not {cfg.encoding} text (line {bad[0][0]}: {bad[0][1]}); is it a CSV file? "
+                            "Check data.table.path, data.table.format and data.table.encoding")
         if columns is None:
             raise DataError(f"{path}: the file is empty (data.table.header is true, so a header line was expected)")
     elif not columns:

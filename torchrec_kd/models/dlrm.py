@@ -207,6 +207,35 @@ def model_meta(cfg: ModelConfig, tables: Sequence[EmbeddingBagConfig], dense_in_
     return meta
 
 
+def check_fits_data(meta: dict, dense_names: Sequence[str], sparse_names: Sequence[str],
+                    num_embeddings: Sequence[int], where: str) -> None:
+    """Refuse data whose features are not the ones a saved model was trained on.
+
+    Args:
+        meta (dict): the model's :func:`model_meta`.
+        dense_names (Sequence[str]): the data's dense features.
+        sparse_names (Sequence[str]): the data's sparse features.
+        num_embeddings (Sequence[int]): their table sizes.
+        where (str): what names the model in the message (a path).
+
+    Raises:
+        ConfigError: naming the first difference and what to do.
+    """
+    from torchrec_kd.config import ConfigError
+
+    if meta.get("dense_in_features") != len(dense_names):
+        raise ConfigError(f"{where} was trained on {meta.get('dense_in_features')} dense features but this data has "
+                          f"{len(dense_names)} ({list(dense_names)[:6]}…); use the data config it was trained with")
+    sizes = dict(zip(sparse_names, num_embeddings))
+    for feature, rows in zip(meta.get("sparse_features", []), meta.get("num_embeddings", [])):
+        if feature not in sizes:
+            raise ConfigError(f"{where} reads sparse feature '{feature}', which this data does not have (it has "
+                              f"{list(sparse_names)[:6]}…); use the data config it was trained with")
+        if sizes[feature] != rows:
+            raise ConfigError(f"{where} has {rows} rows for '{feature}' but this data's table has {sizes[feature]}; "
+                              "use the data config it was trained with")
+
+
 def build_dlrm_from_meta(meta: dict, device: torch.device = torch.device("cpu")) -> DLRM:
     """Rebuild a model described by :func:`model_meta` (e.g. from a checkpoint's meta.json).
 

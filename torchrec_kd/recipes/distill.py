@@ -34,7 +34,8 @@ from torchrec_kd.distill.freeze import freeze_sharded, freeze_teacher_tables
 from torchrec_kd.distill.model import DistillationModel
 from torchrec_kd.distributed.init import init_weights
 from torchrec_kd.distributed.sharding import add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard
-from torchrec_kd.distill.offline import OfflineScores
+from torchrec_kd.distill.offline import OfflineScores, checkpoint_fingerprint
+from torchrec_kd.fingerprint import read_recorded, step_fingerprint
 from torchrec_kd.distill.quantized_teacher import quantize_frozen_tables
 from torchrec_kd.losses import FeatureDims, build_loss
 from torchrec_kd.models.dlrm import (build_dlrm, embedding_bytes, interaction_dim, make_tables, model_meta,
@@ -181,6 +182,15 @@ def resolve_teachers(cfg: RunConfig, sparse_names: List[str], num_embeddings: Li
     return specs
 
 
+def teacher_digests(teachers: List[TeacherSpec]) -> str:
+    """The teachers' recorded fingerprints (a checkpoint from before fingerprints: its file digest)."""
+    digests = []
+    for t in teachers:
+        recorded = read_recorded(read_meta(t.checkpoint))
+        digests.append(recorded["digest"] if recorded else "sha256:" + checkpoint_fingerprint(t.checkpoint)[:16])
+    return ",".join(digests)
+
+
 def warn_if_teacher_not_better(cfg: RunConfig, teacher_checkpoint: Path) -> Optional[str]:
     """Log (and return) a warning when the teacher's best validation AUC is not above the student alone's.
 
@@ -228,6 +238,7 @@ class DistillRecipe(PipelinedRecipe):
         env = self.setup_run()
         dense_in = len(self.data.dense_names)
         self.teachers = resolve_teachers(cfg, list(self.data.sparse_names), list(self.data.num_embeddings))
+        self.fingerprint = step_fingerprint(cfg, self.entry_name, {"teachers": teacher_digests(self.teachers)})
         if env.is_main:
             warn_if_teacher_not_better(cfg, self.teachers[0].checkpoint)
         self.inputs = model_inputs(cfg, "student", self.data.sparse_names, self.data.num_embeddings, self.data.dense_names)
@@ -301,7 +312,7 @@ class DistillRecipe(PipelinedRecipe):
         out = cfg.out_dir
         meta = {"role": "student", "distilled_from": [str(t.checkpoint) for t in self.teachers],
                 "offline": cfg.distill.offline, "qat": self.qat, "config": config_to_dict(cfg),
-                "selection": self.selection(),
+                "selection": self.selection(), "fingerprint": self.fingerprint,
                 "world_size": env.world_size, "tables": [t.name for t in self.student_tables],
                 **model_meta(cfg.student, self.student_tables, dense_in_features=self.inputs.dense_in_features,
                              dense_columns=self.inputs.dense_columns)}

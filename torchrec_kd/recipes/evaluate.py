@@ -20,8 +20,8 @@ from torchrec_kd.checkpoint import load_module, read_meta
 from torchrec_kd.config import ConfigError, RunConfig
 from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import init_distributed
-from torchrec_kd.export import load_quantized
-from torchrec_kd.models.dlrm import build_dlrm_from_meta
+from torchrec_kd.export import load_quantized, read_quantized_meta
+from torchrec_kd.models.dlrm import build_dlrm_from_meta, check_fits_data
 from torchrec_kd.recipes.quantize import EXPORT_DIR
 from torchrec_kd.recipes.train_model import TrainModelRecipe
 from torchrec_kd.training.evaluate import evaluate
@@ -45,6 +45,8 @@ def run(cfg: RunConfig, source: str, split: str = "test") -> Dict[str, float]:
     if (export / "quantized.json").is_file():
         env = init_distributed(cfg.distributed)
         data = build_data(cfg.data, cfg.seed)
+        check_fits_data(read_quantized_meta(export)["meta"], data.dense_names, data.sparse_names, data.num_embeddings,
+                        str(export))
         model = load_quantized(export, build_dlrm_from_meta).eval()
         n = data.num_batches(split, cfg.data.batch_size) or 0
         metrics = evaluate(lambda b: model(b.dense_features, b.sparse_features).squeeze(-1),

@@ -3,8 +3,11 @@ quantization, quantization-aware distillation (``distill.qat``), report — skip
 every step whose outputs already exist, once per seed of ``experiment.seeds``.
 
 All steps run in the same processes and process group; a step is done when its
-checkpoint (``<name>/meta.json``) and its ``metrics.json`` entry exist. Rank 0
-decides and broadcasts, so every rank skips the same steps. Every model is kept at
+``metrics.json`` entries exist and record the fingerprint (config sections and inputs)
+this config would give them; otherwise it runs, with the reason logged. A fingerprint
+holds the digests of the artifacts its step reads, so a step whose inputs were remade
+differently is stale too (a new teacher: distillation and its exports run again; the
+student alone does not). Rank 0 decides and broadcasts, so every rank skips the same steps. Every model is kept at
 its best validation step. With several seeds each is a whole replicate in
 ``seed_<s>/`` and ``summary.json`` / ``summary.md`` / ``report.md`` state the
 distilled − student-alone difference with its 95% interval.
@@ -22,11 +25,13 @@ import gc
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch.distributed as dist
 
+from torchrec_kd.checkpoint import read_meta
 from torchrec_kd.config import RunConfig
+from torchrec_kd.fingerprint import describe_change, read_recorded, step_fingerprint
 from torchrec_kd.distributed.env import init_distributed
 from torchrec_kd.recipes import distill, quantize, report, train_model
 from torchrec_kd.report import REPORT_MD
@@ -38,31 +43,61 @@ SUMMARY_MD = "summary.md"
 logger = logging.getLogger(__name__)
 
 
-def _has(out: Path, entries: List[str], checkpoint: str = "") -> bool:
+def expected_fingerprints(cfg: RunConfig) -> Dict[str, Dict[str, Any]]:
+    """The fingerprint each step's artifact must record to count as done for ``cfg``.
+
+    Computed from the config alone (and the recorded fingerprints of teachers this
+    experiment does not train), so a changed step and everything after it are seen stale
+    before anything runs.
+    """
+    exp = {"teacher": step_fingerprint(cfg, "teacher"), "student": step_fingerprint(cfg, "student")}
+    external = [e.checkpoint for e in cfg.distill.teachers] or (
+        [cfg.distill.teacher_checkpoint] if cfg.distill.teacher_checkpoint else [])
+    teachers = exp["teacher"]["digest"]
+    if external:
+        recorded = [read_recorded(read_meta(Path(p))) if (Path(p) / "meta.json").is_file() else None for p in external]
+        teachers = ",".join(r["digest"] if r else "missing" for r in recorded)
+    for name in ("distilled", "distilled_qat"):
+        exp[name] = step_fingerprint(cfg, name, {"teachers": teachers})
+        for dtype in ("int8", "int4", "int2", "fp16"):
+            exp[f"{name}_{dtype}"] = step_fingerprint(cfg, f"{name}_{dtype}", {"source": exp[name]["digest"]})
+    return exp
+
+
+def _stale(out: Path, entries: List[str], expected: Dict[str, Dict[str, Any]]) -> Optional[str]:
+    """Why the step that writes ``entries`` must run (None: every entry is there and up to date)."""
     f = out / METRICS_FILE
-    if not f.is_file():
-        return False
-    metrics = json.loads(f.read_text())
-    return all(e in metrics for e in entries) and (not checkpoint or (out / checkpoint / "meta.json").is_file())
+    metrics = json.loads(f.read_text()) if f.is_file() else {}
+    for e in entries:
+        if e not in metrics:
+            return f"{e} not done yet"
+        have = metrics[e].get("fingerprint")
+        if have != expected[e]["digest"] and "source_fingerprint" in metrics[e]:
+            return f"{e} was exported from another {e.rpartition('_')[0]} model (it was remade)"
+        if have != expected[e]["digest"]:
+            ckpt = out / e / "meta.json"
+            old = (json.loads(ckpt.read_text()).get("fingerprint") or {}).get("inputs", {}) if ckpt.is_file() else {}
+            change = describe_change(old, expected[e]["inputs"]) if old else []
+            return f"{e} was made by another config" + (f" ({'; '.join(change)})" if change else
+                                                        " or from other inputs (an upstream step changed)")
+    return None
 
 
-def steps(cfg: RunConfig) -> List[Tuple[str, Callable[[Path], bool], Callable[[], object]]]:
-    """(name, is_done(out_dir), run) for each step, in order."""
-    quantized = [f"distilled_{d}" for d in cfg.quantize.dtypes]
-    out = [
-        ("teacher", lambda out: _has(out, ["teacher"], "teacher"), lambda: train_model.run(cfg, "teacher")),
-        ("student", lambda out: _has(out, ["student"], "student"), lambda: train_model.run(cfg, "student")),
-        ("distill", lambda out: _has(out, ["distilled"], "distilled"), lambda: distill.run(cfg)),
-        ("quantize", lambda out: _has(out, quantized), lambda: quantize.run(cfg, "distilled")),
+def steps(cfg: RunConfig) -> List[Tuple[str, List[str], Callable[[], object]]]:
+    """(name, the metrics entries it writes, run) for each step, in order."""
+    out: List[Tuple[str, List[str], Callable[[], object]]] = [
+        ("teacher", ["teacher"], lambda: train_model.run(cfg, "teacher")),
+        ("student", ["student"], lambda: train_model.run(cfg, "student")),
+        ("distill", ["distilled"], lambda: distill.run(cfg)),
+        ("quantize", [f"distilled_{d}" for d in cfg.quantize.dtypes], lambda: quantize.run(cfg, "distilled")),
     ]
     qat = cfg.distill.qat
     if qat is not None:  # quantization-aware distillation, exported in the format it trained for
         out += [
-            ("distill-qat", lambda out: _has(out, ["distilled_qat"], "distilled_qat"), lambda: distill.run(cfg, qat=qat)),
-            ("quantize-qat", lambda out: _has(out, [f"distilled_qat_{qat}"]),
-             lambda: quantize.run(cfg, "distilled_qat", [qat])),
+            ("distill-qat", ["distilled_qat"], lambda: distill.run(cfg, qat=qat)),
+            ("quantize-qat", [f"distilled_qat_{qat}"], lambda: quantize.run(cfg, "distilled_qat", [qat])),
         ]
-    return out + [("report", lambda out: False, lambda: report.run(cfg))]
+    return out + [("report", [], lambda: report.run(cfg))]
 
 
 def seed_configs(cfg: RunConfig) -> Dict[int, RunConfig]:
@@ -83,13 +118,16 @@ def run_one(cfg: RunConfig) -> Dict[str, Any]:
     """Run one replicate's steps that are not done yet; return its ``metrics.json`` (rank 0; {} elsewhere)."""
     env = init_distributed(cfg.distributed)
     out = cfg.out_dir
-    for name, is_done, step in steps(cfg):
-        decision = [is_done(out) if env.is_main else None]
+    for name, entries, step in steps(cfg):
+        reason = None
+        if env.is_main:  # a step's fingerprint holds its inputs' digests: a changed input makes it stale
+            reason = "the report is always rebuilt" if not entries else _stale(out, entries, expected_fingerprints(cfg))
+        decision = [reason]
         dist.broadcast_object_list(decision, src=0)
-        if decision[0]:
-            logger.info("experiment: %s already done in %s, skipping", name, out)
+        if decision[0] is None:
+            logger.info("experiment: %s already done in %s (same config and inputs), skipping", name, out)
             continue
-        logger.info("experiment: %s (seed %d)", name, cfg.seed)
+        logger.info("experiment: %s (seed %d): %s", name, cfg.seed, decision[0])
         step()
         gc.collect()  # free the previous step's sharded model before the next one is built
         dist.barrier()

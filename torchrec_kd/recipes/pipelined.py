@@ -25,6 +25,7 @@ from torchrec.optim.keyed import KeyedOptimizer
 from torchrec_kd.checkpoint import MODEL_DIR, load_module
 from torchrec_kd.config import ConfigError, RunConfig, config_to_dict
 from torchrec_kd.data import build_data
+from torchrec_kd.fingerprint import describe_change
 from torchrec_kd.distributed.env import DistEnv, init_distributed
 from torchrec_kd.report import TENSORBOARD_DIR
 from torchrec_kd.training.budget import max_steps
@@ -76,6 +77,7 @@ class PipelinedRecipe:
         self.trained_prefix = trained_prefix
         self.data_role = data_role
         self.selector = ModelSelector(cfg.train.early_stopping)
+        self.fingerprint: Dict[str, Any] = {}  # set by the subclass's setup (what made this run)
         self.env: Optional[DistEnv] = None
         self.model: Optional[DistributedModelParallel] = None
         self.optimizer: Optional[KeyedOptimizer] = None
@@ -95,6 +97,10 @@ class PipelinedRecipe:
         torch.manual_seed(self.cfg.seed)
         self.data = build_data(self.cfg.data, self.cfg.seed, self.data_role)
         self.local_batch = self.cfg.data.batch_size // self.env.world_size
+        # fail before any model is built: the first batch of each split must be readable
+        for split in ("train", "val"):
+            next(iter(self.data.batches(split, self.cfg.data.batch_size, self.env.rank, self.env.world_size,
+                                        num_batches=1)), None)
         return self.env
 
     def make_pipeline(self) -> TrainPipelineSparseDist:
@@ -128,15 +134,36 @@ class PipelinedRecipe:
         ckpt = self.checkpointer
         ckpt.clean_incomplete()
         latest = ckpt.latest() if self.cfg.train.resume else None
-        if latest is None:
+        if latest is None:  # starting over: nothing of an earlier run may be picked up later
             if self.env is not None and self.env.is_main:
                 shutil.rmtree(self.best_dir, ignore_errors=True)
+                for old in ckpt.checkpoints():
+                    shutil.rmtree(old, ignore_errors=True)
             dist.barrier()
             return 0
+        self._check_same_run(latest)
         meta = ckpt.load(latest, self.model, self.optimizer)
         self.stats = TrainStats(**meta["stats"])
         self.selector = ModelSelector(self.cfg.train.early_stopping, self.stats.selection or None)
         return int(meta["step"])
+
+    def _check_same_run(self, latest: Path) -> None:
+        """Refuse to resume training state that another config made (its fingerprint differs).
+
+        Raises:
+            ConfigError: naming the checkpoint, what changed and what to do.
+        """
+        import json
+
+        try:
+            saved = json.loads((latest / "meta.json").read_text()).get("fingerprint") or {}
+        except (OSError, ValueError):
+            return  # unreadable: the checkpointer's verification names the file
+        if saved.get("digest") == self.fingerprint.get("digest"):
+            return
+        change = describe_change(saved.get("inputs", {}), self.fingerprint.get("inputs", {})) or ["(unrecorded)"]
+        raise ConfigError(f"{latest} is the training state of a run with another config ({'; '.join(change)}); "
+                          f"pass train.resume=false to start this one over, or use another --output-dir")
 
     def _keep_best(self, step: int) -> None:
         """Save the trained model's weights as the best so far (collective; atomic rename by rank 0)."""
@@ -172,7 +199,8 @@ class PipelinedRecipe:
 
     def _checkpoint(self, step: int, stats: TrainStats) -> None:
         self.checkpointer.save(self.model, self.optimizer, step,
-                               {"stats": dataclasses.asdict(stats), "config": config_to_dict(self.cfg)})
+                               {"stats": dataclasses.asdict(stats), "config": config_to_dict(self.cfg),
+                                "fingerprint": self.fingerprint})
 
     def train(self) -> TrainStats:
         """Train up to ``steps`` pipelined steps, validating every ``train.eval_every`` and at the end,
@@ -236,7 +264,8 @@ class PipelinedRecipe:
     def entry(self, metrics: Dict[str, float], params: int, embedding_bytes: int) -> Dict[str, Any]:
         """The ``metrics.json`` entry of this run."""
         assert self.env is not None
-        return {**metrics, "params": params, "embedding_bytes": embedding_bytes, "peak_rss_gib": peak_rss_gib(self.env.device),
+        return {**metrics, "fingerprint": self.fingerprint.get("digest"), "base": self.fingerprint.get("base"),
+                "params": params, "embedding_bytes": embedding_bytes, "peak_rss_gib": peak_rss_gib(self.env.device),
                 "train_samples_per_s": self.stats.samples_per_s, "world_size": self.env.world_size,
                 **self.selection(), "loss_curve": list(zip(self.stats.loss_steps, self.stats.losses)),
                 "val_curve": self.stats.evals}

@@ -23,8 +23,8 @@ import torch.distributed as dist
 from torchrec_kd.config import ConfigError, RunConfig
 from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import init_distributed
-from torchrec_kd.export import load_quantized
-from torchrec_kd.models.dlrm import build_dlrm_from_meta
+from torchrec_kd.export import load_quantized, read_quantized_meta
+from torchrec_kd.models.dlrm import build_dlrm_from_meta, check_fits_data
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ def run(cfg: RunConfig, model_dir: str, split: str, out: str) -> Path:
     data = build_data(cfg.data, cfg.seed)
     if data.num_batches(split, cfg.data.batch_size) is None:
         raise ConfigError(f"--split {split}: the stream is endless; score 'val' or 'test'")
+    check_fits_data(read_quantized_meta(model_dir)["meta"], data.dense_names, data.sparse_names, data.num_embeddings,
+                    f"--model {model_dir}")
     model = load_quantized(model_dir, build_dlrm_from_meta).eval()
     logits: List[torch.Tensor] = []
     labels: List[torch.Tensor] = []

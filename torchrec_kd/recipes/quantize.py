@@ -26,7 +26,8 @@ from torchrec_kd.checkpoint import load_full_state_dict, read_meta
 from torchrec_kd.config import RunConfig
 from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import init_distributed
-from torchrec_kd.export import export_torchscript, save_quantized
+from torchrec_kd.export import export_torchscript, save_quantized, seal_export
+from torchrec_kd.fingerprint import read_recorded, step_fingerprint
 from torchrec_kd.models.dlrm import build_dlrm_from_meta
 from torchrec_kd.quantization import embedding_storage_bytes, quantize_dlrm
 from torchrec_kd.recipes.train_model import MODEL_PREFIX
@@ -82,15 +83,18 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
                            env, local_batch, n * cfg.data.batch_size)
         eval_s = time.perf_counter() - t0
         name = f"{source}_{dtype}"
-        entry = {**metrics, "params": params, "embedding_bytes": embedding_storage_bytes(qm), "dtype": dtype, "per_table": dict(cfg.quantize.tables),
+        recorded = read_recorded(meta)
+        fp = step_fingerprint(cfg, name, {"source": recorded["digest"] if recorded else None})
+        entry = {**metrics, "fingerprint": fp["digest"], "source_fingerprint": fp["inputs"]["source"], "params": params, "embedding_bytes": embedding_storage_bytes(qm), "dtype": dtype, "per_table": dict(cfg.quantize.tables),
                  "eval_samples_per_s": metrics["rows"] / max(eval_s, 1e-9)}
         if env.is_main:
             base = _read_entry(out, source)
             entry["train_samples_per_s"] = base.get("train_samples_per_s")
             entry["best_step"] = base.get("best_step")  # quantized from the source's kept checkpoint
             target = out / EXPORT_DIR / name
-            save_quantized(qm, target, meta)
+            save_quantized(qm, target, {**meta, "export_fingerprint": fp})
             export_torchscript(qm, target / "model.ts")
+            seal_export(target)  # sizes and hashes of weights.pt and model.ts, checked on every load
             entry["export"] = str(target)
             table = metrics_table(update_metrics(out, name, entry))
             logger.info("%s: test auc %.4f, %d embedding bytes; exported to %s\n%s",

@@ -18,6 +18,7 @@ from torchrec.models.dlrm import DLRMTrain
 from torchrec_kd.checkpoint import save_model
 from torchrec_kd.config import ConfigError, RunConfig, config_to_dict
 from torchrec_kd.distributed.init import init_weights
+from torchrec_kd.fingerprint import step_fingerprint
 from torchrec_kd.distributed.sharding import (add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard)
 from torchrec_kd.models.dlrm import build_dlrm, embedding_bytes, is_table_key, make_tables, model_meta
 from torchrec_kd.results import metrics_table, update_metrics
@@ -119,6 +120,7 @@ class TrainModelRecipe(PipelinedRecipe):
         """Process group, data, model on meta, sharding plan, optimizers, pipeline."""
         cfg = self.cfg
         env = self.setup_run()
+        self.fingerprint = step_fingerprint(cfg, self.role)
         self.inputs = model_inputs(cfg, self.role, self.data.sparse_names, self.data.num_embeddings, self.data.dense_names)
         self.tables = make_tables(self.model_cfg, self.inputs.sparse_features, self.inputs.num_embeddings)
         module = DLRMTrain(build_dlrm(self.model_cfg, self.tables, self.inputs.dense_in_features,
@@ -137,7 +139,7 @@ class TrainModelRecipe(PipelinedRecipe):
         assert env is not None and self.model is not None
         out = cfg.out_dir
         meta = {"role": self.role, "config": config_to_dict(cfg), "world_size": env.world_size,
-                "tables": [t.name for t in self.tables], "selection": self.selection(),
+                "tables": [t.name for t in self.tables], "selection": self.selection(), "fingerprint": self.fingerprint,
                 **model_meta(self.model_cfg, self.tables, self.inputs.dense_in_features, self.inputs.dense_columns)}
         save_model(self.model, out / self.role, meta)
         emb = embedding_bytes(self.tables)

@@ -14,9 +14,10 @@ from torchrec_kd.config import ConfigError, TrainConfig
 def max_steps(train: TrainConfig, data: Any, batch_size: int, role: str = "student") -> int:
     """The ``role`` model's maximum training steps.
 
-    The teacher's ``train.teacher_steps`` / ``train.teacher_epochs`` fall back to the
-    student's ``train.steps`` / ``train.epochs``; an epochs budget is epochs times the full
-    global batches of one pass over the train split.
+    An epochs budget is epochs times the full global batches of one pass over the train
+    split, and wins over a steps budget. The teacher's own ``train.teacher_epochs`` or
+    ``train.teacher_steps`` (in that order) win over the student's ``train.epochs`` /
+    ``train.steps``, which it takes when it has neither.
 
     Args:
         train (TrainConfig): the ``train`` section.
@@ -31,9 +32,10 @@ def max_steps(train: TrainConfig, data: Any, batch_size: int, role: str = "stude
         ConfigError: an epochs budget on an endless train stream.
     """
     steps, epochs = train.steps, train.epochs
-    if role == "teacher":
-        steps = train.teacher_steps if train.teacher_steps is not None else steps
-        epochs = train.teacher_epochs if train.teacher_epochs is not None else epochs
+    if role == "teacher" and train.teacher_epochs is not None:
+        epochs = train.teacher_epochs
+    elif role == "teacher" and train.teacher_steps is not None:
+        steps, epochs = train.teacher_steps, None
     if epochs is None:
         return steps
     per_epoch = data.num_batches("train", batch_size)

@@ -17,7 +17,6 @@ streams are indexed by global batch, so resuming at step ``s`` reads batch ``s``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torchrec.optim.keyed import KeyedOptimizer
 
-from torchrec_kd.config import ConfigError
+from torchrec_kd.integrity import CorruptArtifactError, file_records, verify_files
 from torchrec_kd.safe_dcp import SafeFileSystemReader
 
 logger = logging.getLogger(__name__)
@@ -42,21 +41,7 @@ PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
 
 
-class CorruptCheckpointError(ConfigError):
-    """A checkpoint's files do not match what was recorded when it was written."""
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _files(root: Path) -> Dict[str, Dict[str, Any]]:
-    return {str(p.relative_to(root)): {"bytes": p.stat().st_size, "sha256": _digest(p)}
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != META}
+CorruptCheckpointError = CorruptArtifactError  # a training checkpoint's files changed after it was written
 
 
 class TrainingCheckpointer:
@@ -104,7 +89,8 @@ class TrainingCheckpointer:
         rng = [None] * dist.get_world_size()
         dist.all_gather_object(rng, torch.get_rng_state().tolist())
         if dist.get_rank() == 0:
-            meta = {"step": step, "world_size": dist.get_world_size(), "rng": rng, "files": _files(tmp), **extra}
+            meta = {"step": step, "world_size": dist.get_world_size(), "rng": rng,
+                    "files": file_records(tmp, exclude=[META]), **extra}
             (tmp / META).write_text(json.dumps(meta))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)  # the commit point
@@ -124,15 +110,7 @@ class TrainingCheckpointer:
             meta = json.loads((path / META).read_text())
         except (OSError, ValueError) as e:
             raise CorruptCheckpointError(f"{path / META}: unreadable ({e}); delete {path} to resume from an earlier checkpoint")
-        for rel, want in meta.get("files", {}).items():
-            f = path / rel
-            if not f.is_file():
-                raise CorruptCheckpointError(f"{f}: missing; delete {path} to resume from an earlier checkpoint")
-            size = f.stat().st_size
-            if size != want["bytes"] or _digest(f) != want["sha256"]:
-                raise CorruptCheckpointError(
-                    f"{f}: {size} bytes, expected {want['bytes']} with sha256 {want['sha256'][:12]}… — truncated or "
-                    f"corrupted; delete {path} to resume from an earlier checkpoint")
+        verify_files(path, meta.get("files", {}), f"delete {path} to resume from an earlier checkpoint")
         return meta
 
     def load(self, path: Path, model: nn.Module, optimizer: KeyedOptimizer) -> Dict[str, Any]:

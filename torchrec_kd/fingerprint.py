@@ -1,0 +1,150 @@
+"""What made an artifact: the config sections and inputs it depends on, and a digest of them.
+
+Every checkpoint, training state, export, ``metrics.json`` entry and teacher-score cache
+records the fingerprint of its step. Resuming continues only a run whose fingerprint is the
+same; ``experiment`` re-runs a step (and the steps after it) when the fingerprint it would
+make differs from the one its artifact records; ``report`` compares only entries trained on
+the same base. Keys that cannot change a result (logging, checkpoint cadence, where files
+go, the process layout) are left out, so changing them reuses what exists.
+
+Example::
+
+    fp = step_fingerprint(cfg, "student")
+    fp["digest"], describe_change(old["inputs"], fp["inputs"])  # ["student.embedding_dim: 8 -> 4"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from torchrec_kd.config import RunConfig
+
+# train keys that cannot change what a run computes
+_TRAIN_IGNORED = ("log_every", "checkpoint_every", "keep_checkpoints", "resume")
+# distill keys naming where inputs live (their contents are fingerprinted instead)
+_DISTILL_PATHS = ("teacher_checkpoint", "teachers", "teacher_scores")
+
+
+def digest(inputs: Mapping[str, Any]) -> str:
+    """A short sha256 of the inputs' canonical JSON."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _files_identity(pattern: Optional[str]) -> List[List[Any]]:
+    """(path, bytes, mtime) of the files a path, folder or glob names: a cheap data identity."""
+    if not pattern:
+        return []
+    p = Path(pattern)
+    paths = sorted(p.rglob("*")) if p.is_dir() else [Path(x) for x in sorted(glob.glob(pattern))]
+    out = []
+    for f in paths[:10_000]:
+        if f.is_file():
+            st = f.stat()
+            out.append([str(f), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def data_identity(cfg: RunConfig) -> Dict[str, Any]:
+    """The data section plus, for file sources, the files it reads (names, sizes, modification times)."""
+    data = dataclasses.asdict(cfg.data)
+    source = cfg.data.source
+    keep = {"synthetic": "synthetic", "criteo_tsv": "criteo", "criteo_npy": "criteo", "movielens": "movielens",
+            "table": "table"}[source]
+    out = {k: v for k, v in data.items() if k not in ("synthetic", "criteo", "movielens", "table")}
+    out[keep] = data[keep]
+    if source == "table":
+        out["files"] = _files_identity(cfg.data.table.path)
+    elif source == "criteo_tsv":
+        out["files"] = _files_identity(cfg.data.criteo.path)
+    elif source == "criteo_npy":
+        out["files"] = _files_identity(cfg.data.criteo.npy_path)
+    elif source == "movielens":
+        out["files"] = _files_identity(cfg.data.movielens.path)
+    return out
+
+
+def _budget(cfg: RunConfig, role: str) -> Dict[str, Any]:
+    """The role's maximum budget as configured (resolved like ``training.budget.max_steps``)."""
+    t = cfg.train
+    if role == "teacher" and t.teacher_epochs is not None:
+        return {"epochs": t.teacher_epochs}
+    if role == "teacher" and t.teacher_steps is not None:
+        return {"steps": t.teacher_steps}
+    return {"epochs": t.epochs} if t.epochs is not None else {"steps": t.steps}
+
+
+def _training(cfg: RunConfig, role: str) -> Dict[str, Any]:
+    train = {k: v for k, v in dataclasses.asdict(cfg.train).items()
+             if k not in _TRAIN_IGNORED and k not in ("steps", "teacher_steps", "epochs", "teacher_epochs")}
+    return {"seed": cfg.seed, "train": train, "budget": _budget(cfg, role)}
+
+
+def base_inputs(cfg: RunConfig) -> Dict[str, Any]:
+    """What the student alone and the distilled student must share to be compared."""
+    return {"data": data_identity(cfg), "student": dataclasses.asdict(cfg.student),
+            "privileged_features": sorted(cfg.distill.privileged_features), **_training(cfg, "student")}
+
+
+def step_fingerprint(cfg: RunConfig, step: str, upstream: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+    """The fingerprint of one step's artifact.
+
+    Args:
+        cfg (RunConfig): the run config.
+        step (str): ``teacher``, ``student``, ``distilled``, ``distilled_qat``, or
+            ``<source>_<dtype>`` for an export of ``source``.
+        upstream (Optional[Mapping[str, str]]): digests of the artifacts this step reads:
+            ``teachers`` (comma-joined teacher digests) for distillation, ``source`` for an export.
+
+    Returns:
+        Dict[str, Any]: ``{"digest", "inputs", "base"}`` (``base``: the comparison base digest
+        of students, None for a teacher).
+    """
+    upstream = dict(upstream or {})
+    if step == "teacher":
+        inputs = {"step": "teacher", "data": data_identity(cfg), "teacher": dataclasses.asdict(cfg.teacher),
+                  **_training(cfg, "teacher")}
+        return {"digest": digest(inputs), "inputs": inputs, "base": None}
+    base = base_inputs(cfg)
+    if step == "student":
+        inputs = {"step": "student", **base}
+    elif step in ("distilled", "distilled_qat"):
+        distill = {k: v for k, v in dataclasses.asdict(cfg.distill).items() if k not in _DISTILL_PATHS}
+        distill["qat"] = cfg.distill.qat if step == "distilled_qat" else None
+        if step == "distilled":
+            distill.pop("qat_start")
+        distill["teacher_weights"] = [t.weight for t in cfg.distill.teachers]
+        inputs = {"step": step, **base, "distill": distill, "teachers": upstream.get("teachers")}
+    else:
+        source, _, dtype = step.rpartition("_")
+        inputs = {"step": step, "source": upstream.get("source"), "dtype": dtype,
+                  "tables": {k: v for k, v in cfg.quantize.tables.items()}}
+    return {"digest": digest(inputs), "inputs": inputs, "base": digest(base)}
+
+
+def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(tree, Mapping):
+        out: Dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: tree}
+
+
+def describe_change(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 4) -> List[str]:
+    """The keys whose values differ, as ``key: old -> new`` (at most ``limit``, then ``…``)."""
+    a, b = _flatten(old), _flatten(new)
+    names = {"teachers": "the teacher checkpoint(s) (retrained)"}
+    changed = [f"{names.get(k, k.replace('train.train.', 'train.'))}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}"
+               for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return changed[:limit] + (["…"] if len(changed) > limit else [])
+
+
+def read_recorded(meta: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """The fingerprint an artifact's meta recorded (None for artifacts made before fingerprints)."""
+    fp = meta.get("fingerprint")
+    return fp if isinstance(fp, dict) and "digest" in fp else None
