@@ -139,6 +139,10 @@ def main() -> None:
     p.add_argument("--group-feature", default="cat_8", help="the rank_pairwise row's group id feature")
     p.add_argument("--seeds", nargs="*", type=int, default=[0],
                    help="replicates (own teacher, initialisation and data order per seed; rows named ROW@seedN)")
+    p.add_argument("--rerun", action="store_true", help="train rows again even when their outputs exist")
+    p.add_argument("--reuse-from", help="an `experiment --seeds` output dir of the same config (e.g. "
+                                        "outputs/bench_distillation/equal_data): its student alone and distilled "
+                                        "student are the student_alone and soft_kd rows, its teachers the rows' teachers")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
     base = REPO / a.out
@@ -151,6 +155,8 @@ def main() -> None:
         suffix = f"@seed{seed}"
         ov = [*a.overrides, f"seed={seed}"]
         teacher = base / f"teacher_run{suffix}"
+        if a.reuse_from:
+            teacher = _reuse(a, seed, rows, suffix)
         if not (teacher / "teacher" / "meta.json").is_file():
             _run("train-teacher", a.config, teacher, a.nproc, ov)
         dcn = base / f"teacher_dcn_run{suffix}"
@@ -158,7 +164,7 @@ def main() -> None:
             _run("train-teacher", a.config, dcn, a.nproc, [*ov, "teacher.arch=dlrm_dcn", "teacher.table_prefix=t2_"])
         rows[f"teacher{suffix}"] = _row(_entry(teacher, "teacher"), {}, 0.0, "train-teacher", [])
         for name, (command, extra) in METHODS.items():
-            if a.only and name not in a.only:
+            if a.only and name not in a.only or (a.reuse_from and name in ("student_alone", "soft_kd")):
                 continue
             rows[name + suffix] = _method(a, base, name, command, ov, extra, teacher, dcn, rows, suffix)
             _write(rows, a)
@@ -170,6 +176,11 @@ def _method(a: argparse.Namespace, base: Path, name: str, command: str, ov: List
             teacher: Path, dcn: Path, rows: Dict[str, dict], suffix: str) -> dict:
     """Train, quantize and evaluate one row; returns its table entry."""
     out = base / f"{name}{suffix}"
+    source = {"train-student": "student", "distill": "distilled", "distill-qat": "distilled_qat"}[command]
+    if not a.rerun and _entry(out, source).get("fingerprint") and _entry(out, f"{source}_int4"):
+        # measured before with this row's config (its outputs record their fingerprint): reuse
+        return _row(_entry(out, source), _entry(out, f"{source}_int4"), 0.0, command, extra,
+                    _entry(out, f"{source}_int2").get("auc"))
     teacher_ckpt = f"distill.teacher_checkpoint={teacher / 'teacher'}"
     overrides = [*ov, teacher_ckpt, *extra]
     if name == "multi_teacher":
@@ -183,7 +194,6 @@ def _method(a: argparse.Namespace, base: Path, name: str, command: str, ov: List
     if "distill.offline=true" in extra:
         _run("score-teacher", a.config, out, a.nproc, overrides)
     wall = _run(command, a.config, out, a.nproc, overrides)
-    source = {"train-student": "student", "distill": "distilled", "distill-qat": "distilled_qat"}[command]
     # a QAT student is exported in the format it trained for (distill.qat); the others as int4
     _run("quantize", a.config, out, a.nproc, [*overrides, "quantize.dtypes=[int4]"], ["--source", source])
     e, q = _entry(out, source), _entry(out, f"{source}_int4")
@@ -195,6 +205,25 @@ def _method(a: argparse.Namespace, base: Path, name: str, command: str, ov: List
             _run("quantize", a.config, ptq, a.nproc, [*ov, teacher_ckpt, "quantize.dtypes=[int2]"], ["--source", "distilled"])
         rows.setdefault(f"soft_kd{suffix}", {})["int2_auc"] = _entry(ptq, "distilled_int2").get("auc")
     return _row(e, q, wall, command, extra, int2)
+
+
+SAME_RUN_SECTIONS = ("data", "teacher", "student", "train", "seed", "sharding")
+
+
+def _reuse(a: argparse.Namespace, seed: int, rows: Dict[str, dict], suffix: str) -> Path:
+    """Take the student_alone / soft_kd rows and the teacher from an experiment of the same config and seed."""
+    from torchrec_kd.config import config_to_dict, load_config
+
+    run = REPO / a.reuse_from / f"seed_{seed}"
+    want = config_to_dict(load_config(REPO / a.config, [*a.overrides, f"seed={seed}"]))
+    for model in ("teacher", "student", "distilled"):
+        have = json.loads((run / model / "meta.json").read_text())["config"]
+        diff = [k for k in SAME_RUN_SECTIONS if have.get(k) != want.get(k)]
+        if diff or have["distill"]["losses"] != want["distill"]["losses"]:
+            raise SystemExit(f"--reuse-from {run}: its {model} was trained with other {diff or ['distill.losses']}")
+    rows[f"student_alone{suffix}"] = _row(_entry(run, "student"), {}, 0.0, "train-student", ["(reused)"])
+    rows[f"soft_kd{suffix}"] = _row(_entry(run, "distilled"), _entry(run, "distilled_int4"), 0.0, "distill", ["(reused)"])
+    return run
 
 
 def _row(e: dict, q: dict, wall: float, command: str, extra: List[str], int2: Optional[float] = None) -> dict:

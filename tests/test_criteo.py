@@ -267,7 +267,7 @@ def test_errors_name_the_key_file_and_expectation(tmp_path):
         (tmp_path / "d").write_text("")
         CriteoTsvLog(CriteoDataConfig(path=str(tmp_path)))
     log = CriteoTsvLog(_cfg(tmp_path, "d"))  # an empty file: no batch can be made
-    with pytest.raises(DataError, match="split 'train' has 0 usable row"):
+    with pytest.raises(DataError, match="split 'train' has no usable rows: every row was malformed or the files are empty"):
         list(log.batches("train", 8, num_batches=5))
     with pytest.raises(ConfigError, match="data.criteo.val lists no files"):
         list(log.batches("val", 8))

@@ -115,7 +115,7 @@ def test_offline_distillation_equals_online_and_a_mismatched_cache_is_refused(te
     assert all(refused.values()), refused
     assert "seed" in refused["seed"] and str(cache) in refused["seed"]
     assert str(STEPS) in refused["steps"]
-    assert "different data" in refused["data"]
+    assert "made with data=" in refused["data"]  # the data identity every artifact's fingerprint uses
     assert "teachers" in refused["teacher"]
     assert "hint" in refused["fields"]
 

@@ -82,5 +82,5 @@ def test_qat_start_pools_fp32_rows_until_its_step_and_eval_always_quantizes():
     assert pool.step == 3
     from torchrec_kd.config import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match="distill.qat_start must be >= 0"):
+    with pytest.raises(ConfigError, match="distill.qat_start must be between 0 and"):
         load_config(None, ["distill.qat_start=-1"])

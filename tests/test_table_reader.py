@@ -130,7 +130,7 @@ def test_missing_columns_files_and_schema_are_named(tmp_path):
     (tmp_path / "header_only.csv").write_text("clicked,price\n")
     with pytest.raises(DataError, match="no usable rows"):
         TableClickLog(TableDataConfig(path=str(tmp_path / "header_only.csv"), label="clicked", dense=["price"]))
-    with pytest.raises(ConfigError, match=r"data.table.sparse\[user\].num_embeddings must be positive"):
+    with pytest.raises(ConfigError, match=r"data.table.sparse\[0\].num_embeddings must be between 1 and"):
         load_config(None, ["data.table.sparse=[{column: user, num_embeddings: 0}]"])
 
 

@@ -562,7 +562,7 @@ RANGES: Dict[str, tuple] = {
     "teacher.dcn_num_layers": (1, 64), "student.dcn_num_layers": (1, 64),
     "teacher.dcn_low_rank_dim": (1, 4096), "student.dcn_low_rank_dim": (1, 4096),
     "train.steps": (1, 10**8), "train.teacher_steps": (1, 10**8), "train.epochs": (1, 10**5),
-    "train.teacher_epochs": (1, 10**5), "train.embedding_lr": (1e-12, 100.0), "train.dense_lr": (1e-12, 100.0),
+    "train.teacher_epochs": (1, 10**5), "train.embedding_lr": (1e-12, None), "train.dense_lr": (1e-12, None),
     "train.eps": (1e-30, 1.0), "train.log_every": (0, 10**8), "train.eval_every": (0, 10**8),
     "train.checkpoint_every": (0, 10**8), "train.keep_checkpoints": (1, 1000),
     "train.early_stopping.patience": (0, 10**6), "train.early_stopping.min_delta": (0.0, 1.0),

@@ -8,7 +8,8 @@ pooled embeddings (:mod:`torchrec_kd.distill.score_cache`). ``distill`` with
 training batch into a :class:`~torchrec_kd.distill.scored_batch.ScoredBatch` carrying the
 stored outputs of exactly its rows.
 
-A cache is refused (``ConfigError``) when its teacher fingerprint, data source, seed,
+A cache is refused (``ConfigError``) when its teacher fingerprint, data (the
+:mod:`torchrec_kd.fingerprint` data identity), seed,
 batch size or fields differ from the run, when it holds fewer steps than the run needs, or
 when a batch's data digest differs from the one stored for the same rows.
 
@@ -31,6 +32,7 @@ from torchrec_kd.config import RunConfig
 from torchrec_kd.distill.score_cache import batch_digest, check_digest, open_cache
 from torchrec_kd.distill.scored_batch import ScoredBatch
 from torchrec_kd.distributed.env import DistEnv
+from torchrec_kd.fingerprint import data_identity, digest
 
 if TYPE_CHECKING:  # pragma: no cover
     from torchrec_kd.recipes.distill import TeacherSpec
@@ -71,7 +73,7 @@ def run_fingerprint(cfg: RunConfig, teachers: Sequence["TeacherSpec"]) -> Dict[s
         "teachers": [{"checkpoint": str(t.checkpoint), "sha256": checkpoint_fingerprint(t.checkpoint),
                       "weight": t.weight} for t in teachers],
         "teacher_dtype": cfg.distill.teacher_dtype,  # fp16 tables score (slightly) differently
-        "data_source": cfg.data.source,
+        "data": digest(data_identity(cfg)),  # the same data identity as every artifact's fingerprint
         "seed": cfg.seed,
     }
 

@@ -25,7 +25,7 @@ from torchrec.optim.keyed import KeyedOptimizer
 from torchrec_kd.checkpoint import MODEL_DIR, load_module
 from torchrec_kd.config import ConfigError, RunConfig, config_to_dict
 from torchrec_kd.data import build_data
-from torchrec_kd.fingerprint import describe_change
+from torchrec_kd.fingerprint import describe_change, digest
 from torchrec_kd.distributed.env import DistEnv, init_distributed
 from torchrec_kd.report import TENSORBOARD_DIR
 from torchrec_kd.training.budget import max_steps
@@ -148,7 +148,7 @@ class PipelinedRecipe:
         return int(meta["step"])
 
     def _check_same_run(self, latest: Path) -> None:
-        """Refuse to resume training state that another config made (its fingerprint differs).
+        """Refuse to resume training state that another config made (its fingerprint, budget aside, differs).
 
         Raises:
             ConfigError: naming the checkpoint, what changed and what to do.
@@ -159,9 +159,13 @@ class PipelinedRecipe:
             saved = json.loads((latest / "meta.json").read_text()).get("fingerprint") or {}
         except (OSError, ValueError):
             return  # unreadable: the checkpointer's verification names the file
-        if saved.get("digest") == self.fingerprint.get("digest"):
+        # the budget is not compared: the first steps of a run do not depend on its maximum,
+        # so a run may be resumed with a larger (or smaller) one and equals a fresh run of it
+        old_inputs = {k: v for k, v in saved.get("inputs", {}).items() if k != "budget"}
+        new_inputs = {k: v for k, v in self.fingerprint.get("inputs", {}).items() if k != "budget"}
+        if saved.get("inputs") and digest(old_inputs) == digest(new_inputs):
             return
-        change = describe_change(saved.get("inputs", {}), self.fingerprint.get("inputs", {})) or ["(unrecorded)"]
+        change = describe_change(old_inputs, new_inputs) or ["(unrecorded)"]
         raise ConfigError(f"{latest} is the training state of a run with another config ({'; '.join(change)}); "
                           f"pass train.resume=false to start this one over, or use another --output-dir")
 
