@@ -19,7 +19,7 @@ def _run(app, tmp_path):
         runner.close()
 
 
-ARGS = ("train.steps=6", "train.eval_every=3", "quantize.dtypes=[int8,int4]")
+ARGS = ("train.steps=6", "train.eval_every=3", "quantize.dtypes=[int8,int4]", "distill.qat=null")
 
 
 def test_experiment_two_seeds_writes_summary_and_reports_then_skips_done_steps(tmp_path):

@@ -28,11 +28,13 @@ LOCK_FILE = ".lock"
 _held: Dict[str, IO[str]] = {}  # output dir -> the open lock file (closing it releases the lock)
 
 
-def hold_output_dir(out_dir: Path) -> None:
+def hold_output_dir(out_dir: Path, wait_s: float = 10.0) -> None:
     """Create ``out_dir`` if needed and hold its lock until this process exits.
 
     Args:
         out_dir (Path): the run's output directory.
+        wait_s (float): how long to wait for a holder to go away (a run that was just
+            killed, whose ranks are still exiting) before giving up.
 
     Raises:
         ConfigError: the directory cannot be created or written, or another live run holds it.
@@ -47,14 +49,20 @@ def hold_output_dir(out_dir: Path) -> None:
     except OSError as e:
         raise ConfigError(f"cannot write to the output directory {out_dir} ({e.strerror}); pass a writable "
                           "--output-dir (or output_dir=…)") from None
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.seek(0)
-        holder = fh.read().strip() or "unknown"
-        fh.close()
-        raise ConfigError(f"{out_dir} is in use by another run ({holder}); wait for it to finish or pass another "
-                          "--output-dir") from None
+    deadline = time.monotonic() + wait_s  # a run killed a moment ago releases its lock as it exits
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            if time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise ConfigError(f"{out_dir} is in use by another run ({holder}); wait for it to finish or pass another "
+                              "--output-dir") from None
     fh.seek(0)
     fh.truncate()
     fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),

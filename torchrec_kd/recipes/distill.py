@@ -182,13 +182,15 @@ def resolve_teachers(cfg: RunConfig, sparse_names: List[str], num_embeddings: Li
     return specs
 
 
+def teacher_digest(checkpoint: Path) -> str:
+    """A teacher checkpoint's recorded fingerprint (one from before fingerprints: its file digest)."""
+    recorded = read_recorded(read_meta(checkpoint))
+    return recorded["digest"] if recorded else "sha256:" + checkpoint_fingerprint(checkpoint)[:16]
+
+
 def teacher_digests(teachers: List[TeacherSpec]) -> str:
-    """The teachers' recorded fingerprints (a checkpoint from before fingerprints: its file digest)."""
-    digests = []
-    for t in teachers:
-        recorded = read_recorded(read_meta(t.checkpoint))
-        digests.append(recorded["digest"] if recorded else "sha256:" + checkpoint_fingerprint(t.checkpoint)[:16])
-    return ",".join(digests)
+    """The teachers' digests, comma-joined: what a distilled student's fingerprint records of them."""
+    return ",".join(teacher_digest(t.checkpoint) for t in teachers)
 
 
 def warn_if_teacher_not_better(cfg: RunConfig, teacher_checkpoint: Path) -> Optional[str]:

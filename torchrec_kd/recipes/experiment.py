@@ -29,9 +29,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch.distributed as dist
 
-from torchrec_kd.checkpoint import read_meta
 from torchrec_kd.config import RunConfig
-from torchrec_kd.fingerprint import describe_change, read_recorded, step_fingerprint
+from torchrec_kd.fingerprint import describe_change, step_fingerprint
 from torchrec_kd.distributed.env import init_distributed
 from torchrec_kd.recipes import distill, quantize, report, train_model
 from torchrec_kd.report import REPORT_MD
@@ -47,16 +46,15 @@ def expected_fingerprints(cfg: RunConfig) -> Dict[str, Dict[str, Any]]:
     """The fingerprint each step's artifact must record to count as done for ``cfg``.
 
     Computed from the config alone (and the recorded fingerprints of teachers this
-    experiment does not train), so a changed step and everything after it are seen stale
-    before anything runs.
+    experiment does not train), so every stale step is known before anything runs.
     """
     exp = {"teacher": step_fingerprint(cfg, "teacher"), "student": step_fingerprint(cfg, "student")}
     external = [e.checkpoint for e in cfg.distill.teachers] or (
         [cfg.distill.teacher_checkpoint] if cfg.distill.teacher_checkpoint else [])
     teachers = exp["teacher"]["digest"]
-    if external:
-        recorded = [read_recorded(read_meta(Path(p))) if (Path(p) / "meta.json").is_file() else None for p in external]
-        teachers = ",".join(r["digest"] if r else "missing" for r in recorded)
+    if external:  # not trained here: what distill will record of them (missing: it will stop with an error)
+        teachers = ",".join(distill.teacher_digest(Path(p)) if (Path(p) / "meta.json").is_file() else "missing"
+                            for p in external)
     for name in ("distilled", "distilled_qat"):
         exp[name] = step_fingerprint(cfg, name, {"teachers": teachers})
         for dtype in ("int8", "int4", "int2", "fp16"):
