@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from torchrec_kd.config import RunConfig
+from torchrec_kd.training.budget import budget_spec
 
 # train keys that cannot change what a run computes
 _TRAIN_IGNORED = ("log_every", "checkpoint_every", "keep_checkpoints", "resume")
@@ -68,20 +69,10 @@ def data_identity(cfg: RunConfig) -> Dict[str, Any]:
     return out
 
 
-def _budget(cfg: RunConfig, role: str) -> Dict[str, Any]:
-    """The role's maximum budget as configured (resolved like ``training.budget.max_steps``)."""
-    t = cfg.train
-    if role == "teacher" and t.teacher_epochs is not None:
-        return {"epochs": t.teacher_epochs}
-    if role == "teacher" and t.teacher_steps is not None:
-        return {"steps": t.teacher_steps}
-    return {"epochs": t.epochs} if t.epochs is not None else {"steps": t.steps}
-
-
 def _training(cfg: RunConfig, role: str) -> Dict[str, Any]:
     train = {k: v for k, v in dataclasses.asdict(cfg.train).items()
              if k not in _TRAIN_IGNORED and k not in ("steps", "teacher_steps", "epochs", "teacher_epochs")}
-    return {"seed": cfg.seed, "train": train, "budget": _budget(cfg, role)}
+    return {"seed": cfg.seed, "train": train, "budget": budget_spec(cfg.train, role)}
 
 
 def base_inputs(cfg: RunConfig) -> Dict[str, Any]:
@@ -120,7 +111,7 @@ def step_fingerprint(cfg: RunConfig, step: str, upstream: Optional[Mapping[str, 
         distill["teacher_weights"] = [t.weight for t in cfg.distill.teachers]
         inputs = {"step": step, **base, "distill": distill, "teachers": upstream.get("teachers")}
     else:
-        source, _, dtype = step.rpartition("_")
+        dtype = step.rpartition("_")[2]
         inputs = {"step": step, "source": upstream.get("source"), "dtype": dtype,
                   "tables": {k: v for k, v in cfg.quantize.tables.items()}}
     return {"digest": digest(inputs), "inputs": inputs, "base": digest(base)}

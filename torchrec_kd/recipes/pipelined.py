@@ -8,6 +8,7 @@ returns ``(loss, (loss, logits, …))``) and ``optimizer``, then calls :meth:`ma
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -153,8 +154,6 @@ class PipelinedRecipe:
         Raises:
             ConfigError: naming the checkpoint, what changed and what to do.
         """
-        import json
-
         try:
             saved = json.loads((latest / "meta.json").read_text()).get("fingerprint") or {}
         except (OSError, ValueError):

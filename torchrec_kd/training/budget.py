@@ -6,9 +6,22 @@ distilled student share, so neither gets more data than the other.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict
 
 from torchrec_kd.config import ConfigError, TrainConfig
+
+
+def budget_spec(train: TrainConfig, role: str = "student") -> Dict[str, int]:
+    """The role's maximum budget as configured: ``{"epochs": n}`` or ``{"steps": n}``.
+
+    The teacher's own ``teacher_epochs`` or ``teacher_steps`` (in that order) win over the
+    student's ``epochs`` / ``steps``; an epochs budget wins over a steps budget.
+    """
+    if role == "teacher" and train.teacher_epochs is not None:
+        return {"epochs": train.teacher_epochs}
+    if role == "teacher" and train.teacher_steps is not None:
+        return {"steps": train.teacher_steps}
+    return {"epochs": train.epochs} if train.epochs is not None else {"steps": train.steps}
 
 
 def max_steps(train: TrainConfig, data: Any, batch_size: int, role: str = "student") -> int:
@@ -31,13 +44,10 @@ def max_steps(train: TrainConfig, data: Any, batch_size: int, role: str = "stude
     Raises:
         ConfigError: an epochs budget on an endless train stream.
     """
-    steps, epochs = train.steps, train.epochs
-    if role == "teacher" and train.teacher_epochs is not None:
-        epochs = train.teacher_epochs
-    elif role == "teacher" and train.teacher_steps is not None:
-        steps, epochs = train.teacher_steps, None
-    if epochs is None:
-        return steps
+    spec = budget_spec(train, role)
+    if "steps" in spec:
+        return spec["steps"]
+    epochs = spec["epochs"]
     per_epoch = data.num_batches("train", batch_size)
     if per_epoch is None:
         raise ConfigError("train.epochs / train.teacher_epochs need a finite train split, but the synthetic stream "
