@@ -35,7 +35,9 @@ TORCHX := $(VENV)/bin/torchx run -s local_cwd
 demo: $(STAMP)
 	$(TORCHX) components/kd.py:experiment -j 1x2 --config $(DEMO_CONFIG)
 
+# lint (ruff), then the tests (tests/test_architecture.py checks the import layers with lint-imports)
 test: $(STAMP)
+	$(VENV)/bin/ruff check --quiet .
 	$(PY) -m pytest -q tests
 
 # the performance suite (training, inference, memory, scale -> benchmarks/results/latest.json),

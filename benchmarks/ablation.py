@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from launch import run_cli as _run  # noqa: E402
 
-from torchrec_kd.summary import paired_interval  # noqa: E402
+from torchrec_kd.reporting.summary import paired_interval  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

@@ -18,9 +18,9 @@ import torch
 
 from torchrec_kd.config import load_config
 from torchrec_kd.data import build_data
-from torchrec_kd.latency import latency_profile
 from torchrec_kd.models.dlrm import build_dlrm, make_tables
-from torchrec_kd.quantization import embedding_storage_bytes_per_table, floor_bytes_per_row, quantize_dlrm
+from torchrec_kd.quant.embeddings import embedding_storage_bytes_per_table, floor_bytes_per_row, quantize_dlrm
+from torchrec_kd.reporting.latency import latency_profile
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH_SIZES = (1, 64, 2048)

@@ -39,23 +39,23 @@ def _worker(a: argparse.Namespace) -> None:
     from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
     from torchrec_kd.config import load_config
+    from torchrec_kd.data import build_data
     from torchrec_kd.distill.freeze import freeze_sharded, freeze_teacher_tables
     from torchrec_kd.distill.model import DistillationModel
-    from torchrec_kd.distill.quantized_teacher import quantize_frozen_tables
     from torchrec_kd.distributed.env import init_distributed
-    from torchrec_kd.distributed.init import init_weights
     from torchrec_kd.distributed.sharding import add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard
-    from torchrec_kd.data import build_data
     from torchrec_kd.losses import build_loss
     from torchrec_kd.models.dlrm import build_dlrm, make_tables, tables_stored_as
-    from torchrec_kd.recipes.train_model import TrainModelRecipe
+    from torchrec_kd.models.init import init_weights
+    from torchrec_kd.quant.int8_teacher import quantize_frozen_tables
+    from torchrec_kd.training.model_run import TrainModelRun
 
     cfg = load_config(a.config, [f"data.synthetic.num_embeddings={a.total_rows // FEATURES}",
                                  f"data.batch_size={a.batch}", f"output_dir={a.out}", "train.eval_every=0"])
     env = init_distributed(cfg.distributed)
     total = a.warmup + a.steps * a.repeats
     if a.phase in ("teacher_train", "student"):
-        recipe = TrainModelRecipe(cfg, "teacher" if a.phase == "teacher_train" else "student")
+        recipe = TrainModelRun(cfg, "teacher" if a.phase == "teacher_train" else "student")
         recipe.setup()
         model, pipeline, data = recipe.model, recipe.pipeline, recipe.data
     else:

@@ -53,7 +53,8 @@ def targets(r: Dict[str, Any]) -> List[List[Any]]:
                 out.append([f"at scale, during the steps: teacher's share of distillation / of training <= 1/3 ({what} tables)",
                             round(big[key], 3), big[key] <= 1 / 3])
     if "50000000" in r["scale"]:
-        out.append(["50 M-row teacher trains and distills on 2 ranks", round(r["scale"]["50000000"]["distill_peak_rss_gib"], 2), True])
+        peak = round(r["scale"]["50000000"]["distill_peak_rss_gib"], 2)
+        out.append(["50 M-row teacher trains and distills on 2 ranks", peak, True])
     return out
 
 
@@ -76,11 +77,14 @@ def markdown(r: Dict[str, Any]) -> str:
     for name, sizes in r["inference"].items():
         for b, v in sizes.items():
             lines.append(f"| {name} | {b[1:]} | {v['p50_ms']:.3f} | {v['p99_ms']:.3f} | {v['samples_per_s']:,.0f} |")
-    lines += ["", "## Bytes per embedding row (floor)", "", "| dtype | " + " | ".join(next(iter(r["memory_per_row"].values()))) + " |",
+    dims_header = " | ".join(next(iter(r["memory_per_row"].values())))
+    lines += ["", "## Bytes per embedding row (floor)", "", "| dtype | " + dims_header + " |",
               "|---" * (1 + len(next(iter(r["memory_per_row"].values())))) + "|"]
     for dtype, dims in r["memory_per_row"].items():
-        lines.append(f"| {dtype} | " + " | ".join(f"{v['bytes_per_row']:.0f} ({v['floor_bytes_per_row']})" for v in dims.values()) + " |")
-    lines += ["", "## Scale (2 ranks)", "", "| total rows | teacher step s | teacher peak GiB | distill step s | distill peak GiB |",
+        cells = " | ".join(f"{v['bytes_per_row']:.0f} ({v['floor_bytes_per_row']})" for v in dims.values())
+        lines.append(f"| {dtype} | {cells} |")
+    lines += ["", "## Scale (2 ranks)", "",
+              "| total rows | teacher step s | teacher peak GiB | distill step s | distill peak GiB |",
               "|---|---|---|---|---|"]
     for rows, v in r["scale"].items():
         lines.append(f"| {int(rows):,} | {v['step_s']:.3f} | {v['peak_rss_gib']:.2f} | {v['distill_step_s']:.3f} | "
@@ -105,7 +109,8 @@ def markdown(r: Dict[str, Any]) -> str:
     sweep = r.get("batch_sweep", {})
     if sweep:
         lines += ["", f"Batch sweep at {sweep['total_rows']:,} rows (teacher train): " + ", ".join(
-            f"b{b}: {v['samples_per_s']:,.0f} samples/s, {v['peak_rss_gib']:.2f} GiB" for b, v in sweep.items() if b != "total_rows")]
+            f"b{b}: {v['samples_per_s']:,.0f} samples/s, {v['peak_rss_gib']:.2f} GiB"
+            for b, v in sweep.items() if b != "total_rows")]
     lines += ["", "## Targets", "", "| target | value | met |", "|---|---|---|"]
     lines += [f"| {n} | {v} | {'yes' if ok else 'no'} |" for n, v, ok in r["targets"]]
     return "\n".join(lines) + "\n"

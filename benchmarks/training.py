@@ -94,6 +94,7 @@ def _time_steps(step, steps: int, repeats: int, warmup: int) -> List[float]:
 
 def _worker(a: argparse.Namespace) -> None:
     import torch
+
     from torchrec_kd.config import load_config
     from torchrec_kd.distributed.env import init_distributed
 
@@ -112,17 +113,17 @@ def _worker(a: argparse.Namespace) -> None:
     prof_rows = None
     if a.phase != "teacher_forward":
         if a.phase in ("student", "teacher_train"):
-            from torchrec_kd.recipes.train_model import TrainModelRecipe
+            from torchrec_kd.training.model_run import TrainModelRun
 
-            recipe = TrainModelRecipe(cfg, "student" if a.phase == "student" else "teacher")
+            recipe = TrainModelRun(cfg, "student" if a.phase == "student" else "teacher")
         else:
-            from torchrec_kd.recipes.distill import DistillRecipe
+            from torchrec_kd.training.distill_run import DistillRun
 
             if a.phase == "offline_kd":
                 cfg.distill.offline = True
             if a.phase in ("online_kd_fp16_teacher", "online_kd_int8_teacher"):
                 cfg.distill.teacher_dtype = a.phase.split("_")[2]
-            recipe = DistillRecipe(cfg)
+            recipe = DistillRun(cfg)
         recipe.setup()
         data = recipe.data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=total)
         batches = list(data)

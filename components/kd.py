@@ -4,7 +4,10 @@ under torchrun via ``torchx.components.dist.ddp``.
 Run them by path; the scheduler picks where::
 
     torchx run -s local_cwd components/kd.py:train_teacher -j 1x2 --config configs/dlrm_teacher_synthetic.yaml
-    torchx run -s kubernetes components/kd.py:train_teacher -j 4x8 --image <your image> --python python ...
+    torchx run -s kubernetes --workspace "" components/kd.py:train_teacher -j 4x8 --gpu 8 --image <your image> --python python ...
+
+(``--workspace ""``: run the image as it is; without it TorchX first builds a new image of this
+directory with docker.)
 """
 
 import sys
@@ -17,8 +20,30 @@ from torchx.components import dist
 DEFAULT_CONFIG = "configs/dlrm_teacher_synthetic.yaml"
 
 
+# Per node: without GPUs, what a 2-core laptop or CI runner has; with GPUs, per GPU, what a
+# typical 8-GPU training host gives each one (12 of 96 cores, 128 of 1024 GB).
+CPU_ONLY_CPUS, CPU_ONLY_MEM_MB = 2, 8192
+CPUS_PER_GPU, MEM_MB_PER_GPU = 12, 131072
+
+
+def resources(gpu: int, cpu: Optional[int], memMB: Optional[int]) -> tuple:
+    """CPUs and memory per node: what was asked for, else scaled with the GPUs.
+
+    Args:
+        gpu (int): GPUs per node.
+        cpu (Optional[int]): CPUs asked for (None: the default for ``gpu``; TorchX may pass a string).
+        memMB (Optional[int]): memory asked for in MB (None: the default for ``gpu``).
+
+    Returns:
+        tuple: (cpu, memMB).
+    """
+    default_cpu, default_mem = (CPUS_PER_GPU * gpu, MEM_MB_PER_GPU * gpu) if gpu > 0 else (CPU_ONLY_CPUS, CPU_ONLY_MEM_MB)
+    # TorchX parses an Optional[int] argument as a string
+    return (int(cpu) if cpu is not None else default_cpu), (int(memMB) if memMB is not None else default_mem)
+
+
 def _launch(command: str, script_args: tuple, config: str, output_dir: Optional[str], j: str, image: str,
-            python: str, cpu: int, memMB: int, gpu: int, h: Optional[str], max_retries: int,
+            python: str, cpu: Optional[int], memMB: Optional[int], gpu: int, h: Optional[str], max_retries: int,
             env: Optional[Dict[str, str]], name: Optional[str], options: tuple = ()) -> specs.AppDef:
     """``dist.ddp`` running the CLI, with torchrun started as ``<python> -m torchrec_kd.launch``.
 
@@ -27,6 +52,11 @@ def _launch(command: str, script_args: tuple, config: str, output_dir: Optional[
     ``torchrec_kd.launch`` is torchrun itself, except that bad input ends the job with
     rank 0's one-line error and exit code 2 instead of torchrun's failure report.
     """
+    nproc = j.split("x")[-1]
+    if gpu > 0 and nproc.isdigit() and int(nproc) != gpu:
+        raise ValueError(f"-j {j} starts {nproc} processes per node but --gpu {gpu} gives each node {gpu} GPUs; "
+                         f"run one process per GPU, e.g. -j {j.split('x')[0] if 'x' in j else 1}x{gpu}")
+    cpu, memMB = resources(gpu, cpu, memMB)
     args = [command, "--config", config]
     if output_dir:
         args += ["--output-dir", output_dir]
@@ -43,15 +73,17 @@ def _launch(command: str, script_args: tuple, config: str, output_dir: Optional[
 
 _ARGS_DOC = """
     Args:
-        script_args: config overrides as dotted key=value (e.g. train.steps=100)
+        script_args: config overrides, dotted key=value (e.g. train.steps=100); optional,
+            whatever the "(required)" TorchX prints after this says
         config: YAML run config, relative to the job's working directory
         output_dir: where results go (default outputs/<run_name>)
         j: {nnodes}x{nproc_per_node}: 1x2 is two processes on one host
         image: container image (ignored by local_cwd, which runs in this directory)
-        python: interpreter on the hosts that runs torchrun; the default is the one running torchx (right for local_cwd); use "python" for images
-        cpu: CPUs per node
-        memMB: memory per node in MB
-        gpu: GPUs per node (the job uses nccl when GPUs are present)
+        python: interpreter on the hosts that runs torchrun; the default is the one running torchx
+            (right for local_cwd); use "python" for images
+        cpu: CPUs per node (default 2 without GPUs, 12 per GPU with them)
+        memMB: memory per node in MB (default 8192 without GPUs, 131072 per GPU with them)
+        gpu: GPUs per node, one process each (-j 1x8 with --gpu 8); the job then uses nccl
         h: a registered named resource (overrides cpu/gpu/memMB)
         max_retries: scheduler restarts on failure
         env: extra environment variables, e.g. LOGLEVEL=INFO
@@ -69,8 +101,8 @@ def train_teacher(
     j: str = "1x2",
     image: str = torchx.IMAGE,
     python: str = sys.executable,
-    cpu: int = 2,
-    memMB: int = 8192,
+    cpu: Optional[int] = None,
+    memMB: Optional[int] = None,
     gpu: int = 0,
     h: Optional[str] = None,
     max_retries: int = 0,
@@ -88,8 +120,8 @@ def train_student(
     j: str = "1x2",
     image: str = torchx.IMAGE,
     python: str = sys.executable,
-    cpu: int = 2,
-    memMB: int = 8192,
+    cpu: Optional[int] = None,
+    memMB: Optional[int] = None,
     gpu: int = 0,
     h: Optional[str] = None,
     max_retries: int = 0,
@@ -107,8 +139,8 @@ def distill(
     j: str = "1x2",
     image: str = torchx.IMAGE,
     python: str = sys.executable,
-    cpu: int = 2,
-    memMB: int = 8192,
+    cpu: Optional[int] = None,
+    memMB: Optional[int] = None,
     gpu: int = 0,
     h: Optional[str] = None,
     max_retries: int = 0,
@@ -126,8 +158,8 @@ def distill_qat(
     j: str = "1x2",
     image: str = torchx.IMAGE,
     python: str = sys.executable,
-    cpu: int = 2,
-    memMB: int = 8192,
+    cpu: Optional[int] = None,
+    memMB: Optional[int] = None,
     gpu: int = 0,
     h: Optional[str] = None,
     max_retries: int = 0,
@@ -145,8 +177,8 @@ def score_teacher(
     j: str = "1x2",
     image: str = torchx.IMAGE,
     python: str = sys.executable,
-    cpu: int = 2,
-    memMB: int = 8192,
+    cpu: Optional[int] = None,
+    memMB: Optional[int] = None,
     gpu: int = 0,
     h: Optional[str] = None,
     max_retries: int = 0,
@@ -164,8 +196,8 @@ def quantize(
     j: str = "1x2",
     image: str = torchx.IMAGE,
     python: str = sys.executable,
-    cpu: int = 2,
-    memMB: int = 8192,
+    cpu: Optional[int] = None,
+    memMB: Optional[int] = None,
     gpu: int = 0,
     h: Optional[str] = None,
     max_retries: int = 0,
@@ -183,8 +215,8 @@ def experiment(
     j: str = "1x2",
     image: str = torchx.IMAGE,
     python: str = sys.executable,
-    cpu: int = 2,
-    memMB: int = 8192,
+    cpu: Optional[int] = None,
+    memMB: Optional[int] = None,
     gpu: int = 0,
     h: Optional[str] = None,
     max_retries: int = 0,
@@ -205,8 +237,8 @@ def report(
     j: str = "1x1",
     image: str = torchx.IMAGE,
     python: str = sys.executable,
-    cpu: int = 2,
-    memMB: int = 8192,
+    cpu: Optional[int] = None,
+    memMB: Optional[int] = None,
     gpu: int = 0,
     h: Optional[str] = None,
     max_retries: int = 0,
@@ -225,8 +257,8 @@ def export(
     j: str = "1x2",
     image: str = torchx.IMAGE,
     python: str = sys.executable,
-    cpu: int = 2,
-    memMB: int = 8192,
+    cpu: Optional[int] = None,
+    memMB: Optional[int] = None,
     gpu: int = 0,
     h: Optional[str] = None,
     max_retries: int = 0,
@@ -246,8 +278,8 @@ def evaluate(
     j: str = "1x2",
     image: str = torchx.IMAGE,
     python: str = sys.executable,
-    cpu: int = 2,
-    memMB: int = 8192,
+    cpu: Optional[int] = None,
+    memMB: Optional[int] = None,
     gpu: int = 0,
     h: Optional[str] = None,
     max_retries: int = 0,
@@ -268,8 +300,8 @@ def predict(
     j: str = "1x2",
     image: str = torchx.IMAGE,
     python: str = sys.executable,
-    cpu: int = 2,
-    memMB: int = 8192,
+    cpu: Optional[int] = None,
+    memMB: Optional[int] = None,
     gpu: int = 0,
     h: Optional[str] = None,
     max_retries: int = 0,

@@ -82,7 +82,7 @@ def run_ranks(fn: Callable[..., Any], world_size: int, tmp_path: Path, *args: An
             raise RuntimeError(f"{fn.__name__}: rank {e.error_index} died ({e.signal_name or e.exit_code}); "
                                f"ranks that had returned: {finished}\n{tail}") from e
         warnings.warn(f"{fn.__name__}: every rank returned, then rank {e.error_index} died in teardown "
-                      f"({e.signal_name or e.exit_code})\n{tail}")
+                      f"({e.signal_name or e.exit_code})\n{tail}", stacklevel=2)
     finally:
         sys.stderr.write(_logs(out, world_size))
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world_size)]

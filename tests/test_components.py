@@ -5,13 +5,11 @@ import subprocess
 import sys
 
 import pytest
-
 from torchx import specs
 from torchx.runner import get_runner
 
 from components import kd
 from tests.conftest import REPO, TINY
-
 
 COMPONENTS = {"train_teacher": "train-teacher", "train_student": "train-student", "distill": "distill",
               "distill_qat": "distill-qat", "score_teacher": "score-teacher",

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from tests.conftest import REPO, SHARED
 from torchrec_kd.config import ConfigError, CriteoDataConfig, DataConfig, load_config
 from torchrec_kd.data import build_data
-from torchrec_kd.data.bad_rows import DataError
 from torchrec_kd.data.criteo import CriteoNpyLog, CriteoTsvLog
 from torchrec_kd.data.preprocess import preprocess_criteo
+from torchrec_kd.errors import DataError
 
 SAMPLE = SHARED / "data" / "criteo_sample.tsv"
 TABLES = [1000 + 37 * i for i in range(26)]  # distinct sizes catch a feature/table mix-up

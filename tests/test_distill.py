@@ -8,8 +8,8 @@ from tests.conftest import TINY
 from tests.multiprocess import run_ranks
 from torchrec_kd.config import load_config
 from torchrec_kd.distributed.state import local_tensors
-from torchrec_kd.recipes.distill import DistillRecipe
-from torchrec_kd.recipes.train_model import TrainModelRecipe
+from torchrec_kd.training.distill_run import DistillRun
+from torchrec_kd.training.model_run import TrainModelRun
 
 STEPS = 5
 
@@ -19,7 +19,7 @@ def _overrides(out_dir):
 
 
 def _train_teacher(rank, world_size, out_dir):
-    r = TrainModelRecipe(load_config(TINY, _overrides(out_dir)), "teacher")
+    r = TrainModelRun(load_config(TINY, _overrides(out_dir)), "teacher")
     r.setup()
     r.train()
     r.save({})
@@ -27,7 +27,7 @@ def _train_teacher(rank, world_size, out_dir):
 
 def _distill_pipelined_vs_eager(rank, world_size, out_dir):
     cfg = load_config(TINY, _overrides(out_dir))
-    piped, eager = DistillRecipe(cfg), DistillRecipe(cfg)
+    piped, eager = DistillRun(cfg), DistillRun(cfg)
     piped.setup()
     eager.setup()
     teacher_before = local_tensors(piped.model, "teachers.")
@@ -51,7 +51,8 @@ def _distill_pipelined_vs_eager(rank, world_size, out_dir):
     teacher_fused_state = {name: sum(len(s) for s in opt.state.values())
                            for name, opt in model.fused_optimizer.optimizers if name.startswith("teachers.")}
     return {
-        "pipelined": sorted(m._module_fqn if hasattr(m, "_module_fqn") else type(m).__name__ for m in pipeline._pipelined_modules),
+        "pipelined": sorted(m._module_fqn if hasattr(m, "_module_fqn") else type(m).__name__
+                            for m in pipeline._pipelined_modules),
         "n_pipelined": len(pipeline._pipelined_modules),
         "student_diff": student_diff, "teacher_diff": teacher_diff,
         "student_weight_diff": max(float((v - se[k]).abs().max()) for k, v in sp.items() if v.numel()),

@@ -5,14 +5,15 @@ import torch
 
 from tests.conftest import TINY
 from tests.multiprocess import run_ranks
-from torchrec_kd.checkpoint import read_meta
-from torchrec_kd.config import ConfigError, load_config
+from torchrec_kd.checkpoint.model_io import read_meta
+from torchrec_kd.config import load_config
 from torchrec_kd.distributed.state import local_tensors
-from torchrec_kd.quantization import quantize_dlrm
+from torchrec_kd.errors import UserError
+from torchrec_kd.quant.embeddings import quantize_dlrm
 from torchrec_kd.recipes import score_teacher
-from torchrec_kd.recipes.distill import DistillRecipe
 from torchrec_kd.recipes.quantize import load_float_model
-from torchrec_kd.recipes.train_model import TrainModelRecipe
+from torchrec_kd.training.distill_run import DistillRun
+from torchrec_kd.training.model_run import TrainModelRun
 
 STEPS = 6
 
@@ -22,7 +23,7 @@ def _cfg(out, *extra):
 
 
 def _train_teacher(rank, world_size, out, *extra):
-    r = TrainModelRecipe(_cfg(out, *extra), "teacher")
+    r = TrainModelRun(_cfg(out, *extra), "teacher")
     r.setup()
     r.train()
     r.save({})
@@ -39,7 +40,7 @@ def teachers(tmp_path_factory):
 
 
 def _distill(rank, world_size, out, qat, *extra):
-    r = DistillRecipe(_cfg(out, *extra), qat=qat)
+    r = DistillRun(_cfg(out, *extra), qat=qat)
     r.setup()
     stats = r.train()
     entry = r.save(r.evaluate("test"))
@@ -78,7 +79,7 @@ def _score(rank, world_size, out, *extra):
 def _try_offline(rank, world_size, out, *extra):
     try:
         _distill(rank, world_size, out, None, "distill.offline=true", *extra)
-    except ConfigError as e:
+    except UserError as e:
         return str(e)
     return None
 
@@ -160,14 +161,14 @@ def test_privileged_feature_must_exist_and_teacher_prefixes_must_differ(teachers
 def _try_offline_online(rank, world_size, out, *extra):
     try:
         _distill(rank, world_size, out, None, *extra)
-    except ConfigError as e:
+    except UserError as e:
         return str(e)
     return None
 
 
 def _score_by_teacher_dtype(rank, world_size, out, ckpt):
-    from torchrec_kd.distill.quantized_teacher import int8_bags
     from torchrec_kd.distributed.env import init_distributed
+    from torchrec_kd.quant.int8_teacher import int8_bags
 
     got = {}
     for dtype in ("fp32", "fp16", "int8"):

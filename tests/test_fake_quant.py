@@ -6,8 +6,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_kd.config import ModelConfig
 from torchrec_kd.models.dlrm import build_dlrm, make_tables
-from torchrec_kd.qat.fake_quant import fake_quantize_rows, quantize_dequantize_rows
-from torchrec_kd.quantization import dequantized_tables, quantize_dlrm
+from torchrec_kd.quant.embeddings import dequantized_tables, quantize_dlrm
+from torchrec_kd.quant.fake_quant import fake_quantize_rows, quantize_dequantize_rows
 
 FEATS = ["f0", "f1", "f2"]
 
@@ -17,7 +17,7 @@ def _model(dim):
     model = build_dlrm(cfg, make_tables(cfg, FEATS, [60, 300, 7]), 4, device=torch.device("cpu"))
     g = torch.Generator().manual_seed(dim)
     with torch.no_grad():
-        for i, (name, bag) in enumerate(model.sparse_arch.embedding_bag_collection.embedding_bags.items()):
+        for i, (_name, bag) in enumerate(model.sparse_arch.embedding_bag_collection.embedding_bags.items()):
             w = bag.weight
             w.copy_(torch.randn(w.shape, generator=g) * torch.rand(w.shape[0], 1, generator=g) * (1 + 3 * i))
             w[0] = 0.25             # a constant row
@@ -66,7 +66,7 @@ def test_straight_through_gradient_and_bad_dtype():
 def test_qat_start_pools_fp32_rows_until_its_step_and_eval_always_quantizes():
     from torchrec.sparse.jagged_tensor import JaggedTensor
 
-    from torchrec_kd.qat.sparse_arch import FakeQuantSumPool
+    from torchrec_kd.quant.qat import FakeQuantSumPool
 
     rows = torch.randn(5, 8) * 3
     embedded = {"a": JaggedTensor(values=rows[:3], lengths=torch.tensor([2, 1])),

@@ -12,8 +12,8 @@ import torch
 from tests.conftest import REPO, TINY
 from torchrec_kd.config import EarlyStoppingConfig, SyntheticDataConfig
 from torchrec_kd.data.synthetic import SyntheticClickLog
-from torchrec_kd.report import kd_summary
-from torchrec_kd.summary import paired_interval, summarize, summary_markdown, t_quantile_975, teacher_warning
+from torchrec_kd.reporting.report import kd_summary
+from torchrec_kd.reporting.summary import paired_interval, summarize, summary_markdown, t_quantile_975, teacher_warning
 from torchrec_kd.training.selection import ModelSelector
 
 # a run built to overfit: 4 batches of rows seen again and again at a high learning rate
@@ -69,7 +69,8 @@ def test_summary_says_significant_only_when_the_interval_excludes_zero():
     gain = clear["kd_gain"]
     assert clear["seeds"] == [0, 1, 2] and gain["significant"] and gain["auc_ci95"][0] > 0
     assert gain["auc_mean"] == pytest.approx(0.012)
-    assert clear["models"]["student"]["auc_mean"] == pytest.approx(0.70) and clear["models"]["student"]["auc_std"] == pytest.approx(0, abs=1e-12)
+    assert clear["models"]["student"]["auc_mean"] == pytest.approx(0.70)
+    assert clear["models"]["student"]["auc_std"] == pytest.approx(0, abs=1e-12)
     assert gain["gap_recovered"] == pytest.approx(0.12)
     md = summary_markdown(clear, "run")
     assert "+0.0120 test AUC (95% CI +0.0095 to +0.0145, 3 seeds" in md and ": significant." in md
@@ -165,7 +166,7 @@ def test_validation_mid_run_does_not_change_training_on_two_ranks(tmp_path):
 
 def test_budget_in_epochs_or_steps_and_the_teachers_own():
     from torchrec_kd.config import ConfigError, TrainConfig
-    from torchrec_kd.training.budget import max_steps
+    from torchrec_kd.core.budget import max_steps
 
     class Finite:
         def num_batches(self, split, batch_size):

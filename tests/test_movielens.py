@@ -13,8 +13,8 @@ import torch
 
 from tests.conftest import REPO
 from torchrec_kd.config import ConfigError, MovieLensDataConfig, load_config
-from torchrec_kd.data.bad_rows import DataError
 from torchrec_kd.data.movielens import SPARSE_NAMES, MovieLensClickLog
+from torchrec_kd.errors import DataError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ml-100k-tiny"
 OCC = ["administrator", "artist", "doctor", "educator", "engineer", "entertainment", "executive", "healthcare",
@@ -156,7 +156,9 @@ def test_missing_inputs_are_clear_errors(tmp_path):
 def test_rank_shares_and_epochs():
     log = MovieLensClickLog(MovieLensDataConfig(path=str(FIXTURE), val_fraction=0.0, test_fraction=0.0), seed=3,
                             verbose=False)
-    key = lambda r: (r["user_id"][0], r["item_id"][0])  # unique per rating in the fixture
+    def key(r):  # unique per rating in the fixture
+        return r["user_id"][0], r["item_id"][0]
+
     one = [[key(r) for r in _rows(b)] for b in log.batches("train", 4, num_batches=6)]
     two = [[[key(r) for r in _rows(b)] for b in log.batches("train", 4, rank, 2, num_batches=6)] for rank in (0, 1)]
     assert [a + b for a, b in zip(*two)] == one  # same global batches on 1 and 2 ranks

@@ -111,10 +111,10 @@ def test_4_a_negative_budget_is_refused(tmp_path):
 
 
 def test_5_one_run_per_output_dir(tmp_path):
-    from torchrec_kd.run_lock import hold_output_dir
+    from torchrec_kd.core.run_lock import hold_output_dir
 
     out = tmp_path / "busy"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from torchrec_kd.run_lock import hold_output_dir;"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from torchrec_kd.core.run_lock import hold_output_dir;"
                                f"hold_output_dir({str(out)!r}); print('held', flush=True); time.sleep(60)"],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -211,7 +211,8 @@ def test_junk_csv_and_wrong_criteo_files_are_named_and_leave_nothing(tmp_path):
     _user_error(_cli("train-teacher", "--config", str(REPO / "configs" / "criteo_kaggle.yaml"), "--output-dir",
                      str(tmp_path / "b"), f"data.criteo.path={crit}", "data.batch_size=16"),
                 "has no usable rows: every row was malformed")
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [".lock"]  # no tensorboard/, no checkpoint
+    # no tensorboard/, no checkpoint: only the lock and the log of the failed attempt
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [".lock", "run.log"]
 
 
 def test_under_torchrun_the_error_is_printed_once_without_the_launchers_traceback(tmp_path):

@@ -12,16 +12,8 @@ from torchrec.models.dlrm import DLRM
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_kd.config import ModelConfig
-from torchrec_kd.export import (
-    export_program,
-    export_torchscript,
-    load_program,
-    load_quantized,
-    load_torchscript,
-    save_quantized,
-)
 from torchrec_kd.models.dlrm import build_dlrm, build_dlrm_from_meta, make_tables
-from torchrec_kd.quantization import (
+from torchrec_kd.quant.embeddings import (
     dequantized_tables,
     embedding_storage_bytes,
     embedding_storage_bytes_per_table,
@@ -29,6 +21,14 @@ from torchrec_kd.quantization import (
     quantize_dlrm,
     quantized_ebcs,
     table_dtypes,
+)
+from torchrec_kd.quant.export import (
+    export_program,
+    export_torchscript,
+    load_program,
+    load_quantized,
+    load_torchscript,
+    save_quantized,
 )
 
 FEATURES = ["cat_0", "cat_1", "cat_2"]

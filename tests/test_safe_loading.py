@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from torchrec_kd.safe_dcp import SafeFileSystemReader, UnsafeCheckpointError
+from torchrec_kd.checkpoint.safe_dcp import SafeFileSystemReader
+from torchrec_kd.errors import UnsafeCheckpointError
 
 
 class _Payload:

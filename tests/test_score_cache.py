@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from torchrec_kd.config import ConfigError
-from torchrec_kd.distill.score_cache import (CacheSpec, ScoreCacheWriter, batch_digest, check_digest, open_cache,
-                                             write_manifest)
+from torchrec_kd.distill.score_cache import CacheSpec, ScoreCacheWriter, batch_digest, check_digest, open_cache, write_manifest
+from torchrec_kd.errors import CacheError
 
 G, STEPS, H = 8, 3, 5
 FP = {"teacher": "abc", "seed": 0}
@@ -58,28 +57,28 @@ def test_round_trip_for_any_reader_world_size(tmp_path, readers):
 
 def test_digest_is_additive_and_catches_other_data(tmp_path):
     assert torch.allclose(_digest(0, 0, 4) + _digest(0, 4, 8), _digest(0, 0, 8))
-    with pytest.raises(ConfigError, match="different data: step 1 rank 0"):
+    with pytest.raises(CacheError, match="different data: step 1 rank 0"):
         check_digest(_digest(0, 0, 8), _digest(1, 0, 8), tmp_path, 1, 0)
 
 
 def test_refusals_name_what_differs(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(CacheError, match="does not exist"):
         open_cache(tmp_path / "none", FP, steps=STEPS, global_batch=G, fields=["logits"])
     _write(tmp_path)
-    with pytest.raises(ConfigError, match='teacher="abc" but this run has teacher="xyz"'):
+    with pytest.raises(CacheError, match='teacher="abc" but this run has teacher="xyz"'):
         open_cache(tmp_path, {**FP, "teacher": "xyz"}, steps=STEPS, global_batch=G, fields=["logits"])
-    with pytest.raises(ConfigError, match="holds 3 steps, this run needs 5"):
+    with pytest.raises(CacheError, match="holds 3 steps, this run needs 5"):
         open_cache(tmp_path, FP, steps=5, global_batch=G, fields=["logits"])
-    with pytest.raises(ConfigError, match="global batch 8"):
+    with pytest.raises(CacheError, match="global batch 8"):
         open_cache(tmp_path, FP, steps=STEPS, global_batch=16, fields=["logits"])
-    with pytest.raises(ConfigError, match="no \\['embeddings'\\]"):
+    with pytest.raises(CacheError, match="no \\['embeddings'\\]"):
         open_cache(tmp_path, FP, steps=STEPS, global_batch=G, fields=["logits", "embeddings"])
     f = tmp_path / "rank1-of-2.hint.npy"
     f.write_bytes(f.read_bytes()[:-7])
-    with pytest.raises(ConfigError, match="rank1-of-2.hint.npy.*truncated"):
+    with pytest.raises(CacheError, match="rank1-of-2.hint.npy.*truncated"):
         open_cache(tmp_path, FP, steps=STEPS, global_batch=G, fields=["logits"])
     (tmp_path / "manifest.json").unlink()
-    with pytest.raises(ConfigError, match="did not finish"):
+    with pytest.raises(CacheError, match="did not finish"):
         open_cache(tmp_path, FP, steps=STEPS, global_batch=G, fields=["logits"])
 
 

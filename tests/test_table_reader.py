@@ -10,9 +10,9 @@ import torch
 from tests.conftest import REPO
 from torchrec_kd.config import ConfigError, SparseColumnConfig, TableDataConfig, load_config
 from torchrec_kd.data import build_data
-from torchrec_kd.data.bad_rows import DataError
 from torchrec_kd.data.ids import hash_strings
 from torchrec_kd.data.table import TableClickLog
+from torchrec_kd.errors import DataError
 
 FRAME = pd.DataFrame({
     "clicked": [1, 0, 0, 1, 0, 1],

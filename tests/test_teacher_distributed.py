@@ -6,17 +6,17 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from tests.conftest import TINY
 from tests.multiprocess import run_ranks
-from torchrec_kd.checkpoint import load_full_state_dict, load_module, save_model
+from torchrec_kd.checkpoint.model_io import load_full_state_dict, load_module, save_model
 from torchrec_kd.config import load_config
 from torchrec_kd.distributed.sharding import tables_per_rank
 from torchrec_kd.distributed.state import local_tensors
-from torchrec_kd.recipes.train_model import TrainModelRecipe
+from torchrec_kd.training.model_run import TrainModelRun
 
 STEPS = 6
 
 
 def _recipe(overrides=()):
-    r = TrainModelRecipe(load_config(TINY, ["train.steps=%d" % STEPS, *overrides]))
+    r = TrainModelRun(load_config(TINY, ["train.steps=%d" % STEPS, *overrides]))
     r.setup()
     return r
 

@@ -1,28 +1,64 @@
-"""torchrec_kd: distill large sharded TorchRec DLRM teachers into slim, quantized students.
+"""torchrec_kd: distill large sharded TorchRec teachers into slim, quantized students.
 
-Public API::
+Public API (imported on first use, so ``import torchrec_kd`` loads neither torchrec nor fbgemm)::
 
     from torchrec_kd import DistillationModel, build_loss, LossTermConfig, freeze_teacher_tables
     from torchrec_kd import use_fake_quant_sparse_arch, ScoredBatch, TeacherEnsemble   # QAT, offline, ensembles
     from torchrec_kd import ModelSelector, summarize, paired_interval   # model selection, honest comparisons
+
+The package map is in ``docs/architecture.md``.
 """
 
-from torchrec_kd.config import ConfigError, EarlyStoppingConfig, LossTermConfig, RunConfig, ScheduleConfig, load_config
-from torchrec_kd.data import build_data
-from torchrec_kd.data.synthetic import SyntheticClickLog
-from torchrec_kd.distill.freeze import freeze_teacher_tables
-from torchrec_kd.distill.model import DistillationModel, TeacherEnsemble
-from torchrec_kd.distill.scored_batch import ScoredBatch
-from torchrec_kd.losses import LOSSES, FeatureDims, KDInputs, KDLoss, WeightedKDLoss, build_loss, register_loss
-from torchrec_kd.qat.fake_quant import fake_quantize_rows
-from torchrec_kd.qat.sparse_arch import use_fake_quant_sparse_arch
-from torchrec_kd.quantization import quantize_dlrm
-from torchrec_kd.summary import paired_interval, summarize
-from torchrec_kd.training.selection import ModelSelector
+from __future__ import annotations
 
-__all__ = [
-    "ConfigError", "DistillationModel", "EarlyStoppingConfig", "ModelSelector", "paired_interval", "summarize", "FeatureDims", "KDInputs", "KDLoss", "LOSSES", "LossTermConfig", "RunConfig",
-    "ScheduleConfig", "ScoredBatch", "SyntheticClickLog", "TeacherEnsemble", "WeightedKDLoss", "build_data", "build_loss",
-    "fake_quantize_rows", "freeze_teacher_tables", "load_config", "quantize_dlrm", "register_loss",
-    "use_fake_quant_sparse_arch",
-]
+import importlib
+from typing import Any, Dict
+
+# public name -> the module that defines it
+_EXPORTS: Dict[str, str] = {
+    "UserError": "torchrec_kd.errors",
+    "ConfigError": "torchrec_kd.errors",
+    "DataError": "torchrec_kd.errors",
+    "CheckpointError": "torchrec_kd.errors",
+    "CacheError": "torchrec_kd.errors",
+    "EarlyStoppingConfig": "torchrec_kd.config",
+    "LossTermConfig": "torchrec_kd.config",
+    "RunConfig": "torchrec_kd.config",
+    "ScheduleConfig": "torchrec_kd.config",
+    "load_config": "torchrec_kd.config",
+    "RunLayout": "torchrec_kd.core.layout",
+    "build_data": "torchrec_kd.data",
+    "SyntheticClickLog": "torchrec_kd.data.synthetic",
+    "freeze_teacher_tables": "torchrec_kd.distill.freeze",
+    "DistillationModel": "torchrec_kd.distill.model",
+    "TeacherEnsemble": "torchrec_kd.distill.model",
+    "ScoredBatch": "torchrec_kd.distill.scored_batch",
+    "LOSSES": "torchrec_kd.losses",
+    "FeatureDims": "torchrec_kd.losses",
+    "KDInputs": "torchrec_kd.losses",
+    "KDLoss": "torchrec_kd.losses",
+    "WeightedKDLoss": "torchrec_kd.losses",
+    "build_loss": "torchrec_kd.losses",
+    "register_loss": "torchrec_kd.losses",
+    "fake_quantize_rows": "torchrec_kd.quant.fake_quant",
+    "use_fake_quant_sparse_arch": "torchrec_kd.quant.qat",
+    "quantize_dlrm": "torchrec_kd.quant.embeddings",
+    "paired_interval": "torchrec_kd.reporting.summary",
+    "summarize": "torchrec_kd.reporting.summary",
+    "ModelSelector": "torchrec_kd.training.selection",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first access (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'torchrec_kd' has no attribute '{name}'")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later accesses skip this hook
+    return value
+
+
+def __dir__() -> list:
+    return sorted(list(globals()) + __all__)

@@ -14,7 +14,9 @@ import os
 import sys
 from typing import List, Optional
 
-from torchrec_kd.config import ConfigError, RunConfig, load_config
+from torchrec_kd.config import RunConfig, config_source, load_config
+from torchrec_kd.core.console import setup_console
+from torchrec_kd.errors import ConfigError, UserError
 
 logger = logging.getLogger("torchrec_kd")
 # commands that write into the run's output directory (one run at a time there)
@@ -22,16 +24,14 @@ WRITES_OUTPUT_DIR = {"train-teacher", "train-student", "distill", "distill-qat",
                      "experiment", "evaluate", "report"}
 
 
-def _setup_logging() -> None:
-    rank = os.environ.get("RANK", "0")
-    logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        force=True)  # torchrec configures the root logger on import
-
-
 def _config_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML run config (see configs/)")
-    p.add_argument("--output-dir", help="where results go (default outputs/<run_name>)")
+    # --output_dir too: the TorchX components spell their arguments with underscores
+    p.add_argument("--output-dir", "--output_dir", dest="output_dir",
+                   help="where results go (default outputs/<run_name>)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also show third-party logs and warnings on the console (always in <output_dir>/run.log); "
+                        "LOGLEVEL=INFO does the same")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100")
     return p
 
@@ -107,7 +107,7 @@ def _dispatch(args: argparse.Namespace, cfg: RunConfig) -> None:
         # a QAT student is exported in the format it was trained for
         run_quantize(cfg, args.source, [cfg.distill.qat] if args.source == "distilled_qat" and cfg.distill.qat else None)
     elif args.command == "experiment":
-        from torchrec_kd.recipes.experiment import run as run_experiment
+        from torchrec_kd.workflows.experiment import run as run_experiment
 
         run_experiment(cfg)
     elif args.command == "evaluate":
@@ -153,7 +153,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         int: 0 on success, 2 on bad input (config, checkpoint, data), with the reason on stderr.
     """
     args = _parser().parse_args(argv)
-    _setup_logging()
     if args.command == "bench":
         return _bench(args.quick)
     overrides = list(args.overrides)
@@ -164,13 +163,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     ok = False
     try:
         cfg = load_config(args.config, overrides)
-        if args.command in WRITES_OUTPUT_DIR and os.environ.get("RANK", "0") == "0":
-            from torchrec_kd.run_lock import hold_output_dir
+        writes = args.command in WRITES_OUTPUT_DIR
+        if writes and os.environ.get("RANK", "0") == "0":
+            from torchrec_kd.core.run_lock import hold_output_dir
 
             hold_output_dir(cfg.out_dir)  # writable, and no other run in it, before any work
+        log_file = setup_console(args.verbose, cfg.out_dir if writes else None)
+        if log_file is not None and os.environ.get("RANK", "0") == "0":
+            logger.info("%s: %s (details in %s)", args.command, cfg.run_name, log_file)
+        from torchrec_kd.losses import check_loss_names
+
+        check_loss_names(cfg.distill.losses, config_source(args.config, overrides))  # before any work
         _dispatch(args, cfg)
         ok = True
-    except ConfigError as e:  # bad input: a message that says what to do, not a traceback
+    except UserError as e:  # bad input: a message that says what to do, not a traceback
         if os.environ.get("RANK", "0") == "0":  # every rank sees the same bad input: say it once
             print(f"error: {e}", file=sys.stderr)
         else:  # let rank 0 print and exit first, so the launcher reports its exit (and nothing else)

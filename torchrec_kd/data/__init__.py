@@ -12,11 +12,12 @@ import os
 from typing import Union
 
 from torchrec_kd.config import DataConfig
-from torchrec_kd.data.bad_rows import BadRowLog, DataError
+from torchrec_kd.data.bad_rows import BadRowLog
 from torchrec_kd.data.criteo import CriteoNpyLog, CriteoTsvLog
 from torchrec_kd.data.movielens import MovieLensClickLog
 from torchrec_kd.data.synthetic import SyntheticClickLog
 from torchrec_kd.data.table import TableClickLog
+from torchrec_kd.errors import DataError
 
 ClickLog = Union[SyntheticClickLog, CriteoTsvLog, CriteoNpyLog, MovieLensClickLog, TableClickLog]
 

@@ -4,7 +4,7 @@ Every reader reports rows it cannot use through one :class:`BadRowLog`, so the r
 the same for every source: with ``data.on_bad_row: skip`` a bad row is dropped,
 counted by reason, and the first few are remembered as ``file:line`` for the summary;
 with ``data.on_bad_row: error`` the first one raises :class:`DataError` naming file,
-line and reason. ``DataError`` is a ``ConfigError``, so the CLI prints it as a clean
+line and reason. ``DataError`` is a ``UserError``, so the CLI prints it as a clean
 message and exits with code 2.
 
 Example::
@@ -21,16 +21,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, List, Literal, Tuple
 
-from torchrec_kd.config import ConfigError
+from torchrec_kd.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 # How many offending rows are named in a summary.
 FIRST_EXAMPLES = 5
-
-
-class DataError(ConfigError):
-    """Input data is unusable (bad row with ``on_bad_row: error``, missing file or column, empty split)."""
 
 
 @dataclass

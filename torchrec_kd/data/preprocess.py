@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from torchrec_kd.config import ConfigError, DataConfig
 from torchrec_kd.data.bad_rows import BadRowLog
-from torchrec_kd.data.criteo import NPY_PARTS, need_dir, split_specs, criteo_table_sizes
+from torchrec_kd.data.criteo import NPY_PARTS, criteo_table_sizes, need_dir, split_specs
 from torchrec_kd.data.criteo_parse import NUM_DENSE, NUM_SPARSE, parse_block
 from torchrec_kd.data.files import raw_stem, read_line_blocks, resolve
 from torchrec_kd.data.rows import SPLITS

@@ -31,7 +31,7 @@ from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_kd.config import ConfigError
-from torchrec_kd.data.bad_rows import DataError
+from torchrec_kd.errors import DataError
 
 SPLITS = ("train", "val", "test")
 

@@ -4,8 +4,8 @@ Every row is a function of ``(world seed, split, block index)`` only, so the str
 deterministic, never materialised, splits are disjoint, and any rank can generate
 exactly its own share. The run seed only orders the train blocks: a finite train split
 (``train_rows``) is the world's first rows, read by epochs, and the endless stream is
-read in shuffled chunks, so replicates over seeds train on the same rows in other orders. Ids are Zipf-distributed and scattered over each table by a
-fixed permutation. The oracle's logit has
+read in shuffled chunks, so replicates over seeds train on the same rows in other orders.
+Ids are Zipf-distributed and scattered over each table by a fixed permutation. The oracle's logit has
 
 * a per-id bias for every feature (what a wide model memorises),
 * latent pairwise interactions ``<v_f, v_g>`` with ``latent_dim``-wide vectors from a
@@ -117,7 +117,8 @@ class SyntheticClickLog:
         self._calibrate()
 
     # ----------------------------------------------------------------- rows
-    def _rows(self, split: int, block: int, rows: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _rows(self, split: int, block: int,
+              rows: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One block: (dense latent [R, D], lengths [R, F], ids (row-major), uniforms [R])."""
         cfg = self.cfg
         R, F = rows or cfg.block_rows, cfg.num_sparse
@@ -215,7 +216,8 @@ class SyntheticClickLog:
             self._orders = {chunk: first + rng.permutation(n)}
         return self._orders[chunk][j * per_batch:(j + 1) * per_batch]
 
-    def batch(self, split: str, index: int, batch_size: int, rank: int = 0, world_size: int = 1, with_oracle: bool = False) -> Batch:
+    def batch(self, split: str, index: int, batch_size: int, rank: int = 0, world_size: int = 1,
+              with_oracle: bool = False) -> Batch:
         """Rank ``rank``'s share of global batch ``index`` of ``split``.
 
         Args:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
-from torchrec_kd.models.dlrm import is_table_key
+from torchrec_kd.core.table_keys import is_table_key
 
 
 def freeze_teacher_tables(teacher: nn.Module) -> None:

@@ -9,7 +9,7 @@ training batch into a :class:`~torchrec_kd.distill.scored_batch.ScoredBatch` car
 stored outputs of exactly its rows.
 
 A cache is refused (``ConfigError``) when its teacher fingerprint, data (the
-:mod:`torchrec_kd.fingerprint` data identity), seed,
+:mod:`torchrec_kd.core.fingerprint` data identity), seed,
 batch size or fields differ from the run, when it holds fewer steps than the run needs, or
 when a batch's data digest differs from the one stored for the same rows.
 
@@ -21,50 +21,33 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, Iterator, List, Sequence
 
 from torchrec.datasets.utils import Batch
 
-from torchrec_kd.checkpoint import META_FILE, MODEL_DIR
+from torchrec_kd.checkpoint.model_io import checkpoint_fingerprint
 from torchrec_kd.config import RunConfig
+from torchrec_kd.core.fingerprint import data_identity, digest
+from torchrec_kd.core.layout import RunLayout
 from torchrec_kd.distill.score_cache import batch_digest, check_digest, open_cache
 from torchrec_kd.distill.scored_batch import ScoredBatch
 from torchrec_kd.distributed.env import DistEnv
-from torchrec_kd.fingerprint import data_identity, digest
 
 if TYPE_CHECKING:  # pragma: no cover
-    from torchrec_kd.recipes.distill import TeacherSpec
+    from torchrec_kd.distill.teachers import TeacherSpec
 
-SCORES_DIR = "teacher_scores"
 
 
 def scores_dir(cfg: RunConfig) -> Path:
     """Where the run's teacher-score cache lives (``distill.teacher_scores`` or ``<output_dir>/teacher_scores``)."""
-    return Path(cfg.distill.teacher_scores or cfg.out_dir / SCORES_DIR)
+    return Path(cfg.distill.teacher_scores or RunLayout(cfg.out_dir).teacher_scores)
 
 
 def cached_fields(requires: Iterable[str]) -> List[str]:
     """Fields a cache must hold for loss terms requiring ``requires`` (logits always)."""
     need = set(requires)
     return ["logits"] + [f for f in ("hint", "embeddings") if f in need]
-
-
-def checkpoint_fingerprint(path: Path) -> str:
-    """sha256 over a checkpoint's meta.json, DCP metadata and shard file names and sizes.
-
-    Cheap for any checkpoint size (shard contents are covered by DCP's metadata, which
-    changes with every save) and changes whenever the checkpoint is rewritten.
-    """
-    path = Path(path)
-    h = hashlib.sha256()
-    for f in [path / META_FILE, path / MODEL_DIR / ".metadata"]:
-        h.update(f.name.encode())
-        h.update(f.read_bytes() if f.is_file() else b"<missing>")
-    for f in sorted((path / MODEL_DIR).glob("*.distcp")):
-        h.update(f"{f.name}:{f.stat().st_size}".encode())
-    return h.hexdigest()
 
 
 def run_fingerprint(cfg: RunConfig, teachers: Sequence["TeacherSpec"]) -> Dict[str, Any]:

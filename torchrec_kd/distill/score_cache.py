@@ -13,7 +13,7 @@ Layout of ``<dir>``::
 Fields are ``.npy`` memmaps, so writing or reading one step touches only its rows.
 A reader checks the manifest against what the run expects (format version, batch size,
 steps, fields, fingerprint, file sizes) and each batch's data digest against the stored
-one, and refuses with a :class:`~torchrec_kd.config.ConfigError` naming what differs.
+one, and refuses with a :class:`~torchrec_kd.errors.CacheError` naming what differs.
 
 Example::
 
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from torchrec_kd.config import ConfigError
+from torchrec_kd.errors import CacheError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -98,12 +98,12 @@ def check_digest(expected: Optional[Tensor], actual: Tensor, path: Path, step: i
         rank (int): the reading rank.
 
     Raises:
-        ConfigError: the digests differ beyond a relative 1e-6.
+        CacheError: the digests differ beyond a relative 1e-6.
     """
     if expected is None:
         return
     if not torch.allclose(expected.double(), actual.double().cpu(), rtol=1e-6, atol=1e-6):
-        raise ConfigError(f"teacher-score cache {path} was made from different data: step {step} rank {rank} digest "
+        raise CacheError(f"teacher-score cache {path} was made from different data: step {step} rank {rank} digest "
                           f"{expected.tolist()} != this run's {actual.tolist()}; {RERUN} on this data")
 
 
@@ -209,7 +209,7 @@ class ScoreCacheReader:
             stored digest of exactly these rows (None when they do not cover whole writer blocks).
         """
         if self.global_batch % world_size:
-            raise ConfigError(f"teacher-score cache {self.path}: global batch {self.global_batch} is not divisible "
+            raise CacheError(f"teacher-score cache {self.path}: global batch {self.global_batch} is not divisible "
                               f"by {world_size} ranks")
         size = self.global_batch // world_size
         lo, hi = rank * size, (rank + 1) * size  # within the global batch
@@ -241,36 +241,36 @@ def open_cache(path: Path, fingerprint: Dict[str, Any], steps: int, global_batch
         ScoreCacheReader: ready to read.
 
     Raises:
-        ConfigError: missing or incomplete cache, or any mismatch.
+        CacheError: missing or incomplete cache, or any mismatch.
     """
     path = Path(path)
     fields = list(fields)
     mf = path / MANIFEST
     if not mf.is_file():
         why = "does not exist" if not path.exists() else "has no manifest.json: the scoring run did not finish"
-        raise ConfigError(f"teacher-score cache {path} {why}; {RERUN} (or set distill.teacher_scores)")
+        raise CacheError(f"teacher-score cache {path} {why}; {RERUN} (or set distill.teacher_scores)")
     m = json.loads(mf.read_text())
     if m.get("version") != FORMAT_VERSION:
-        raise ConfigError(f"teacher-score cache {path} has format version {m.get('version')}, this code reads "
+        raise CacheError(f"teacher-score cache {path} has format version {m.get('version')}, this code reads "
                           f"{FORMAT_VERSION}; {RERUN}")
     if m["global_batch"] != global_batch:
-        raise ConfigError(f"teacher-score cache {path} was scored with global batch {m['global_batch']}, this run uses "
+        raise CacheError(f"teacher-score cache {path} was scored with global batch {m['global_batch']}, this run uses "
                           f"{global_batch}; {RERUN}")
     if m["steps_written"] < steps:
-        raise ConfigError(f"teacher-score cache {path} holds {m['steps_written']} steps, this run needs {steps}; {RERUN}")
+        raise CacheError(f"teacher-score cache {path} holds {m['steps_written']} steps, this run needs {steps}; {RERUN}")
     missing = [f for f in fields if f not in m["fields"]]
     if missing:
-        raise ConfigError(f"teacher-score cache {path} has no {missing} (it has {sorted(m['fields'])}), which the "
+        raise CacheError(f"teacher-score cache {path} has no {missing} (it has {sorted(m['fields'])}), which the "
                           f"configured loss terms need; {RERUN}")
     for key in sorted(set(fingerprint) | set(m["fingerprint"])):
         have, want = m["fingerprint"].get(key), fingerprint.get(key)
         if have != want:
-            raise ConfigError(f"teacher-score cache {path} was made with {key}={json.dumps(have)} but this run has "
+            raise CacheError(f"teacher-score cache {path} was made with {key}={json.dumps(have)} but this run has "
                               f"{key}={json.dumps(want)}; {RERUN}")
     for name, size in m["files"].items():
         f = path / name
         if not f.is_file() or f.stat().st_size != size:
             got = f.stat().st_size if f.is_file() else "missing"
-            raise ConfigError(f"teacher-score cache {path}: {name} is {got} bytes, the manifest says {size} "
+            raise CacheError(f"teacher-score cache {path}: {name} is {got} bytes, the manifest says {size} "
                               f"(truncated or replaced); {RERUN}")
     return ScoreCacheReader(path, m, fields)

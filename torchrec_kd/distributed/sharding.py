@@ -27,8 +27,9 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from torchrec_kd.config import ConfigError, ShardingConfig, TrainConfig
+from torchrec_kd.core.console import FILE_ONLY
+from torchrec_kd.core.table_keys import is_table_key
 from torchrec_kd.distributed.env import DistEnv
-from torchrec_kd.models.dlrm import is_table_key
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,24 @@ def add_fused_embedding_optimizer(module: nn.Module, cfg: TrainConfig) -> None:
     apply_optimizer_in_backward(RowWiseAdagrad, params, {"lr": cfg.embedding_lr, "eps": cfg.eps})
 
 
+def plan_summary(plan: ShardingPlan, world_size: int) -> str:
+    """One line about a plan: how many tables, sharded how, over how many ranks.
+
+    Args:
+        plan (ShardingPlan): the planner's plan.
+        world_size (int): ranks.
+
+    Returns:
+        str: e.g. ``30 tables over 2 ranks: 24 table_wise, 6 row_wise (the plan is in run.log)``.
+    """
+    kinds: Dict[str, int] = {}
+    for module_plan in plan.plan.values():
+        for ps in module_plan.values():  # type: ignore[union-attr]
+            kinds[ps.sharding_type] = kinds.get(ps.sharding_type, 0) + 1
+    parts = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    return f"{sum(kinds.values())} tables over {world_size} rank{'s' if world_size > 1 else ''}: {parts} (the plan is in run.log)"
+
+
 def shard(module: nn.Module, env: DistEnv, local_batch_size: int,
           constraints: Dict[str, ParameterConstraints], data_parallel: bool = True) -> DistributedModelParallel:
     """Plan with TorchRec's planner (same plan on every rank) and wrap in DMP.
@@ -116,7 +135,8 @@ def shard(module: nn.Module, env: DistEnv, local_batch_size: int,
     sharders = get_default_sharders()
     plan: ShardingPlan = planner.collective_plan(module, sharders, dist.GroupMember.WORLD)
     if env.is_main:
-        logger.info("sharding plan:\n%s", plan)
+        logger.info("sharding: %s", plan_summary(plan, env.world_size))
+        logger.info("sharding plan:\n%s", plan, extra=FILE_ONLY)
     return DistributedModelParallel(module=module, device=env.device, plan=plan, sharders=sharders,
                                     init_data_parallel=data_parallel)
 

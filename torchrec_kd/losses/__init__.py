@@ -1,7 +1,17 @@
 """Knowledge-distillation loss terms, picked by name from the config and summed with weights."""
 
-from torchrec_kd.losses.registry import (FEATURES, LOSSES, FeatureDims, KDInputs, KDLoss, WeightedKDLoss, build_loss,
-                                         register_loss)
 from torchrec_kd.losses import features, terms  # noqa: F401  (import registers the built-in terms)
+from torchrec_kd.losses.registry import (
+                                         FEATURES,
+                                         LOSSES,
+                                         FeatureDims,
+                                         KDInputs,
+                                         KDLoss,
+                                         WeightedKDLoss,
+                                         build_loss,
+                                         check_loss_names,
+                                         register_loss,
+)
 
-__all__ = ["FEATURES", "FeatureDims", "KDInputs", "KDLoss", "LOSSES", "register_loss", "build_loss", "WeightedKDLoss"]
+__all__ = ["FEATURES", "FeatureDims", "KDInputs", "KDLoss", "LOSSES", "register_loss", "build_loss", "WeightedKDLoss",
+           "check_loss_names"]

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from torchrec_kd.config import LossTermConfig, ScheduleConfig
+from torchrec_kd.errors import ConfigError
 from torchrec_kd.losses.schedules import check_schedule, schedule_value
 
 # What a feature term may ask for besides logits and labels.
@@ -237,6 +238,24 @@ class WeightedKDLoss(nn.Module):
         return ", ".join(f"{key}={w:g}" for key, w in zip(self.names, self.weights))
 
 
+def check_loss_names(terms: Sequence[LossTermConfig], where: str) -> None:
+    """Refuse a term whose name is not registered, suggesting the nearest registered name.
+
+    Args:
+        terms (Sequence[LossTermConfig]): ``distill.losses``.
+        where (str): the config's source, for the message (``config_source``).
+
+    Raises:
+        ConfigError: ``<where>: distill.losses[i].name: unknown loss 'x'; did you mean 'y'? registered: …``.
+    """
+    for i, term in enumerate(terms):
+        if term.name not in LOSSES:
+            near = difflib.get_close_matches(term.name, list(LOSSES), n=1)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            raise ConfigError(f"{where}: distill.losses[{i}].name: unknown loss '{term.name}'; {hint}"
+                              f"registered: {', '.join(sorted(LOSSES))}")
+
+
 def build_loss(terms: Sequence[LossTermConfig], dims: Optional[FeatureDims] = None) -> WeightedKDLoss:
     """Build the weighted distillation objective from config entries.
 
@@ -258,14 +277,11 @@ def build_loss(terms: Sequence[LossTermConfig], dims: Optional[FeatureDims] = No
     """
     if not terms:
         raise ValueError(f"no loss terms given; list at least one of: {', '.join(sorted(LOSSES))}")
+    check_loss_names(terms, "build_loss")
     built: List[Tuple[str, KDLoss, float]] = []
     seen: Counter = Counter()
     for i, t in enumerate(terms):
         where = f"distill.losses[{i}]"
-        if t.name not in LOSSES:
-            near = difflib.get_close_matches(t.name, list(LOSSES), n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else ""
-            raise ValueError(f"unknown loss term '{t.name}' (losses[{i}]); registered: {', '.join(sorted(LOSSES))}{hint}")
         if not (math.isfinite(t.temperature) and t.temperature > 0):
             raise ValueError(f"loss term '{t.name}' (losses[{i}]): temperature must be finite and > 0, got {t.temperature}")
         if not (math.isfinite(t.weight) and t.weight >= 0):

@@ -22,32 +22,10 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_kd.config import ModelConfig
+from torchrec_kd.core.table_keys import is_table_key
 
-
-# Where embedding tables sit in a state dict: TorchRec's EmbeddingBagCollection, or the
-# EmbeddingCollection of the quantization-aware sparse arch (torchrec_kd.qat).
-TABLE_KEY_PARTS = ("embedding_bags.", "embedding_collection.embeddings.")
-
-
-def is_table_key(name: str) -> bool:
-    """Whether a parameter / state-dict key names an embedding table."""
-    return any(part in name for part in TABLE_KEY_PARTS)
-
-
-def ebc_layout_key(key: str) -> str:
-    """A state-dict key in TorchRec's ``SparseArch(EmbeddingBagCollection)`` layout.
-
-    The quantization-aware sparse arch keeps its tables in an ``EmbeddingCollection``;
-    renaming its keys lets a QAT checkpoint load into a plain DLRM (quantize, export) and
-    keeps weight initialisation identical to the plain model's.
-
-    Args:
-        key (str): e.g. ``student.sparse_arch.embedding_collection.embeddings.s_cat_0.weight``.
-
-    Returns:
-        str: e.g. ``student.sparse_arch.embedding_bag_collection.embedding_bags.s_cat_0.weight``.
-    """
-    return key.replace("sparse_arch.embedding_collection.embeddings.", "sparse_arch.embedding_bag_collection.embedding_bags.")
+# DLRMTrain holds the DLRM as .model: the prefix of every key of a train-teacher/-student checkpoint
+MODEL_PREFIX = "model."
 
 
 def make_tables(cfg: ModelConfig, feature_names: Sequence[str], num_embeddings: Sequence[int]) -> List[EmbeddingBagConfig]:
@@ -288,3 +266,12 @@ def forward_with_features(model: DLRM, dense: Tensor, sparse: KeyedJaggedTensor)
     hint = model.inter_arch(dense_features=embedded_dense, sparse_features=embedded_sparse)
     logits = model.over_arch(hint)
     return logits.squeeze(-1), hint, embedded_sparse
+
+
+def count_params(tables_bytes: int, model: torch.nn.Module, prefix: str = "") -> int:
+    """Global parameter count under ``prefix``: fp32 table bytes / 4 + dense parameters.
+
+    Dense parameters are replicated, so this rank's state dict holds them whole.
+    """
+    dense = sum(v.numel() for k, v in model.state_dict().items() if k.startswith(prefix) and not is_table_key(k))
+    return tables_bytes // 4 + dense

@@ -16,15 +16,15 @@ import json
 import logging
 from typing import Dict
 
-from torchrec_kd.checkpoint import load_module, read_meta
+from torchrec_kd.checkpoint.model_io import load_module, read_meta
 from torchrec_kd.config import ConfigError, RunConfig
+from torchrec_kd.core.layout import RunLayout
 from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import init_distributed
-from torchrec_kd.export import load_quantized, read_quantized_meta
 from torchrec_kd.models.dlrm import build_dlrm_from_meta, check_fits_data
-from torchrec_kd.recipes.quantize import EXPORT_DIR
-from torchrec_kd.recipes.train_model import TrainModelRecipe
+from torchrec_kd.quant.export import load_quantized, read_quantized_meta
 from torchrec_kd.training.evaluate import evaluate
+from torchrec_kd.training.model_run import TrainModelRun
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,9 @@ def run(cfg: RunConfig, source: str, split: str = "test") -> Dict[str, float]:
         Dict[str, float]: auc, ne, logloss, calibration, rows.
     """
     out = cfg.out_dir
-    export = out / EXPORT_DIR / source
-    if (export / "quantized.json").is_file():
+    layout = RunLayout(out)
+    export = layout.export(source)
+    if layout.export_meta(source).is_file():
         env = init_distributed(cfg.distributed)
         data = build_data(cfg.data, cfg.seed)
         check_fits_data(read_quantized_meta(export)["meta"], data.dense_names, data.sparse_names, data.num_embeddings,
@@ -52,11 +53,11 @@ def run(cfg: RunConfig, source: str, split: str = "test") -> Dict[str, float]:
         metrics = evaluate(lambda b: model(b.dense_features, b.sparse_features).squeeze(-1),
                            data.batches(split, cfg.data.batch_size, env.rank, env.world_size),
                            env, cfg.data.batch_size // env.world_size, n * cfg.data.batch_size)
-    elif (out / source / "meta.json").is_file():
-        role = read_meta(out / source)["role"]
-        recipe = TrainModelRecipe(cfg, role)
+    elif layout.model_meta(source).is_file():
+        role = read_meta(layout.model(source))["role"]
+        recipe = TrainModelRun(cfg, role)
         recipe.setup()
-        load_module(recipe.model, out / source)
+        load_module(recipe.model, layout.model(source))
         env = recipe.env
         metrics = recipe.evaluate(split)
     else:

@@ -21,10 +21,11 @@ import torch
 import torch.distributed as dist
 
 from torchrec_kd.config import ConfigError, RunConfig
+from torchrec_kd.core.layout import EXPORT_META_FILE
 from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import init_distributed
-from torchrec_kd.export import load_quantized, read_quantized_meta
 from torchrec_kd.models.dlrm import build_dlrm_from_meta, check_fits_data
+from torchrec_kd.quant.export import load_quantized, read_quantized_meta
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def run(cfg: RunConfig, model_dir: str, split: str, out: str) -> Path:
     Returns:
         Path: the file written (on rank 0).
     """
-    if not (Path(model_dir) / "quantized.json").is_file():
+    if not (Path(model_dir) / EXPORT_META_FILE).is_file():
         raise ConfigError(f"--model {model_dir}: no quantized.json there; pass a directory from the quantize step "
                           f"(e.g. <output_dir>/export/distilled_int4)")
     if out.endswith(".parquet"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any, Callable, Dict
 
 import torch
@@ -17,14 +16,16 @@ import torch.distributed as dist
 from torchrec.datasets.utils import Batch
 
 from torchrec_kd.config import RunConfig
+from torchrec_kd.core.console import FILE_ONLY
+from torchrec_kd.core.layout import RunLayout
 from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import init_distributed
-from torchrec_kd.export import load_quantized
-from torchrec_kd.latency import latency_ms
 from torchrec_kd.models.dlrm import build_dlrm_from_meta
-from torchrec_kd.recipes.quantize import EXPORT_DIR, load_float_model
-from torchrec_kd.report import write_report
-from torchrec_kd.results import METRICS_FILE, update_metrics
+from torchrec_kd.models.saved import load_float_model
+from torchrec_kd.quant.export import load_quantized
+from torchrec_kd.reporting.latency import latency_ms
+from torchrec_kd.reporting.metrics_file import update_metrics
+from torchrec_kd.reporting.report import write_report
 
 logger = logging.getLogger(__name__)
 LATENCY_ROWS = 1024
@@ -34,11 +35,10 @@ def _scorer(model: torch.nn.Module) -> Callable[[Batch], torch.Tensor]:
     return lambda b: model(b.dense_features, b.sparse_features)
 
 
-def _load(out: Path, name: str) -> torch.nn.Module:
-    export = out / EXPORT_DIR / name
-    if (export / "quantized.json").is_file():
-        return load_quantized(export, build_dlrm_from_meta).eval()
-    return load_float_model(out / name)[0]
+def _load(layout: RunLayout, name: str) -> torch.nn.Module:
+    if layout.export_meta(name).is_file():
+        return load_quantized(layout.export(name), build_dlrm_from_meta).eval()
+    return load_float_model(layout.model(name))[0]
 
 
 def run(cfg: RunConfig) -> Dict[str, Any]:
@@ -52,19 +52,19 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
     """
     env = init_distributed(cfg.distributed)
     out = cfg.out_dir
+    layout = RunLayout(out)
     metrics: Dict[str, Any] = {}
     if env.is_main:
-        metrics = json.loads((out / METRICS_FILE).read_text())
+        metrics = json.loads(layout.metrics.read_text())
         data = build_data(cfg.data, cfg.seed)
         rows = next(iter(data.batches("test", _timing_batch(cfg), num_batches=1)))
         for name in metrics:
-            if (out / name / "meta.json").is_file() or (out / EXPORT_DIR / name / "quantized.json").is_file():
-                lat = latency_ms(_scorer(_load(out, name)), rows, (1, LATENCY_ROWS))
+            if layout.model_meta(name).is_file() or layout.export_meta(name).is_file():
+                lat = latency_ms(_scorer(_load(layout, name)), rows, (1, LATENCY_ROWS))
                 metrics = update_metrics(out, name, {**metrics[name], **lat})
-                logger.info("%s: %s", name, ", ".join(f"{k} {v:.3f}" for k, v in lat.items()))
-        for path in write_report(metrics, out, cfg.run_name):
-            logger.info("wrote %s", path)
-        logger.info("%s", (out / "report.md").read_text())
+                logger.info("%s: %s", name, ", ".join(f"{k} {v:.3f}" for k, v in lat.items()), extra=FILE_ONLY)
+        paths = write_report(metrics, out, cfg.run_name)
+        logger.info("%s\nwrote %s", layout.report_md.read_text().rstrip(), ", ".join(str(p) for p in paths))
     dist.barrier()
     return metrics
 

@@ -23,20 +23,19 @@ import torch.distributed as dist
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from tqdm import tqdm
 
-from torchrec_kd.checkpoint import load_module
+from torchrec_kd.checkpoint.model_io import load_module
 from torchrec_kd.config import RunConfig
+from torchrec_kd.core.budget import max_steps
 from torchrec_kd.data import build_data
 from torchrec_kd.distill.freeze import freeze_sharded, freeze_teacher_tables
 from torchrec_kd.distill.model import TeacherEnsemble
 from torchrec_kd.distill.offline import cached_fields, run_fingerprint, scores_dir
 from torchrec_kd.distill.score_cache import CacheSpec, ScoreCacheWriter, batch_digest, write_manifest
+from torchrec_kd.distill.teachers import TEACHERS, TeacherSpec, resolve_teachers, store_teachers_as_int8
 from torchrec_kd.distributed.env import DistEnv, init_distributed
 from torchrec_kd.distributed.sharding import planner_constraints, shard
 from torchrec_kd.losses import LOSSES
-from torchrec_kd.models.dlrm import build_dlrm, interaction_dim
-from torchrec_kd.recipes.distill import TEACHERS, TeacherSpec, resolve_teachers, store_teachers_as_int8
-from torchrec_kd.recipes.train_model import MODEL_PREFIX
-from torchrec_kd.training.budget import max_steps
+from torchrec_kd.models.dlrm import MODEL_PREFIX, build_dlrm, interaction_dim
 
 logger = logging.getLogger(__name__)
 

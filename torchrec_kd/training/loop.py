@@ -102,7 +102,7 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
                 writer.add_scalar("train/loss", loss, step)
             stats.loss_steps.append(step)
             bar.set_postfix(loss=f"{loss:.4f}")
-            logger.info("%s step %d/%d loss %.5f", desc, step, steps, loss)
+        line = f"{desc} step {step}/{steps}" + (f" loss {stats.losses[-1]:.5f}" if logs else "")
         if on_eval is not None and eval_every and (step % eval_every == 0 or step == steps):
             t0 = time.perf_counter()
             model = pipeline.detach()
@@ -112,16 +112,18 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
                 for key in ("auc", "ne", "logloss"):
                     writer.add_scalar(f"val/{key}", metrics[key], step)
                 writer.flush()
+            line += f" | val auc {metrics['auc']:.4f} ne {metrics['ne']:.4f}"
             if selector is not None:
                 if selector.observe(step, metrics) and on_best is not None:
                     on_best(step)
+                best = selector.state.best.get(selector.metric)
+                line += f" (best {selector.metric} {best:.4f} at {selector.state.best_step})" if best is not None else ""
                 stop = selector.should_stop and step < steps
                 selector.state.stopped_early = stop
                 stats.selection = selector.to_dict()
                 if stop:
-                    logger.info("%s: early stop at step %d: validation %s has not improved for %d validations "
-                                "(best %.5f at step %d)", desc, step, selector.metric, selector.state.evals_since_best,
-                                selector.state.best[selector.metric], selector.state.best_step)
+                    line += (f"; early stop: validation {selector.metric} not better for "
+                             f"{selector.state.evals_since_best} validations")
             model.train()
             if make_pipeline is None:
                 pipeline.attach(model)
@@ -129,6 +131,8 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
                 batches = itertools.chain(list(pipeline.batches), batches)
                 pipeline = make_pipeline()
             paused_seconds += time.perf_counter() - t0
+        if logs or " | val " in line:  # one line per logged step: its loss and, when validated, the validation
+            logger.info("%s", line)
         if stop:
             bar.update(1)
             break

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import IO, Dict
 
 from torchrec_kd.config import ConfigError
+from torchrec_kd.core.layout import LOCK_FILE
 
-LOCK_FILE = ".lock"
 _held: Dict[str, IO[str]] = {}  # output dir -> the open lock file (closing it releases the lock)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from torchrec_kd.config import RunConfig
-from torchrec_kd.training.budget import budget_spec
+from torchrec_kd.core.budget import budget_spec
 
 # train keys that cannot change what a run computes
 _TRAIN_IGNORED = ("log_every", "checkpoint_every", "keep_checkpoints", "resume")

@@ -23,14 +23,14 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.optim.keyed import KeyedOptimizer
 
-from torchrec_kd.checkpoint import MODEL_DIR, load_module
+from torchrec_kd.checkpoint.model_io import MODEL_DIR, load_module
+from torchrec_kd.checkpoint.training_state import TrainingCheckpointer
 from torchrec_kd.config import ConfigError, RunConfig, config_to_dict
+from torchrec_kd.core.budget import max_steps
+from torchrec_kd.core.fingerprint import describe_change, digest
+from torchrec_kd.core.layout import BEST_DIR, META_FILE, RunLayout
 from torchrec_kd.data import build_data
-from torchrec_kd.fingerprint import describe_change, digest
 from torchrec_kd.distributed.env import DistEnv, init_distributed
-from torchrec_kd.report import TENSORBOARD_DIR
-from torchrec_kd.training.budget import max_steps
-from torchrec_kd.training.checkpointing import TrainingCheckpointer
 from torchrec_kd.training.evaluate import evaluate
 from torchrec_kd.training.guard import NonFiniteGuard
 from torchrec_kd.training.loop import TrainStats, train
@@ -38,8 +38,6 @@ from torchrec_kd.training.selection import ModelSelector
 
 logger = logging.getLogger(__name__)
 
-TRAIN_STATE_DIR = "train_state"
-BEST_DIR = "best"  # under train_state/<name>/: the best validated weights so far
 
 
 def peak_rss_gib(device: torch.device = torch.device("cpu")) -> float:
@@ -58,7 +56,7 @@ def peak_rss_gib(device: torch.device = torch.device("cpu")) -> float:
     return round(float(peak), 3)
 
 
-class PipelinedRecipe:
+class PipelinedRun:
     """Base of the training recipes.
 
     Args:
@@ -89,7 +87,7 @@ class PipelinedRecipe:
 
     @property
     def steps(self) -> int:
-        """Maximum training steps of this recipe (:func:`~torchrec_kd.training.budget.max_steps` of its data role)."""
+        """Maximum training steps of this recipe (:func:`~torchrec_kd.core.budget.max_steps` of its data role)."""
         return max_steps(self.cfg.train, self.data, self.cfg.data.batch_size, self.data_role)
 
     def setup_run(self) -> DistEnv:
@@ -119,7 +117,7 @@ class PipelinedRecipe:
     @property
     def checkpointer(self) -> TrainingCheckpointer:
         """Where this recipe's resumable training state lives."""
-        return TrainingCheckpointer(self.cfg.out_dir / TRAIN_STATE_DIR / self.name, self.cfg.train.keep_checkpoints)
+        return TrainingCheckpointer(RunLayout(self.cfg.out_dir).train_state(self.name), self.cfg.train.keep_checkpoints)
 
     @property
     def best_dir(self) -> Path:
@@ -155,7 +153,7 @@ class PipelinedRecipe:
             ConfigError: naming the checkpoint, what changed and what to do.
         """
         try:
-            saved = json.loads((latest / "meta.json").read_text()).get("fingerprint") or {}
+            saved = json.loads((latest / META_FILE).read_text()).get("fingerprint") or {}
         except (OSError, ValueError):
             return  # unreadable: the checkpointer's verification names the file
         # the budget is not compared: the first steps of a run do not depend on its maximum,
@@ -217,7 +215,7 @@ class PipelinedRecipe:
         if env.is_main:  # live curves; the report adds test metrics to the same run
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(log_dir=str(cfg.out_dir / TENSORBOARD_DIR / self.entry_name))
+            writer = SummaryWriter(log_dir=str(RunLayout(cfg.out_dir).tensorboard / self.entry_name))
         batches = self.train_batches(start)
         self.stats = train(self.pipeline, batches, self.steps, env, cfg.data.batch_size, cfg.train.log_every,
                            cfg.train.eval_every, on_eval=lambda step: self.evaluate("val"), desc=self.name,

@@ -7,7 +7,7 @@ fused optimizer and pipelining and moves pooling out of the kernel:
 
 * the student's tables live in an ``EmbeddingCollection`` (TorchRec's *unpooled*
   lookup), sharded by the planner like any table, trained by the fused row-wise Adagrad;
-* each looked-up row goes through :func:`~torchrec_kd.qat.fake_quant.fake_quantize_rows`
+* each looked-up row goes through :func:`~torchrec_kd.quant.fake_quant.fake_quantize_rows`
   (exactly the row fbgemm will store for the target dtype, straight-through gradient);
 * the rows are sum-pooled per bag here, which is what the quantized
   ``EmbeddingBagCollection`` computes at serving time.
@@ -36,7 +36,8 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConf
 from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from torchrec_kd.qat.fake_quant import fake_quantize_rows
+from torchrec_kd.quant.fake_quant import fake_quantize_rows
+
 
 class FakeQuantSumPool(nn.Module):
     """Fake-quantize every looked-up row and sum-pool each bag into ``[B, F, D]``.

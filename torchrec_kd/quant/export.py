@@ -1,4 +1,4 @@
-"""Save, reload and export quantized DLRMs (see :mod:`torchrec_kd.quantization`).
+"""Save, reload and export quantized DLRMs (see :mod:`torchrec_kd.quant.embeddings`).
 
 Three formats:
 
@@ -30,12 +30,12 @@ from torch import Tensor, nn
 from torchrec.models.dlrm import DLRM
 from torchrec.tensor_types import UInt2Tensor, UInt4Tensor, UIntXTensor
 
-from torchrec_kd.config import ConfigError
-from torchrec_kd.integrity import file_records, verify_files
-from torchrec_kd.quantization import quantize_dlrm, row_alignment, table_dtypes
+from torchrec_kd.checkpoint.integrity import file_records, verify_files
+from torchrec_kd.core.layout import EXPORT_META_FILE as META_FILE
+from torchrec_kd.core.layout import EXPORT_WEIGHTS_FILE as WEIGHTS_FILE
+from torchrec_kd.errors import CheckpointError
+from torchrec_kd.quant.embeddings import quantize_dlrm, row_alignment, table_dtypes
 
-WEIGHTS_FILE = "weights.pt"
-META_FILE = "quantized.json"
 FORMAT = "torchrec_kd.quantized/1"
 
 # Packed sub-byte tensor subclasses, stored as their uint8 bytes and re-wrapped on load.
@@ -122,14 +122,14 @@ def read_quantized_meta(path: Union[str, Path]) -> Dict[str, Any]:
     """
     meta_file = Path(path) / META_FILE
     if not meta_file.is_file():
-        raise ConfigError(f"{meta_file} not found: {path} is not a torchrec_kd export (run quantize first)")
+        raise CheckpointError(f"{meta_file} not found: {path} is not a torchrec_kd export (run quantize first)")
     try:
         sidecar = json.loads(meta_file.read_text())
     except (ValueError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{meta_file}: unreadable ({e}); the export is damaged: re-run quantize") from None
+        raise CheckpointError(f"{meta_file}: unreadable ({e}); the export is damaged: re-run quantize") from None
     if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
         got = sidecar.get("format") if isinstance(sidecar, dict) else type(sidecar).__name__
-        raise ConfigError(f"{meta_file}: format {got!r}, expected {FORMAT!r}; re-run quantize")
+        raise CheckpointError(f"{meta_file}: format {got!r}, expected {FORMAT!r}; re-run quantize")
     return sidecar
 
 
@@ -146,7 +146,7 @@ def load_quantized(path: Union[str, Path], build_float: Callable[[Dict[str, Any]
 
     Raises:
         ValueError: if the rebuilt model's tables differ from the saved ones.
-        ConfigError: the export is missing, damaged or altered (named with what to do).
+        CheckpointError: the export is missing, damaged or altered (named with what to do).
     """
     path = Path(path)
     sidecar = read_quantized_meta(path)
@@ -163,7 +163,7 @@ def load_quantized(path: Union[str, Path], build_float: Callable[[Dict[str, Any]
     try:
         saved = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     except Exception as e:  # torch's message would advise weights_only=False: never do that here
-        raise ConfigError(f"{path / WEIGHTS_FILE}: not a tensor file this export wrote ({type(e).__name__}); "
+        raise CheckpointError(f"{path / WEIGHTS_FILE}: not a tensor file this export wrote ({type(e).__name__}); "
                           "re-run quantize") from None
     state = {key: _from_plain(tensor, sidecar["tensors"][key]) for key, tensor in saved.items()}
     # strict: a missing or unexpected key means the rebuilt model is not the saved one.

@@ -30,13 +30,14 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torchrec.optim.keyed import KeyedOptimizer
 
-from torchrec_kd.integrity import CorruptArtifactError, file_records, verify_files
-from torchrec_kd.safe_dcp import SafeFileSystemReader
+from torchrec_kd.checkpoint.integrity import file_records, verify_files
+from torchrec_kd.checkpoint.safe_dcp import SafeFileSystemReader
+from torchrec_kd.core.layout import META_FILE as META
+from torchrec_kd.errors import CorruptArtifactError
 
 logger = logging.getLogger(__name__)
 
 STATE_DIR = "state"
-META = "meta.json"
 PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
 
@@ -109,7 +110,8 @@ class TrainingCheckpointer:
         try:
             meta = json.loads((path / META).read_text())
         except (OSError, ValueError) as e:
-            raise CorruptCheckpointError(f"{path / META}: unreadable ({e}); delete {path} to resume from an earlier checkpoint")
+            raise CorruptCheckpointError(f"{path / META}: unreadable ({e}); delete {path} to resume from an earlier "
+                                         "checkpoint") from None
         verify_files(path, meta.get("files", {}), f"delete {path} to resume from an earlier checkpoint")
         return meta
 

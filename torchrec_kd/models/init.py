@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
-from torchrec_kd.models.dlrm import ebc_layout_key, is_table_key
+from torchrec_kd.core.table_keys import ebc_layout_key, is_table_key
 
 ROW_CHUNK = 1 << 16
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
+
+from torchrec_kd.core.layout import REPORT_MD, REPORT_PNG, TENSORBOARD_DIR
+from torchrec_kd.reporting.summary import budget_warning, comparable, consistency_notes, gain_sentence, summarize, teacher_warning
 
 logger = logging.getLogger(__name__)
 
-REPORT_MD = "report.md"
-REPORT_PNG = "report.png"
-TENSORBOARD_DIR = "tensorboard"
 ORDER = ("teacher", "student", "distilled", "distilled_fp16", "distilled_int8", "distilled_int4", "distilled_int2",
          "student_int8", "student_int4")
 COLUMNS = (("auc", "AUC"), ("ne", "NE"), ("logloss", "log loss"), ("embedding_bytes", "embedding bytes"),
@@ -45,8 +45,6 @@ def kd_summary(metrics: Dict[str, Dict[str, Any]]) -> str:
     interval, said so); then which step each model was kept at, a warning when the
     teacher is not better than the student alone, and what quantization cost.
     """
-    from torchrec_kd.summary import budget_warning, comparable, consistency_notes, gain_sentence, summarize, teacher_warning
-
     parts = []
     if {"student", "distilled"} <= metrics.keys():
         parts.append(gain_sentence(summarize({0: metrics})))
@@ -93,54 +91,55 @@ def write_markdown(metrics: Dict[str, Dict[str, Any]], out_dir: Path, title: str
         lines.append(f"| {name} | " + " | ".join(_cell(k, metrics[name].get(k)) for k, _ in COLUMNS) + " |")
     lines += ["", "AUC, NE (normalized entropy) and log loss on the test split (TorchRec RecMetrics); "
               "latency: median single-thread CPU forward of the unsharded model; embedding bytes: table storage "
-              "(quantized: fbgemm rows incl. scale/bias).", "", f"![AUC against model bytes and training curves]({REPORT_PNG})", ""]
+              "(quantized: fbgemm rows incl. scale/bias).", "",
+              f"![AUC against model bytes and validation curves]({REPORT_PNG})", ""]
     path = Path(out_dir) / REPORT_MD
     path.write_text("\n".join(lines))
     return path
 
 
-def write_plot(metrics: Dict[str, Dict[str, Any]], out_dir: Path) -> Optional[Path]:
-    """``report.png``: AUC against embedding bytes, and the training loss curves.
+def write_plot(metrics: Dict[str, Dict[str, Any]], out_dir: Path, summary: Optional[Mapping[str, Any]] = None,
+               title: Optional[str] = None, curves_label: Optional[str] = None) -> Optional[Path]:
+    """``report.png``: AUC against embedding bytes with the Pareto front, validation curves, and the KD gain.
+
+    The KD gain panel (distilled − student alone, 95% interval, per-seed dots) is drawn when
+    ``summary`` has ≥ 2 seeds; the AUCs are then the seeds' means. See ``reporting.plot``.
 
     Args:
-        metrics (Dict[str, dict]): ``metrics.json`` content.
+        metrics (Dict[str, dict]): ``metrics.json`` content (one run or seed).
         out_dir (Path): the run's output directory.
+        summary (Optional[Mapping[str, Any]]): ``summary.json`` content (``summarize()``), if any.
+        title (Optional[str]): the figure's heading (the run name).
+        curves_label (Optional[str]): which run the curves come from (e.g. ``"seed 0"``).
 
     Returns:
         Optional[Path]: the file written.
     """
-    import matplotlib
+    from torchrec_kd.reporting.plot import draw_report  # matplotlib only when a picture is drawn
 
-    matplotlib.use("Agg")  # no display on training hosts
-    import matplotlib.pyplot as plt
+    return draw_report(metrics, _ordered(metrics), Path(out_dir) / REPORT_PNG, summary=summary, title=title,
+                       curves_label=curves_label)
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name in _ordered(metrics):
-        m = metrics[name]
-        if m.get("auc") is None or not m.get("embedding_bytes"):
-            continue
-        ax1.scatter(m["embedding_bytes"], m["auc"], s=40)
-        ax1.annotate(name, (m["embedding_bytes"], m["auc"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax1.set_xscale("log")
-    ax1.set_xlabel("embedding bytes (log)")
-    ax1.set_ylabel("test AUC")
-    ax1.set_title("AUC against model size")
-    ax1.grid(True, alpha=0.3)
-    for name in _ordered(metrics):
-        curve = metrics[name].get("loss_curve")
-        if curve:
-            steps, losses = zip(*curve)
-            ax2.plot(steps, losses, marker=".", label=name)
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("training loss")
-    ax2.set_title("training curves (the distilled loss mixes KD terms)")
-    ax2.grid(True, alpha=0.3)
-    ax2.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(out_dir) / REPORT_PNG
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+
+def write_experiment_plot(summary: Mapping[str, Any], per_seed: Mapping[int, Dict[str, Dict[str, Any]]],
+                          out_dir: Path, title: Optional[str] = None) -> Optional[Path]:
+    """The top-level ``report.png`` of a multi-seed experiment: the summary, with its first seed's curves.
+
+    Args:
+        summary (Mapping[str, Any]): ``summarize(per_seed)``.
+        per_seed (Mapping[int, dict]): each seed's ``metrics.json`` (bytes and curves come from one).
+        out_dir (Path): the experiment's output directory (``summary.json``'s).
+        title (Optional[str]): the figure's heading (the run name).
+
+    Returns:
+        Optional[Path]: the file written, or None without seeds.
+    """
+    seeds = [s for s in summary.get("seeds") or [] if s in per_seed or str(s) in per_seed]
+    if not seeds:
+        return None
+    seed = seeds[0]
+    metrics = per_seed[seed] if seed in per_seed else per_seed[str(seed)]  # type: ignore[index]
+    return write_plot(metrics, out_dir, summary=summary, title=title, curves_label=f"seed {seed}")
 
 
 def write_tensorboard(metrics: Dict[str, Dict[str, Any]], out_dir: Path) -> Path:
@@ -164,10 +163,22 @@ def write_tensorboard(metrics: Dict[str, Dict[str, Any]], out_dir: Path) -> Path
     return root
 
 
-def write_report(metrics: Dict[str, Dict[str, Any]], out_dir: Path, title: str) -> List[Path]:
-    """Write report.md, report.png and TensorBoard events; return the paths."""
+def write_report(metrics: Dict[str, Dict[str, Any]], out_dir: Path, title: str,
+                 summary: Optional[Mapping[str, Any]] = None) -> List[Path]:
+    """Write report.md, report.png and TensorBoard events; return the paths.
+
+    Args:
+        metrics (Dict[str, dict]): ``metrics.json`` content.
+        out_dir (Path): the run's output directory.
+        title (str): heading (the run name).
+        summary (Optional[Mapping[str, Any]]): ``summary.json`` content: with ≥ 2 seeds the
+            picture shows the mean AUCs and the KD gain with its interval.
+
+    Returns:
+        List[Path]: report.md, report.png, the TensorBoard directory.
+    """
     paths = [write_markdown(metrics, out_dir, title)]
-    plot = write_plot(metrics, out_dir)
+    plot = write_plot(metrics, out_dir, summary=summary, title=title)
     if plot:
         paths.append(plot)
     paths.append(write_tensorboard(metrics, out_dir))

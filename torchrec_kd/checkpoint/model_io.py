@@ -5,11 +5,12 @@ whatever plan the loading job has: a teacher trained on 2 ranks loads on 1 or 8.
 ``load_module`` can load a checkpoint into a sub-module of a bigger model (the
 teacher inside a distillation model) by mapping key prefixes. Loading never
 unpickles arbitrary objects: tensors are read with ``weights_only=True`` by DCP and
-its metadata through :class:`~torchrec_kd.safe_dcp.SafeFileSystemReader`.
+its metadata through :class:`~torchrec_kd.checkpoint.safe_dcp.SafeFileSystemReader`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict
@@ -18,13 +19,11 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 
-from torchrec_kd.config import ConfigError
-from torchrec_kd.integrity import file_records, verify_files
-from torchrec_kd.models.dlrm import ebc_layout_key
-from torchrec_kd.safe_dcp import SafeFileSystemReader
-
-MODEL_DIR = "model"
-META_FILE = "meta.json"
+from torchrec_kd.checkpoint.integrity import file_records, verify_files
+from torchrec_kd.checkpoint.safe_dcp import SafeFileSystemReader
+from torchrec_kd.core.layout import META_FILE, MODEL_DIR
+from torchrec_kd.core.table_keys import ebc_layout_key
+from torchrec_kd.errors import CheckpointError
 
 
 def save_model(model: nn.Module, path: Path, meta: Dict[str, Any], model_prefix: str = "", ckpt_prefix: str = "") -> None:
@@ -53,13 +52,14 @@ def read_meta(path: Path) -> Dict[str, Any]:
     """The JSON written beside a checkpoint by :func:`save_model`."""
     f = Path(path) / META_FILE
     if not f.is_file():
-        raise ConfigError(f"{f} not found: {path} is not a torchrec_kd checkpoint (run train-teacher / train-student / distill first)")
+        raise CheckpointError(f"{f} not found: {path} is not a torchrec_kd checkpoint "
+                          "(run train-teacher / train-student / distill first)")
     try:
         meta = json.loads(f.read_text())
     except (ValueError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{f}: unreadable ({e}); the checkpoint is damaged: delete {path} and train it again") from None
+        raise CheckpointError(f"{f}: unreadable ({e}); the checkpoint is damaged: delete {path} and train it again") from None
     if not isinstance(meta, dict):
-        raise ConfigError(f"{f}: not a checkpoint description; delete {path} and train it again")
+        raise CheckpointError(f"{f}: not a checkpoint description; delete {path} and train it again")
     return meta
 
 
@@ -67,7 +67,7 @@ def verify_checkpoint(path: Path) -> Dict[str, Any]:
     """Check a checkpoint's files against the sizes and hashes its ``meta.json`` recorded; return the meta.
 
     Raises:
-        ConfigError: no meta; CorruptArtifactError: a shard missing, truncated or altered.
+        CheckpointError: no meta; CorruptArtifactError: a shard missing, truncated or altered.
     """
     meta = read_meta(path)
     verify_files(Path(path) / MODEL_DIR, meta.get("files", {}), f"delete {path} and train it again")
@@ -121,3 +121,19 @@ def load_full_state_dict(path: Path) -> Dict[str, Any]:
              for k, m in metadata.state_dict_metadata.items() if isinstance(m, TensorStorageMetadata)}
     dcp.load(state, storage_reader=SafeFileSystemReader(model_dir), no_dist=True)
     return state
+
+
+def checkpoint_fingerprint(path: Path) -> str:
+    """sha256 over a checkpoint's meta.json, DCP metadata and shard file names and sizes.
+
+    Cheap for any checkpoint size (shard contents are covered by DCP's metadata, which
+    changes with every save) and changes whenever the checkpoint is rewritten.
+    """
+    path = Path(path)
+    h = hashlib.sha256()
+    for f in [path / META_FILE, path / MODEL_DIR / ".metadata"]:
+        h.update(f.name.encode())
+        h.update(f.read_bytes() if f.is_file() else b"<missing>")
+    for f in sorted((path / MODEL_DIR).glob("*.distcp")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()

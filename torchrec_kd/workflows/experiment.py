@@ -1,4 +1,4 @@
-"""Recipe: the whole job in one launch — teacher, student alone, distillation,
+"""Workflow: the whole job in one launch — teacher, student alone, distillation,
 quantization, quantization-aware distillation (``distill.qat``), report — skipping
 every step whose outputs already exist, once per seed of ``experiment.seeds``.
 
@@ -30,14 +30,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch.distributed as dist
 
 from torchrec_kd.config import RunConfig
-from torchrec_kd.fingerprint import describe_change, step_fingerprint
+from torchrec_kd.core.fingerprint import describe_change, step_fingerprint
+from torchrec_kd.core.layout import META_FILE, RunLayout
+from torchrec_kd.distill.teachers import teacher_digest
 from torchrec_kd.distributed.env import init_distributed
 from torchrec_kd.recipes import distill, quantize, report, train_model
-from torchrec_kd.report import REPORT_MD
-from torchrec_kd.results import METRICS_FILE
-from torchrec_kd.summary import SUMMARY_JSON, summarize, summary_markdown, teacher_warning
-
-SUMMARY_MD = "summary.md"
+from torchrec_kd.reporting.report import write_experiment_plot
+from torchrec_kd.reporting.summary import summarize, summary_markdown, teacher_warning
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ def expected_fingerprints(cfg: RunConfig) -> Dict[str, Dict[str, Any]]:
         [cfg.distill.teacher_checkpoint] if cfg.distill.teacher_checkpoint else [])
     teachers = exp["teacher"]["digest"]
     if external:  # not trained here: what distill will record of them (missing: it will stop with an error)
-        teachers = ",".join(distill.teacher_digest(Path(p)) if (Path(p) / "meta.json").is_file() else "missing"
+        teachers = ",".join(teacher_digest(Path(p)) if (Path(p) / META_FILE).is_file() else "missing"
                             for p in external)
     for name in ("distilled", "distilled_qat"):
         exp[name] = step_fingerprint(cfg, name, {"teachers": teachers})
@@ -64,8 +63,8 @@ def expected_fingerprints(cfg: RunConfig) -> Dict[str, Dict[str, Any]]:
 
 def _stale(out: Path, entries: List[str], expected: Dict[str, Dict[str, Any]]) -> Optional[str]:
     """Why the step that writes ``entries`` must run (None: every entry is there and up to date)."""
-    f = out / METRICS_FILE
-    metrics = json.loads(f.read_text()) if f.is_file() else {}
+    layout = RunLayout(out)
+    metrics = json.loads(layout.metrics.read_text()) if layout.metrics.is_file() else {}
     for e in entries:
         if e not in metrics:
             return f"{e} not done yet"
@@ -73,7 +72,7 @@ def _stale(out: Path, entries: List[str], expected: Dict[str, Dict[str, Any]]) -
         if have != expected[e]["digest"] and "source_fingerprint" in metrics[e]:
             return f"{e} was exported from another {e.rpartition('_')[0]} model (it was remade)"
         if have != expected[e]["digest"]:
-            ckpt = out / e / "meta.json"
+            ckpt = layout.model_meta(e)
             old = (json.loads(ckpt.read_text()).get("fingerprint") or {}).get("inputs", {}) if ckpt.is_file() else {}
             change = describe_change(old, expected[e]["inputs"]) if old else []
             return f"{e} was made by another config" + (f" ({'; '.join(change)})" if change else
@@ -109,13 +108,15 @@ def seed_configs(cfg: RunConfig) -> Dict[int, RunConfig]:
     """
     if not cfg.experiment.seeds:
         return {cfg.seed: cfg}
-    return {s: dataclasses.replace(cfg, seed=s, output_dir=str(cfg.out_dir / f"seed_{s}")) for s in cfg.experiment.seeds}
+    layout = RunLayout(cfg.out_dir)
+    return {s: dataclasses.replace(cfg, seed=s, output_dir=str(layout.seed(s).root)) for s in cfg.experiment.seeds}
 
 
 def run_one(cfg: RunConfig) -> Dict[str, Any]:
     """Run one replicate's steps that are not done yet; return its ``metrics.json`` (rank 0; {} elsewhere)."""
     env = init_distributed(cfg.distributed)
     out = cfg.out_dir
+    metrics_file = RunLayout(out).metrics
     for name, entries, step in steps(cfg):
         reason = None
         if env.is_main:  # a step's fingerprint holds its inputs' digests: a changed input makes it stale
@@ -130,10 +131,10 @@ def run_one(cfg: RunConfig) -> Dict[str, Any]:
         gc.collect()  # free the previous step's sharded model before the next one is built
         dist.barrier()
         if name == "student" and env.is_main:
-            warning = teacher_warning(json.loads((out / METRICS_FILE).read_text()))
+            warning = teacher_warning(json.loads(metrics_file.read_text()))
             if warning:
                 logger.warning("experiment: %s", warning)
-    return json.loads((out / METRICS_FILE).read_text()) if env.is_main else {}
+    return json.loads(metrics_file.read_text()) if env.is_main else {}
 
 
 def run(cfg: RunConfig) -> Dict[str, Any]:
@@ -149,13 +150,15 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
     per_seed = {seed: run_one(c) for seed, c in seed_configs(cfg).items()}
     summary: Dict[str, Any] = {}
     if env.is_main:
-        out = cfg.out_dir
+        layout = RunLayout(cfg.out_dir)
         summary = summarize(per_seed)
-        (out / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
+        layout.summary_json.write_text(json.dumps(summary, indent=2))
         text = summary_markdown(summary, cfg.run_name)
-        (out / SUMMARY_MD).write_text(text)
+        layout.summary_md.write_text(text)
         if cfg.experiment.seeds:  # the top-level report is the summary; each seed has its own
-            (out / REPORT_MD).write_text(text)
-        logger.info("experiment: wrote %s\n%s", out / SUMMARY_JSON, text)
+            plot = write_experiment_plot(summary, per_seed, layout.root, title=cfg.run_name)
+            layout.report_md.write_text(text + (f"\n![AUC against size, validation curves, the gain]({plot.name})\n"
+                                                if plot else ""))
+        logger.info("experiment: wrote %s\n%s", layout.summary_json, text)
     dist.barrier()
     return summary

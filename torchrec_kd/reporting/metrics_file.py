@@ -8,7 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
-METRICS_FILE = "metrics.json"
+from torchrec_kd.core.layout import METRICS_FILE
+
 FIELDS = ("auc", "ne", "logloss", "params", "embedding_bytes", "train_samples_per_s")
 
 
@@ -33,6 +34,20 @@ def update_metrics(out_dir: Path, model_name: str, entry: Dict[str, Any]) -> Dic
         json.dump(data, fh, indent=2, sort_keys=True)
     os.replace(tmp, f)
     return data
+
+
+def read_entry(out_dir: Path, model_name: str) -> Dict[str, Any]:
+    """One model's entry of ``metrics.json`` (empty when the file or the entry is missing).
+
+    Args:
+        out_dir (Path): the run's output directory.
+        model_name (str): e.g. ``distilled``.
+
+    Returns:
+        Dict[str, Any]: the entry.
+    """
+    f = out_dir / METRICS_FILE
+    return json.loads(f.read_text()).get(model_name, {}) if f.is_file() else {}
 
 
 def _fmt(v: Any) -> str:

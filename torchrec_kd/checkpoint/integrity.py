@@ -16,11 +16,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping
 
-from torchrec_kd.config import ConfigError
-
-
-class CorruptArtifactError(ConfigError):
-    """An artifact's files do not match what was recorded when it was written."""
+from torchrec_kd.errors import CorruptArtifactError
 
 
 def sha256_file(path: Path) -> str:

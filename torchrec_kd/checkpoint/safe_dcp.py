@@ -16,16 +16,12 @@ import torch
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
-from torchrec_kd.config import ConfigError
+from torchrec_kd.errors import UnsafeCheckpointError
 
 _ALLOWED_MODULE_PREFIXES = ("torch.distributed.checkpoint.",)
 _ALLOWED = {("torch", "Size"), ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"),
             ("pathlib", "PureWindowsPath"), ("collections", "OrderedDict"), ("builtins", "set"),
             ("builtins", "frozenset"), ("torch.serialization", "_get_layout")}
-
-
-class UnsafeCheckpointError(ConfigError, pickle.UnpicklingError):
-    """A checkpoint's metadata is unreadable or asks to build something outside the allow-list."""
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

@@ -1,0 +1,154 @@
+"""Every command the README and docs/ show runs as shown: parsed, config loaded, or dry-run.
+
+Commands are the lines of ```bash blocks. ``torchx run`` lines run with ``--dryrun``;
+CLI lines are parsed by the CLI's own parser and their config loaded with their
+overrides (which checks the file, every key and value); ``make`` targets must exist;
+scripts must exist.
+"""
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Tuple
+
+import pytest
+
+from tests.conftest import REPO
+from torchrec_kd.cli import _parser
+from torchrec_kd.config import load_config
+
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+CLI_PREFIXES = (("python", "-m", "torchrec_kd.cli"), (".venv/bin/python", "-m", "torchrec_kd.cli"), ("torchrec-kd",),
+                (".venv/bin/torchrec-kd",))
+
+
+def _commands() -> List[Tuple[str, str]]:
+    """(page:line, command) for every command line of every ```bash block."""
+    found = []
+    for page in PAGES:
+        in_bash = False
+        pending = ""
+        for i, line in enumerate(page.read_text().splitlines(), 1):
+            if line.strip().startswith("```"):
+                in_bash = line.strip() in ("```bash", "```sh", "```shell") and not in_bash
+                continue
+            if not in_bash:
+                continue
+            text = (pending + " " + line.strip()).strip() if pending else line.strip()
+            if text.endswith("\\"):
+                pending = text[:-1]
+                continue
+            pending = ""
+            command = _strip_comment(text)
+            if command:
+                found.append((f"{page.relative_to(REPO)}:{i}", command))
+    return found
+
+
+def _strip_comment(line: str) -> str:
+    """The line without a trailing ``# comment`` (shlex knows when # is quoted)."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=False)
+    lexer.whitespace_split = True
+    lexer.commenters = "#"
+    try:
+        return shlex.join(list(lexer))
+    except ValueError:
+        return line
+
+
+def _env_and_argv(command: str) -> List[str]:
+    argv = shlex.split(command)
+    while argv and re.match(r"^[A-Z_]+=", argv[0]):  # LOGLEVEL=INFO python …
+        argv = argv[1:]
+    return argv
+
+
+COMMANDS = _commands()
+
+# One interpreter dry-runs every torchx command (a fresh one per command would cost ~4 s each).
+_DRYRUN = """
+import contextlib, io, json, sys
+from torchx.cli import argparse_util
+from torchx.cli.main import main
+results = {}
+for i, argv in enumerate(json.loads(sys.argv[1])):
+    # torchx remembers the flags it has seen (to refuse a repeated -s); each command starts afresh
+    argparse_util.torchxconfig.called_args.clear()
+    argparse_util.ArgOnceAction.called_args.clear()
+    err = io.StringIO()
+    code = 0
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(argv)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except Exception as e:  # noqa: BLE001
+            code, _ = 1, err.write(repr(e))
+    results[i] = [code, err.getvalue()[-1500:]]
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def dryruns():
+    """torchx command -> (exit code, stderr tail), all dry-run in one process."""
+    runs = [_env_and_argv(c) for _, c in COMMANDS]
+    runs = [["run", "--dryrun", *a[2:]] for a in runs if a[0].endswith("torchx") and a[1:2] == ["run"]
+            and "--help" not in a]
+    if not runs:
+        return {}
+    import json
+
+    out = subprocess.run([sys.executable, "-c", _DRYRUN, json.dumps(runs)], cwd=REPO, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    return {shlex.join(r[2:]): results[str(i)] for i, r in enumerate(runs)}
+
+
+def test_the_docs_show_commands():
+    assert len(COMMANDS) >= 10, COMMANDS
+    assert any("torchx run" in c for _, c in COMMANDS)
+
+
+@pytest.mark.parametrize("where,command", COMMANDS, ids=[w for w, _ in COMMANDS])
+def test_command_runs_as_shown(where, command, dryruns):
+    argv = _env_and_argv(command)
+    head = argv[0]
+    if head.endswith("torchx") and argv[1:2] == ["run"]:
+        if "--help" in argv:
+            return
+        code, stderr = dryruns[shlex.join(argv[2:])]
+        assert code == 0, f"{where}: {command}\n{stderr}"
+        return
+    for prefix in CLI_PREFIXES:
+        if tuple(argv[:len(prefix)]) == prefix:
+            rest = argv[len(prefix):]
+            if "--help" in rest or "-h" in rest:
+                return
+            args = _parser().parse_args(rest)
+            if getattr(args, "config", None):
+                load_config(REPO / args.config, list(getattr(args, "overrides", [])))
+            return
+    if head == "make":
+        targets = set(re.findall(r"^([a-z][\w-]*):", (REPO / "Makefile").read_text(), re.M))
+        for target in (a for a in argv[1:] if "=" not in a and not a.startswith("-")):
+            assert target in targets, f"{where}: make {target}: no such target"
+        return
+    if head in ("python", "python3", ".venv/bin/python") and argv[1].endswith(".py"):
+        assert (REPO / argv[1]).is_file(), f"{where}: {argv[1]} does not exist"
+        return
+    if head.endswith("torchrun"):  # torchrun … examples/x.py: the script must exist
+        scripts = [a for a in argv if a.endswith(".py")]
+        assert scripts and all((REPO / p).is_file() for p in scripts), f"{where}: {command}"
+        return
+    if argv[1:3] == ["-m", "pytest"]:  # the test files or folders named must exist
+        paths = [a.split("::")[0] for a in argv[3:] if not a.startswith("-")]
+        assert all((REPO / p).exists() for p in paths), f"{where}: {command}"
+        return
+    if Path(head).name in ("lint-imports", "ruff", "tensorboard", "pip", "cd", "git", "ls", "cat", "export", "source",
+                           "bash"):
+        return  # tooling and shell plumbing: nothing of ours to check
+    pytest.fail(f"{where}: don't know how to check {command!r}; show it in a ```text block or teach this test")

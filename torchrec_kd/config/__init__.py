@@ -1,0 +1,37 @@
+"""Typed run configuration: the sections (``schema``) and the YAML + overrides loader (``load``).
+
+Example::
+
+    from torchrec_kd.config import load_config
+    cfg = load_config("configs/dlrm_teacher_synthetic.yaml", ["train.steps=10"])
+"""
+
+from torchrec_kd.config.load import RANGES, config_source, config_to_dict, load_config
+from torchrec_kd.config.schema import (
+    CriteoDataConfig,
+    DataConfig,
+    DistillConfig,
+    DistributedConfig,
+    EarlyStoppingConfig,
+    ExperimentConfig,
+    LossTermConfig,
+    ModelConfig,
+    MovieLensDataConfig,
+    QuantizeConfig,
+    RunConfig,
+    ScheduleConfig,
+    ShardingConfig,
+    SparseColumnConfig,
+    SyntheticDataConfig,
+    TableDataConfig,
+    TeacherEntryConfig,
+    TrainConfig,
+)
+from torchrec_kd.errors import ConfigError
+
+__all__ = [
+    "RANGES", "ConfigError", "CriteoDataConfig", "DataConfig", "DistillConfig", "DistributedConfig",
+    "EarlyStoppingConfig", "ExperimentConfig", "LossTermConfig", "ModelConfig", "MovieLensDataConfig",
+    "QuantizeConfig", "RunConfig", "ScheduleConfig", "ShardingConfig", "SparseColumnConfig", "SyntheticDataConfig",
+    "TableDataConfig", "TeacherEntryConfig", "TrainConfig", "config_source", "config_to_dict", "load_config",
+]

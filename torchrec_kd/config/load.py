@@ -1,0 +1,287 @@
+"""Typed run configuration: YAML file + ``key=value`` overrides, validated before any work.
+
+A config is a tree of dataclasses. Loading walks the YAML mapping against the
+dataclass fields, so an unknown key, a wrong type or a value outside an allowed
+set stops the run with an error naming the file, the dotted key and what is
+accepted (with the nearest valid key suggested for typos).
+
+Example::
+
+    cfg = load_config("configs/dlrm_teacher_synthetic.yaml", ["train.steps=10"])
+    cfg.teacher.embedding_dim
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Sequence, Union
+
+import yaml
+
+from torchrec_kd.config.schema import ModelConfig, RunConfig
+from torchrec_kd.errors import ConfigError
+
+
+class _RangeError(ConfigError):
+    """A number outside its key's accepted range (kept through ``Union`` coercion)."""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, List):
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin in (dict, Dict):
+        return f"mapping of {_type_name(typing.get_args(tp)[1])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against type ``tp`` (building nested dataclasses); raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}, got {value!r}")
+        return _build(tp, value, where)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: {value!r} is not accepted; use one of {_type_name(tp)}")
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(e)
+        for e in errors:  # the value had the right type but not an accepted size: say that
+            if isinstance(e, _RangeError):
+                raise e
+        raise ConfigError(f"{where}: {value!r} is not a {_type_name(tp)}")
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a {_type_name(tp)}, got {value!r}")
+        (arg,) = typing.get_args(tp)
+        return [_coerce(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a {_type_name(tp)}, got {value!r}")
+        _, arg = typing.get_args(tp)
+        return {str(k): _coerce(v, arg, f"{where}.{k}") for k, v in value.items()}
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected null, got {value!r}")
+        return None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if tp in (int, float, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        _check_range(where, value)
+        return value
+    return value
+
+
+def _build(cls: Any, raw: Dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"{where}: unknown key '{key}'{hint}")
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where else key)
+    return cls(**kwargs)
+
+
+# Accepted ranges of numeric keys (inclusive; None: unbounded); ``[]`` matches any list index.
+# Step counts and sizes are capped where a larger value is a typo (10**12 steps), or past
+# what the kernels index (2^31 rows per table) or a host can hold.
+_MAX_ROWS = 2**31 - 1
+RANGES: Dict[str, tuple] = {
+    "seed": (0, 2**32 - 1),
+    "data.batch_size": (1, 1 << 20), "data.val_rows": (1, 10**10), "data.test_rows": (1, 10**10),
+    "data.synthetic.num_dense": (1, 4096), "data.synthetic.num_sparse": (1, 1024),
+    "data.synthetic.num_embeddings": (1, _MAX_ROWS), "data.synthetic.num_embeddings[]": (1, _MAX_ROWS),
+    "data.synthetic.pooling": (1, 1024), "data.synthetic.pooling[]": (1, 1024),
+    "data.synthetic.zipf_exponent": (0.01, 10.0), "data.synthetic.latent_dim": (1, 4096),
+    "data.synthetic.num_clusters": (1, 1 << 24), "data.synthetic.interaction_density": (0.0, 1.0),
+    "data.synthetic.interaction_vocab": (1, _MAX_ROWS), "data.synthetic.bias_weight": (0.0, None),
+    "data.synthetic.pair_weight": (0.0, None), "data.synthetic.dense_weight": (0.0, None),
+    "data.synthetic.cross_weight": (0.0, None), "data.synthetic.logit_scale": (1e-6, 100.0),
+    "data.synthetic.positive_rate": (1e-6, 1 - 1e-6), "data.synthetic.block_rows": (1, 1 << 16),
+    "data.synthetic.world_seed": (0, 2**32 - 1), "data.synthetic.train_rows": (1, 10**12),
+    "data.synthetic.student_train_rows": (1, 10**12),
+    "data.criteo.num_embeddings": (1, _MAX_ROWS), "data.criteo.num_embeddings[]": (1, _MAX_ROWS),
+    "data.criteo.chunk_bytes": (1024, 1 << 30), "data.movielens.split_seed": (0, 2**32 - 1),
+    "data.movielens.zip_prefix_len": (1, 5), "data.table.split_seed": (0, 2**32 - 1),
+    "data.table.sparse[].num_embeddings": (1, _MAX_ROWS), "data.table.sparse[].max_length": (1, 1 << 20),
+    "teacher.embedding_dim": (1, 4096), "student.embedding_dim": (1, 4096),
+    "teacher.dense_arch_layer_sizes[]": (1, 1 << 16), "student.dense_arch_layer_sizes[]": (1, 1 << 16),
+    "teacher.over_arch_layer_sizes[]": (1, 1 << 16), "student.over_arch_layer_sizes[]": (1, 1 << 16),
+    "teacher.dcn_num_layers": (1, 64), "student.dcn_num_layers": (1, 64),
+    "teacher.dcn_low_rank_dim": (1, 4096), "student.dcn_low_rank_dim": (1, 4096),
+    "train.steps": (1, 10**8), "train.teacher_steps": (1, 10**8), "train.epochs": (1, 10**5),
+    "train.teacher_epochs": (1, 10**5), "train.embedding_lr": (1e-12, None), "train.dense_lr": (1e-12, None),
+    "train.eps": (1e-30, 1.0), "train.log_every": (0, 10**8), "train.eval_every": (0, 10**8),
+    "train.checkpoint_every": (0, 10**8), "train.keep_checkpoints": (1, 1000),
+    "train.early_stopping.patience": (0, 10**6), "train.early_stopping.min_delta": (0.0, 1.0),
+    "distill.losses[].weight": (0.0, 1e6), "distill.losses[].temperature": (1e-3, 1e3),
+    "distill.losses[].weight_schedule.steps": (0, 10**8), "distill.losses[].weight_schedule.delay": (0, 10**8),
+    "distill.losses[].temperature_schedule.steps": (0, 10**8),
+    "distill.losses[].temperature_schedule.delay": (0, 10**8),
+    "distill.teachers[].weight": (0.0, 1e6), "distill.qat_start": (0, 10**8),
+    "experiment.seeds[]": (0, 2**32 - 1), "distributed.timeout_s": (1, 7 * 86400),
+}
+
+
+def _check_range(where: str, value: Any) -> None:
+    """Refuse a number outside its key's accepted range (``RANGES``)."""
+    import re
+
+    key = re.sub(r"\[\d+\]", "[]", where)
+    if key not in RANGES or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    lo, hi = RANGES[key]
+    if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):  # NaN too
+        accepted = (f"between {lo} and {hi}" if lo is not None and hi is not None
+                    else f">= {lo}" if lo is not None else f"<= {hi}")
+        raise _RangeError(f"{where} must be {accepted}, got {value}")
+
+
+def _set_dotted(tree: Dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def _check_semantics(cfg: RunConfig, where: str) -> None:
+    """Cross-field rules that types alone cannot express."""
+    syn = cfg.data.synthetic
+    for name, val in [("data.batch_size", cfg.data.batch_size), ("train.steps", cfg.train.steps),
+                      ("data.synthetic.block_rows", syn.block_rows), ("train.teacher_steps", cfg.train.teacher_steps),
+                      ("train.epochs", cfg.train.epochs), ("train.teacher_epochs", cfg.train.teacher_epochs),
+                      ("data.synthetic.train_rows", syn.train_rows),
+                      ("data.synthetic.student_train_rows", syn.student_train_rows)]:
+        if val is not None and val <= 0:
+            raise ConfigError(f"{where}: {name} must be positive, got {val}")
+    if abs(syn.zipf_exponent - 1.0) < 1e-6:
+        raise ConfigError(f"{where}: data.synthetic.zipf_exponent must not be 1 (the id sampler divides by "
+                          "1 - exponent); use e.g. 0.99 or 1.05")
+    stop = cfg.train.early_stopping
+    if stop.patience < 0 or stop.min_delta < 0:
+        raise ConfigError(f"{where}: train.early_stopping.patience and min_delta must be >= 0, "
+                          f"got {stop.patience} and {stop.min_delta}")
+    if cfg.train.eval_every < 0:
+        raise ConfigError(f"{where}: train.eval_every must be >= 0 (0: no validation), got {cfg.train.eval_every}")
+    if len(set(cfg.experiment.seeds)) != len(cfg.experiment.seeds):
+        raise ConfigError(f"{where}: experiment.seeds repeats a seed: {cfg.experiment.seeds}")
+    if (syn.train_rows is not None and syn.student_train_rows is not None
+            and syn.student_train_rows > syn.train_rows):
+        raise ConfigError(f"{where}: data.synthetic.student_train_rows ({syn.student_train_rows}) is more than "
+                          f"data.synthetic.train_rows ({syn.train_rows}); the student's window is part of the train split")
+    for name, sizes in [("data.synthetic.num_embeddings", syn.num_embeddings), ("data.synthetic.pooling", syn.pooling)]:
+        if isinstance(sizes, list) and len(sizes) != syn.num_sparse:
+            raise ConfigError(f"{where}: {name} lists {len(sizes)} values but data.synthetic.num_sparse is {syn.num_sparse}")
+    for role in ("teacher", "student"):
+        m: ModelConfig = getattr(cfg, role)
+        if m.over_arch_layer_sizes[-1:] != [1]:
+            raise ConfigError(f"{where}: {role}.over_arch_layer_sizes must end with 1 (one logit), got {m.over_arch_layer_sizes}")
+        if m.dense_arch_layer_sizes[-1:] != [m.embedding_dim]:
+            raise ConfigError(
+                f"{where}: {role}.dense_arch_layer_sizes must end with {role}.embedding_dim "
+                f"({m.embedding_dim}) so dense and sparse features interact; got {m.dense_arch_layer_sizes}")
+    # loss names are checked against the registry by torchrec_kd.losses.check_loss_names (the
+    # registry sits a layer above the config, and plugins add to it)
+    if not cfg.distill.losses:
+        raise ConfigError(f"{where}: distill.losses is empty; list at least one term, e.g. {{name: soft_bce, weight: 1.0}}")
+    if cfg.teacher.table_prefix == cfg.student.table_prefix:
+        raise ConfigError(f"{where}: teacher.table_prefix and student.table_prefix must differ "
+                          f"(both '{cfg.student.table_prefix}'): "
+                          "both models share one DistributedModelParallel")
+
+
+def config_source(path: Optional[Union[str, Path]], overrides: Sequence[str] = ()) -> str:
+    """How error messages name a config: its file and the overrides on top (``<defaults>`` without a file)."""
+    where = str(path) if path is not None else "<defaults>"
+    return where + (" (with overrides " + " ".join(overrides) + ")" if overrides else "")
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Load and validate a run config.
+
+    Args:
+        path (Optional[str | Path]): YAML file; None starts from the defaults.
+        overrides (Sequence[str]): ``dotted.key=value`` strings, values parsed as YAML.
+
+    Returns:
+        RunConfig: the validated config.
+
+    Raises:
+        ConfigError: naming the file, key and accepted values.
+    """
+    raw: Dict[str, Any] = {}
+    where = config_source(path, overrides)
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; pass an existing YAML file to --config")
+        try:
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {e.reason}); save the config as UTF-8") from None
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot be read ({e.strerror}); pass a readable YAML file to --config") from None
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"{p}: not valid YAML{at}: {problem}") from None
+        if raw is None:
+            raise ConfigError(f"{p}: the file is empty; a config needs at least run_name and its sections "
+                              "(see configs/tiny_synthetic.yaml)")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections (run_name: …, data: …), "
+                              f"got a {type(raw).__name__}")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. train.steps=100)")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({e.problem}); quote it, "
+                              "e.g. 'data.criteo.val=[\"day_1[0:1/2]\"]'") from None
+        _set_dotted(raw, key.strip(), value)
+    try:
+        cfg = _build(RunConfig, raw, "")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    _check_semantics(cfg, where)
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> Dict[str, Any]:
+    """Plain-dict view of a config (for logging and saving beside checkpoints)."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,142 @@
+"""A console for people: our stage lines, one progress bar, metrics; everything else to the run's log file.
+
+Each command calls :func:`setup_console` once. Then:
+
+* the console (stderr) shows ``torchrec_kd`` records at INFO and above from rank 0, and
+  every rank's errors and real warnings;
+* third-party INFO records (TorchRec's planner, fbgemm's kernel arguments, the
+  pipeline's notes) and known-harmless warnings (``FutureWarning``/``DeprecationWarning``
+  and the few listed in ``HARMLESS``) go only to ``<output_dir>/run.log``, with every
+  rank's records, each line marked with its rank;
+* ``--verbose`` or ``LOGLEVEL=INFO`` (or ``DEBUG``) puts all of it back on the console.
+
+Example::
+
+    log_file = setup_console(verbose=False, log_dir=cfg.out_dir)
+    logger.info("logs: %s", log_file)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+from torchrec_kd.core.layout import LOG_FILE
+
+OURS = "torchrec_kd"
+# ``logger.info(..., extra=FILE_ONLY)``: a detail for the log file, not for the console
+FILE_ONLY = {"console": False}
+# Third-party warnings seen on every CPU run that say nothing about the user's job.
+HARMLESS = re.compile("|".join([
+    r"Failed to import",                         # optional fbgemm/torchrec kernels absent on CPU
+    r"torch\.distributed\.checkpoint.*(deprecated|will be removed)",
+    r"TypedStorage is deprecated",
+    r"No device id is provided",                 # gloo barrier without a device (CPU ranks)
+    r"torch\.meshgrid: in an upcoming release",
+    r"The given NumPy array is not writable",
+    r"^Sharding Type is .*(unsupported|not supported)",
+    r"Optimizer state .*not found",
+    r"torch\.jit\.\w+ is (deprecated|not supported)",
+    r"Attempting to use hipBLASLt",
+    r"sparse_dist_train.*no_grad",
+    r"set_.*is deprecated",
+    r"Please use the new API settings to control TF32",
+    r"is_fx_tracing will return true",
+    r"The topology was constructed directly",
+    r"known issue with TorchRec's dense tensor size calculation",
+    r"will be pipelined",
+]))
+
+
+def _level_from_env() -> Optional[int]:
+    name = os.environ.get("LOGLEVEL", "").upper()
+    level = logging.getLevelName(name) if name else None
+    return level if isinstance(level, int) else None
+
+
+class _ConsoleFilter(logging.Filter):
+    """Lets through our records at ``ours`` and above, and the rest at WARNING unless harmless."""
+
+    def __init__(self, ours: int, others: int) -> None:
+        super().__init__()
+        self.ours, self.others = ours, others
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "console", True):
+            return False
+        if record.name == OURS or record.name.startswith(OURS + "."):
+            return record.levelno >= self.ours
+        if record.levelno < self.others:
+            return False
+        if self.others <= logging.INFO or record.levelno >= logging.ERROR:
+            return True  # verbose: every warning; errors always
+        text = record.getMessage()
+        if record.name == "py.warnings":
+            category = text.split(":", 3)[2].strip() if text.count(":") >= 3 else ""
+            if category in ("FutureWarning", "DeprecationWarning"):
+                return False
+        return not HARMLESS.search(text)
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """Writes through ``tqdm.write`` so a line never lands inside a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001  (logging must never raise)
+            self.handleError(record)
+
+
+def setup_console(verbose: bool = False, log_dir: Optional[Path] = None) -> Optional[Path]:
+    """Route logs: people's lines to the console, the rest to ``<log_dir>/run.log``.
+
+    Args:
+        verbose (bool): show third-party INFO records and every warning on the console too.
+        log_dir (Optional[Path]): the run's output directory; None: no log file (commands
+            that write no output directory).
+
+    Returns:
+        Optional[Path]: the log file, or None.
+    """
+    rank = int(os.environ.get("RANK", "0"))
+    env_level = _level_from_env()
+    if env_level is not None and env_level <= logging.INFO:
+        verbose = True
+    ours = (env_level or logging.INFO) if rank == 0 else logging.WARNING
+    others = (env_level or logging.INFO) if verbose else logging.WARNING
+    if verbose and rank != 0:
+        ours = others
+    root = logging.getLogger()
+    for h in list(root.handlers):  # torchrec and others configure the root logger on import
+        root.removeHandler(h)
+    root.setLevel(min(ours, others, logging.INFO))
+    fmt = f"%(asctime)s [rank {rank}] %(name)s: %(message)s"
+    console = _TqdmHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(asctime)s %(message)s" if not verbose else fmt, datefmt="%H:%M:%S"))
+    console.addFilter(_ConsoleFilter(ours, others))
+    root.addHandler(console)
+    for name in logging.root.manager.loggerDict:  # loggers that set their own level or handlers
+        lg = logging.getLogger(name)
+        if not name.startswith(OURS):
+            lg.handlers = [h for h in lg.handlers if not isinstance(h, logging.StreamHandler)]
+            lg.propagate = True
+    logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger -> the filter above
+    log_file = None
+    if log_dir is not None:
+        try:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            log_file = Path(log_dir) / LOG_FILE
+            handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+        except OSError:
+            return None  # an unwritable output directory is reported by the run lock, in one line
+        handler.setFormatter(logging.Formatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
+        handler.setLevel(logging.INFO if not (env_level and env_level < logging.INFO) else env_level)
+        root.addHandler(handler)
+    return log_file

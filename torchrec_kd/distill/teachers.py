@@ -1,0 +1,166 @@
+"""The teachers of a distillation run: which checkpoints, checked against the config and the data.
+
+``resolve_teachers`` reads ``distill.teachers`` (or the run's own ``teacher/``), refuses a
+checkpoint that is not a teacher, does not fit the data or clashes with another model's
+table prefix, and says in which precision each teacher's tables are sharded.
+
+Example::
+
+    teachers = resolve_teachers(cfg, data.sparse_names, data.num_embeddings)
+    model = DistillationModel([build_dlrm(t.model, t.tables, 13) for t in teachers], student, loss)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+import torch
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+
+from torchrec_kd.checkpoint.model_io import checkpoint_fingerprint, read_meta
+from torchrec_kd.config import ConfigError, ModelConfig, RunConfig, config_to_dict
+from torchrec_kd.core.fingerprint import read_recorded
+from torchrec_kd.core.layout import TEACHER, RunLayout
+from torchrec_kd.errors import CheckpointError
+from torchrec_kd.models.dlrm import make_tables, tables_stored_as
+from torchrec_kd.quant.int8_teacher import quantize_frozen_tables
+
+# Where the models sit inside a DistillationModel (its state dict, its sharding plan).
+TEACHERS, STUDENT = "teachers.", "student."
+
+
+def check_teacher_checkpoint(path: Path, teacher: ModelConfig, tables: List[EmbeddingBagConfig]) -> None:
+    """Refuse a teacher checkpoint that does not match the configured teacher.
+
+    Args:
+        path (Path): teacher checkpoint directory (``train-teacher``'s output).
+        teacher (ModelConfig): the ``teacher`` section of this run.
+        tables (List[EmbeddingBagConfig]): the teacher tables this run builds.
+
+    Raises:
+        ConfigError: naming what differs (tables or architecture fields).
+    """
+    meta = read_meta(path)
+    if meta.get("role") != "teacher":
+        raise CheckpointError(f"distill.teacher_checkpoint: {path} holds a {meta.get('role')!r} model, not a teacher")
+    saved, wanted = meta.get("tables", []), [t.name for t in tables]
+    if saved != wanted:
+        raise CheckpointError(f"distill.teacher_checkpoint: {path} has tables {saved[:3]}… but the teacher config builds "
+                         f"{wanted[:3]}…; use the data/teacher config that trained it")
+    saved_rows, wanted_rows = meta.get("num_embeddings"), [t.num_embeddings for t in tables]
+    if saved_rows is not None and saved_rows != wanted_rows:
+        diff = [(t.name, a, b) for t, a, b in zip(tables, saved_rows, wanted_rows) if a != b]
+        raise CheckpointError(f"distill.teacher_checkpoint: {path} has table rows {diff[:3]} (table, saved, configured); "
+                          "use the data config the teacher was trained with")
+    saved_cfg, wanted_cfg = meta.get("config", {}).get("teacher", {}), config_to_dict(teacher)
+    diff = [k for k in wanted_cfg if k in saved_cfg and saved_cfg[k] != wanted_cfg[k]]
+    if diff:
+        raise CheckpointError(f"distill.teacher_checkpoint: {path} was trained with teacher "
+                         + ", ".join(f"{k}={saved_cfg[k]}" for k in diff) + " but this config says "
+                         + ", ".join(f"{k}={wanted_cfg[k]}" for k in diff))
+
+
+class TeacherSpec:
+    """One teacher of this run: where it comes from and how it is built.
+
+    Args:
+        checkpoint (Path): its ``train-teacher`` checkpoint.
+        weight (float): its ensemble weight.
+        model (ModelConfig): architecture.
+        tables (List[EmbeddingBagConfig]): its tables.
+    """
+
+    def __init__(self, checkpoint: Path, weight: float, model: ModelConfig, tables: List[EmbeddingBagConfig]) -> None:
+        self.checkpoint, self.weight, self.model, self.tables = checkpoint, weight, model, tables
+
+    @property
+    def features(self) -> List[str]:
+        return [t.feature_names[0] for t in self.tables]
+
+
+def sharded_dtype(cfg: RunConfig) -> str:
+    """The precision the teachers' tables are sharded (and loaded) in.
+
+    An int8 teacher is loaded in fp16 (half the fp32 transient) and then quantized in
+    place (:func:`~torchrec_kd.quant.int8_teacher.quantize_frozen_tables`).
+    """
+    return "fp16" if cfg.distill.teacher_dtype == "int8" else cfg.distill.teacher_dtype
+
+
+def store_teachers_as_int8(cfg: RunConfig, model: torch.nn.Module) -> None:
+    """``distill.teacher_dtype=int8``: quantize the loaded, frozen teachers' tables in place.
+
+    Args:
+        cfg (RunConfig): the run config (nothing happens unless ``teacher_dtype`` is int8).
+        model (nn.Module): the sharded model holding the teachers under ``teachers.``.
+
+    Raises:
+        ConfigError: the teachers' tables are sharded in a way the int8 kernel cannot replace.
+    """
+    if cfg.distill.teacher_dtype != "int8":
+        return
+    try:
+        quantize_frozen_tables(model, TEACHERS)
+    except ValueError as e:
+        raise ConfigError(f"distill.teacher_dtype=int8: {e}; or use teacher_dtype fp16") from None
+
+
+def resolve_teachers(cfg: RunConfig, sparse_names: List[str], num_embeddings: List[int]) -> List[TeacherSpec]:
+    """The run's teachers: ``distill.teachers`` if listed, else the configured teacher.
+
+    Args:
+        cfg (RunConfig): the run config.
+        sparse_names (List[str]): the data's sparse features.
+        num_embeddings (List[int]): their table sizes.
+
+    Returns:
+        List[TeacherSpec]: checked against the data and each other.
+
+    Raises:
+        ConfigError: a checkpoint that is not a teacher, does not fit the data, or shares a
+            table prefix with another model of the run.
+    """
+    if not cfg.distill.teachers:
+        path = Path(cfg.distill.teacher_checkpoint or RunLayout(cfg.out_dir).model(TEACHER))
+        tables = make_tables(cfg.teacher, sparse_names, num_embeddings)
+        check_teacher_checkpoint(path, cfg.teacher, tables)
+        return [TeacherSpec(path, 1.0, cfg.teacher, tables_stored_as(tables, sharded_dtype(cfg)))]
+    sizes = dict(zip(sparse_names, num_embeddings))
+    specs: List[TeacherSpec] = []
+    for i, entry in enumerate(cfg.distill.teachers):
+        where = f"distill.teachers[{i}]"
+        if not entry.checkpoint:
+            raise ConfigError(f"{where}.checkpoint is empty; give a train-teacher output directory")
+        if not entry.weight >= 0:
+            raise ConfigError(f"{where}.weight must be >= 0, got {entry.weight}")
+        meta = read_meta(Path(entry.checkpoint))
+        if meta.get("role") != "teacher":
+            raise CheckpointError(f"{where}.checkpoint: {entry.checkpoint} holds a {meta.get('role')!r} model, not a teacher")
+        model = ModelConfig(**meta["model"])
+        feats, rows = meta["sparse_features"], meta["num_embeddings"]
+        bad = [(f, r, sizes.get(f)) for f, r in zip(feats, rows) if sizes.get(f) != r]
+        if bad:
+            raise CheckpointError(f"{where}.checkpoint: {entry.checkpoint} does not fit this data: "
+                                  f"(feature, its rows, the data's) {bad[:3]}; distill on the data the teacher was trained on")
+        tables = tables_stored_as(make_tables(model, feats, rows), sharded_dtype(cfg))
+        specs.append(TeacherSpec(Path(entry.checkpoint), entry.weight, model, tables))
+    if sum(s.weight for s in specs) <= 0:
+        raise ConfigError("distill.teachers: the weights sum to 0; give at least one teacher a positive weight")
+    prefixes = [s.model.table_prefix for s in specs] + [cfg.student.table_prefix]
+    clash = sorted({p for p in prefixes if prefixes.count(p) > 1})
+    if clash:
+        raise ConfigError(f"distill.teachers: table prefix(es) {clash} used by more than one model of this run "
+                          "(every model shares one DMP); train the extra teacher with e.g. teacher.table_prefix=t2_")
+    return specs
+
+
+def teacher_digest(checkpoint: Path) -> str:
+    """A teacher checkpoint's recorded fingerprint (one from before fingerprints: its file digest)."""
+    recorded = read_recorded(read_meta(checkpoint))
+    return recorded["digest"] if recorded else "sha256:" + checkpoint_fingerprint(checkpoint)[:16]
+
+
+def teacher_digests(teachers: List[TeacherSpec]) -> str:
+    """The teachers' digests, comma-joined: what a distilled student's fingerprint records of them."""
+    return ",".join(teacher_digest(t.checkpoint) for t in teachers)

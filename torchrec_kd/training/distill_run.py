@@ -1,0 +1,193 @@
+"""Distil trained teacher(s) into the student inside ``TrainPipelineSparseDist``.
+
+Setup builds the teacher(s) and the student on ``meta``, wraps them in one
+``DistillationModel``, freezes the teachers' tables (stateless fused SGD, left out of
+the optimizer), shards everything with one ``DistributedModelParallel``, loads each
+teacher checkpoint (resharded to this plan) and initialises the student exactly as
+``train-student`` does, so "student alone" and "distilled" differ only in the loss.
+Offline, no teacher is built: its stored outputs ride with each batch. With QAT the
+student's tables sit in a :class:`~torchrec_kd.quant.qat.FakeQuantSparseArch`.
+``recipes.distill`` is its entry point.
+
+Example::
+
+    run = DistillRun(cfg, qat="int4")
+    run.setup(); run.train()
+    entry = run.save(run.evaluate("test"))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import torch
+from torchrec.datasets.utils import Batch
+from torchrec.models.dlrm import DLRM
+
+from torchrec_kd.checkpoint.model_io import load_module, read_meta, save_model
+from torchrec_kd.config import ConfigError, RunConfig, config_to_dict
+from torchrec_kd.core.console import FILE_ONLY
+from torchrec_kd.core.fingerprint import step_fingerprint
+from torchrec_kd.core.layout import RunLayout, distilled_name
+from torchrec_kd.distill.freeze import freeze_sharded, freeze_teacher_tables
+from torchrec_kd.distill.model import DistillationModel
+from torchrec_kd.distill.offline import OfflineScores
+from torchrec_kd.distill.teachers import STUDENT, TEACHERS, resolve_teachers, store_teachers_as_int8, teacher_digests
+from torchrec_kd.distributed.sharding import add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard
+from torchrec_kd.losses import FeatureDims, build_loss
+from torchrec_kd.models.dlrm import (
+    MODEL_PREFIX,
+    build_dlrm,
+    count_params,
+    embedding_bytes,
+    interaction_dim,
+    make_tables,
+    model_meta,
+)
+from torchrec_kd.models.init import init_weights
+from torchrec_kd.models.inputs import model_inputs
+from torchrec_kd.quant.qat import use_fake_quant_sparse_arch
+from torchrec_kd.reporting.metrics_file import metrics_table, update_metrics
+from torchrec_kd.reporting.summary import teacher_warning
+from torchrec_kd.training.pipelined_run import PipelinedRun
+
+logger = logging.getLogger(__name__)
+
+
+def warn_if_teacher_not_better(cfg: RunConfig, teacher_checkpoint: Path) -> Optional[str]:
+    """Log (and return) a warning when the teacher's best validation AUC is not above the student alone's.
+
+    Args:
+        cfg (RunConfig): the run (its ``metrics.json`` may hold the student alone).
+        teacher_checkpoint (Path): the (first) teacher's checkpoint; its meta records its selection.
+
+    Returns:
+        Optional[str]: the warning, or None (teacher better, or nothing to compare yet).
+    """
+    metrics_file = RunLayout(cfg.out_dir).metrics
+    student = json.loads(metrics_file.read_text()).get("student") if metrics_file.is_file() else None
+    teacher = (read_meta(teacher_checkpoint).get("selection") or {})
+    if not student or not teacher.get("best_val"):
+        return None
+    warning = teacher_warning({"teacher": teacher, "student": student})
+    if warning:
+        logger.warning("distill: %s", warning)
+    return warning
+
+
+class DistillRun(PipelinedRun):
+    """Distill the teacher(s) into ``cfg.student``, online or from stored scores, optionally QAT.
+
+    Args:
+        cfg (RunConfig): the validated run config.
+        qat (Optional[str]): fake-quantize the student's rows as this format (``int4``, …)
+            while it learns; the result is saved as ``distilled_qat``.
+    """
+
+    def __init__(self, cfg: RunConfig, qat: Optional[str] = None) -> None:
+        super().__init__(cfg, "distill" if qat is None else "distill_qat", distilled_name(qat), trained_prefix=STUDENT,
+                         data_role="student")
+        self.qat = qat
+        self.offline: Optional[OfflineScores] = None
+
+    @property
+    def teacher_checkpoint(self) -> Path:
+        """The (first) teacher's checkpoint."""
+        return self.teachers[0].checkpoint
+
+    def setup(self) -> None:
+        """Process group, data, models, freezing, sharding, teacher load, optimizer, pipeline."""
+        cfg = self.cfg
+        env = self.setup_run()
+        dense_in = len(self.data.dense_names)
+        self.teachers = resolve_teachers(cfg, list(self.data.sparse_names), list(self.data.num_embeddings))
+        self.fingerprint = step_fingerprint(cfg, self.entry_name, {"teachers": teacher_digests(self.teachers)})
+        if env.is_main:
+            warn_if_teacher_not_better(cfg, self.teachers[0].checkpoint)
+        self.inputs = model_inputs(cfg, "student", self.data.sparse_names, self.data.num_embeddings, self.data.dense_names)
+        features = self.inputs.sparse_features
+        self.student_tables = make_tables(cfg.student, features, self.inputs.num_embeddings)
+        first = self.teachers[0]
+        dims = FeatureDims(student_hint=interaction_dim(cfg.student, len(features)),
+                           teacher_hint=interaction_dim(first.model, len(first.features)),
+                           student_dim=cfg.student.embedding_dim, teacher_dim=first.model.embedding_dim,
+                           student_features=features, teacher_features=first.features)
+        loss = build_loss(cfg.distill.losses, dims)
+        if cfg.distill.offline:
+            self.offline = OfflineScores.open(cfg, self.teachers, loss.requires, env, self.steps)
+            self.teachers_built: List[DLRM] = []
+        else:
+            self.teachers_built = [build_dlrm(t.model, t.tables, dense_in) for t in self.teachers]
+        student = build_dlrm(cfg.student, self.student_tables, dense_in, dense_columns=self.inputs.dense_columns)
+        if self.qat is not None:
+            use_fake_quant_sparse_arch(student, self.student_tables, self.qat, cfg.distill.qat_start)
+        try:
+            module = DistillationModel(self.teachers_built, student, loss,
+                                       teacher_weights=[t.weight for t in self.teachers] if self.teachers_built else None,
+                                       group_feature=cfg.distill.group_feature)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if cfg.distill.group_feature is not None and cfg.distill.group_feature not in self.data.sparse_names:
+            raise ConfigError(f"distill.group_feature: '{cfg.distill.group_feature}' is not a sparse feature of this data; "
+                              f"it has {list(self.data.sparse_names)[:8]}")
+        for teacher in module.teachers:
+            freeze_teacher_tables(teacher)
+        add_fused_embedding_optimizer(module.student, cfg.train)
+        online = self.teachers if self.teachers_built else []
+        all_tables = [t for spec in online for t in spec.tables] + self.student_tables
+        constraints = planner_constraints(cfg.sharding, all_tables, env.device.type)
+        self.model = shard(module, env, self.local_batch, constraints)
+        freeze_sharded(self.model, TEACHERS)
+        init_weights(self.model, cfg.seed, prefix=STUDENT)
+        for i, spec in enumerate(online):
+            load_module(self.model, spec.checkpoint, model_prefix=f"{TEACHERS}{i}.", ckpt_prefix=MODEL_PREFIX)
+        if online:
+            store_teachers_as_int8(cfg, self.model)
+        self.optimizer = build_optimizer(self.model, cfg.train, frozen_prefix=TEACHERS)
+        self.make_pipeline()
+
+    def _resume(self) -> int:
+        start = super()._resume()
+        assert self.model is not None
+        self.model.module.loss_fn.step = start  # schedules continue where the run stopped
+        if self.qat is not None:  # and so does the QAT start
+            self.model.module.student.sparse_arch.pool.step = start
+        return start
+
+    def train_batches(self, start: int) -> Iterator[Batch]:
+        """Offline, each batch carries the stored teacher outputs of its rows."""
+        batches = super().train_batches(start)
+        if self.offline is None:
+            return batches
+        assert self.env is not None
+        return self.offline.attach(batches, start, self.env.rank, self.env.world_size)
+
+    @torch.no_grad()
+    def score(self, batch: Batch) -> torch.Tensor:
+        """The student alone scores evaluation batches (no teacher work, no stored scores needed)."""
+        assert self.model is not None
+        return self.model.module.student(batch.dense_features, batch.sparse_features).squeeze(-1)
+
+    def save(self, metrics: Dict[str, float]) -> Dict[str, Any]:
+        """Checkpoint the student (in ``train-student``'s layout) and record its metrics."""
+        cfg, env = self.cfg, self.env
+        assert env is not None and self.model is not None
+        out = cfg.out_dir
+        meta = {"role": "student", "distilled_from": [str(t.checkpoint) for t in self.teachers],
+                "offline": cfg.distill.offline, "qat": self.qat, "config": config_to_dict(cfg),
+                "selection": self.selection(), "fingerprint": self.fingerprint,
+                "world_size": env.world_size, "tables": [t.name for t in self.student_tables],
+                **model_meta(cfg.student, self.student_tables, dense_in_features=self.inputs.dense_in_features,
+                             dense_columns=self.inputs.dense_columns)}
+        save_model(self.model, out / self.entry_name, meta, model_prefix=STUDENT, ckpt_prefix=MODEL_PREFIX)
+        emb = embedding_bytes(self.student_tables)
+        entry = {**self.entry(metrics, count_params(emb, self.model, STUDENT), emb),
+                 "losses": [config_to_dict(t) for t in cfg.distill.losses], "qat": self.qat,
+                 "offline": cfg.distill.offline, "teachers": len(self.teachers)}
+        if env.is_main:
+            data = update_metrics(out, self.entry_name, entry)
+            logger.info("wrote %s\n%s", RunLayout(out).metrics, metrics_table(data), extra=FILE_ONLY)
+        return entry

@@ -1,0 +1,1 @@
+"""Workflows chain recipes: ``experiment`` runs teacher -> student -> distill -> quantize -> report per seed."""
