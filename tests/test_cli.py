@@ -26,6 +26,22 @@ def test_train_teacher_cli_writes_metrics(tmp_path):
     events = EventAccumulator(str(tmp_path / "tensorboard" / "teacher")).Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [5, 10]  # streamed while training
     assert "teacher test auc" in out.stderr
+    # the console: our lines only; TorchRec's planner and the rest in the run's log file
+    log = (tmp_path / "run.log").read_text()
+    assert f"details in {tmp_path / 'run.log'}" in out.stderr.splitlines()[0]
+    assert "GreedyPerfPartitioner" in log and "GreedyPerfPartitioner" not in out.stderr
+    assert "sharding plan:" in log and "sharding plan:" not in out.stderr
+    assert "teacher step 10/10 loss" in out.stderr and "FutureWarning" not in out.stderr
+    assert len(out.stderr.splitlines()) < 20, out.stderr
+
+
+def test_verbose_puts_third_party_logs_back_on_the_console(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "torchrec_kd.cli", "train-teacher", "-v", "--config", str(TINY),
+                          "--output_dir", str(tmp_path), "train.steps=2"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "GreedyPerfPartitioner" in out.stderr and "sharding plan:" in out.stderr
+    assert (tmp_path / "metrics.json").is_file()  # --output_dir (the components' spelling) works too
 
 
 def test_cli_bad_config_is_a_clear_error(tmp_path):

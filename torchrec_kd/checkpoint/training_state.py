@@ -1,6 +1,6 @@
 """Resumable training state: sharded model + optimizers + step + RNG, written atomically.
 
-Layout under the checkpoint root (``<output_dir>/<name>/train_state/``)::
+Layout under the checkpoint root (``<output_dir>/train_state/<name>/``, ``RunLayout.train_state``)::
 
     step_00000400/            a complete checkpoint
         state/                torch.distributed.checkpoint shards (model, optimizer)

@@ -6,24 +6,26 @@ Example::
     cfg = load_config("configs/dlrm_teacher_synthetic.yaml", ["train.steps=10"])
 """
 
-from torchrec_kd.config.load import RANGES, config_source, config_to_dict, load_config
-from torchrec_kd.config.schema import (
+from torchrec_kd.config.data_sources import (
     CriteoDataConfig,
     DataConfig,
+    MovieLensDataConfig,
+    SparseColumnConfig,
+    SyntheticDataConfig,
+    TableDataConfig,
+)
+from torchrec_kd.config.load import RANGES, config_source, config_to_dict, load_config
+from torchrec_kd.config.schema import (
     DistillConfig,
     DistributedConfig,
     EarlyStoppingConfig,
     ExperimentConfig,
     LossTermConfig,
     ModelConfig,
-    MovieLensDataConfig,
     QuantizeConfig,
     RunConfig,
     ScheduleConfig,
     ShardingConfig,
-    SparseColumnConfig,
-    SyntheticDataConfig,
-    TableDataConfig,
     TeacherEntryConfig,
     TrainConfig,
 )

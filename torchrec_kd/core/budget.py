@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from torchrec_kd.config import ConfigError, TrainConfig
+from torchrec_kd.config import TrainConfig
+from torchrec_kd.errors import ConfigError
 
 
 def budget_spec(train: TrainConfig, role: str = "student") -> Dict[str, int]:

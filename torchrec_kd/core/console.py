@@ -22,8 +22,9 @@ import logging
 import os
 import re
 import sys
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional
 
 from torchrec_kd.core.layout import LOG_FILE
 
@@ -53,9 +54,14 @@ HARMLESS = re.compile("|".join([
 
 
 def _level_from_env() -> Optional[int]:
+    """``LOGLEVEL`` when it asks for more than the default (INFO or DEBUG); None otherwise.
+
+    TorchX's ``dist.ddp`` sets ``LOGLEVEL=WARNING`` for every job unless the user chose, so a
+    quieter level there says nothing about what the user wants to see.
+    """
     name = os.environ.get("LOGLEVEL", "").upper()
     level = logging.getLevelName(name) if name else None
-    return level if isinstance(level, int) else None
+    return level if isinstance(level, int) and level <= logging.INFO else None
 
 
 class _ConsoleFilter(logging.Filter):
@@ -107,7 +113,7 @@ def setup_console(verbose: bool = False, log_dir: Optional[Path] = None) -> Opti
     """
     rank = int(os.environ.get("RANK", "0"))
     env_level = _level_from_env()
-    if env_level is not None and env_level <= logging.INFO:
+    if env_level is not None:
         verbose = True
     ours = (env_level or logging.INFO) if rank == 0 else logging.WARNING
     others = (env_level or logging.INFO) if verbose else logging.WARNING
@@ -140,3 +146,68 @@ def setup_console(verbose: bool = False, log_dir: Optional[Path] = None) -> Opti
         handler.setLevel(logging.INFO if not (env_level and env_level < logging.INFO) else env_level)
         root.addHandler(handler)
     return log_file
+
+
+class _QuarterLines:
+    """A progress "bar" for a pipe: one log line at each quarter of the stage (tqdm's interface, the part we use)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool, initial: int, iterable: Any = None, unit: str = "it",
+                 **_: Any) -> None:
+        self.total, self.desc, self.enabled, self.n, self.unit = total, desc, enabled, initial, unit
+        self.iterable, self.postfix = iterable, ""
+        self.start, self.t0 = initial, time.perf_counter()
+        self.next_mark = initial + max(1, (total - initial) // 4)
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        self.close()
+
+    def set_postfix(self, refresh: bool = False, **kwargs: Any) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.n >= self.next_mark and self.n < self.total:
+            self._line()
+            self.next_mark += max(1, (self.total - self.start) // 4)
+
+    def _line(self) -> None:
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.t0
+        rate = (self.n - self.start) / elapsed if elapsed > 0 else 0.0
+        eta = f", {(self.total - self.n) / rate:.0f} s left" if rate > 0 and self.n < self.total else ""
+        done = f"{self.n:,}/{self.total:,}" + ("" if self.unit == "it" else f" {self.unit}")
+        logging.getLogger(OURS).info("%s: %3.0f%% %s in %.0f s%s%s", self.desc, 100 * self.n / self.total, done,
+                                     elapsed, eta, f" ({self.postfix})" if self.postfix else "")
+
+    def close(self) -> None:
+        if self.total and self.n >= self.total and self.next_mark is not None:
+            self._line()
+        self.next_mark = None  # type: ignore[assignment]
+
+
+def progress_bar(total: Optional[int], desc: str, enabled: bool = True, initial: int = 0, **kwargs: Any) -> Any:
+    """One progress bar for a stage: tqdm on a terminal; a line at each quarter when the console is a pipe.
+
+    Under ``torchx run`` or in CI the console is a pipe, where every refresh of a bar
+    would become a line of its own.
+
+    Args:
+        total (Optional[int]): steps (or bytes) of the stage; None when unknown.
+        desc (str): the stage's name, shown first.
+        enabled (bool): show it at all (rank 0 only).
+        initial (int): where a resumed stage starts.
+        **kwargs: passed to ``tqdm`` (e.g. ``unit="B"``, ``iterable=``).
+
+    Returns:
+        tqdm or an object with its ``update``/``set_postfix``/``close``/iteration.
+    """
+    if not sys.stderr.isatty() and total:
+        return _QuarterLines(total, desc, enabled, initial, **kwargs)
+    from tqdm import tqdm
+
+    kwargs.setdefault("mininterval", 2.0)
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, **kwargs)

@@ -12,6 +12,7 @@
       train_state/<model>/    resumable training state; best/ holds the best validated weights
       export/<model>/         a quantized export: quantized.json, weights.pt, model.ts
       teacher_scores/         offline distillation's teacher-score cache
+      eval_<model>_<split>.json  what `evaluate` measured
       seed_<s>/               one replicate of an experiment (the same layout inside)
 
 Example::
@@ -141,6 +142,10 @@ class RunLayout:
     def log_file(self) -> Path:
         """The run's log file (what the console leaves out)."""
         return self.root / LOG_FILE
+
+    def evaluation(self, source: str, split: str) -> Path:
+        """What ``evaluate --source <source> --split <split>`` wrote."""
+        return self.root / f"eval_{source}_{split}.json"
 
     def seed(self, seed: int) -> "RunLayout":
         """The layout of one seed's replicate inside an experiment."""

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import IO, Dict
 
-from torchrec_kd.config import ConfigError
 from torchrec_kd.core.layout import LOCK_FILE
+from torchrec_kd.errors import ConfigError
 
 _held: Dict[str, IO[str]] = {}  # output dir -> the open lock file (closing it releases the lock)
 

@@ -35,8 +35,8 @@ def build_data(cfg: DataConfig, seed: int, role: str = "teacher") -> ClickLog:
         ClickLog: exposes feature names, table sizes and per-rank batch streams.
 
     Raises:
-        ConfigError: a missing path, file or column, an empty split, undeclared label values
-            (``DataError``, a ``ConfigError``, names the file and what was expected).
+        DataError: a missing path, file or column, an empty split, undeclared label values
+            (a ``UserError``: it names the file and what was expected); ConfigError: a bad data section.
     """
     # only rank 0 logs load summaries (bad rows, split sizes); every rank counts the same rows
     verbose = os.environ.get("RANK", "0") == "0"

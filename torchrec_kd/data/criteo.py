@@ -38,12 +38,12 @@ import numpy as np
 from torchrec.datasets.criteo import BinaryCriteoUtils
 from torchrec.datasets.utils import Batch
 
-from torchrec_kd.config import ConfigError, CriteoDataConfig
+from torchrec_kd.config import CriteoDataConfig
 from torchrec_kd.data.bad_rows import BadRowLog
 from torchrec_kd.data.criteo_parse import NUM_DENSE, NUM_SPARSE, ParsedBlock, parse_block
 from torchrec_kd.data.files import FileSpec, count_lines, parse_spec, raw_stem, read_line_blocks, resolve
 from torchrec_kd.data.rows import SPLITS, Jagged, RowBlock, check_split, indexed_batches, stream_batches
-from torchrec_kd.errors import DataError
+from torchrec_kd.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 

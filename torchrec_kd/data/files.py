@@ -26,8 +26,7 @@ from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from torchrec_kd.config import ConfigError
-from torchrec_kd.errors import DataError
+from torchrec_kd.errors import ConfigError, DataError
 
 _RANGE = re.compile(r"^(?P<name>.+?)\[(?P<a>[^\[\]:]*):(?P<b>[^\[\]:]*)\]$")
 # Extensions dropped to name a raw file's preprocessed stem (train.txt -> train_dense.npy).

@@ -40,11 +40,11 @@ from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 import numpy as np
 
-from torchrec_kd.config import ConfigError, MovieLensDataConfig
+from torchrec_kd.config import MovieLensDataConfig
 from torchrec_kd.data.bad_rows import BadRowLog
 from torchrec_kd.data.files import listing
 from torchrec_kd.data.rows import SPLITS, InMemoryClickLog, Jagged, RowBlock, fraction_split
-from torchrec_kd.errors import DataError
+from torchrec_kd.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 

@@ -36,12 +36,14 @@ from typing import BinaryIO, Dict, List, Optional, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from torchrec_kd.config import ConfigError, DataConfig
+from torchrec_kd.config import DataConfig
+from torchrec_kd.core.console import progress_bar
 from torchrec_kd.data.bad_rows import BadRowLog
 from torchrec_kd.data.criteo import NPY_PARTS, criteo_table_sizes, need_dir, split_specs
 from torchrec_kd.data.criteo_parse import NUM_DENSE, NUM_SPARSE, parse_block
 from torchrec_kd.data.files import raw_stem, read_line_blocks, resolve
 from torchrec_kd.data.rows import SPLITS
+from torchrec_kd.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +214,7 @@ def preprocess_criteo(cfg: DataConfig, out: Optional[str] = None, workers: int =
     files = raw_files(cfg)
     tables = criteo_table_sizes(cfg.criteo)
     total = sum(f.stat().st_size for f in files)
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="preprocess", disable=not show_progress, mininterval=1.0)
+    bar = progress_bar(total, "preprocess", show_progress, unit="B", unit_scale=True)
     results: List[FileResult] = []
     try:
         if workers <= 1 or len(files) == 1:

@@ -30,8 +30,7 @@ import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_kd.config import ConfigError
-from torchrec_kd.errors import DataError
+from torchrec_kd.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
 

@@ -35,7 +35,8 @@ import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_kd.config import ConfigError, SyntheticDataConfig
+from torchrec_kd.config import SyntheticDataConfig
+from torchrec_kd.errors import ConfigError
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 _PERM_PRIME = 1_000_000_007

@@ -41,12 +41,12 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from torchrec_kd.config import ConfigError, SparseColumnConfig, TableDataConfig
+from torchrec_kd.config import SparseColumnConfig, TableDataConfig
 from torchrec_kd.data.bad_rows import BadRowLog
 from torchrec_kd.data.files import listing, natural_key
 from torchrec_kd.data.ids import to_rows
 from torchrec_kd.data.rows import InMemoryClickLog, Jagged, RowBlock, fraction_split
-from torchrec_kd.errors import DataError
+from torchrec_kd.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 

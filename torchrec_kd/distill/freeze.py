@@ -6,7 +6,7 @@ an optimizer (with state, e.g. Adagrad's momentum) inside ``dmp.fused_optimizer`
 We fuse plain SGD into the teacher's tables before sharding (fbgemm's EXACT_SGD
 keeps no optimizer state), run the teacher under ``no_grad`` so its backward never
 happens, and leave its fused optimizer out of the one we step
-(``build_optimizer(..., frozen_prefix="teacher.")``).
+(``build_optimizer(..., frozen_prefix="teachers.")``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def freeze_sharded(model: nn.Module, prefix: str) -> None:
 
     Args:
         model (nn.Module): the sharded model.
-        prefix (str): e.g. ``"teacher."``.
+        prefix (str): e.g. ``"teachers."``.
     """
     for name, param in list(model.named_parameters()):
         if not name.startswith(prefix):

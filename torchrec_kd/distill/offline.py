@@ -8,7 +8,7 @@ pooled embeddings (:mod:`torchrec_kd.distill.score_cache`). ``distill`` with
 training batch into a :class:`~torchrec_kd.distill.scored_batch.ScoredBatch` carrying the
 stored outputs of exactly its rows.
 
-A cache is refused (``ConfigError``) when its teacher fingerprint, data (the
+A cache is refused (``CacheError``) when its teacher fingerprint, data (the
 :mod:`torchrec_kd.core.fingerprint` data identity), seed,
 batch size or fields differ from the run, when it holds fewer steps than the run needs, or
 when a batch's data digest differs from the one stored for the same rows.
@@ -76,7 +76,7 @@ class OfflineScores:
     @classmethod
     def open(cls, cfg: RunConfig, teachers: Sequence["TeacherSpec"], requires: FrozenSet[str],
              env: DistEnv, steps: int) -> "OfflineScores":
-        """Open and check the run's cache for ``steps`` batches (raises ``ConfigError`` naming what does not match)."""
+        """Open and check the run's cache for ``steps`` batches (raises ``CacheError`` naming what does not match)."""
         path = scores_dir(cfg)
         fields = cached_fields(requires)
         reader = open_cache(path, run_fingerprint(cfg, teachers), steps=steps,

@@ -19,10 +19,10 @@ import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from torchrec_kd.checkpoint.model_io import checkpoint_fingerprint, read_meta
-from torchrec_kd.config import ConfigError, ModelConfig, RunConfig, config_to_dict
+from torchrec_kd.config import ModelConfig, RunConfig, config_to_dict
 from torchrec_kd.core.fingerprint import read_recorded
 from torchrec_kd.core.layout import TEACHER, RunLayout
-from torchrec_kd.errors import CheckpointError
+from torchrec_kd.errors import CheckpointError, ConfigError
 from torchrec_kd.models.dlrm import make_tables, tables_stored_as
 from torchrec_kd.quant.int8_teacher import quantize_frozen_tables
 

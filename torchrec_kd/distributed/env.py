@@ -64,7 +64,8 @@ def init_distributed(cfg: DistributedConfig) -> DistEnv:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         timeout = datetime.timedelta(seconds=cfg.timeout_s)
         if launched:
             dist.init_process_group(backend=backend, timeout=timeout)
@@ -72,7 +73,8 @@ def init_distributed(cfg: DistributedConfig) -> DistEnv:
             dist.init_process_group(backend=backend, timeout=timeout, rank=0, world_size=1,
                                     init_method=f"tcp://127.0.0.1:{_free_port()}")
     env = DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
-    logger.info("rank %d/%d on %s (%s)", env.rank, env.world_size, env.device, backend)
+    if created:  # once per process, not once per recipe of an experiment
+        logger.info("rank %d/%d on %s (%s)", env.rank, env.world_size, env.device, backend)
     return env
 
 

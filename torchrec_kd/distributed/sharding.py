@@ -26,10 +26,11 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-from torchrec_kd.config import ConfigError, ShardingConfig, TrainConfig
+from torchrec_kd.config import ShardingConfig, TrainConfig
 from torchrec_kd.core.console import FILE_ONLY
 from torchrec_kd.core.table_keys import is_table_key
 from torchrec_kd.distributed.env import DistEnv
+from torchrec_kd.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_kd.config import ModelConfig
 from torchrec_kd.core.table_keys import is_table_key
+from torchrec_kd.errors import ConfigError
 
 # DLRMTrain holds the DLRM as .model: the prefix of every key of a train-teacher/-student checkpoint
 MODEL_PREFIX = "model."
@@ -199,8 +200,6 @@ def check_fits_data(meta: dict, dense_names: Sequence[str], sparse_names: Sequen
     Raises:
         ConfigError: naming the first difference and what to do.
     """
-    from torchrec_kd.config import ConfigError
-
     if meta.get("dense_in_features") != len(dense_names):
         raise ConfigError(f"{where} was trained on {meta.get('dense_in_features')} dense features but this data has "
                           f"{len(dense_names)} ({list(dense_names)[:6]}…); use the data config it was trained with")

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
-from torchrec_kd.config import ConfigError, RunConfig
+from torchrec_kd.config import RunConfig
+from torchrec_kd.errors import ConfigError
 
 
 @dataclass(frozen=True)

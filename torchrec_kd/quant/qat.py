@@ -15,7 +15,7 @@ fused optimizer and pipelining and moves pooling out of the kernel:
 Per-row quantization of a looked-up row equals the dequantized stored row, so the
 forward pass is the exported model's, bit for bit up to summation order. The arch
 returns ``[B, F, D]`` like TorchRec's ``SparseArch`` and drops into ``DLRM.sparse_arch``;
-:func:`~torchrec_kd.models.dlrm.ebc_layout_key` maps its state-dict keys to the ``EmbeddingBagCollection`` layout,
+:func:`~torchrec_kd.core.table_keys.ebc_layout_key` maps its state-dict keys to the ``EmbeddingBagCollection`` layout,
 so a QAT checkpoint loads into a plain DLRM for quantization and export.
 
 Example::

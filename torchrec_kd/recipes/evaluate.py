@@ -17,10 +17,11 @@ import logging
 from typing import Dict
 
 from torchrec_kd.checkpoint.model_io import load_module, read_meta
-from torchrec_kd.config import ConfigError, RunConfig
+from torchrec_kd.config import RunConfig
 from torchrec_kd.core.layout import RunLayout
 from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import init_distributed
+from torchrec_kd.errors import ConfigError
 from torchrec_kd.models.dlrm import build_dlrm_from_meta, check_fits_data
 from torchrec_kd.quant.export import load_quantized, read_quantized_meta
 from torchrec_kd.training.evaluate import evaluate
@@ -64,6 +65,6 @@ def run(cfg: RunConfig, source: str, split: str = "test") -> Dict[str, float]:
         raise ConfigError(f"--source {source}: neither {out / source}/meta.json nor {export}/quantized.json exists; "
                           "name a checkpoint (teacher, student, distilled) or an export (distilled_int4, …) of this run")
     if env.is_main:
-        (out / f"eval_{source}_{split}.json").write_text(json.dumps(metrics, indent=2))
+        layout.evaluation(source, split).write_text(json.dumps(metrics, indent=2))
         logger.info("%s on %s: %s", source, split, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "rows"))
     return metrics

@@ -20,10 +20,11 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from torchrec_kd.config import ConfigError, RunConfig
+from torchrec_kd.config import RunConfig
 from torchrec_kd.core.layout import EXPORT_META_FILE
 from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import init_distributed
+from torchrec_kd.errors import ConfigError
 from torchrec_kd.models.dlrm import build_dlrm_from_meta, check_fits_data
 from torchrec_kd.quant.export import load_quantized, read_quantized_meta
 

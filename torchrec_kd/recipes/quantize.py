@@ -24,6 +24,7 @@ from torchrec_kd.core.fingerprint import read_recorded, step_fingerprint
 from torchrec_kd.core.layout import TORCHSCRIPT_FILE, RunLayout
 from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import init_distributed
+from torchrec_kd.errors import ConfigError
 from torchrec_kd.models.saved import load_float_model
 from torchrec_kd.quant.embeddings import embedding_storage_bytes, quantize_dlrm
 from torchrec_kd.quant.export import export_torchscript, save_quantized, seal_export
@@ -55,7 +56,10 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
     params = sum(p.numel() for p in float_model.parameters())
     results: Dict[str, Dict[str, Any]] = {}
     for dtype in (dtypes or cfg.quantize.dtypes):
-        qm = quantize_dlrm(float_model, dtype, cfg.quantize.tables)
+        try:
+            qm = quantize_dlrm(float_model, dtype, cfg.quantize.tables)
+        except ValueError as e:  # a table named in quantize.tables that the student does not have
+            raise ConfigError(f"quantize.tables: {e}") from None
         t0 = time.perf_counter()
         metrics = evaluate(lambda b, qm=qm: qm(b.dense_features, b.sparse_features).squeeze(-1),
                            data.batches("test", cfg.data.batch_size, env.rank, env.world_size),

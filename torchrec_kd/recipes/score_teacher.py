@@ -21,11 +21,11 @@ from typing import Any, Dict, List, Tuple
 import torch
 import torch.distributed as dist
 from torchrec.distributed.model_parallel import DistributedModelParallel
-from tqdm import tqdm
 
 from torchrec_kd.checkpoint.model_io import load_module
 from torchrec_kd.config import RunConfig
 from torchrec_kd.core.budget import max_steps
+from torchrec_kd.core.console import progress_bar
 from torchrec_kd.data import build_data
 from torchrec_kd.distill.freeze import freeze_sharded, freeze_teacher_tables
 from torchrec_kd.distill.model import TeacherEnsemble
@@ -96,7 +96,7 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
     batches = data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=steps)
     t0 = time.perf_counter()
     with torch.no_grad():
-        for step, batch in enumerate(tqdm(batches, total=steps, desc="score-teacher", disable=not env.is_main)):
+        for step, batch in enumerate(progress_bar(steps, "score-teacher", env.is_main, iterable=batches)):
             batch = batch.to(env.device)
             logits, hint, emb = model.module(batch)
             outputs = {"logits": logits, "hint": hint, "embeddings": emb}

@@ -28,7 +28,7 @@ from torchrec.datasets.utils import Batch
 from torchrec.models.dlrm import DLRM
 
 from torchrec_kd.checkpoint.model_io import load_module, read_meta, save_model
-from torchrec_kd.config import ConfigError, RunConfig, config_to_dict
+from torchrec_kd.config import RunConfig, config_to_dict
 from torchrec_kd.core.console import FILE_ONLY
 from torchrec_kd.core.fingerprint import step_fingerprint
 from torchrec_kd.core.layout import RunLayout, distilled_name
@@ -37,6 +37,7 @@ from torchrec_kd.distill.model import DistillationModel
 from torchrec_kd.distill.offline import OfflineScores
 from torchrec_kd.distill.teachers import STUDENT, TEACHERS, resolve_teachers, store_teachers_as_int8, teacher_digests
 from torchrec_kd.distributed.sharding import add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard
+from torchrec_kd.errors import ConfigError
 from torchrec_kd.losses import FeatureDims, build_loss
 from torchrec_kd.models.dlrm import (
     MODEL_PREFIX,

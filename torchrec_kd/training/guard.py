@@ -17,13 +17,13 @@ from typing import Any, Tuple
 import torch
 from torch import nn
 
-from torchrec_kd.config import ConfigError
+from torchrec_kd.errors import ConfigError, UserError
 
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/Inf loss and the policy is ``stop``."""
+class NonFiniteLossError(UserError, RuntimeError):
+    """Training produced a NaN/Inf loss and the policy is ``stop`` (the message says which settings to change)."""
 
 
 class NonFiniteGuard:

@@ -14,8 +14,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from torchrec.datasets.utils import Batch
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-from tqdm import tqdm
 
+from torchrec_kd.core.console import progress_bar
 from torchrec_kd.distributed.env import DistEnv
 from torchrec_kd.training.guard import NonFiniteGuard
 from torchrec_kd.training.selection import ModelSelector
@@ -81,7 +81,7 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
         TrainStats: throughput, logged losses, evaluations, steps trained and the selection state.
     """
     stats = stats or TrainStats()
-    bar = tqdm(total=steps, initial=start_step, desc=desc, disable=not env.is_main, mininterval=2.0)
+    bar = progress_bar(steps, desc, env.is_main, initial=start_step)
     start = time.perf_counter()
     timed_from = None
     paused_seconds = 0.0
@@ -101,7 +101,7 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
             if writer is not None:
                 writer.add_scalar("train/loss", loss, step)
             stats.loss_steps.append(step)
-            bar.set_postfix(loss=f"{loss:.4f}")
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         line = f"{desc} step {step}/{steps}" + (f" loss {stats.losses[-1]:.5f}" if logs else "")
         if on_eval is not None and eval_every and (step % eval_every == 0 or step == steps):
             t0 = time.perf_counter()

@@ -25,12 +25,13 @@ from torchrec.optim.keyed import KeyedOptimizer
 
 from torchrec_kd.checkpoint.model_io import MODEL_DIR, load_module
 from torchrec_kd.checkpoint.training_state import TrainingCheckpointer
-from torchrec_kd.config import ConfigError, RunConfig, config_to_dict
+from torchrec_kd.config import RunConfig, config_to_dict
 from torchrec_kd.core.budget import max_steps
 from torchrec_kd.core.fingerprint import describe_change, digest
 from torchrec_kd.core.layout import BEST_DIR, META_FILE, RunLayout
 from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import DistEnv, init_distributed
+from torchrec_kd.errors import ConfigError
 from torchrec_kd.training.evaluate import evaluate
 from torchrec_kd.training.guard import NonFiniteGuard
 from torchrec_kd.training.loop import TrainStats, train
