@@ -50,6 +50,9 @@ HARMLESS = re.compile("|".join([
     r"The topology was constructed directly",
     r"known issue with TorchRec's dense tensor size calculation",
     r"will be pipelined",
+    r"torch\.distributed is disabled, unavailable or uninitialized",  # DCP loading one unsharded model per rank
+    r"TorchScript type system doesn't support instance-level annotations",
+    r"TorchScript will treat type annotations of Tensor dtype-specific subtypes",
 ]))
 
 

@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch.distributed as dist
 
 from torchrec_kd.config import RunConfig
+from torchrec_kd.core.console import FILE_ONLY
 from torchrec_kd.core.fingerprint import describe_change, step_fingerprint
 from torchrec_kd.core.layout import META_FILE, RunLayout
 from torchrec_kd.distill.teachers import teacher_digest
@@ -159,6 +160,8 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
             plot = write_experiment_plot(summary, per_seed, layout.root, title=cfg.run_name)
             layout.report_md.write_text(text + (f"\n![AUC against size, validation curves, the gain]({plot.name})\n"
                                                 if plot else ""))
-        logger.info("experiment: wrote %s\n%s", layout.summary_json, text)
+        # one seed: report.md, just printed, says it all; across seeds the summary is the final table
+        logger.info("experiment: wrote %s\n%s", layout.summary_json, text,
+                    extra=None if cfg.experiment.seeds else FILE_ONLY)
     dist.barrier()
     return summary
