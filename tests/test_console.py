@@ -23,10 +23,13 @@ def test_quiet_console_keeps_ours_and_real_warnings_only():
     assert not quiet.filter(detail)
 
 
-def test_verbose_console_shows_everything_but_file_only_details():
+def test_verbose_console_shows_everything():
     verbose = _ConsoleFilter(ours=logging.INFO, others=logging.INFO)
     assert verbose.filter(_record("torchrec.distributed.planner.stats", logging.INFO, "# plan"))
     assert verbose.filter(_record("py.warnings", logging.WARNING, "/x.py:3: FutureWarning: old"))
+    detail = _record("torchrec_kd.distributed.sharding", logging.INFO, "sharding plan: …")
+    detail.console = False
+    assert verbose.filter(detail)
 
 
 def test_a_pipe_gets_a_line_per_quarter(caplog):

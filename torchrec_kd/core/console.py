@@ -76,7 +76,7 @@ class _ConsoleFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "console", True):
-            return False
+            return self.others <= logging.INFO  # a detail for the log file; verbose shows it too
         if record.name == OURS or record.name.startswith(OURS + "."):
             return record.levelno >= self.ours
         if record.levelno < self.others:
