@@ -35,10 +35,12 @@ TORCHX := $(VENV)/bin/torchx run -s local_cwd
 demo: $(STAMP)
 	$(TORCHX) components/kd.py:experiment -j 1x2 --config $(DEMO_CONFIG)
 
-# lint (ruff), then the tests (tests/test_architecture.py checks the import layers with lint-imports)
+# lint (ruff), then the tests (tests/test_architecture.py checks the import layers with lint-imports);
+# two workers, a test file each at a time (module fixtures are built once): much of a test's time is
+# process start-up and collectives waiting, so two overlap well even on 2 cores
 test: $(STAMP)
 	$(VENV)/bin/ruff check --quiet .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # the performance suite (training, inference, memory, scale -> benchmarks/results/latest.json),
 # then the quality benchmarks: teacher/student/distilled/quantized and the distillation ablation

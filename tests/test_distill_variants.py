@@ -84,6 +84,11 @@ def _try_offline(rank, world_size, out, *extra):
     return None
 
 
+def _try_offline_each(rank, world_size, root, runs):
+    """Several refused offline runs in one process (one start-up instead of one per run)."""
+    return {name: _try_offline(rank, world_size, f"{root}/{name}", *extra) for name, extra in runs.items()}
+
+
 def test_offline_distillation_equals_online_and_a_mismatched_cache_is_refused(teachers, tmp_path):
     ckpt = f"distill.teacher_checkpoint={teachers[0]}"
     online = run_ranks(_distill, 2, tmp_path, str(tmp_path / "online"), None, ckpt)
@@ -103,16 +108,13 @@ def test_offline_distillation_equals_online_and_a_mismatched_cache_is_refused(te
     two_rank_mean = [sum(v) / 2 for v in zip(*(r["losses"] for r in online))]
     assert single[0]["losses"] == pytest.approx(two_rank_mean, abs=1e-5)
 
-    refused = {
-        "seed": run_ranks(_try_offline, 1, tmp_path, str(tmp_path / "r1"), ckpt, scores, "seed=1")[0],
-        "steps": run_ranks(_try_offline, 1, tmp_path, str(tmp_path / "r2"), ckpt, scores, f"train.steps={STEPS + 2}")[0],
-        "data": run_ranks(_try_offline, 1, tmp_path, str(tmp_path / "r3"), ckpt, scores,
-                          "data.synthetic.zipf_exponent=1.3")[0],
-        "teacher": run_ranks(_try_offline, 1, tmp_path, str(tmp_path / "r4"), scores,
-                             f"distill.teachers=[{{checkpoint: {teachers[0]}}}, {{checkpoint: {teachers[1]}}}]")[0],
-        "fields": run_ranks(_try_offline, 1, tmp_path, str(tmp_path / "r5"), ckpt, scores,
-                            "distill.losses=[{name: soft_bce}, {name: hint_mse, weight: 0.1}]")[0],
-    }
+    refused = run_ranks(_try_offline_each, 1, tmp_path, str(tmp_path / "refused"), {
+        "seed": (ckpt, scores, "seed=1"),
+        "steps": (ckpt, scores, f"train.steps={STEPS + 2}"),
+        "data": (ckpt, scores, "data.synthetic.zipf_exponent=1.3"),
+        "teacher": (scores, f"distill.teachers=[{{checkpoint: {teachers[0]}}}, {{checkpoint: {teachers[1]}}}]"),
+        "fields": (ckpt, scores, "distill.losses=[{name: soft_bce}, {name: hint_mse, weight: 0.1}]"),
+    })[0]
     assert all(refused.values()), refused
     assert "seed" in refused["seed"] and str(cache) in refused["seed"]
     assert str(STEPS) in refused["steps"]

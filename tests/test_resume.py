@@ -145,7 +145,7 @@ def test_nonfinite_loss_policy(policy, tmp_path):
 
 
 def test_distillation_resumes_after_sigkill(uninterrupted, tmp_path):
-    distill = ["distill", "--config", str(TINY), "train.steps=300", "train.checkpoint_every=50", "train.log_every=50"]
+    distill = ["distill", "--config", str(TINY), "train.steps=120", "train.checkpoint_every=30", "train.log_every=30"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     for out in (straight, killed):
         shutil.copytree(uninterrupted / "teacher", out / "teacher")
@@ -153,7 +153,7 @@ def test_distillation_resumes_after_sigkill(uninterrupted, tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     _kill_after_checkpoint(_torchrun(2, *distill, "--output-dir", str(killed)),
-                           killed / "train_state" / "distill" / "step_00000100")
+                           killed / "train_state" / "distill" / "step_00000060")
     done = subprocess.run(_torchrun(2, *distill, "--output-dir", str(killed)), cwd=REPO, env=_env(),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
