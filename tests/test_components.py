@@ -59,3 +59,14 @@ def test_torchx_local_cwd_two_processes(tmp_path):
     assert metrics["teacher"]["world_size"] == 2
     assert 0.5 < metrics["teacher"]["auc"] <= 1.0
     assert (tmp_path / "teacher" / "meta.json").is_file()
+
+
+def test_resources_scale_with_gpus_and_one_process_per_gpu_is_required():
+    cpu_only = kd.distill(config="configs/tiny_synthetic.yaml").roles[0].resource
+    assert (cpu_only.cpu, cpu_only.gpu, cpu_only.memMB) == (2, 0, 8192)
+    gpus = kd.distill(config="configs/tiny_synthetic.yaml", j="2x8", gpu=8).roles[0].resource
+    assert (gpus.cpu, gpus.gpu, gpus.memMB) == (8 * kd.CPUS_PER_GPU, 8, 8 * kd.MEM_MB_PER_GPU)
+    asked = kd.distill(config="configs/tiny_synthetic.yaml", j="1x8", gpu=8, cpu="32", memMB="65536").roles[0].resource
+    assert (asked.cpu, asked.memMB) == (32, 65536)  # TorchX passes Optional[int] arguments as strings
+    with pytest.raises(ValueError, match="-j 1x2 starts 2 processes per node but --gpu 8"):
+        kd.distill(config="configs/tiny_synthetic.yaml", j="1x2", gpu=8)
