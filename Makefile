@@ -8,24 +8,26 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PINS := pyproject.toml tools/fbgemm_gpu_shim/pyproject.toml
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
-# this machine's pip config lists index folders that may not exist: drop that noise
-QUIET := 2>&1 | awk '!/^WARNING: Location/' 
+# pip's and the build backend's output goes to .venv/install.log, shown only if a step fails
+LOG := $(VENV)/install.log
+LOGGED = >> $(LOG) 2>&1 || { cat $(LOG); exit 1; }
 
 .PHONY: venv demo test bench clean
 
 venv: $(STAMP)
 
 $(STAMP): $(PINS)
-	rm -rf $(VENV)
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) --upgrade pip $(QUIET)
-	# torch first so pip takes the CPU wheel; the shim answers torchrec's `fbgemm-gpu`
-	# requirement with fbgemm-gpu-cpu, so the CUDA wheel is never pulled.
-	$(PIP) torch==2.13.0 ./tools/fbgemm_gpu_shim $(QUIET)
-	$(PIP) -e ".[test]" $(QUIET)
-	$(PY) -m pip check
-	$(PY) -c "import torchrec, fbgemm_gpu, torchx; print('venv ok: torchrec', torchrec.__version__)"
-	touch $(STAMP)
+	@echo "building $(VENV) (torch, fbgemm-gpu-cpu, torchrec, torchx; log: $(LOG))"
+	@rm -rf $(VENV)
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP) --upgrade pip $(LOGGED)
+	@# torch first so pip takes the CPU wheel; the shim answers torchrec's `fbgemm-gpu`
+	@# requirement with fbgemm-gpu-cpu, so the CUDA wheel is never pulled.
+	@$(PIP) torch==2.13.0 ./tools/fbgemm_gpu_shim $(LOGGED)
+	@$(PIP) -e ".[test]" $(LOGGED)
+	@$(PY) -m pip check $(LOGGED)
+	@$(PY) -c "import torchrec, fbgemm_gpu, torchx; print('venv ok: torchrec', torchrec.__version__)"
+	@touch $(STAMP)
 
 DEMO_CONFIG ?= configs/dlrm_teacher_synthetic.yaml
 TORCHX := $(VENV)/bin/torchx run -s local_cwd
