@@ -103,7 +103,8 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
             stats.loss_steps.append(step)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         line = f"{desc} step {step}/{steps}" + (f" loss {stats.losses[-1]:.5f}" if logs else "")
-        if on_eval is not None and eval_every and (step % eval_every == 0 or step == steps):
+        validates = on_eval is not None and eval_every and (step % eval_every == 0 or step == steps)
+        if validates:
             t0 = time.perf_counter()
             model = pipeline.detach()
             metrics = on_eval(step)
@@ -131,7 +132,7 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
                 batches = itertools.chain(list(pipeline.batches), batches)
                 pipeline = make_pipeline()
             paused_seconds += time.perf_counter() - t0
-        if logs or " | val " in line:  # one line per logged step: its loss and, when validated, the validation
+        if logs or validates:  # one line per logged or validated step: its loss and its validation
             logger.info("%s", line)
         if stop:
             bar.update(1)
