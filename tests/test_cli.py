@@ -113,7 +113,7 @@ def test_distill_refuses_a_mismatched_teacher(tmp_path):
             "dense_arch_layer_sizes=[64, 16]") in out.stderr
 
 
-# Each documented bad input and the words its error promises (README, "Config reference").
+# Each documented bad input and the words its error promises (docs/configuration.md, "Bad input").
 BAD_INPUTS = [
     (["teacher.embeding_dim=8"], "unknown key 'embeding_dim'; did you mean 'embedding_dim'?"),
     (["teacher.arch=wide"], "teacher.arch: 'wide' is not accepted; use one of 'dlrm' | 'dlrm_dcn'"),
