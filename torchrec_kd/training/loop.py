@@ -102,8 +102,9 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
                 writer.add_scalar("train/loss", loss, step)
             stats.loss_steps.append(step)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        line = f"{desc} step {step}/{steps}" + (f" loss {stats.losses[-1]:.5f}" if logs else "")
         validates = on_eval is not None and eval_every and (step % eval_every == 0 or step == steps)
+        if logs or validates:  # the step's console line (built only for steps that print one)
+            line = f"{desc} step {step}/{steps}" + (f" loss {stats.losses[-1]:.5f}" if logs else "")
         if validates:
             t0 = time.perf_counter()
             model = pipeline.detach()
@@ -132,7 +133,7 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
                 batches = itertools.chain(list(pipeline.batches), batches)
                 pipeline = make_pipeline()
             paused_seconds += time.perf_counter() - t0
-        if logs or validates:  # one line per logged or validated step: its loss and its validation
+        if logs or validates:
             logger.info("%s", line)
         if stop:
             bar.update(1)
