@@ -19,7 +19,7 @@ import torch
 from torchrec_kd.config import load_config
 from torchrec_kd.data import build_data
 from torchrec_kd.models.dlrm import build_dlrm, make_tables
-from torchrec_kd.quant.embeddings import embedding_storage_bytes_per_table, floor_bytes_per_row, quantize_dlrm
+from torchrec_kd.quant.embeddings import embedding_storage_bytes_per_table, floor_bytes_per_row, quantize_model
 from torchrec_kd.reporting.latency import latency_profile
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -37,7 +37,7 @@ def inference(cfg, threads: int) -> dict:
     student = build_dlrm(cfg.student, make_tables(cfg.student, data.sparse_names, data.num_embeddings), dense_in,
                          torch.device("cpu")).eval()
     models = {"teacher_fp32": teacher, "student_fp32": student,
-              "student_int8": quantize_dlrm(student, "int8"), "student_int4": quantize_dlrm(student, "int4")}
+              "student_int8": quantize_model(student, "int8"), "student_int4": quantize_model(student, "int4")}
     torch.set_num_threads(threads)
     out = {}
     for name, model in models.items():
@@ -55,7 +55,7 @@ def memory() -> dict:
         for dim in DIMS:
             cfg = ModelConfig(embedding_dim=dim, dense_arch_layer_sizes=[dim], over_arch_layer_sizes=[4, 1], table_prefix="m_")
             model = build_dlrm(cfg, make_tables(cfg, ["cat_0"], [1000]), 1, torch.device("cpu"))
-            q = quantize_dlrm(model, dtype)
+            q = quantize_model(model, dtype)
             stored = embedding_storage_bytes_per_table(q)["m_cat_0"] / 1000
             out[dtype][f"d{dim}"] = {"bytes_per_row": stored, "floor_bytes_per_row": floor_bytes_per_row(dim, dtype)}
     return out

@@ -147,7 +147,7 @@ def _worker(a: argparse.Namespace) -> None:
     else:  # teacher_forward: the frozen, sharded teacher alone, as score-teacher runs it
         from torchrec_kd.recipes.score_teacher import build_scorer
 
-        model, data, _ = build_scorer(cfg, env)
+        model, data, _, _ = build_scorer(cfg, env)
         batches = list(data.batches("train", cfg.data.batch_size, env.rank, env.world_size, num_batches=total))
         held = _nbytes(batches)
         it = itertools.cycle(batches)

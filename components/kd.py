@@ -11,7 +11,7 @@ directory with docker.)
 """
 
 import sys
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torchx
 from torchx import specs
@@ -44,7 +44,8 @@ def resources(gpu: int, cpu: Optional[int], memMB: Optional[int]) -> tuple:
 
 def _launch(command: str, script_args: tuple, config: str, output_dir: Optional[str], j: str, image: str,
             python: str, cpu: Optional[int], memMB: Optional[int], gpu: int, h: Optional[str], max_retries: int,
-            env: Optional[Dict[str, str]], name: Optional[str], options: tuple = ()) -> specs.AppDef:
+            env: Optional[Dict[str, str]], name: Optional[str], options: tuple = (),
+            plugin: Optional[List[str]] = None) -> specs.AppDef:
     """``dist.ddp`` running the CLI, with torchrun started as ``<python> -m torchrec_kd.launch``.
 
     dist.ddp calls a bare ``torchrun`` that is only on PATH inside an activated venv;
@@ -58,6 +59,8 @@ def _launch(command: str, script_args: tuple, config: str, output_dir: Optional[
                          f"run one process per GPU, e.g. -j {j.split('x')[0] if 'x' in j else 1}x{gpu}")
     cpu, memMB = resources(gpu, cpu, memMB)
     args = [command, "--config", config]
+    for module in plugin or []:  # the same modules imported on every rank
+        args += ["--plugin", module]
     if output_dir:
         args += ["--output-dir", output_dir]
     args += [*options, *script_args]
@@ -88,6 +91,8 @@ _ARGS_DOC = """
         max_retries: scheduler restarts on failure
         env: extra environment variables, e.g. LOGLEVEL=INFO
         name: job name (default: the command)
+        plugin: modules to import first, comma-separated (e.g. my_pkg.kd): they register model builders
+            and loss terms the config names (--plugin on the CLI)
 
     Returns:
         specs.AppDef: the job.
@@ -108,9 +113,10 @@ def train_teacher(
     max_retries: int = 0,
     env: Optional[Dict[str, str]] = None,
     name: Optional[str] = None,
+    plugin: Optional[List[str]] = None,
 ) -> specs.AppDef:
     return _launch("train-teacher", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name)
+                   max_retries, env, name, plugin=plugin)
 
 
 def train_student(
@@ -127,9 +133,10 @@ def train_student(
     max_retries: int = 0,
     env: Optional[Dict[str, str]] = None,
     name: Optional[str] = None,
+    plugin: Optional[List[str]] = None,
 ) -> specs.AppDef:
     return _launch("train-student", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name)
+                   max_retries, env, name, plugin=plugin)
 
 
 def distill(
@@ -146,9 +153,10 @@ def distill(
     max_retries: int = 0,
     env: Optional[Dict[str, str]] = None,
     name: Optional[str] = None,
+    plugin: Optional[List[str]] = None,
 ) -> specs.AppDef:
     return _launch("distill", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name)
+                   max_retries, env, name, plugin=plugin)
 
 
 def distill_qat(
@@ -165,9 +173,10 @@ def distill_qat(
     max_retries: int = 0,
     env: Optional[Dict[str, str]] = None,
     name: Optional[str] = None,
+    plugin: Optional[List[str]] = None,
 ) -> specs.AppDef:
     return _launch("distill-qat", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name)
+                   max_retries, env, name, plugin=plugin)
 
 
 def score_teacher(
@@ -184,9 +193,10 @@ def score_teacher(
     max_retries: int = 0,
     env: Optional[Dict[str, str]] = None,
     name: Optional[str] = None,
+    plugin: Optional[List[str]] = None,
 ) -> specs.AppDef:
     return _launch("score-teacher", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name)
+                   max_retries, env, name, plugin=plugin)
 
 
 def quantize(
@@ -203,9 +213,10 @@ def quantize(
     max_retries: int = 0,
     env: Optional[Dict[str, str]] = None,
     name: Optional[str] = None,
+    plugin: Optional[List[str]] = None,
 ) -> specs.AppDef:
     return _launch("quantize", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name)
+                   max_retries, env, name, plugin=plugin)
 
 
 def experiment(
@@ -222,12 +233,13 @@ def experiment(
     max_retries: int = 0,
     env: Optional[Dict[str, str]] = None,
     name: Optional[str] = None,
+    plugin: Optional[List[str]] = None,
     seeds: Optional[str] = None,
 ) -> specs.AppDef:
     if seeds:  # the same as the override experiment.seeds=[...]
         script_args = (*script_args, f"experiment.seeds=[{seeds}]")
     return _launch("experiment", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name)
+                   max_retries, env, name, plugin=plugin)
 
 
 def report(
@@ -244,9 +256,10 @@ def report(
     max_retries: int = 0,
     env: Optional[Dict[str, str]] = None,
     name: Optional[str] = None,
+    plugin: Optional[List[str]] = None,
 ) -> specs.AppDef:
     return _launch("report", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name)
+                   max_retries, env, name, plugin=plugin)
 
 
 def export(
@@ -264,9 +277,10 @@ def export(
     max_retries: int = 0,
     env: Optional[Dict[str, str]] = None,
     name: Optional[str] = None,
+    plugin: Optional[List[str]] = None,
 ) -> specs.AppDef:
     return _launch("quantize", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name or "export", ("--source", source))
+                   max_retries, env, name or "export", ("--source", source), plugin=plugin)
 
 
 def evaluate(
@@ -285,9 +299,10 @@ def evaluate(
     max_retries: int = 0,
     env: Optional[Dict[str, str]] = None,
     name: Optional[str] = None,
+    plugin: Optional[List[str]] = None,
 ) -> specs.AppDef:
     return _launch("evaluate", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name, ("--source", source, "--split", split))
+                   max_retries, env, name, ("--source", source, "--split", split), plugin=plugin)
 
 
 def predict(
@@ -307,9 +322,10 @@ def predict(
     max_retries: int = 0,
     env: Optional[Dict[str, str]] = None,
     name: Optional[str] = None,
+    plugin: Optional[List[str]] = None,
 ) -> specs.AppDef:
     return _launch("predict", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name, ("--model", model, "--out", out, "--split", split))
+                   max_retries, env, name, ("--model", model, "--out", out, "--split", split), plugin=plugin)
 
 
 # TorchX renders a component's docstring as its --help; the arguments are shared.

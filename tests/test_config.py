@@ -19,8 +19,19 @@ def test_unknown_key_suggests_nearest(tiny_config_path):
 
 
 def test_bad_literal_lists_accepted_values(tiny_config_path):
-    with pytest.raises(ConfigError, match="teacher.arch.*'dlrm' \\| 'dlrm_dcn'"):
-        load_config(tiny_config_path, ["teacher.arch=wide_deep"])
+    with pytest.raises(ConfigError, match="distributed.backend.*'auto' \\| 'gloo' \\| 'nccl'"):
+        load_config(tiny_config_path, ["distributed.backend=mpi"])
+
+
+def test_an_unknown_arch_or_arg_is_refused_with_the_nearest_registered_name(tiny_config_path):
+    from torchrec_kd.models.build import check_models
+
+    with pytest.raises(ConfigError, match="teacher.arch: unknown model 'dlrm_dnc'; did you mean 'dlrm_dcn'.*deepfm"):
+        check_models(load_config(tiny_config_path, ["teacher.arch=dlrm_dnc"]), "x.yaml")
+    with pytest.raises(ConfigError, match="x.yaml: student.args: unknown key 'hidden_size'; did you mean 'hidden_layer_size'"):
+        check_models(load_config(tiny_config_path, ["student.arch=deepfm", "student.args={hidden_size: 8}"]), "x.yaml")
+    with pytest.raises(ConfigError, match="student.args: model 'dlrm' takes no args"):
+        check_models(load_config(tiny_config_path, ["student.args={hidden: 8}"]), "x.yaml")
 
 
 def test_wrong_type_and_missing_file(tmp_path, tiny_config_path):

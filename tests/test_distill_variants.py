@@ -9,7 +9,7 @@ from torchrec_kd.checkpoint.model_io import read_meta
 from torchrec_kd.config import load_config
 from torchrec_kd.distributed.state import local_tensors
 from torchrec_kd.errors import UserError
-from torchrec_kd.quant.embeddings import quantize_dlrm
+from torchrec_kd.quant.embeddings import quantize_model
 from torchrec_kd.recipes import score_teacher
 from torchrec_kd.recipes.quantize import load_float_model
 from torchrec_kd.training.distill_run import DistillRun
@@ -64,7 +64,7 @@ def test_qat_trains_on_two_ranks_and_the_int4_export_scores_what_it_trained(teac
     assert all(torch.isfinite(torch.tensor(r["losses"])).all() for r in results)
     assert read_meta(out / "distilled_qat")["qat"] == "int4"
     float_model, _ = load_float_model(out / "distilled_qat")  # the QAT checkpoint loads into a plain DLRM
-    qm = quantize_dlrm(float_model, "int4")
+    qm = quantize_model(float_model, "int4")
     for r in results:
         exported = qm(r["dense"], _kjt(r)).squeeze(-1)
         assert torch.allclose(exported, r["scores"], atol=1e-5), (exported - r["scores"]).abs().max()
@@ -140,7 +140,7 @@ def test_ensemble_privileged_features_and_feature_terms_on_two_ranks(teachers, t
     assert meta["dense_in_features"] == 4 and meta["dense_columns"] == [0, 2, 3]  # int_1 is the teachers' alone
     # the student serves without the privileged features, from a batch that still carries them
     model, _ = load_float_model(out / "distilled")
-    qm = quantize_dlrm(model, "int8")
+    qm = quantize_model(model, "int8")
     r = results[0]
     scrambled = r["dense"].clone()
     scrambled[:, 1] = torch.randn(len(scrambled)) * 10
@@ -175,7 +175,7 @@ def _score_by_teacher_dtype(rank, world_size, out, ckpt):
     got = {}
     for dtype in ("fp32", "fp16", "int8"):
         cfg = _cfg(out, ckpt, f"distill.teacher_dtype={dtype}")
-        model, data, _ = score_teacher.build_scorer(cfg, init_distributed(cfg.distributed))
+        model, data, _, _ = score_teacher.build_scorer(cfg, init_distributed(cfg.distributed))
         batch = next(iter(data.batches("test", cfg.data.batch_size, rank, world_size)))
         tables = {k: v for k, v in local_tensors(model, "teachers.").items() if ".embedding_bags." in k and v.numel()}
         bags = int8_bags(model, "teachers.")
@@ -204,7 +204,7 @@ def test_fp16_and_int8_teachers_score_their_rounded_rows_in_less_memory(teachers
     with torch.no_grad():  # an int8 teacher is loaded in fp16, then quantized
         for bag in float_teacher.sparse_arch.embedding_bag_collection.embedding_bags.values():
             bag.weight.copy_(bag.weight.half().float())
-    int8_teacher = quantize_dlrm(float_teacher, "int8")
+    int8_teacher = quantize_model(float_teacher, "int8")
     for got in run_ranks(_score_by_teacher_dtype, 2, tmp_path, str(tmp_path / "s"), ckpt):
         assert got["fp16"]["dtypes"] == {torch.float16} and got["fp32"]["dtypes"] == {torch.float32}
         assert got["fp16"]["bytes"] * 2 == got["fp32"]["bytes"]

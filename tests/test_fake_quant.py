@@ -6,7 +6,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_kd.config import ModelConfig
 from torchrec_kd.models.dlrm import build_dlrm, make_tables
-from torchrec_kd.quant.embeddings import dequantized_tables, quantize_dlrm
+from torchrec_kd.quant.embeddings import dequantized_tables, quantize_model
 from torchrec_kd.quant.fake_quant import fake_quantize_rows, quantize_dequantize_rows
 
 FEATS = ["f0", "f1", "f2"]
@@ -30,7 +30,7 @@ def _model(dim):
 @pytest.mark.parametrize("dtype", ["int8", "int4", "int2", "fp16"])
 def test_fake_quantized_rows_equal_fbgemms_dequantized_rows(dtype, dim):
     model = _model(dim)
-    qm = quantize_dlrm(model, dtype)
+    qm = quantize_model(model, dtype)
     stored = dequantized_tables(qm)
     for name, bag in model.sparse_arch.embedding_bag_collection.embedding_bags.items():
         assert torch.equal(quantize_dequantize_rows(bag.weight, dtype), stored[name]), name
@@ -39,7 +39,7 @@ def test_fake_quantized_rows_equal_fbgemms_dequantized_rows(dtype, dim):
 @pytest.mark.parametrize("dtype", ["int8", "int4", "int2"])
 def test_quantized_lookup_sums_fake_quantized_rows(dtype):
     model = _model(16)
-    qm = quantize_dlrm(model, dtype)
+    qm = quantize_model(model, dtype)
     ids = torch.tensor([3, 5, 0, 1, 2, 9, 4, 6])
     kjt = KeyedJaggedTensor.from_lengths_sync(keys=FEATS, values=ids, lengths=torch.tensor([2, 1, 1, 2, 1, 1]))
     pooled = qm.sparse_arch.embedding_bag_collection(kjt).to_dict()
@@ -77,11 +77,13 @@ def test_qat_start_pools_fp32_rows_until_its_step_and_eval_always_quantizes():
     fp32 = torch.stack([torch.stack([rows[0] + rows[1], torch.zeros(8)]), torch.stack([rows[2], rows[3] + rows[4]])])
     quant = torch.stack([torch.stack([q[0] + q[1], torch.zeros(8)]), torch.stack([q[2], q[3] + q[4]])])
     pool = FakeQuantSumPool(["a", "b"], "int4", start_step=2).train()
-    assert torch.allclose(pool(embedded), fp32)       # step 0
-    assert torch.allclose(pool.eval()(embedded), quant)  # eval: as exported; does not count as a step
-    assert torch.allclose(pool.train()(embedded), fp32)  # step 1
-    assert torch.allclose(pool(embedded), quant)       # step 2 on
+    pooled = lambda p: p(embedded).values().view(2, 2, 8)  # noqa: E731  (the KeyedTensor an EBC returns: [B, F * D])
+    assert torch.allclose(pooled(pool), fp32)       # step 0
+    assert torch.allclose(pooled(pool.eval()), quant)  # eval: as exported; does not count as a step
+    assert torch.allclose(pooled(pool.train()), fp32)  # step 1
+    assert torch.allclose(pooled(pool), quant)       # step 2 on
     assert pool.step == 3
+    assert pool.eval()(embedded).keys() == ["a", "b"]
     from torchrec_kd.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="distill.qat_start must be between 0 and"):

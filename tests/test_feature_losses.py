@@ -9,12 +9,14 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec_kd.config import LossTermConfig, ModelConfig, ScheduleConfig
 from torchrec_kd.distill.model import DistillationModel, TeacherEnsemble
 from torchrec_kd.distill.scored_batch import ScoredBatch
-from torchrec_kd.losses import FeatureDims, build_loss
-from torchrec_kd.models.dlrm import build_dlrm, forward_with_features, interaction_dim, make_tables
+from torchrec_kd.losses import FeatureDims, Tap, TapInfo, build_loss
+from torchrec_kd.models.dlrm import build_dlrm, make_tables
 
 FEATS = ["a", "b", "c"]
-DIMS = FeatureDims(student_hint=3, teacher_hint=2, student_dim=2, teacher_dim=3,
-                   student_features=["a", "c"], teacher_features=FEATS)
+HS, HT = Tap("student", "inter_arch", "hint"), Tap("teacher", "inter_arch", "hint")
+ES, ET = Tap("student", "sparse_arch", "embeddings"), Tap("teacher", "sparse_arch", "embeddings")
+DIMS = FeatureDims({HS: TapInfo((3,)), HT: TapInfo((2,)), ES: TapInfo((2, 2), ["a", "c"]), ET: TapInfo((3, 3), FEATS)},
+                   defaults={r: {"hint": "inter_arch", "embeddings": "sparse_arch"} for r in ("student", "teacher")})
 
 
 def _term(name, **kw):
@@ -32,12 +34,27 @@ def test_hint_mse_and_cosine_equal_hand_computed_values():
         # projected: row0 = [1, 3], row1 = [0, 0]
         loss = build_loss([LossTermConfig(name, 1.0)], DIMS)
         loss.terms[0].load_state_dict(term.state_dict())
-        got = loss(torch.zeros(2), torch.zeros(2), torch.zeros(2), student_hint=s, teacher_hint=t).item()
+        got = loss(torch.zeros(2), torch.zeros(2), torch.zeros(2), student_taps={HS.key: s},
+                   teacher_taps={HT.key: t}).item()
         if name == "hint_mse":
             expected = ((1 - 1) ** 2 + (3 - 1) ** 2 + (0 - 2) ** 2 + (0 - 0) ** 2) / 4
         else:  # cos([1,3],[1,1]) = 4 / (sqrt(10) sqrt(2)); a zero vector has cosine 0
             expected = ((1 - 4 / (math.sqrt(10) * math.sqrt(2))) + (1 - 0)) / 2
         assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_hint_terms_read_the_modules_their_args_name_sized_from_those_shapes():
+    other = Tap("teacher", "over_arch.model.0", "hint")
+    dims = FeatureDims({**DIMS.taps, other: TapInfo((5,))}, DIMS.defaults)
+    term = build_loss([LossTermConfig("hint_mse", 1.0, args={"teacher": "over_arch.model.0"})], dims).terms[0]
+    assert term.taps == [HS, other] and term.proj.weight.shape == (5, 3)
+    with pytest.raises(ValueError, match="unknown key 'teachr'; did you mean 'teacher'"):
+        build_loss([LossTermConfig("hint_mse", 1.0, args={"teachr": "x"})], dims)
+    with pytest.raises(ValueError, match="takes no args"):
+        build_loss([LossTermConfig("soft_bce", 1.0, args={"student": "x"})], dims)
+    no_default = FeatureDims(DIMS.taps, {"student": {}, "teacher": DIMS.defaults["teacher"]})
+    with pytest.raises(ValueError, match="args.student"):
+        build_loss([LossTermConfig("hint_mse", 1.0)], no_default)
 
 
 def test_embedding_terms_project_the_teachers_matching_features():
@@ -48,12 +65,13 @@ def test_embedding_terms_project_the_teachers_matching_features():
                                       [[0.0, 0.0], [0.0, 0.0], [2.0, 2.0]]]))
     teacher = torch.tensor([[[1.0, 2.0, 3.0], [9.0, 9.0, 9.0], [0.5, 0.0, 1.0]]])  # [B=1, F=3 (a,b,c), 3]
     student = torch.tensor([[[1.0, 1.0], [2.0, 0.0]]])  # [B=1, F=2 (a,c), 2]
-    got = loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), student_embeddings=student, teacher_embeddings=teacher)
+    taps = {"student_taps": {ES.key: student}, "teacher_taps": {ET.key: teacher}}
+    got = loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), **taps)
     # targets: a -> [1, 2]; c -> [2, 2]: squared errors 0, 1, 0, 4 over 4 elements
     assert got.item() == pytest.approx(5 / 4)
     cos = build_loss([LossTermConfig("embedding_cosine", 1.0)], DIMS)
     cos.terms[0].proj.data.copy_(term.proj.data)
-    got = cos(torch.zeros(1), torch.zeros(1), torch.zeros(1), student_embeddings=student, teacher_embeddings=teacher)
+    got = cos(torch.zeros(1), torch.zeros(1), torch.zeros(1), **taps)
     expected = ((1 - 3 / (math.sqrt(2) * math.sqrt(5))) + (1 - 4 / (2 * math.sqrt(8)))) / 2
     assert got.item() == pytest.approx(expected, rel=1e-6)
 
@@ -62,8 +80,8 @@ def test_feature_terms_need_dims_and_inputs():
     with pytest.raises(ValueError, match="needs the models' shapes"):
         build_loss([LossTermConfig("hint_mse", 1.0)])
     loss = build_loss([LossTermConfig("hint_mse", 1.0)], DIMS)
-    assert loss.requires == frozenset({"hint"})
-    with pytest.raises(ValueError, match="needs 'student_hint'"):
+    assert loss.taps == [HS, HT]
+    with pytest.raises(ValueError, match="reads the student's 'inter_arch'"):
         loss(torch.zeros(2), torch.zeros(2), torch.zeros(2))
 
 
@@ -109,18 +127,6 @@ def _batch(n=6, feats=FEATS, rows=20, seed=0):
     return torch.randn(n, 4, generator=g), kjt, torch.randint(0, 2, (n,), generator=g).float()
 
 
-@pytest.mark.parametrize("arch", ["dlrm", "dlrm_dcn"])
-def test_intermediates_match_torchrec_forward_and_interaction_dim(arch):
-    cfg = ModelConfig(arch=arch, embedding_dim=8, dense_arch_layer_sizes=[16, 8], over_arch_layer_sizes=[16, 1],
-                      dcn_num_layers=2, dcn_low_rank_dim=4)
-    torch.manual_seed(0)
-    model = build_dlrm(cfg, make_tables(cfg, FEATS, [20] * 3), 4, device=torch.device("cpu"))
-    dense, kjt, _ = _batch()
-    logits, hint, emb = forward_with_features(model, dense, kjt)
-    assert torch.equal(logits, model(dense, kjt).squeeze(-1))
-    assert hint.shape == (6, interaction_dim(cfg, 3)) and emb.shape == (6, 3, 8)
-
-
 def test_ensemble_logits_are_the_weighted_mean_and_offline_reads_the_batch():
     cfgs = [ModelConfig(embedding_dim=8, dense_arch_layer_sizes=[8], over_arch_layer_sizes=[8, 1], table_prefix=p)
             for p in ("t1_", "t2_", "s_")]
@@ -144,10 +150,11 @@ def test_ensemble_logits_are_the_weighted_mean_and_offline_reads_the_batch():
 
 def test_scored_batch_keeps_teacher_outputs_through_to_and_pin():
     dense, kjt, labels = _batch()
-    b = ScoredBatch(dense, kjt, labels, teacher_logits=torch.ones(6), teacher_hint=torch.zeros(6, 2))
+    b = ScoredBatch(dense, kjt, labels, teacher_logits=torch.ones(6), teacher_taps={HT.key: torch.zeros(6, 2)})
     moved = b.to(torch.device("cpu"))
-    assert torch.equal(moved.teacher_logits, b.teacher_logits) and torch.equal(moved.teacher_hint, b.teacher_hint)
-    assert moved.teacher_embeddings is None and torch.equal(moved.labels, labels)
+    assert torch.equal(moved.teacher_logits, b.teacher_logits)
+    assert list(moved.teacher_taps) == [HT.key] and torch.equal(moved.teacher_taps[HT.key], b.teacher_taps[HT.key])
+    assert torch.equal(moved.labels, labels)
 
 
 def test_flat_triu_interaction_equals_torchrecs_values_and_gradients():

@@ -12,13 +12,14 @@ from torchrec.models.dlrm import DLRM
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_kd.config import ModelConfig
-from torchrec_kd.models.dlrm import build_dlrm, build_dlrm_from_meta, make_tables
+from torchrec_kd.models.build import build_model_from_meta
+from torchrec_kd.models.dlrm import build_dlrm, make_tables
 from torchrec_kd.quant.embeddings import (
     dequantized_tables,
     embedding_storage_bytes,
     embedding_storage_bytes_per_table,
     floor_bytes_per_row,
-    quantize_dlrm,
+    quantize_model,
     quantized_ebcs,
     table_dtypes,
 )
@@ -105,7 +106,7 @@ def _fbgemm_dequantize(qmodel: torch.nn.Module, dtype: str) -> Dict[str, torch.T
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_quantized_rows_match_fbgemm_and_float(float_models: Dict[int, DLRM], dtype: str, dim: int) -> None:
     float_model = float_models[dim]
-    qmodel = quantize_dlrm(float_model, dtype)
+    qmodel = quantize_model(float_model, dtype)
     deq = dequantized_tables(qmodel)
     ref = _float_rows(float_model)
     assert set(deq) == set(ref) and table_dtypes(qmodel) == {name: dtype for name in ref}
@@ -129,7 +130,7 @@ def test_quantized_rows_match_fbgemm_and_float(float_models: Dict[int, DLRM], dt
 @pytest.mark.parametrize("dim", [16, 64])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_storage_is_the_format_floor(float_models: Dict[int, DLRM], dtype: str, dim: int) -> None:
-    qmodel = quantize_dlrm(float_models[dim], dtype)
+    qmodel = quantize_model(float_models[dim], dtype)
     per_table = embedding_storage_bytes_per_table(qmodel)
     assert per_table == {f"s_{f}": n * floor_bytes_per_row(dim, dtype) for f, n in zip(FEATURES, ROWS)}
     assert embedding_storage_bytes(qmodel) == sum(ROWS) * floor_bytes_per_row(dim, dtype)
@@ -155,13 +156,13 @@ def prediction_errors(float_models: Dict[int, DLRM], batch: tuple) -> Dict[str, 
     dense, kjt = batch
     with torch.no_grad():
         expected = float_models[64](dense, kjt)
-        return {d: (quantize_dlrm(float_models[64], d)(dense, kjt) - expected).abs().mean().item() for d in DTYPES}
+        return {d: (quantize_model(float_models[64], d)(dense, kjt) - expected).abs().mean().item() for d in DTYPES}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_predictions_close_to_float(float_models: Dict[int, DLRM], batch: tuple, dtype: str) -> None:
     float_model = float_models[64]
-    qmodel = quantize_dlrm(float_model, dtype)
+    qmodel = quantize_model(float_model, dtype)
     dense, kjt = batch
     with torch.no_grad():
         expected, got = float_model(dense, kjt), qmodel(dense, kjt)
@@ -181,19 +182,19 @@ def test_prediction_error_grows_as_bits_shrink(prediction_errors: Dict[str, floa
 
 
 def test_per_table_override(float_models: Dict[int, DLRM]) -> None:
-    qmodel = quantize_dlrm(float_models[64], "int4", per_table={"s_cat_0": "int8", "s_cat_2": "fp16"})
+    qmodel = quantize_model(float_models[64], "int4", per_table={"s_cat_0": "int8", "s_cat_2": "fp16"})
     assert table_dtypes(qmodel) == {"s_cat_0": "int8", "s_cat_1": "int4", "s_cat_2": "fp16"}
     assert embedding_storage_bytes_per_table(qmodel) == {"s_cat_0": 100 * 68, "s_cat_1": 300 * 36, "s_cat_2": 1000 * 128}
     with pytest.raises(ValueError, match="no table named 's_cat_9'"):
-        quantize_dlrm(float_models[64], "int4", per_table={"s_cat_9": "int8"})
+        quantize_model(float_models[64], "int4", per_table={"s_cat_9": "int8"})
     with pytest.raises(ValueError, match="unknown embedding dtype"):
-        quantize_dlrm(float_models[64], "int4", per_table={"s_cat_0": "int3"})
+        quantize_model(float_models[64], "int4", per_table={"s_cat_0": "int3"})
 
 
 @pytest.fixture(scope="module")
 def mixed_qmodel(float_models: Dict[int, DLRM]) -> torch.nn.Module:
     # One table per sub-byte tensor subclass and one plain uint8 table.
-    return quantize_dlrm(float_models[64], "int4", per_table={"s_cat_1": "int2", "s_cat_2": "int8"})
+    return quantize_model(float_models[64], "int4", per_table={"s_cat_1": "int2", "s_cat_2": "int8"})
 
 
 def test_save_load_roundtrip(mixed_qmodel: torch.nn.Module, batch: tuple, tmp_path: Path) -> None:
@@ -238,13 +239,13 @@ def test_privileged_dense_columns_never_reach_the_exported_student(batch: tuple,
     """A student built without dense columns 1 and 3 reads the data's 4-column input and ignores them."""
     meta = {**_meta(16), "dense_columns": [0, 2]}
     torch.manual_seed(0)
-    model = build_dlrm_from_meta(meta).eval()
+    model = build_model_from_meta(meta).eval()
     plain = _build_float({**meta, "dense_in_features": 2})
     assert model.state_dict().keys() == plain.state_dict().keys()  # loads like any DLRM checkpoint
     dense, kjt = batch
     scrambled = dense.clone()
     scrambled[:, [1, 3]] = torch.randn(BATCH, 2) * 100
-    qm = quantize_dlrm(model, "int4")
+    qm = quantize_model(model, "int4")
     export_torchscript(qm, tmp_path / "q.pt")
     scripted = load_torchscript(tmp_path / "q.pt")
     export_program(qm, (dense, kjt), tmp_path / "q.pt2")
@@ -255,4 +256,4 @@ def test_privileged_dense_columns_never_reach_the_exported_student(batch: tuple,
         assert not torch.equal(model(dense, kjt), model(dense.roll(1, 0), kjt))  # the kept columns matter
         assert torch.equal(scripted(dense, kjt), qm(dense, kjt))
     with pytest.raises(ValueError, match="dense_columns"):
-        build_dlrm_from_meta({**meta, "dense_columns": [0, 4]})
+        build_model_from_meta({**meta, "dense_columns": [0, 4]})

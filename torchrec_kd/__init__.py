@@ -3,7 +3,8 @@
 Public API (imported on first use, so ``import torchrec_kd`` loads neither torchrec nor fbgemm)::
 
     from torchrec_kd import DistillationModel, build_loss, LossTermConfig, freeze_teacher_tables
-    from torchrec_kd import use_fake_quant_sparse_arch, ScoredBatch, TeacherEnsemble   # QAT, offline, ensembles
+    from torchrec_kd import register_model, ModelIO, build_model, RankerTrain   # any model, its own forward
+    from torchrec_kd import use_fake_quant, quantize_model, ScoredBatch, TeacherEnsemble   # QAT, export, offline
     from torchrec_kd import ModelSelector, summarize, paired_interval   # model selection, honest comparisons
 
 The package map is in ``docs/architecture.md``.
@@ -41,8 +42,21 @@ _EXPORTS: Dict[str, str] = {
     "build_loss": "torchrec_kd.losses",
     "register_loss": "torchrec_kd.losses",
     "fake_quantize_rows": "torchrec_kd.quant.fake_quant",
-    "use_fake_quant_sparse_arch": "torchrec_kd.quant.qat",
-    "quantize_dlrm": "torchrec_kd.quant.embeddings",
+    "use_fake_quant": "torchrec_kd.quant.qat",
+    "FakeQuantEmbeddingBagCollection": "torchrec_kd.quant.qat",
+    "register_model": "torchrec_kd.models.registry",
+    "BuildInputs": "torchrec_kd.models.registry",
+    "MODELS": "torchrec_kd.models.registry",
+    "ModelIO": "torchrec_kd.models.io",
+    "build_model": "torchrec_kd.models.build",
+    "build_model_from_meta": "torchrec_kd.models.build",
+    "RankerTrain": "torchrec_kd.models.train",
+    "FeatureTaps": "torchrec_kd.distill.taps",
+    "probe_feature_dims": "torchrec_kd.distill.taps",
+    "Tap": "torchrec_kd.losses",
+    "TapInfo": "torchrec_kd.losses",
+    "load_plugins": "torchrec_kd.core.plugins",
+    "quantize_model": "torchrec_kd.quant.embeddings",
     "paired_interval": "torchrec_kd.reporting.summary",
     "summarize": "torchrec_kd.reporting.summary",
     "ModelSelector": "torchrec_kd.training.selection",

@@ -32,6 +32,9 @@ def _config_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also show third-party logs and warnings on the console (always in <output_dir>/run.log); "
                         "LOGLEVEL=INFO does the same")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import this module first (repeatable): it may register model builders (teacher.arch / "
+                        "student.arch) and loss terms (docs/own-model.md)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100")
     return p
 
@@ -162,6 +165,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     ok = False
     try:
+        from torchrec_kd.core.plugins import load_plugins
+
+        load_plugins(args.plugin)  # before the config: it names what plugins register
         cfg = load_config(args.config, overrides)
         writes = args.command in WRITES_OUTPUT_DIR
         if writes and os.environ.get("RANK", "0") == "0":
@@ -171,9 +177,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         log_file = setup_console(args.verbose, cfg.out_dir if writes else None)
         if log_file is not None and os.environ.get("RANK", "0") == "0":
             logger.info("%s: %s (details in %s)", args.command, cfg.run_name, log_file)
-        from torchrec_kd.losses import check_loss_names
+        if args.command not in ("inspect-data", "preprocess"):  # model and loss names and args, before any work
+            from torchrec_kd.losses import check_loss_names
+            from torchrec_kd.models.build import check_models
 
-        check_loss_names(cfg.distill.losses, config_source(args.config, overrides))  # before any work
+            check_models(cfg, config_source(args.config, overrides))
+            check_loss_names(cfg.distill.losses, config_source(args.config, overrides))
         _dispatch(args, cfg)
         ok = True
     except UserError as e:  # bad input: a message that says what to do, not a traceback

@@ -14,8 +14,9 @@ from torchrec_kd.config.data_sources import (
     SyntheticDataConfig,
     TableDataConfig,
 )
-from torchrec_kd.config.load import RANGES, config_source, config_to_dict, load_config
+from torchrec_kd.config.load import RANGES, build_section, config_source, config_to_dict, load_config
 from torchrec_kd.config.schema import (
+    DLRM_FAMILY,
     DistillConfig,
     DistributedConfig,
     EarlyStoppingConfig,
@@ -32,8 +33,8 @@ from torchrec_kd.config.schema import (
 from torchrec_kd.errors import ConfigError
 
 __all__ = [
-    "RANGES", "ConfigError", "CriteoDataConfig", "DataConfig", "DistillConfig", "DistributedConfig",
+    "DLRM_FAMILY", "RANGES", "ConfigError", "CriteoDataConfig", "DataConfig", "DistillConfig", "DistributedConfig",
     "EarlyStoppingConfig", "ExperimentConfig", "LossTermConfig", "ModelConfig", "MovieLensDataConfig",
     "QuantizeConfig", "RunConfig", "ScheduleConfig", "ShardingConfig", "SparseColumnConfig", "SyntheticDataConfig",
-    "TableDataConfig", "TeacherEntryConfig", "TrainConfig", "config_source", "config_to_dict", "load_config",
+    "TableDataConfig", "TeacherEntryConfig", "TrainConfig", "build_section", "config_source", "config_to_dict", "load_config",
 ]

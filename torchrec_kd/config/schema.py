@@ -8,17 +8,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional
 
 from torchrec_kd.config.data_sources import DataConfig
 from torchrec_kd.errors import ConfigError
 
+# The built-in architectures whose layer sizes are ModelConfig's own fields (the rest take ``args``).
+DLRM_FAMILY = ("dlrm", "dlrm_dcn", "dlrm_projection")
+
 
 @dataclass
 class ModelConfig:
-    """A DLRM built from TorchRec's arches (teacher and student share this shape)."""
+    """Which model a role builds: a registered architecture, its tables' dim and its layer sizes.
 
-    arch: Literal["dlrm", "dlrm_dcn"] = "dlrm"
+    ``arch`` names a model builder: ``dlrm``, ``dlrm_dcn``, ``dlrm_projection``, ``deepfm``
+    (TorchRec's ``SimpleDeepFMNN``) or one a ``--plugin`` registers. The layer-size fields
+    are the DLRM family's; other builders read their own keys from ``args``.
+    """
+
+    arch: str = "dlrm"
     embedding_dim: int = 64
     dense_arch_layer_sizes: List[int] = field(default_factory=lambda: [512, 256, 64])
     over_arch_layer_sizes: List[int] = field(default_factory=lambda: [512, 512, 256, 1])
@@ -26,6 +34,9 @@ class ModelConfig:
     dcn_low_rank_dim: int = 64
     # Prefix of table names; teacher and student tables must differ to share one DMP.
     table_prefix: str = "t_"
+    # The builder's own keys (checked against what it declares, e.g. deepfm: hidden_layer_size,
+    # deep_fm_dimension; dlrm_projection: interaction_branch1_layer_sizes, …).
+    args: Dict[str, Any] = field(default_factory=dict)
 
 
 ShardingTypeName = Literal["table_wise", "row_wise", "column_wise", "table_row_wise", "table_column_wise", "data_parallel"]
@@ -118,6 +129,9 @@ class LossTermConfig:
     # The weight and temperature above are the values reached at the end of these schedules.
     weight_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     temperature_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    # The term's own keys (checked against what it declares), e.g. hint_mse:
+    # {student: inter_arch, teacher: over_arch.model.0}: the modules whose outputs it reads.
+    args: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,10 +1,13 @@
-"""How embedding tables are named in state dicts (TorchRec's collections and our QAT sparse arch)."""
+"""How embedding tables are named in state dicts (TorchRec's collections and our QAT collection)."""
 
 from __future__ import annotations
 
-# Where embedding tables sit in a state dict: TorchRec's EmbeddingBagCollection, or the
-# EmbeddingCollection of the quantization-aware sparse arch (torchrec_kd.quant.qat).
-TABLE_KEY_PARTS = ("embedding_bags.", "embedding_collection.embeddings.")
+# Where embedding tables sit in a state dict, wherever the collection is in the model:
+# TorchRec's EmbeddingBagCollection (``<path>.embedding_bags.<table>.weight``), its
+# EmbeddingCollection (``<path>.embeddings.<table>.weight``; also inside the
+# quantization-aware collection of torchrec_kd.quant.qat, ``<path>.qat_tables.embeddings.…``).
+TABLE_KEY_PARTS = ("embedding_bags.", "embeddings.")
+QAT_TABLES = "qat_tables.embeddings."
 
 
 def is_table_key(name: str) -> bool:
@@ -20,16 +23,17 @@ def is_table_key(name: str) -> bool:
 
 
 def ebc_layout_key(key: str) -> str:
-    """A state-dict key in TorchRec's ``SparseArch(EmbeddingBagCollection)`` layout.
+    """A state-dict key in TorchRec's ``EmbeddingBagCollection`` layout.
 
-    The quantization-aware sparse arch keeps its tables in an ``EmbeddingCollection``;
-    renaming its keys lets a QAT checkpoint load into a plain DLRM (quantize, export) and
-    keeps weight initialisation identical to the plain model's.
+    The quantization-aware collection (at the path of the ``EmbeddingBagCollection`` it
+    replaced) keeps its tables in an ``EmbeddingCollection`` named ``qat_tables``; renaming
+    its keys lets a QAT checkpoint load into the plain model (quantize, export) and keeps
+    weight initialisation identical to the plain model's.
 
     Args:
-        key (str): e.g. ``student.sparse_arch.embedding_collection.embeddings.s_cat_0.weight``.
+        key (str): e.g. ``student.sparse_arch.embedding_bag_collection.qat_tables.embeddings.s_cat_0.weight``.
 
     Returns:
         str: e.g. ``student.sparse_arch.embedding_bag_collection.embedding_bags.s_cat_0.weight``.
     """
-    return key.replace("sparse_arch.embedding_collection.embeddings.", "sparse_arch.embedding_bag_collection.embedding_bags.")
+    return key.replace(QAT_TABLES, "embedding_bags.")

@@ -1,39 +1,43 @@
 """``DistillationModel``: teacher(s) + student behind TorchRec's training-wrapper contract.
 
-All models read the same ``Batch``; wrapped by one ``DistributedModelParallel``,
-``TrainPipelineSparseDist`` finds every sharded embedding collection (their inputs
-come straight from ``batch.sparse_features``) and pipelines their input distribution:
-the teachers' lookups overlap the previous step like the student's.
+All models read the same ``Batch`` and are called through their own forward
+(:class:`~torchrec_kd.models.io.ModelIO`: ``model(dense, kjt)`` by default, an adapter
+otherwise; a probability head's output is turned into logits). Wrapped by one
+``DistributedModelParallel``, ``TrainPipelineSparseDist`` finds every sharded embedding
+collection (their inputs come straight from ``batch.sparse_features``) and pipelines their
+input distribution: the teachers' lookups overlap the previous step like the student's.
 
 Variants, all through the same forward:
 
-* one teacher, or an ensemble (weighted mean of the teachers' logits; DLRM and DLRM_DCN mix);
+* one teacher, or an ensemble (weighted mean of the teachers' logits; any architectures mix);
 * no teacher at all: offline distillation reads the teacher outputs stored with each
   row from a :class:`~torchrec_kd.distill.scored_batch.ScoredBatch`;
 * privileged features: the student's tables leave the sparse ones out (the KJT still
-  carries them for the teachers) and its dense arch skips the dense ones' columns
-  (:class:`~torchrec_kd.models.dlrm.DenseColumnsArch`);
-* hint / embedding / ranking terms get the intermediate outputs and group ids they require.
+  carries them for the teachers) and its dense arch skips the dense ones' columns;
+* hint / embedding terms read submodules' outputs by module path
+  (:class:`~torchrec_kd.distill.taps.FeatureTaps`, forward hooks attached on the first
+  forward, i.e. after sharding); ranking terms get group ids.
 
 Example::
 
-    model = DistillationModel([teacher_dlrm], student_dlrm, build_loss(cfg.distill.losses))
+    model = DistillationModel([teacher], student, build_loss(cfg.distill.losses, dims),
+                              teacher_io=[ModelIO()], student_io=ModelIO(output="probability"))
     loss, (loss_, student_logits, teacher_logits, labels) = model(batch)
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from torchrec.datasets.utils import Batch
-from torchrec.models.dlrm import DLRM
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_kd.losses import WeightedKDLoss
+from torchrec_kd.distill.taps import FeatureTaps
+from torchrec_kd.losses import Tap, WeightedKDLoss
 from torchrec_kd.losses.ranking import group_ids_from_jagged
-from torchrec_kd.models.dlrm import forward_with_features
+from torchrec_kd.models.io import LOGIT, ModelIO
 
 Output = Tuple[Tensor, Tensor, Tensor, Tensor]
 
@@ -56,23 +60,6 @@ class GroupIds(nn.Module):
         return group_ids_from_jagged(jt.values(), jt.lengths())
 
 
-def ensemble_outputs(teachers: Sequence[DLRM], weights: Sequence[float], batch: Batch) -> Tuple[Tensor, Tensor, Tensor]:
-    """Teachers' weighted-mean logits [B] and the first teacher's hint and pooled embeddings (no grad).
-
-    Args:
-        teachers (Sequence[DLRM]): at least one teacher.
-        weights (Sequence[float]): normalised ensemble weights.
-        batch (Batch): the batch.
-
-    Returns:
-        Tuple[Tensor, Tensor, Tensor]: logits [B], hint [B, H], embeddings [B, F, D].
-    """
-    with torch.no_grad():
-        outs = [forward_with_features(t, batch.dense_features, batch.sparse_features) for t in teachers]
-        logits = outs[0][0] if len(outs) == 1 else sum(w * o[0] for w, o in zip(weights, outs))
-    return logits, outs[0][1], outs[0][2]
-
-
 def normalised_weights(count: int, weights: Optional[Sequence[float]]) -> List[float]:
     """Ensemble weights summing to 1 (equal by default); refuses negative or all-zero weights."""
     ws = [1.0] * count if weights is None else [float(w) for w in weights]
@@ -82,28 +69,79 @@ def normalised_weights(count: int, weights: Optional[Sequence[float]]) -> List[f
     return [w / total for w in ws]
 
 
-class TeacherEnsemble(nn.Module):
+def _ios(count: int, ios: Union[None, ModelIO, Sequence[ModelIO]]) -> List[ModelIO]:
+    if ios is None:
+        return [LOGIT] * count
+    if isinstance(ios, ModelIO):
+        return [ios] * count
+    if len(ios) != count:
+        raise ValueError(f"teacher_io lists {len(ios)} entries for {count} teachers")
+    return list(ios)
+
+
+class _Teachers(nn.Module):
+    """Frozen teachers, their logits' weighted mean and the first teacher's taps (shared by both wrappers)."""
+
+    def __init__(self, teachers: Sequence[nn.Module], teacher_weights: Optional[Sequence[float]],
+                 teacher_io: Union[None, ModelIO, Sequence[ModelIO]], taps: Sequence[Tap]) -> None:
+        super().__init__()
+        if isinstance(teachers, nn.Module):  # one teacher passed bare
+            teachers = [teachers]
+        self.teachers = nn.ModuleList(teachers)
+        self.teacher_weights = normalised_weights(len(self.teachers), teacher_weights)
+        self.teacher_ios = _ios(len(self.teachers), teacher_io)
+        self.teacher_tap_specs = [t for t in taps if t.role == "teacher"]
+        self._teacher_hooks = FeatureTaps([t.path for t in self.teacher_tap_specs])
+        for teacher in self.teachers:
+            teacher.requires_grad_(False)
+            teacher.eval()
+
+    @property
+    def teacher(self) -> nn.Module:
+        """The first teacher (the one hint and embedding terms read)."""
+        return self.teachers[0]
+
+    def train(self, mode: bool = True) -> "_Teachers":
+        """Switch the student's mode (if any); teachers stay in eval mode."""
+        super().train(mode)
+        for teacher in self.teachers:
+            teacher.eval()
+        return self
+
+    def _teacher_outputs(self, batch: Batch) -> Tuple[Tensor, Dict[str, Any]]:
+        """Ensemble logits [B] and the first teacher's tapped outputs by tap key (no grad)."""
+        if not self._teacher_hooks.attached:  # now, after sharding replaced the embedding collections
+            self._teacher_hooks.attach(self.teachers[0], "teacher")
+        with torch.no_grad(), self._teacher_hooks.collect() as out:
+            logits = [io.logits(t, batch) for t, io in zip(self.teachers, self.teacher_ios)]
+        mean = logits[0] if len(logits) == 1 else sum(w * x for w, x in zip(self.teacher_weights, logits))
+        return mean, {t.key: out.get(t.path) for t in self.teacher_tap_specs}
+
+
+class TeacherEnsemble(_Teachers):
     """Frozen teachers alone (e.g. to score data for offline distillation).
 
     Args:
-        teachers (Sequence[DLRM]): the teachers; state-dict keys ``teachers.<i>.…`` as in
+        teachers (Sequence[nn.Module]): the teachers; state-dict keys ``teachers.<i>.…`` as in
             :class:`DistillationModel`.
         teacher_weights (Optional[Sequence[float]]): ensemble weights (normalised); default equal.
+        teacher_io (ModelIO | Sequence[ModelIO] | None): how each teacher is called (default logits from
+            ``model(dense, kjt)``).
+        taps (Sequence[Tap]): the first teacher's outputs to return too (``role == "teacher"``).
     """
 
-    def __init__(self, teachers: Sequence[DLRM], teacher_weights: Optional[Sequence[float]] = None) -> None:
-        super().__init__()
-        self.teachers = nn.ModuleList(teachers)
-        self.teacher_weights = normalised_weights(len(self.teachers), teacher_weights)
+    def __init__(self, teachers: Sequence[nn.Module], teacher_weights: Optional[Sequence[float]] = None,
+                 teacher_io: Union[None, ModelIO, Sequence[ModelIO]] = None, taps: Sequence[Tap] = ()) -> None:
+        super().__init__(teachers, teacher_weights, teacher_io, taps)
         self.requires_grad_(False)
         self.eval()
 
-    def forward(self, batch: Batch) -> Tuple[Tensor, Tensor, Tensor]:
-        """Ensemble logits [B], first teacher's hint [B, H] and embeddings [B, F, D]."""
-        return ensemble_outputs(self.teachers, self.teacher_weights, batch)
+    def forward(self, batch: Batch) -> Tuple[Tensor, Dict[str, Any]]:
+        """Ensemble logits [B] and the first teacher's tapped outputs by :attr:`Tap.key`."""
+        return self._teacher_outputs(batch)
 
 
-class DistillationModel(nn.Module):
+class DistillationModel(_Teachers):
     """Frozen teacher(s) and a trainable student scored on the same batch.
 
     Teachers always run in eval mode under ``torch.no_grad()`` with ``requires_grad=False``;
@@ -112,47 +150,34 @@ class DistillationModel(nn.Module):
     ``build_optimizer(..., frozen_prefix="teachers.")`` after.
 
     Args:
-        teachers (Sequence[DLRM]): the teachers (``forward(dense, kjt) -> [B, 1]``); empty for
-            offline distillation from a :class:`ScoredBatch`.
-        student (DLRM): the student, same inputs (it may read fewer sparse features).
-        loss (WeightedKDLoss): the weighted terms.
+        teachers (Sequence[nn.Module]): the teachers (any ranking models); empty for offline
+            distillation from a :class:`ScoredBatch`.
+        student (nn.Module): the student, same inputs (it may read fewer sparse features).
+        loss (WeightedKDLoss): the weighted terms (its ``taps`` say which submodules are read).
         teacher_weights (Optional[Sequence[float]]): ensemble weights (normalised); default equal.
         group_feature (Optional[str]): KJT key of the group id, needed by rank_* terms.
+        teacher_io (ModelIO | Sequence[ModelIO] | None): how each teacher is called and what it returns.
+        student_io (Optional[ModelIO]): the same for the student.
     """
 
-    def __init__(self, teachers: Sequence[DLRM], student: DLRM, loss: WeightedKDLoss,
-                 teacher_weights: Optional[Sequence[float]] = None, group_feature: Optional[str] = None) -> None:
-        super().__init__()
-        if isinstance(teachers, nn.Module):  # one teacher passed bare
-            teachers = [teachers]
-        self.teachers = nn.ModuleList(teachers)
+    def __init__(self, teachers: Sequence[nn.Module], student: nn.Module, loss: WeightedKDLoss,
+                 teacher_weights: Optional[Sequence[float]] = None, group_feature: Optional[str] = None,
+                 teacher_io: Union[None, ModelIO, Sequence[ModelIO]] = None,
+                 student_io: Optional[ModelIO] = None) -> None:
+        taps = loss.taps
+        super().__init__(teachers, teacher_weights, teacher_io, taps)
         self.student = student
         self.loss_fn = loss
-        self.teacher_weights = normalised_weights(len(self.teachers), teacher_weights)
+        self.student_io = student_io or LOGIT
+        self.student_tap_specs = [t for t in taps if t.role == "student"]
+        self._student_hooks = FeatureTaps([t.path for t in self.student_tap_specs])
         if "groups" in loss.requires and group_feature is None:
             raise ValueError("a rank_* loss term needs distill.group_feature (the sparse feature holding the group id)")
         self.group_ids = GroupIds(group_feature) if group_feature is not None else None
-        for teacher in self.teachers:
-            teacher.requires_grad_(False)
-            teacher.eval()
 
-    @property
-    def teacher(self) -> DLRM:
-        """The first teacher (the one hint and embedding terms read)."""
-        return self.teachers[0]
-
-    def train(self, mode: bool = True) -> "DistillationModel":
-        """Switch the student's mode; teachers stay in eval mode."""
-        super().train(mode)
-        for teacher in self.teachers:
-            teacher.eval()
-        return self
-
-    def _teacher_outputs(self, batch: Batch) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-        """Ensemble logits [B], and the first teacher's hint and pooled embeddings."""
-        if not self.teachers:  # offline: the outputs travel with the batch
-            return batch.teacher_logits, batch.teacher_hint, batch.teacher_embeddings  # type: ignore[attr-defined]
-        return ensemble_outputs(self.teachers, self.teacher_weights, batch)
+    def score(self, batch: Batch) -> Tensor:
+        """The student's logits [B] alone (evaluation: no teacher work, no taps)."""
+        return self.student_io.logits(self.student, batch)
 
     def forward(self, batch: Batch) -> Tuple[Tensor, Output]:
         """Score the batch with every model and compute the distillation loss.
@@ -165,15 +190,17 @@ class DistillationModel(nn.Module):
             Tuple[Tensor, Tuple[Tensor, Tensor, Tensor, Tensor]]: ``loss`` and
             ``(loss.detach(), student_logits, teacher_logits, labels)`` (all detached).
         """
-        teacher_logits, teacher_hint, teacher_emb = self._teacher_outputs(batch)
-        student_logits, student_hint, student_emb = forward_with_features(
-            self.student, batch.dense_features, batch.sparse_features)
-        needs = self.loss_fn.requires
-        loss = self.loss_fn(
-            student_logits, teacher_logits, batch.labels,
-            student_hint=student_hint if "hint" in needs else None,
-            teacher_hint=teacher_hint if "hint" in needs else None,
-            student_embeddings=student_emb if "embeddings" in needs else None,
-            teacher_embeddings=teacher_emb if "embeddings" in needs else None,
-            groups=self.group_ids(batch.sparse_features) if self.group_ids is not None else None)
+        if self.teachers:
+            teacher_logits, teacher_taps = self._teacher_outputs(batch)
+        else:  # offline: the outputs travel with the batch
+            teacher_logits, teacher_taps = batch.teacher_logits, batch.teacher_taps  # type: ignore[attr-defined]
+        if not self._student_hooks.attached:
+            self._student_hooks.attach(self.student, "student")
+        with self._student_hooks.collect() as out:
+            student_logits = self.student_io.logits(self.student, batch)
+        # raw outputs go to the loss (a leaf of the pipeline's tracer), which reads them as features
+        student_taps = {t.key: out.get(t.path) for t in self.student_tap_specs}
+        loss = self.loss_fn(student_logits, teacher_logits, batch.labels, student_taps=student_taps,
+                            teacher_taps=teacher_taps,
+                            groups=self.group_ids(batch.sparse_features) if self.group_ids is not None else None)
         return loss, (loss.detach(), student_logits.detach(), teacher_logits.detach(), batch.labels.detach())

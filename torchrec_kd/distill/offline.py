@@ -3,7 +3,8 @@
 ``score-teacher`` runs the frozen teacher(s) once over the training stream that
 ``distill`` will consume (same data, seed, batch size, steps) and stores per row the
 ensemble logits and, when a configured term needs them, the first teacher's hint and
-pooled embeddings (:mod:`torchrec_kd.distill.score_cache`). ``distill`` with
+pooled embeddings — the teacher submodules' outputs the terms tap, stored by tap key
+such as ``hint:inter_arch`` (:mod:`torchrec_kd.distill.score_cache`). ``distill`` with
 ``distill.offline: true`` then builds no teacher: :meth:`OfflineScores.attach` turns each
 training batch into a :class:`~torchrec_kd.distill.scored_batch.ScoredBatch` carrying the
 stored outputs of exactly its rows.
@@ -22,7 +23,7 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, Iterator, List, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Sequence
 
 from torchrec.datasets.utils import Batch
 
@@ -33,6 +34,7 @@ from torchrec_kd.core.layout import RunLayout
 from torchrec_kd.distill.score_cache import batch_digest, check_digest, open_cache
 from torchrec_kd.distill.scored_batch import ScoredBatch
 from torchrec_kd.distributed.env import DistEnv
+from torchrec_kd.losses.taps import Tap, tap_keys
 
 if TYPE_CHECKING:  # pragma: no cover
     from torchrec_kd.distill.teachers import TeacherSpec
@@ -44,10 +46,9 @@ def scores_dir(cfg: RunConfig) -> Path:
     return Path(cfg.distill.teacher_scores or RunLayout(cfg.out_dir).teacher_scores)
 
 
-def cached_fields(requires: Iterable[str]) -> List[str]:
-    """Fields a cache must hold for loss terms requiring ``requires`` (logits always)."""
-    need = set(requires)
-    return ["logits"] + [f for f in ("hint", "embeddings") if f in need]
+def cached_fields(taps: Iterable[Tap]) -> List[str]:
+    """Fields a cache must hold for loss terms reading ``taps``: logits, and each teacher tap by its key."""
+    return ["logits"] + tap_keys(list(taps), "teacher")
 
 
 def run_fingerprint(cfg: RunConfig, teachers: Sequence["TeacherSpec"]) -> Dict[str, Any]:
@@ -74,11 +75,11 @@ class OfflineScores:
         self.path, self.reader, self.fields = path, reader, fields
 
     @classmethod
-    def open(cls, cfg: RunConfig, teachers: Sequence["TeacherSpec"], requires: FrozenSet[str],
+    def open(cls, cfg: RunConfig, teachers: Sequence["TeacherSpec"], taps: Sequence[Tap],
              env: DistEnv, steps: int) -> "OfflineScores":
         """Open and check the run's cache for ``steps`` batches (raises ``CacheError`` naming what does not match)."""
         path = scores_dir(cfg)
-        fields = cached_fields(requires)
+        fields = cached_fields(taps)
         reader = open_cache(path, run_fingerprint(cfg, teachers), steps=steps,
                             global_batch=cfg.data.batch_size, fields=fields)
         return cls(path, reader, fields)
@@ -101,4 +102,4 @@ class OfflineScores:
             check_digest(digest, batch_digest(batch.dense_features, kjt.values(), kjt.lengths(), batch.labels),
                          self.path, step, rank)
             yield ScoredBatch(batch.dense_features, kjt, batch.labels, teacher_logits=outputs["logits"],
-                              teacher_hint=outputs.get("hint"), teacher_embeddings=outputs.get("embeddings"))
+                              teacher_taps={f: outputs[f] for f in self.fields if f != "logits"})

@@ -10,16 +10,16 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Callable, Dict
 
 import torch
 from torch import Tensor
 from torchrec.datasets.utils import Batch
 
 
-def _opt(t: Optional[Tensor], fn) -> Optional[Tensor]:
-    return None if t is None else fn(t)
+def _each(taps: Dict[str, Tensor], fn: Callable[[Tensor], Tensor]) -> Dict[str, Tensor]:
+    return {key: fn(t) for key, t in taps.items()}
 
 
 @dataclass
@@ -28,28 +28,24 @@ class ScoredBatch(Batch):
 
     Args:
         teacher_logits (Tensor): [B] teacher logits.
-        teacher_hint (Optional[Tensor]): [B, H] teacher over-arch input, when a hint term needs it.
-        teacher_embeddings (Optional[Tensor]): [B, F, D] teacher pooled embeddings, when an
-            embedding term needs them.
+        teacher_taps (Dict[str, Tensor]): the teacher's tapped outputs the loss terms read, by
+            tap key (``hint:inter_arch`` -> [B, H], ``embeddings:sparse_arch`` -> [B, F, D]).
     """
 
     teacher_logits: Tensor = None  # type: ignore[assignment]
-    teacher_hint: Optional[Tensor] = None
-    teacher_embeddings: Optional[Tensor] = None
+    teacher_taps: Dict[str, Tensor] = field(default_factory=dict)
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "ScoredBatch":
         move = lambda t: t.to(device=device, non_blocking=non_blocking)  # noqa: E731
         return ScoredBatch(move(self.dense_features), self.sparse_features.to(device=device, non_blocking=non_blocking),
-                           move(self.labels), move(self.teacher_logits), _opt(self.teacher_hint, move),
-                           _opt(self.teacher_embeddings, move))
+                           move(self.labels), move(self.teacher_logits), _each(self.teacher_taps, move))
 
     def record_stream(self, stream: torch.Stream) -> None:
         super().record_stream(stream)
-        for t in (self.teacher_logits, self.teacher_hint, self.teacher_embeddings):
-            if t is not None:
-                t.record_stream(stream)
+        for t in (self.teacher_logits, *self.teacher_taps.values()):
+            t.record_stream(stream)
 
     def pin_memory(self) -> "ScoredBatch":
         pin = lambda t: t.pin_memory()  # noqa: E731
         return ScoredBatch(pin(self.dense_features), self.sparse_features.pin_memory(), pin(self.labels),
-                           pin(self.teacher_logits), _opt(self.teacher_hint, pin), _opt(self.teacher_embeddings, pin))
+                           pin(self.teacher_logits), _each(self.teacher_taps, pin))

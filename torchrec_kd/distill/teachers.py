@@ -7,7 +7,8 @@ table prefix, and says in which precision each teacher's tables are sharded.
 Example::
 
     teachers = resolve_teachers(cfg, data.sparse_names, data.num_embeddings)
-    model = DistillationModel([build_dlrm(t.model, t.tables, 13) for t in teachers], student, loss)
+    model = DistillationModel([build_model(t.model, t.tables, 13) for t in teachers], student, loss,
+                              teacher_io=[model_io(t.model) for t in teachers])
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torchrec_kd.config import ModelConfig, RunConfig, config_to_dict
 from torchrec_kd.core.fingerprint import read_recorded
 from torchrec_kd.core.layout import TEACHER, RunLayout
 from torchrec_kd.errors import CheckpointError, ConfigError
+from torchrec_kd.models.build import model_config_from_meta
 from torchrec_kd.models.dlrm import make_tables, tables_stored_as
 from torchrec_kd.quant.int8_teacher import quantize_frozen_tables
 
@@ -137,7 +139,7 @@ def resolve_teachers(cfg: RunConfig, sparse_names: List[str], num_embeddings: Li
         meta = read_meta(Path(entry.checkpoint))
         if meta.get("role") != "teacher":
             raise CheckpointError(f"{where}.checkpoint: {entry.checkpoint} holds a {meta.get('role')!r} model, not a teacher")
-        model = ModelConfig(**meta["model"])
+        model = model_config_from_meta(meta, f"{where}.checkpoint {entry.checkpoint}")
         feats, rows = meta["sparse_features"], meta["num_embeddings"]
         bad = [(f, r, sizes.get(f)) for f, r in zip(feats, rows) if sizes.get(f) != r]
         if bad:

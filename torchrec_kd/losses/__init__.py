@@ -11,7 +11,10 @@ from torchrec_kd.losses.registry import (
                                          build_loss,
                                          check_loss_names,
                                          register_loss,
+                                         term_args,
 )
+from torchrec_kd.losses.taps import Tap, TapInfo, as_feature
 
 __all__ = ["FEATURES", "FeatureDims", "KDInputs", "KDLoss", "LOSSES", "register_loss", "build_loss", "WeightedKDLoss",
-           "check_loss_names"]
+           "check_loss_names",
+           "term_args", "Tap", "TapInfo", "as_feature"]

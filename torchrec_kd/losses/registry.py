@@ -21,85 +21,75 @@ import difflib
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import Tensor, nn
 
-from torchrec_kd.config import LossTermConfig, ScheduleConfig
+from torchrec_kd.config import LossTermConfig, ScheduleConfig, build_section
 from torchrec_kd.errors import ConfigError
 from torchrec_kd.losses.schedules import check_schedule, schedule_value
+from torchrec_kd.losses.taps import FeatureDims, Tap
 
-# What a feature term may ask for besides logits and labels.
-FEATURES = ("hint", "embeddings", "groups")
-
-
-@dataclass
-class FeatureDims:
-    """Shapes feature terms need to build their projections.
-
-    Args:
-        student_hint (int): width of the student's over-arch input (its interaction output).
-        teacher_hint (int): the same for the teacher.
-        student_dim (int): the student's embedding dim.
-        teacher_dim (int): the teacher's embedding dim.
-        student_features (List[str]): the student's sparse features, in its order.
-        teacher_features (List[str]): the teacher's (a superset when some are privileged).
-    """
-
-    student_hint: int
-    teacher_hint: int
-    student_dim: int
-    teacher_dim: int
-    student_features: List[str] = field(default_factory=list)
-    teacher_features: List[str] = field(default_factory=list)
+# What a term may ask for besides logits, labels and its taps.
+FEATURES = ("groups",)
 
 
 @dataclass
 class KDInputs:
-    """Everything a term may read for one batch (feature fields are None unless some term requires them).
+    """Everything a term may read for one batch.
 
     Args:
         student (Tensor): student logits [B].
         teacher (Tensor): teacher logits [B] (an ensemble's weighted mean).
         labels (Tensor): [B] 0/1 labels.
-        student_hint (Optional[Tensor]): [B, Hs] the student's over-arch input.
-        teacher_hint (Optional[Tensor]): [B, Ht] the teacher's.
-        student_embeddings (Optional[Tensor]): [B, Fs, Ds] pooled embeddings.
-        teacher_embeddings (Optional[Tensor]): [B, Ft, Dt] pooled embeddings.
-        groups (Optional[Tensor]): [B] int64 group id of each row.
+        student_taps (Dict[str, Any]): the student's tapped outputs by :attr:`Tap.key` (``hint:inter_arch``).
+        teacher_taps (Dict[str, Any]): the (first) teacher's, the same way.
+        groups (Optional[Tensor]): [B] int64 group id of each row (rank_* terms).
     """
 
     student: Tensor
     teacher: Tensor
     labels: Tensor
-    student_hint: Optional[Tensor] = None
-    teacher_hint: Optional[Tensor] = None
-    student_embeddings: Optional[Tensor] = None
-    teacher_embeddings: Optional[Tensor] = None
+    student_taps: Dict[str, Any] = field(default_factory=dict)
+    teacher_taps: Dict[str, Any] = field(default_factory=dict)
     groups: Optional[Tensor] = None
 
 
 class KDLoss(nn.Module):
     """Base class of one distillation term.
 
-    Logit terms implement ``forward(student, teacher, labels)``. Terms needing more set
-    ``requires`` (a subset of ``FEATURES``) and override :meth:`compute`; terms with
-    learned parts override :meth:`build` to size them from :class:`FeatureDims`.
+    Logit terms implement ``forward(student, teacher, labels)``. Terms reading models'
+    intermediate outputs list them in ``self.taps`` (:class:`~torchrec_kd.losses.taps.Tap`)
+    and override :meth:`compute`; terms needing group ids set ``requires = {"groups"}``.
+    A term with keys of its own declares them as a dataclass in ``args`` (config:
+    ``{name: x, args: {...}}``, checked with "did you mean"); terms with learned parts or
+    args override :meth:`build`.
 
     Args:
         temperature (float): softening temperature; terms that do not soften ignore it.
     """
 
     requires: FrozenSet[str] = frozenset()
+    args: Optional[type] = None
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
         self.temperature = float(temperature)
+        self.taps: List[Tap] = []
 
     @classmethod
-    def build(cls, temperature: float, dims: Optional[FeatureDims]) -> "KDLoss":
-        """Construct the term (feature terms size their projections from ``dims``)."""
+    def build(cls, temperature: float, dims: Optional[FeatureDims], args: Any = None) -> "KDLoss":
+        """Construct the term.
+
+        Args:
+            temperature (float): the configured temperature.
+            dims (Optional[FeatureDims]): the models' tapped shapes (feature terms size projections from them).
+            args (Any): an instance of ``cls.args`` filled from the config (None when it declares none).
+
+        Returns:
+            KDLoss: the term.
+        """
         return cls(temperature=temperature)
 
     def forward(self, student: Tensor, teacher: Tensor, labels: Tensor) -> Tensor:
@@ -177,23 +167,27 @@ class WeightedKDLoss(nn.Module):
 
     @property
     def requires(self) -> FrozenSet[str]:
-        """Union of what the terms need besides logits and labels."""
+        """Union of what the terms need besides logits, labels and taps (``groups``)."""
         return frozenset().union(*(t.requires for t in self.terms))
+
+    @property
+    def taps(self) -> List[Tap]:
+        """Every model output the terms read, in order, without repeats."""
+        return list(dict.fromkeys(tap for t in self.terms for tap in t.taps))
 
     def current(self) -> List[Tuple[float, float]]:
         """``(weight, temperature)`` of each term at the current step."""
         return [(schedule_value(ws, w, self.step), schedule_value(ts, t, self.step))
                 for w, t, ws, ts in zip(self.weights, self.temperatures, self.weight_schedules, self.temperature_schedules)]
 
-    def forward(self, student: Tensor, teacher: Tensor, labels: Tensor, **features: Optional[Tensor]) -> Tensor:
+    def forward(self, student: Tensor, teacher: Tensor, labels: Tensor, **features: Any) -> Tensor:
         """Sum of ``weight * term`` at the current step of the schedules.
 
         Args:
             student (Tensor): student logits, [B] or [B, C].
             teacher (Tensor): teacher logits, same shape as ``student``.
             labels (Tensor): [B] labels.
-            **features (Optional[Tensor]): the other :class:`KDInputs` fields
-                (``student_hint``, ``teacher_hint``, ``student_embeddings``, ``teacher_embeddings``, ``groups``).
+            **features: the other :class:`KDInputs` fields (``student_taps``, ``teacher_taps``, ``groups``).
 
         Returns:
             Tensor: a scalar; it requires grad whenever ``student`` does.
@@ -215,7 +209,7 @@ class WeightedKDLoss(nn.Module):
         return sum(parts[1:], parts[0])
 
     @torch.no_grad()
-    def components(self, student: Tensor, teacher: Tensor, labels: Tensor, **features: Optional[Tensor]) -> Dict[str, Tensor]:
+    def components(self, student: Tensor, teacher: Tensor, labels: Tensor, **features: Any) -> Dict[str, Tensor]:
         """Each term's unweighted value (zero-weight terms included), for logging.
 
         Args:
@@ -239,14 +233,15 @@ class WeightedKDLoss(nn.Module):
 
 
 def check_loss_names(terms: Sequence[LossTermConfig], where: str) -> None:
-    """Refuse a term whose name is not registered, suggesting the nearest registered name.
+    """Refuse a term whose name is not registered (suggesting the nearest) or whose args it does not take.
 
     Args:
         terms (Sequence[LossTermConfig]): ``distill.losses``.
         where (str): the config's source, for the message (``config_source``).
 
     Raises:
-        ConfigError: ``<where>: distill.losses[i].name: unknown loss 'x'; did you mean 'y'? registered: …``.
+        ConfigError: ``<where>: distill.losses[i].name: unknown loss 'x'; did you mean 'y'? registered: …``,
+            or ``<where>: distill.losses[i].args: unknown key 'studnet'; did you mean 'student'?``.
     """
     for i, term in enumerate(terms):
         if term.name not in LOSSES:
@@ -254,6 +249,24 @@ def check_loss_names(terms: Sequence[LossTermConfig], where: str) -> None:
             hint = f"did you mean '{near[0]}'? " if near else ""
             raise ConfigError(f"{where}: distill.losses[{i}].name: unknown loss '{term.name}'; {hint}"
                               f"registered: {', '.join(sorted(LOSSES))}")
+        try:
+            term_args(term, f"distill.losses[{i}]")
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+
+def term_args(term: LossTermConfig, where: str) -> Any:
+    """``term.args`` checked against the registered term's ``args`` dataclass (None if it declares none).
+
+    Raises:
+        ConfigError: args given to a term that takes none, an unknown key (nearest suggested), a wrong type.
+    """
+    cls = LOSSES[term.name]
+    if cls.args is None:
+        if term.args:
+            raise ConfigError(f"{where}.args: loss '{term.name}' takes no args, got {sorted(term.args)}")
+        return None
+    return build_section(cls.args, dict(term.args), f"{where}.args")
 
 
 def build_loss(terms: Sequence[LossTermConfig], dims: Optional[FeatureDims] = None) -> WeightedKDLoss:
@@ -264,8 +277,8 @@ def build_loss(terms: Sequence[LossTermConfig], dims: Optional[FeatureDims] = No
 
     Args:
         terms (Sequence[LossTermConfig]): name, weight, temperature and schedules of each term.
-        dims (Optional[FeatureDims]): model shapes; needed by terms with projections
-            (hint_*, embedding_*).
+        dims (Optional[FeatureDims]): the models' tapped shapes; needed by terms with
+            projections (hint_*, embedding_*).
 
     Returns:
         WeightedKDLoss: the module computing ``sum(weight * term)``.
@@ -277,7 +290,7 @@ def build_loss(terms: Sequence[LossTermConfig], dims: Optional[FeatureDims] = No
     """
     if not terms:
         raise ValueError(f"no loss terms given; list at least one of: {', '.join(sorted(LOSSES))}")
-    check_loss_names(terms, "build_loss")
+    check_loss_names(terms, "build_loss")  # names and args
     built: List[Tuple[str, KDLoss, float]] = []
     seen: Counter = Counter()
     for i, t in enumerate(terms):
@@ -296,5 +309,9 @@ def build_loss(terms: Sequence[LossTermConfig], dims: Optional[FeatureDims] = No
                              "use linear or cosine with start > 0")
         seen[t.name] += 1
         key = t.name if seen[t.name] == 1 else f"{t.name}_{seen[t.name]}"
-        built.append((key, LOSSES[t.name].build(t.temperature, dims), t.weight))
+        try:
+            args = term_args(t, where)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        built.append((key, LOSSES[t.name].build(t.temperature, dims, args), t.weight))
     return WeightedKDLoss(built, [t.weight_schedule for t in terms], [t.temperature_schedule for t in terms])

@@ -1,4 +1,4 @@
-"""Build TorchRec DLRM / DLRM_DCN models from a :class:`ModelConfig`.
+"""Build TorchRec DLRM / DLRM_DCN models from a :class:`ModelConfig` (the ``dlrm`` and ``dlrm_dcn`` builders).
 
 Models are built on the ``meta`` device by default: no memory is touched until
 ``DistributedModelParallel`` materialises the shards on each rank.
@@ -12,14 +12,13 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 from torchrec.models.dlrm import DLRM, DLRM_DCN, DenseArch, InteractionArch
 from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_kd.config import ModelConfig
 from torchrec_kd.core.table_keys import is_table_key
@@ -172,20 +171,6 @@ def embedding_bytes(tables: Sequence[EmbeddingBagConfig], bytes_per_value: int =
     return sum(t.num_embeddings * t.embedding_dim for t in tables) * bytes_per_value
 
 
-def model_meta(cfg: ModelConfig, tables: Sequence[EmbeddingBagConfig], dense_in_features: int,
-               dense_columns: Optional[Sequence[int]] = None) -> dict:
-    """What :func:`build_dlrm_from_meta` needs to rebuild the model (JSON-serialisable)."""
-    meta = {
-        "model": dataclasses.asdict(cfg),
-        "dense_in_features": dense_in_features,
-        "sparse_features": [t.feature_names[0] for t in tables],
-        "num_embeddings": [t.num_embeddings for t in tables],
-    }
-    if dense_columns is not None:
-        meta["dense_columns"] = list(dense_columns)
-    return meta
-
-
 def check_fits_data(meta: dict, dense_names: Sequence[str], sparse_names: Sequence[str],
                     num_embeddings: Sequence[int], where: str) -> None:
     """Refuse data whose features are not the ones a saved model was trained on.
@@ -211,60 +196,6 @@ def check_fits_data(meta: dict, dense_names: Sequence[str], sparse_names: Sequen
         if sizes[feature] != rows:
             raise ConfigError(f"{where} has {rows} rows for '{feature}' but this data's table has {sizes[feature]}; "
                               "use the data config it was trained with")
-
-
-def build_dlrm_from_meta(meta: dict, device: torch.device = torch.device("cpu")) -> DLRM:
-    """Rebuild a model described by :func:`model_meta` (e.g. from a checkpoint's meta.json).
-
-    Args:
-        meta (dict): holds ``model``, ``dense_in_features``, ``sparse_features``, ``num_embeddings``
-            (and ``dense_columns`` when some dense features were privileged).
-        device (torch.device): where to build it.
-
-    Returns:
-        DLRM: the model with freshly initialised weights.
-    """
-    cfg = ModelConfig(**meta["model"])
-    tables = make_tables(cfg, meta["sparse_features"], meta["num_embeddings"])
-    return build_dlrm(cfg, tables, meta["dense_in_features"], device=device, dense_columns=meta.get("dense_columns"))
-
-
-def interaction_dim(cfg: ModelConfig, num_features: int) -> int:
-    """Width of the over-arch input (the interaction arch's output), as TorchRec builds it.
-
-    Args:
-        cfg (ModelConfig): ``dlrm`` (dense + pairwise dot products) or ``dlrm_dcn`` (cross net).
-        num_features (int): sparse features the model reads.
-
-    Returns:
-        int: ``D + F (F + 1) / 2`` for DLRM, ``(F + 1) D`` for DLRM_DCN.
-    """
-    d = cfg.embedding_dim
-    if cfg.arch == "dlrm_dcn":
-        return (num_features + 1) * d
-    return d + num_features * (num_features + 1) // 2
-
-
-def forward_with_features(model: DLRM, dense: Tensor, sparse: KeyedJaggedTensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """``DLRM.forward`` that also returns the intermediates feature distillation reads.
-
-    Same arches in the same order as TorchRec's ``DLRM.forward`` (each sharded embedding
-    collection is still called once), so the logits are the model's own.
-
-    Args:
-        model (DLRM): a DLRM or DLRM_DCN (sharded or not).
-        dense (Tensor): [B, num_dense] dense features.
-        sparse (KeyedJaggedTensor): sparse features.
-
-    Returns:
-        Tuple[Tensor, Tensor, Tensor]: logits [B], hint (the over-arch input) [B, H] and
-        pooled embeddings [B, F, D].
-    """
-    embedded_dense = model.dense_arch(dense)
-    embedded_sparse = model.sparse_arch(sparse)
-    hint = model.inter_arch(dense_features=embedded_dense, sparse_features=embedded_sparse)
-    logits = model.over_arch(hint)
-    return logits.squeeze(-1), hint, embedded_sparse
 
 
 def count_params(tables_bytes: int, model: torch.nn.Module, prefix: str = "") -> int:

@@ -1,7 +1,8 @@
-"""Post-training quantization of a DLRM's embedding tables with TorchRec / fbgemm.
+"""Post-training quantization of a model's embedding tables with TorchRec / fbgemm.
 
-The float ``EmbeddingBagCollection`` is swapped for TorchRec's quantized one
-(``torchrec.quant.embedding_modules.EmbeddingBagCollection``), whose tables live in
+Every float ``EmbeddingBagCollection`` in the model, wherever it sits, is swapped by
+TorchRec's own module swap (``torchrec.inference.modules.quantize_embeddings``) for the
+quantized one (``torchrec.quant.embedding_modules.EmbeddingBagCollection``), whose tables live in
 fbgemm ``IntNBitTableBatchedEmbeddingBagsCodegen`` (TBE) storage. Dense layers stay
 fp32. Rows are stored at row alignment 1, so each row takes the format's floor
 (``d * bits / 8`` bytes of data plus a 4-byte fp16 scale and bias for intN) instead
@@ -9,7 +10,7 @@ of being padded to 16 bytes.
 
 Example::
 
-    qm = quantize_dlrm(model, "int4", per_table={"s_cat_0": "int8"})
+    qm = quantize_model(model, "int4", per_table={"s_cat_0": "int8"})
     logits = qm(dense, kjt)                   # [B, 1]
     embedding_storage_bytes(qm)               # bytes held by fbgemm
     dequantized_tables(qm)["s_cat_1"]         # fp32 rows the int4 bytes represent
@@ -26,7 +27,6 @@ from fbgemm_gpu.split_embedding_configs import SparseType
 from fbgemm_gpu.split_table_batched_embeddings_ops_inference import IntNBitTableBatchedEmbeddingBagsCodegen
 from torch import Tensor, nn
 from torchrec.inference.modules import quantize_embeddings
-from torchrec.models.dlrm import DLRM
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEmbeddingBagCollection
 from torchrec.quant.embedding_modules import (
@@ -75,13 +75,19 @@ def floor_bytes_per_row(dim: int, dtype: str) -> int:
     return math.ceil(dim / values_per_byte) + SCALE_BIAS_BYTES
 
 
-def quantize_dlrm(model: DLRM, dtype: str, per_table: Optional[Dict[str, str]] = None,
-                  row_alignment: int = 1, inplace: bool = False) -> nn.Module:
-    """Quantize a float DLRM's embedding tables; dense and over arches stay fp32.
+def float_tables(model: nn.Module) -> Dict[str, str]:
+    """The tables of every float ``EmbeddingBagCollection`` in ``model``: ``{table: module path}``."""
+    return {t.name: name for name, m in model.named_modules() if isinstance(m, EmbeddingBagCollection)
+            for t in m.embedding_bag_configs()}
+
+
+def quantize_model(model: nn.Module, dtype: str, per_table: Optional[Dict[str, str]] = None,
+                   row_alignment: int = 1, inplace: bool = False) -> nn.Module:
+    """Quantize a float model's embedding tables, wherever they sit; dense layers stay fp32.
 
     Args:
-        model (DLRM): float model on CPU whose ``sparse_arch.embedding_bag_collection``
-            is a TorchRec ``EmbeddingBagCollection``.
+        model (nn.Module): float model on CPU holding TorchRec ``EmbeddingBagCollection`` s
+            (a DLRM, DeepFM, a user's own model).
         dtype (str): default table dtype: ``int8``, ``int4``, ``int2``, ``fp16`` (or ``fp32``).
         per_table (Optional[Dict[str, str]]): ``{table_name: dtype}`` overrides.
         row_alignment (int): TBE row alignment in bytes; 1 stores rows at the format's
@@ -89,21 +95,21 @@ def quantize_dlrm(model: DLRM, dtype: str, per_table: Optional[Dict[str, str]] =
         inplace (bool): quantize ``model`` itself instead of a deep copy.
 
     Returns:
-        nn.Module: the model with a quantized EBC, called as ``qm(dense, kjt) -> [B, 1]``.
+        nn.Module: the model with quantized collections, called as the float model was.
 
     Raises:
-        ValueError: on an unknown dtype or a per-table override naming no table.
+        ValueError: on an unknown dtype, a model without float embedding bag collections,
+            or a per-table override naming no table.
     """
     per_table = dict(per_table or {})
-    _check_dtype(dtype, "quantize_dlrm dtype")
-    ebc = model.sparse_arch.embedding_bag_collection
-    if not isinstance(ebc, EmbeddingBagCollection):
-        raise ValueError(f"quantize_dlrm expects a float EmbeddingBagCollection, got {type(ebc).__name__}")
-    names = {t.name for t in ebc.embedding_bag_configs()}
+    _check_dtype(dtype, "quantize_model dtype")
+    names = float_tables(model)
+    if not names:
+        raise ValueError(f"quantize_model: {type(model).__name__} holds no float EmbeddingBagCollection")
     for name, table_dtype in per_table.items():
-        _check_dtype(table_dtype, f"quantize_dlrm per_table[{name!r}]")
+        _check_dtype(table_dtype, f"quantize_model per_table[{name!r}]")
         if name not in names:
-            raise ValueError(f"quantize_dlrm per_table: no table named {name!r}; tables are {sorted(names)}")
+            raise ValueError(f"quantize_model per_table: no table named {name!r}; tables are {sorted(names)}")
 
     qmodel = model if inplace else copy.deepcopy(model)
     # Both flags are read by QuantEmbeddingBagCollection.from_float: row alignment 1
@@ -125,7 +131,7 @@ def quantized_ebcs(qmodel: nn.Module) -> List[QuantEmbeddingBagCollection]:
     """The quantized embedding bag collections inside ``qmodel``.
 
     Args:
-        qmodel (nn.Module): a model returned by :func:`quantize_dlrm`.
+        qmodel (nn.Module): a model returned by :func:`quantize_model`.
 
     Returns:
         List[QuantEmbeddingBagCollection]: in module order.
@@ -135,7 +141,7 @@ def quantized_ebcs(qmodel: nn.Module) -> List[QuantEmbeddingBagCollection]:
     """
     ebcs = [m for m in qmodel.modules() if isinstance(m, QuantEmbeddingBagCollection)]
     if not ebcs:
-        raise ValueError(f"{type(qmodel).__name__} holds no quantized EmbeddingBagCollection; run quantize_dlrm first")
+        raise ValueError(f"{type(qmodel).__name__} holds no quantized EmbeddingBagCollection; run quantize_model first")
     return ebcs
 
 
@@ -148,7 +154,7 @@ def table_dtypes(qmodel: nn.Module) -> Dict[str, str]:
     """Storage dtype of every quantized table, as fbgemm records it.
 
     Args:
-        qmodel (nn.Module): a model returned by :func:`quantize_dlrm`.
+        qmodel (nn.Module): a model returned by :func:`quantize_model`.
 
     Returns:
         Dict[str, str]: ``{table_name: "int4" | "int8" | ...}``.
@@ -171,7 +177,7 @@ def embedding_storage_bytes_per_table(qmodel: nn.Module) -> Dict[str, int]:
     (< 128 bytes per table) is not a property of the table and is not counted.
 
     Args:
-        qmodel (nn.Module): a model returned by :func:`quantize_dlrm`.
+        qmodel (nn.Module): a model returned by :func:`quantize_model`.
 
     Returns:
         Dict[str, int]: ``{table_name: bytes}`` including scale/bias and row padding.
@@ -188,7 +194,7 @@ def embedding_storage_bytes(qmodel: nn.Module) -> int:
     """Total bytes of the quantized tables as stored by fbgemm.
 
     Args:
-        qmodel (nn.Module): a model returned by :func:`quantize_dlrm`.
+        qmodel (nn.Module): a model returned by :func:`quantize_model`.
 
     Returns:
         int: sum of :func:`embedding_storage_bytes_per_table`.
@@ -228,7 +234,7 @@ def dequantized_tables(qmodel: nn.Module) -> Dict[str, Tensor]:
     dequantized as ``scale * q + bias``.
 
     Args:
-        qmodel (nn.Module): a model returned by :func:`quantize_dlrm`.
+        qmodel (nn.Module): a model returned by :func:`quantize_model`.
 
     Returns:
         Dict[str, Tensor]: ``{table_name: [num_embeddings, dim] float32}``.

@@ -1,4 +1,4 @@
-"""Save, reload and export quantized DLRMs (see :mod:`torchrec_kd.quant.embeddings`).
+"""Save, reload and export quantized models (see :mod:`torchrec_kd.quant.embeddings`).
 
 Three formats:
 
@@ -13,7 +13,7 @@ Three formats:
 Example::
 
     save_quantized(qm, out / "int4", {"model": cfg_dict, ...})
-    qm2 = load_quantized(out / "int4", lambda meta: build_dlrm(...))
+    qm2 = load_quantized(out / "int4", build_model_from_meta)
 """
 
 from __future__ import annotations
@@ -27,14 +27,13 @@ import torch
 import torchrec  # noqa: F401  (registers TorchRec's fx-wrapped ops)
 import torchrec.fx
 from torch import Tensor, nn
-from torchrec.models.dlrm import DLRM
 from torchrec.tensor_types import UInt2Tensor, UInt4Tensor, UIntXTensor
 
 from torchrec_kd.checkpoint.integrity import file_records, verify_files
 from torchrec_kd.core.layout import EXPORT_META_FILE as META_FILE
 from torchrec_kd.core.layout import EXPORT_WEIGHTS_FILE as WEIGHTS_FILE
 from torchrec_kd.errors import CheckpointError
-from torchrec_kd.quant.embeddings import quantize_dlrm, row_alignment, table_dtypes
+from torchrec_kd.quant.embeddings import float_tables, quantize_model, row_alignment, table_dtypes
 
 FORMAT = "torchrec_kd.quantized/1"
 
@@ -69,7 +68,7 @@ def save_quantized(qmodel: nn.Module, path: Union[str, Path], meta: Dict[str, An
     """Save a quantized model as plain tensors plus a JSON description.
 
     Args:
-        qmodel (nn.Module): a model returned by ``quantize_dlrm``.
+        qmodel (nn.Module): a model returned by ``quantize_model``.
         path (str | Path): directory to write (created if missing).
         meta (Dict[str, Any]): JSON-serialisable description the ``build_float``
             callable of :func:`load_quantized` needs (model config, tables, features).
@@ -133,12 +132,12 @@ def read_quantized_meta(path: Union[str, Path]) -> Dict[str, Any]:
     return sidecar
 
 
-def load_quantized(path: Union[str, Path], build_float: Callable[[Dict[str, Any]], DLRM]) -> nn.Module:
+def load_quantized(path: Union[str, Path], build_float: Callable[[Dict[str, Any]], nn.Module]) -> nn.Module:
     """Rebuild and load a model saved by :func:`save_quantized`, without unpickling objects.
 
     Args:
         path (str | Path): directory written by :func:`save_quantized`.
-        build_float (Callable[[dict], DLRM]): builds the float model (on CPU) from the
+        build_float (Callable[[dict], nn.Module]): builds the float model (on CPU) from the
             saved ``meta``; its weights are overwritten, so any initialisation works.
 
     Returns:
@@ -153,12 +152,12 @@ def load_quantized(path: Union[str, Path], build_float: Callable[[Dict[str, Any]
     verify_files(path, sidecar.get("files", {}), f"re-run quantize to export {path.name} again")
     dtypes: Dict[str, str] = sidecar["table_dtypes"]
     float_model = build_float(sidecar["meta"])
-    built = {t.name for t in float_model.sparse_arch.embedding_bag_collection.embedding_bag_configs()}
+    built = set(float_tables(float_model))
     if built != set(dtypes):
         raise ValueError(f"{path}: build_float made tables {sorted(built)} but the saved model has {sorted(dtypes)}")
     # Quantizing with the recorded per-table dtypes gives the saved module structure;
     # every table is named, so the default dtype is never used.
-    qmodel = quantize_dlrm(float_model, next(iter(dtypes.values())), per_table=dtypes,
+    qmodel = quantize_model(float_model, next(iter(dtypes.values())), per_table=dtypes,
                            row_alignment=sidecar["row_alignment"], inplace=True)
     try:
         saved = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
@@ -176,7 +175,7 @@ def export_torchscript(qmodel: nn.Module, path: Union[str, Path]) -> torch.jit.S
     """Trace with ``torchrec.fx`` and script, then save with ``torch.jit.save``.
 
     Args:
-        qmodel (nn.Module): a model returned by ``quantize_dlrm``.
+        qmodel (nn.Module): a model returned by ``quantize_model``.
         path (str | Path): output file (``.pt``).
 
     Returns:
@@ -219,7 +218,7 @@ def export_program(qmodel: nn.Module, example_inputs: Tuple[Any, ...], path: Uni
     """Export with ``torch.export`` (non-strict) and save as a ``.pt2`` archive.
 
     Args:
-        qmodel (nn.Module): a model returned by ``quantize_dlrm``.
+        qmodel (nn.Module): a model returned by ``quantize_model``.
         example_inputs (Tuple[Any, ...]): ``(dense, kjt)``; batch size and lengths are
             traced as given.
         path (str | Path): output file (``.pt2``).

@@ -8,7 +8,7 @@ teacher is sharded and loaded as usual with fp16 tables (half the fp32 transient
 each of this rank's fused lookup kernels (``BatchedFusedEmbeddingBag``, one per group of
 local table shards) is replaced by :class:`Int8FrozenBag`: fbgemm's
 ``IntNBitTableBatchedEmbeddingBagsCodegen`` over the same local shards, quantized one
-table at a time the way :func:`~torchrec_kd.quant.embeddings.quantize_dlrm` quantizes (fp16
+table at a time the way :func:`~torchrec_kd.quant.embeddings.quantize_model` quantizes (fp16
 scale and bias per row, rows at the 4-byte floor). Input and output distribution,
 pipelining and the pooled layout stay TorchRec's.
 

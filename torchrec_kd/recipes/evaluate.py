@@ -22,7 +22,8 @@ from torchrec_kd.core.layout import RunLayout
 from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import init_distributed
 from torchrec_kd.errors import ConfigError
-from torchrec_kd.models.dlrm import build_dlrm_from_meta, check_fits_data
+from torchrec_kd.models.build import build_model_from_meta, io_from_meta
+from torchrec_kd.models.dlrm import check_fits_data
 from torchrec_kd.quant.export import load_quantized, read_quantized_meta
 from torchrec_kd.training.evaluate import evaluate
 from torchrec_kd.training.model_run import TrainModelRun
@@ -47,11 +48,11 @@ def run(cfg: RunConfig, source: str, split: str = "test") -> Dict[str, float]:
     if layout.export_meta(source).is_file():
         env = init_distributed(cfg.distributed)
         data = build_data(cfg.data, cfg.seed)
-        check_fits_data(read_quantized_meta(export)["meta"], data.dense_names, data.sparse_names, data.num_embeddings,
-                        str(export))
-        model = load_quantized(export, build_dlrm_from_meta).eval()
+        meta = read_quantized_meta(export)["meta"]
+        check_fits_data(meta, data.dense_names, data.sparse_names, data.num_embeddings, str(export))
+        model, io = load_quantized(export, build_model_from_meta).eval(), io_from_meta(meta)
         n = data.num_batches(split, cfg.data.batch_size) or 0
-        metrics = evaluate(lambda b: model(b.dense_features, b.sparse_features).squeeze(-1),
+        metrics = evaluate(lambda b: io.logits(model, b),
                            data.batches(split, cfg.data.batch_size, env.rank, env.world_size),
                            env, cfg.data.batch_size // env.world_size, n * cfg.data.batch_size)
     elif layout.model_meta(source).is_file():

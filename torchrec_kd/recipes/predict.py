@@ -25,7 +25,8 @@ from torchrec_kd.core.layout import EXPORT_META_FILE
 from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import init_distributed
 from torchrec_kd.errors import ConfigError
-from torchrec_kd.models.dlrm import build_dlrm_from_meta, check_fits_data
+from torchrec_kd.models.build import build_model_from_meta, io_from_meta
+from torchrec_kd.models.dlrm import check_fits_data
 from torchrec_kd.quant.export import load_quantized, read_quantized_meta
 
 logger = logging.getLogger(__name__)
@@ -55,14 +56,14 @@ def run(cfg: RunConfig, model_dir: str, split: str, out: str) -> Path:
     data = build_data(cfg.data, cfg.seed)
     if data.num_batches(split, cfg.data.batch_size) is None:
         raise ConfigError(f"--split {split}: the stream is endless; score 'val' or 'test'")
-    check_fits_data(read_quantized_meta(model_dir)["meta"], data.dense_names, data.sparse_names, data.num_embeddings,
-                    f"--model {model_dir}")
-    model = load_quantized(model_dir, build_dlrm_from_meta).eval()
+    meta = read_quantized_meta(model_dir)["meta"]
+    check_fits_data(meta, data.dense_names, data.sparse_names, data.num_embeddings, f"--model {model_dir}")
+    model, io = load_quantized(model_dir, build_model_from_meta).eval(), io_from_meta(meta)
     logits: List[torch.Tensor] = []
     labels: List[torch.Tensor] = []
     with torch.no_grad():
         for batch in data.batches(split, cfg.data.batch_size, env.rank, env.world_size):
-            logits.append(model(batch.dense_features, batch.sparse_features).squeeze(-1))
+            logits.append(io.logits(model, batch))
             labels.append(batch.labels)
     local = torch.stack([torch.cat(logits), torch.cat(labels)])  # [2, rows_of_this_rank]
     shares = [torch.empty_like(local) for _ in range(env.world_size)] if env.is_main else None

@@ -25,8 +25,9 @@ from torchrec_kd.core.layout import TORCHSCRIPT_FILE, RunLayout
 from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import init_distributed
 from torchrec_kd.errors import ConfigError
+from torchrec_kd.models.build import io_from_meta
 from torchrec_kd.models.saved import load_float_model
-from torchrec_kd.quant.embeddings import embedding_storage_bytes, quantize_dlrm
+from torchrec_kd.quant.embeddings import embedding_storage_bytes, quantize_model
 from torchrec_kd.quant.export import export_torchscript, save_quantized, seal_export
 from torchrec_kd.reporting.metrics_file import metrics_table, read_entry, update_metrics
 from torchrec_kd.training.evaluate import evaluate
@@ -54,14 +55,15 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
     local_batch = cfg.data.batch_size // env.world_size
     n = data.num_batches("test", cfg.data.batch_size) or 0
     params = sum(p.numel() for p in float_model.parameters())
+    io = io_from_meta(meta)
     results: Dict[str, Dict[str, Any]] = {}
     for dtype in (dtypes or cfg.quantize.dtypes):
         try:
-            qm = quantize_dlrm(float_model, dtype, cfg.quantize.tables)
+            qm = quantize_model(float_model, dtype, cfg.quantize.tables)
         except ValueError as e:  # a table named in quantize.tables that the student does not have
             raise ConfigError(f"quantize.tables: {e}") from None
         t0 = time.perf_counter()
-        metrics = evaluate(lambda b, qm=qm: qm(b.dense_features, b.sparse_features).squeeze(-1),
+        metrics = evaluate(lambda b, qm=qm: io.logits(qm, b),
                            data.batches("test", cfg.data.batch_size, env.rank, env.world_size),
                            env, local_batch, n * cfg.data.batch_size)
         eval_s = time.perf_counter() - t0

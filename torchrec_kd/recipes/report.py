@@ -20,9 +20,9 @@ from torchrec_kd.core.console import FILE_ONLY
 from torchrec_kd.core.layout import RunLayout
 from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import init_distributed
-from torchrec_kd.models.dlrm import build_dlrm_from_meta
+from torchrec_kd.models.build import build_model_from_meta, io_from_meta
 from torchrec_kd.models.saved import load_float_model
-from torchrec_kd.quant.export import load_quantized
+from torchrec_kd.quant.export import load_quantized, read_quantized_meta
 from torchrec_kd.reporting.latency import latency_ms
 from torchrec_kd.reporting.metrics_file import update_metrics
 from torchrec_kd.reporting.report import write_report
@@ -31,14 +31,15 @@ logger = logging.getLogger(__name__)
 LATENCY_ROWS = 1024
 
 
-def _scorer(model: torch.nn.Module) -> Callable[[Batch], torch.Tensor]:
-    return lambda b: model(b.dense_features, b.sparse_features)
-
-
-def _load(layout: RunLayout, name: str) -> torch.nn.Module:
+def _scorer(layout: RunLayout, name: str) -> Callable[[Batch], torch.Tensor]:
+    """The logits of one model of the run (a quantized export or a float checkpoint), through its own forward."""
     if layout.export_meta(name).is_file():
-        return load_quantized(layout.export(name), build_dlrm_from_meta).eval()
-    return load_float_model(layout.model(name))[0]
+        model = load_quantized(layout.export(name), build_model_from_meta).eval()
+        io = io_from_meta(read_quantized_meta(layout.export(name))["meta"])
+    else:
+        model, meta = load_float_model(layout.model(name))
+        io = io_from_meta(meta)
+    return lambda b: io.logits(model, b)
 
 
 def run(cfg: RunConfig) -> Dict[str, Any]:
@@ -60,7 +61,7 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
         rows = next(iter(data.batches("test", _timing_batch(cfg), num_batches=1)))
         for name in metrics:
             if layout.model_meta(name).is_file() or layout.export_meta(name).is_file():
-                lat = latency_ms(_scorer(_load(layout, name)), rows, (1, LATENCY_ROWS))
+                lat = latency_ms(_scorer(layout, name), rows, (1, LATENCY_ROWS))
                 metrics = update_metrics(out, name, {**metrics[name], **lat})
                 logger.info("%s: %s", name, ", ".join(f"{k} {v:.3f}" for k, v in lat.items()), extra=FILE_ONLY)
         paths = write_report(metrics, out, cfg.run_name)

@@ -27,6 +27,7 @@ from torchrec_kd.config import RunConfig
 from torchrec_kd.core.budget import max_steps
 from torchrec_kd.core.console import progress_bar
 from torchrec_kd.data import build_data
+from torchrec_kd.distill.dims import run_feature_dims
 from torchrec_kd.distill.freeze import freeze_sharded, freeze_teacher_tables
 from torchrec_kd.distill.model import TeacherEnsemble
 from torchrec_kd.distill.offline import cached_fields, run_fingerprint, scores_dir
@@ -34,13 +35,31 @@ from torchrec_kd.distill.score_cache import CacheSpec, ScoreCacheWriter, batch_d
 from torchrec_kd.distill.teachers import TEACHERS, TeacherSpec, resolve_teachers, store_teachers_as_int8
 from torchrec_kd.distributed.env import DistEnv, init_distributed
 from torchrec_kd.distributed.sharding import planner_constraints, shard
-from torchrec_kd.losses import LOSSES
-from torchrec_kd.models.dlrm import MODEL_PREFIX, build_dlrm, interaction_dim
+from torchrec_kd.errors import ConfigError
+from torchrec_kd.losses import FeatureDims, Tap, as_feature, build_loss
+from torchrec_kd.models.build import build_model, model_io
+from torchrec_kd.models.dlrm import MODEL_PREFIX, make_tables
+from torchrec_kd.models.inputs import model_inputs
 
 logger = logging.getLogger(__name__)
 
 
-def build_scorer(cfg: RunConfig, env: DistEnv) -> Tuple[DistributedModelParallel, Any, List[TeacherSpec]]:
+def teacher_taps(cfg: RunConfig, data: Any, teachers: List[TeacherSpec]) -> Tuple[List[Tap], FeatureDims]:
+    """The first teacher's outputs the configured loss terms read, and the dims that measured them."""
+    dense_in = len(data.dense_names)
+    inputs = model_inputs(cfg, "student", data.sparse_names, data.num_embeddings, data.dense_names)
+    student_tables = make_tables(cfg.student, inputs.sparse_features, inputs.num_embeddings)
+    dims = run_feature_dims(cfg.student, student_tables, inputs, teachers[0].model, teachers[0].tables,
+                            data.sparse_names, dense_in)
+    try:
+        loss = build_loss(cfg.distill.losses, dims)  # resolves each term's taps exactly as distill will
+    except ValueError as e:
+        raise ConfigError(f"distill.losses: {e}") from None
+    return [t for t in loss.taps if t.role == "teacher"], dims
+
+
+def build_scorer(cfg: RunConfig, env: DistEnv) -> Tuple[DistributedModelParallel, Any, List[TeacherSpec],
+                                                        Dict[Tap, Tuple[int, ...]]]:
     """The run's teacher(s), sharded and frozen, with their checkpoints loaded.
 
     Args:
@@ -48,15 +67,19 @@ def build_scorer(cfg: RunConfig, env: DistEnv) -> Tuple[DistributedModelParallel
         env (DistEnv): ranks and device.
 
     Returns:
-        Tuple[DistributedModelParallel, data, List[TeacherSpec]]: the model (no DDP: nothing
-        trains; call ``model.module(batch)``), the data source and the teachers.
+        Tuple[DistributedModelParallel, data, List[TeacherSpec], Dict[Tap, shape]]: the model (no DDP:
+        nothing trains; call ``model.module(batch)``), the data source, the teachers, and the taps it
+        returns with their per-row shapes.
     """
     torch.manual_seed(cfg.seed)
     data = build_data(cfg.data, cfg.seed, role="student")  # the batches distill will read
     local_batch = cfg.data.batch_size // env.world_size
     teachers = resolve_teachers(cfg, list(data.sparse_names), list(data.num_embeddings))
     dense_in = len(data.dense_names)
-    module = TeacherEnsemble([build_dlrm(t.model, t.tables, dense_in) for t in teachers], [t.weight for t in teachers])
+    taps, dims = teacher_taps(cfg, data, teachers)
+    shapes = {t: dims.info(t, "score-teacher").shape for t in taps}
+    module = TeacherEnsemble([build_model(t.model, t.tables, dense_in, where=f"teacher {t.checkpoint}") for t in teachers],
+                             [t.weight for t in teachers], [model_io(t.model) for t in teachers], taps)
     for teacher in module.teachers:
         freeze_teacher_tables(teacher)
     tables = [t for spec in teachers for t in spec.tables]
@@ -66,7 +89,7 @@ def build_scorer(cfg: RunConfig, env: DistEnv) -> Tuple[DistributedModelParallel
         load_module(model, spec.checkpoint, model_prefix=f"{TEACHERS}{i}.", ckpt_prefix=MODEL_PREFIX)
     store_teachers_as_int8(cfg, model)
     model.eval()
-    return model, data, teachers
+    return model, data, teachers, shapes
 
 
 def run(cfg: RunConfig) -> Dict[str, Any]:
@@ -79,14 +102,12 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
         Dict[str, Any]: path, rows, fields and samples/s of the scoring pass.
     """
     env = init_distributed(cfg.distributed)
-    model, data, teachers = build_scorer(cfg, env)
+    model, data, teachers, tap_shapes = build_scorer(cfg, env)
+    taps = list(tap_shapes)
     steps = max_steps(cfg.train, data, cfg.data.batch_size)  # distill's whole budget
 
-    requires = frozenset().union(*(LOSSES[t.name].requires for t in cfg.distill.losses))
-    fields = cached_fields(requires)
-    first = teachers[0]
-    shapes = {"logits": (), "hint": (interaction_dim(first.model, len(first.features)),),
-              "embeddings": (len(first.features), first.model.embedding_dim)}
+    fields = cached_fields(taps)
+    shapes = {"logits": (), **{t.key: shape for t, shape in tap_shapes.items()}}
     spec = CacheSpec(steps=steps, global_batch=cfg.data.batch_size,
                      fields={f: shapes[f] for f in fields},
                      dtypes={f: cfg.distill.score_feature_dtype for f in fields if f != "logits"},
@@ -98,8 +119,8 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
     with torch.no_grad():
         for step, batch in enumerate(progress_bar(steps, "score-teacher", env.is_main, iterable=batches)):
             batch = batch.to(env.device)
-            logits, hint, emb = model.module(batch)
-            outputs = {"logits": logits, "hint": hint, "embeddings": emb}
+            logits, tapped = model.module(batch)
+            outputs = {"logits": logits, **{t.key: as_feature(tapped[t.key], t.kind) for t in taps}}
             kjt = batch.sparse_features
             writer.write(step, {f: outputs[f].float().cpu() for f in fields},
                          batch_digest(batch.dense_features, kjt.values(), kjt.lengths(), batch.labels).cpu())

@@ -6,7 +6,9 @@ the optimizer), shards everything with one ``DistributedModelParallel``, loads e
 teacher checkpoint (resharded to this plan) and initialises the student exactly as
 ``train-student`` does, so "student alone" and "distilled" differ only in the loss.
 Offline, no teacher is built: its stored outputs ride with each batch. With QAT the
-student's tables sit in a :class:`~torchrec_kd.quant.qat.FakeQuantSparseArch`.
+student's embedding bag collections are :class:`~torchrec_kd.quant.qat.FakeQuantEmbeddingBagCollection` s.
+Teachers and student are any registered architectures, called through their own forward;
+feature terms read the submodules they name, with shapes measured on small copies.
 ``recipes.distill`` is its entry point.
 
 Example::
@@ -25,32 +27,25 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 from torchrec.datasets.utils import Batch
-from torchrec.models.dlrm import DLRM
 
 from torchrec_kd.checkpoint.model_io import load_module, read_meta, save_model
 from torchrec_kd.config import RunConfig, config_to_dict
 from torchrec_kd.core.console import FILE_ONLY
 from torchrec_kd.core.fingerprint import step_fingerprint
 from torchrec_kd.core.layout import RunLayout, distilled_name
+from torchrec_kd.distill.dims import run_feature_dims
 from torchrec_kd.distill.freeze import freeze_sharded, freeze_teacher_tables
 from torchrec_kd.distill.model import DistillationModel
 from torchrec_kd.distill.offline import OfflineScores
 from torchrec_kd.distill.teachers import STUDENT, TEACHERS, resolve_teachers, store_teachers_as_int8, teacher_digests
 from torchrec_kd.distributed.sharding import add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard
 from torchrec_kd.errors import ConfigError
-from torchrec_kd.losses import FeatureDims, build_loss
-from torchrec_kd.models.dlrm import (
-    MODEL_PREFIX,
-    build_dlrm,
-    count_params,
-    embedding_bytes,
-    interaction_dim,
-    make_tables,
-    model_meta,
-)
+from torchrec_kd.losses import build_loss
+from torchrec_kd.models.build import build_model, model_io, model_meta
+from torchrec_kd.models.dlrm import MODEL_PREFIX, count_params, embedding_bytes, make_tables
 from torchrec_kd.models.init import init_weights
 from torchrec_kd.models.inputs import model_inputs
-from torchrec_kd.quant.qat import use_fake_quant_sparse_arch
+from torchrec_kd.quant.qat import set_fake_quant_step, use_fake_quant
 from torchrec_kd.reporting.metrics_file import metrics_table, update_metrics
 from torchrec_kd.reporting.summary import teacher_warning
 from torchrec_kd.training.pipelined_run import PipelinedRun
@@ -112,23 +107,31 @@ class DistillRun(PipelinedRun):
         features = self.inputs.sparse_features
         self.student_tables = make_tables(cfg.student, features, self.inputs.num_embeddings)
         first = self.teachers[0]
-        dims = FeatureDims(student_hint=interaction_dim(cfg.student, len(features)),
-                           teacher_hint=interaction_dim(first.model, len(first.features)),
-                           student_dim=cfg.student.embedding_dim, teacher_dim=first.model.embedding_dim,
-                           student_features=features, teacher_features=first.features)
-        loss = build_loss(cfg.distill.losses, dims)
+        dims = run_feature_dims(cfg.student, self.student_tables, self.inputs, first.model, first.tables,
+                                self.data.sparse_names, dense_in)
+        try:
+            loss = build_loss(cfg.distill.losses, dims)
+        except ValueError as e:
+            raise ConfigError(f"distill.losses: {e}") from None
         if cfg.distill.offline:
-            self.offline = OfflineScores.open(cfg, self.teachers, loss.requires, env, self.steps)
-            self.teachers_built: List[DLRM] = []
+            self.offline = OfflineScores.open(cfg, self.teachers, loss.taps, env, self.steps)
+            self.teachers_built: List[torch.nn.Module] = []
         else:
-            self.teachers_built = [build_dlrm(t.model, t.tables, dense_in) for t in self.teachers]
-        student = build_dlrm(cfg.student, self.student_tables, dense_in, dense_columns=self.inputs.dense_columns)
+            self.teachers_built = [build_model(t.model, t.tables, dense_in, where=f"teacher {t.checkpoint}")
+                                   for t in self.teachers]
+        student = build_model(cfg.student, self.student_tables, dense_in, dense_columns=self.inputs.dense_columns,
+                              where="student")
         if self.qat is not None:
-            use_fake_quant_sparse_arch(student, self.student_tables, self.qat, cfg.distill.qat_start)
+            try:
+                use_fake_quant(student, self.qat, cfg.distill.qat_start)
+            except ValueError as e:
+                raise ConfigError(f"distill.qat: {e}") from None
         try:
             module = DistillationModel(self.teachers_built, student, loss,
                                        teacher_weights=[t.weight for t in self.teachers] if self.teachers_built else None,
-                                       group_feature=cfg.distill.group_feature)
+                                       group_feature=cfg.distill.group_feature,
+                                       teacher_io=[model_io(t.model) for t in self.teachers] if self.teachers_built else None,
+                                       student_io=model_io(cfg.student))
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if cfg.distill.group_feature is not None and cfg.distill.group_feature not in self.data.sparse_names:
@@ -155,7 +158,7 @@ class DistillRun(PipelinedRun):
         assert self.model is not None
         self.model.module.loss_fn.step = start  # schedules continue where the run stopped
         if self.qat is not None:  # and so does the QAT start
-            self.model.module.student.sparse_arch.pool.step = start
+            set_fake_quant_step(self.model.module.student, start)
         return start
 
     def train_batches(self, start: int) -> Iterator[Batch]:
@@ -170,7 +173,7 @@ class DistillRun(PipelinedRun):
     def score(self, batch: Batch) -> torch.Tensor:
         """The student alone scores evaluation batches (no teacher work, no stored scores needed)."""
         assert self.model is not None
-        return self.model.module.student(batch.dense_features, batch.sparse_features).squeeze(-1)
+        return self.model.module.score(batch)
 
     def save(self, metrics: Dict[str, float]) -> Dict[str, Any]:
         """Checkpoint the student (in ``train-student``'s layout) and record its metrics."""

@@ -1,4 +1,4 @@
-"""Train one sharded DLRM (the teacher, or the student alone) through ``TrainPipelineSparseDist``.
+"""Train one sharded model (the teacher, or the student alone) through ``TrainPipelineSparseDist``.
 
 The student trained alone, with the same data, budget and seed as distillation, is the
 baseline distillation has to beat. ``recipes.train_model`` is its entry point.
@@ -15,17 +15,17 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict
 
-from torchrec.models.dlrm import DLRMTrain
-
 from torchrec_kd.checkpoint.model_io import save_model
 from torchrec_kd.config import RunConfig, config_to_dict
 from torchrec_kd.core.console import FILE_ONLY
 from torchrec_kd.core.fingerprint import step_fingerprint
 from torchrec_kd.core.layout import RunLayout
 from torchrec_kd.distributed.sharding import add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard
-from torchrec_kd.models.dlrm import MODEL_PREFIX, build_dlrm, count_params, embedding_bytes, make_tables, model_meta
+from torchrec_kd.models.build import build_model, model_io, model_meta
+from torchrec_kd.models.dlrm import MODEL_PREFIX, count_params, embedding_bytes, make_tables
 from torchrec_kd.models.init import init_weights
 from torchrec_kd.models.inputs import model_inputs
+from torchrec_kd.models.train import RankerTrain
 from torchrec_kd.reporting.metrics_file import metrics_table, update_metrics
 from torchrec_kd.training.pipelined_run import PipelinedRun
 
@@ -35,7 +35,7 @@ ROLES = ("teacher", "student")
 
 
 class TrainModelRun(PipelinedRun):
-    """Build, shard, train, evaluate and save one DLRM (``cfg.teacher`` or ``cfg.student``).
+    """Build, shard, train, evaluate and save one model (``cfg.teacher`` or ``cfg.student``, any registered arch).
 
     The student trained alone, with the same data, steps and seed as distillation,
     is the baseline that distillation has to beat.
@@ -61,8 +61,9 @@ class TrainModelRun(PipelinedRun):
         self.fingerprint = step_fingerprint(cfg, self.role)
         self.inputs = model_inputs(cfg, self.role, self.data.sparse_names, self.data.num_embeddings, self.data.dense_names)
         self.tables = make_tables(self.model_cfg, self.inputs.sparse_features, self.inputs.num_embeddings)
-        module = DLRMTrain(build_dlrm(self.model_cfg, self.tables, self.inputs.dense_in_features,
-                                     dense_columns=self.inputs.dense_columns))
+        module = RankerTrain(build_model(self.model_cfg, self.tables, self.inputs.dense_in_features,
+                                         dense_columns=self.inputs.dense_columns, where=self.role),
+                             model_io(self.model_cfg))
         add_fused_embedding_optimizer(module, cfg.train)
         self.model = shard(module, env, self.local_batch, planner_constraints(cfg.sharding, self.tables, env.device.type))
         init_weights(self.model, cfg.seed, prefix=MODEL_PREFIX)
