@@ -116,7 +116,12 @@ def test_distill_refuses_a_mismatched_teacher(tmp_path):
 # Each documented bad input and the words its error promises (docs/configuration.md, "Bad input").
 BAD_INPUTS = [
     (["teacher.embeding_dim=8"], "unknown key 'embeding_dim'; did you mean 'embedding_dim'?"),
-    (["teacher.arch=wide"], "teacher.arch: 'wide' is not accepted; use one of 'dlrm' | 'dlrm_dcn'"),
+    (["distributed.backend=mpi"], "distributed.backend: 'mpi' is not accepted; use one of 'auto' | 'gloo' | 'nccl'"),
+    (["teacher.arch=dlrm_dnc"], "teacher.arch: unknown model 'dlrm_dnc'; did you mean 'dlrm_dcn'?"),
+    (["student.arch=deepfm", "student.args={hidden_size: 8}"],
+     "student.args: unknown key 'hidden_size'; did you mean 'hidden_layer_size'?"),
+    (["distill.losses=[{name: hint_mse, args: {studnet: mlp}}]"],
+     "distill.losses[0].args: unknown key 'studnet'; did you mean 'student'?"),
     (["train.steps=many"], "train.steps: expected int, got 'many'"),
     (["teacher.embedding_dim=32"], "teacher.dense_arch_layer_sizes must end with teacher.embedding_dim (32)"),
     (["student.table_prefix=t_"], "teacher.table_prefix and student.table_prefix must differ"),

@@ -55,8 +55,7 @@ def run_feature_dims(student: ModelConfig, student_tables: Sequence[EmbeddingBag
         models["teacher"] = lambda: build_model(teacher, _small(teacher_tables), dense_in, CPU, None, "teacher")
         ios["teacher"] = model_io(teacher)
         defaults["teacher"] = _defaults(teacher)
-    batch = probe_batch(sparse_names, dense_in)
-    return probe_feature_dims(models, ios, {role: batch for role in models}, defaults)
+    return probe_feature_dims(models, probe_batch(sparse_names, dense_in), ios, defaults)
 
 
 def _defaults(cfg: ModelConfig) -> dict:

@@ -34,7 +34,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from torchrec_kd.errors import ConfigError
 from torchrec_kd.losses.taps import FeatureDims, Tap, TapInfo, as_feature
-from torchrec_kd.models.io import ModelIO
+from torchrec_kd.models.io import LOGIT, ModelIO
 
 
 def find_module(model: nn.Module, path: str, where: str) -> nn.Module:
@@ -177,20 +177,29 @@ def measure_taps(model: nn.Module, io: ModelIO, batch: Batch, taps: Sequence[Tap
     return infos
 
 
-def probe_feature_dims(models: Dict[str, Callable[[], nn.Module]], ios: Dict[str, ModelIO],
-                       batches: Dict[str, Batch], defaults: Dict[str, Dict[str, Optional[str]]]) -> FeatureDims:
+def probe_feature_dims(models: Dict[str, Callable[[], nn.Module]], batch: Batch,
+                       ios: Optional[Dict[str, ModelIO]] = None,
+                       defaults: Optional[Dict[str, Dict[str, Optional[str]]]] = None) -> FeatureDims:
     """A :class:`FeatureDims` that measures each tap on first use with small copies of the models.
 
     Args:
         models (Dict[str, Callable[[], nn.Module]]): per role (``student``, ``teacher``), builds a
             small unsharded CPU copy (same layers; tables may be tiny).
-        ios (Dict[str, ModelIO]): per role, how to call it.
-        batches (Dict[str, Batch]): per role, a batch it reads (:func:`probe_batch`).
-        defaults (Dict[str, Dict[str, Optional[str]]]): per role, the default module per kind.
+        batch (Batch): a batch both read (e.g. :func:`probe_batch`; ids must fit the copies' tables).
+        ios (Optional[Dict[str, ModelIO]]): per role, how to call it (default ``model(dense, kjt)`` -> logits).
+        defaults (Optional[Dict[str, Dict[str, Optional[str]]]]): per role, the module each kind
+            (``hint``, ``embeddings``) reads unless a term's args name one.
 
     Returns:
         FeatureDims: the terms' view of the models' shapes.
+
+    Example::
+
+        dims = probe_feature_dims({"student": lambda: MyRanker(small_tables), "teacher": lambda: dlrm(small_tables)},
+                                  probe_batch(features, 13))
+        loss = build_loss([LossTermConfig("hint_mse", 0.1, args={"student": "mlp", "teacher": "inter_arch"})], dims)
     """
+    ios = ios or {}
     built: Dict[str, nn.Module] = {}
 
     def probe(tap: Tap) -> TapInfo:
@@ -198,6 +207,6 @@ def probe_feature_dims(models: Dict[str, Callable[[], nn.Module]], ios: Dict[str
             raise ConfigError(f"loss terms read the {tap.role}'s '{tap.path}', but this run has no {tap.role} model")
         if tap.role not in built:
             built[tap.role] = models[tap.role]()
-        return measure_taps(built[tap.role], ios[tap.role], batches[tap.role], [tap], tap.role)[tap]
+        return measure_taps(built[tap.role], ios.get(tap.role, LOGIT), batch, [tap], tap.role)[tap]
 
-    return FeatureDims(defaults=defaults, probe=probe)
+    return FeatureDims(defaults=defaults or {}, probe=probe)
