@@ -46,19 +46,46 @@ def test_dryrun_for_cluster_schedulers():
         assert "torchrec_kd.launch" in out.stdout + out.stderr
 
 
-def test_torchx_local_cwd_two_processes(tmp_path):
-    app = kd.train_teacher("train.steps=4", config=str(TINY), output_dir=str(tmp_path), j="1x2")
+PLUGIN = "examples.custom_ranker.kd_plugin"
+PLUGIN_RUN = ["student.arch=mlp_ranker", "student.args={hidden: [16, 8]}",
+              "distill.losses=[{name: hard_bce, weight: 0.5}, {name: confident_soft_bce, weight: 0.5, args: {gamma: 0.5}},"
+              " {name: hint_mse, weight: 0.05, args: {student: mlp, teacher: over_arch.model.0}}]"]
+
+
+def _torchx(app, tmp_path):
     runner = get_runner()
     try:
         handle = runner.run(app, scheduler="local_cwd", cfg={"log_dir": str(tmp_path / "logs")})
         status = runner.wait(handle, wait_interval=1)
     finally:
         runner.close()
+    return status
+
+
+def test_torchx_local_cwd_two_processes_distil_a_plugin_model_with_a_plugin_loss(tmp_path):
+    from torchrec_kd.cli import main
+
+    teacher, out = tmp_path / "teacher_run", tmp_path / "run"  # (this process keeps holding the teacher's dir)
+    assert main(["train-teacher", "--config", str(TINY), "--output-dir", str(teacher), "train.steps=4"]) == 0
+    app = kd.distill("train.steps=4", f"distill.teacher_checkpoint={teacher / 'teacher'}", *PLUGIN_RUN, config=str(TINY),
+                     output_dir=str(out), j="1x2", plugin=[PLUGIN])
+    status = _torchx(app, tmp_path)
     assert status is not None and status.state == specs.AppState.SUCCEEDED, status
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["teacher"]["world_size"] == 2
-    assert 0.5 < metrics["teacher"]["auc"] <= 1.0
-    assert (tmp_path / "teacher" / "meta.json").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["distilled"]["world_size"] == 2 and 0.5 < metrics["distilled"]["auc"] <= 1.0
+    meta = json.loads((out / "distilled" / "meta.json").read_text())
+    assert meta["model"]["arch"] == "mlp_ranker" and meta["model"]["args"] == {"hidden": [16, 8]}
+    assert meta["plugins"] == [PLUGIN]  # what evaluate / quantize / predict need to rebuild it
+
+
+def test_torchx_a_misspelt_plugin_arg_ends_the_job_with_one_line(tmp_path, capfd):
+    bad = [PLUGIN_RUN[0], "student.args={hiden: [16, 8]}"]
+    status = _torchx(kd.train_student("train.steps=2", *bad, config=str(TINY), output_dir=str(tmp_path), j="1x2",
+                                      plugin=[PLUGIN]), tmp_path)
+    assert status is not None and status.state == specs.AppState.FAILED
+    err = "".join(p.read_text() for p in (tmp_path / "logs").rglob("stderr*") if p.is_file()) + capfd.readouterr().err
+    assert "student.args: unknown key 'hiden'; did you mean 'hidden'?" in err, err[-2000:]
+    assert "Traceback" not in err
 
 
 def test_resources_scale_with_gpus_and_one_process_per_gpu_is_required():

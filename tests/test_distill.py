@@ -1,14 +1,12 @@
-"""DistillationModel on 2 gloo ranks: both EBCs pipelined, pipelined == eager, teacher frozen."""
+"""Distillation on 2 gloo ranks: every EBC pipelined, pipelined == eager, teacher frozen, soft targets the
+teachers' logits; for TorchRec's DLRM, DLRM_DCN, SimpleDeepFMNN and a plugin's non-DLRM ranker, mixed."""
 
 import pytest
-import torch
-from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from tests.conftest import TINY
 from tests.multiprocess import run_ranks
+from tests.pipelined import assert_pipelined_equals_eager_and_teacher_frozen, pipelined_vs_eager
 from torchrec_kd.config import load_config
-from torchrec_kd.distributed.state import local_tensors
-from torchrec_kd.training.distill_run import DistillRun
 from torchrec_kd.training.model_run import TrainModelRun
 
 STEPS = 5
@@ -18,73 +16,59 @@ def _overrides(out_dir):
     return [f"output_dir={out_dir}", f"train.steps={STEPS}"]
 
 
-def _train_teacher(rank, world_size, out_dir):
-    r = TrainModelRun(load_config(TINY, _overrides(out_dir)), "teacher")
-    r.setup()
-    r.train()
-    r.save({})
+PLUGIN = "examples.custom_ranker.kd_plugin"
+# teachers of three architectures (the DCN one shares the tiny config's table prefix: it never meets the DLRM)
+TEACHERS = {"dlrm": [], "dcn": ["teacher.arch=dlrm_dcn", "teacher.dcn_low_rank_dim=8"],
+            "deepfm": ["teacher.arch=deepfm", "teacher.args={hidden_layer_size: 16, deep_fm_dimension: 8}",
+                       "teacher.table_prefix=t2_"]}
+DEEPFM_STUDENT = ["student.arch=deepfm", "student.args={hidden_layer_size: 8, deep_fm_dimension: 4}"]
+FEATURE_TERMS = ("[{name: hard_bce, weight: 0.5}, {name: soft_bce, weight: 0.5}, {name: hint_mse, weight: 0.1%s},"
+                 " {name: embedding_cosine, weight: 0.1}]")
 
 
-def _distill_pipelined_vs_eager(rank, world_size, out_dir):
-    cfg = load_config(TINY, _overrides(out_dir))
-    piped, eager = DistillRun(cfg), DistillRun(cfg)
-    piped.setup()
-    eager.setup()
-    teacher_before = local_tensors(piped.model, "teachers.")
-    batches = list(piped.data.batches("train", cfg.data.batch_size, rank, world_size, num_batches=STEPS))
-    pipeline = TrainPipelineSparseDist(piped.model, piped.optimizer, piped.env.device)
-    it = iter(batches)
-    piped.model.train()
-    eager.model.train()
-    student_diff, teacher_diff = [], []
-    for b in batches:
-        _, s_p, t_p, _ = pipeline.progress(it)
-        eager.optimizer.zero_grad()
-        loss, (_, s_e, t_e, _) = eager.model(b)
-        loss.backward()
-        eager.optimizer.step()
-        student_diff.append(float((s_p - s_e).abs().max()))
-        teacher_diff.append(float((t_p - t_e).abs().max()))
-    model = pipeline.detach()
-    teacher_after = local_tensors(model, "teachers.")
-    sp, se = local_tensors(model, "student."), local_tensors(eager.model, "student.")
-    teacher_fused_state = {name: sum(len(s) for s in opt.state.values())
-                           for name, opt in model.fused_optimizer.optimizers if name.startswith("teachers.")}
-    return {
-        "pipelined": sorted(m._module_fqn if hasattr(m, "_module_fqn") else type(m).__name__
-                            for m in pipeline._pipelined_modules),
-        "n_pipelined": len(pipeline._pipelined_modules),
-        "student_diff": student_diff, "teacher_diff": teacher_diff,
-        "student_weight_diff": max(float((v - se[k]).abs().max()) for k, v in sp.items() if v.numel()),
-        "student_changed": any(not torch.equal(v, local_tensors(eager.model, "student.")[k]) for k, v in sp.items()) or True,
-        "teacher_identical": all(torch.equal(teacher_before[k], teacher_after[k]) for k in teacher_before),
-        "teacher_keys": len(teacher_before),
-        "optimizer_keys": list(piped.optimizer.state_dict()["state"].keys()),
-        "optimizer_params": [k for k in piped.optimizer.params.keys()],
-        "teacher_fused_state": teacher_fused_state,
-        # fused tables are reported as slices of one TBE weight; the TBE weight is what autograd sees
-        "teacher_requires_grad": [n for n, p in model.named_parameters()
-                                  if n.startswith("teachers.") and getattr(p, "_original_tensor", p).requires_grad],
+def _train_teachers(rank, world_size, out_dir):
+    for name, overrides in TEACHERS.items():
+        r = TrainModelRun(load_config(TINY, _overrides(f"{out_dir}/{name}") + overrides), "teacher")
+        r.setup()
+        r.train()
+        r.save({})
+
+
+def _distill_pipelined_vs_eager(rank, world_size, out_dir, teachers):
+    runs = {  # DLRM -> DLRM, with the loss the tiny config names
+        "dlrm": pipelined_vs_eager(rank, world_size, f"{out_dir}/dlrm", STEPS,
+                                   [f"distill.teacher_checkpoint={teachers}/dlrm/teacher"]),
+        # DLRM_DCN -> SimpleDeepFMNN (a probability head), hint and embedding terms at both models' defaults
+        "dcn_to_deepfm": pipelined_vs_eager(
+            rank, world_size, f"{out_dir}/dcn", STEPS,
+            [f"distill.teacher_checkpoint={teachers}/dcn/teacher", *TEACHERS["dcn"], *DEEPFM_STUDENT,
+             f"distill.losses={FEATURE_TERMS % ''}"]),
+        # DLRM + DeepFM ensemble -> the plugin's MLP ranker, its hint tapped by path inside the DLRM's over arch
+        "ensemble_to_mlp": pipelined_vs_eager(
+            rank, world_size, f"{out_dir}/mlp", STEPS,
+            [f"distill.teachers=[{{checkpoint: {teachers}/dlrm/teacher}}, {{checkpoint: {teachers}/deepfm/teacher}}]",
+             "student.arch=mlp_ranker", "student.args={hidden: [16, 8]}",
+             "distill.losses=" + FEATURE_TERMS % ", args: {student: mlp, teacher: over_arch.model.0}"],
+            plugins=[PLUGIN]),
     }
+    return runs
 
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("kd")
-    run_ranks(_train_teacher, 2, out, str(out))
+    run_ranks(_train_teachers, 2, out, str(out))
     return out
 
 
-def test_distillation_pipelined_equals_eager_and_teacher_stays_frozen(teacher_dir, tmp_path):
-    results = run_ranks(_distill_pipelined_vs_eager, 2, tmp_path, str(teacher_dir))
-    for r in results:
-        # both embedding collections' input dists run in the pipeline
-        assert r["n_pipelined"] == 2
-        assert max(r["student_diff"]) < 1e-5 and max(r["teacher_diff"]) < 1e-6
-        assert r["student_weight_diff"] < 1e-5
-        # the teacher: bit-identical, no grads, no optimizer (and no optimizer state) for any of its parameters
-        assert r["teacher_keys"] > 0 and r["teacher_identical"]
-        assert r["teacher_requires_grad"] == []
-        assert not [k for k in r["optimizer_params"] if k.startswith("teachers.") or ".teacher." in k], r["optimizer_params"]
-        assert not [k for k in r["optimizer_keys"] if "teacher" in k]
-        assert r["teacher_fused_state"] and all(v == 0 for v in r["teacher_fused_state"].values())
+def test_distillation_pipelined_equals_eager_and_teacher_stays_frozen_for_any_architectures(teacher_dir, tmp_path):
+    results = run_ranks(_distill_pipelined_vs_eager, 2, tmp_path, str(tmp_path), str(teacher_dir))
+    for runs in results:
+        assert_pipelined_equals_eager_and_teacher_frozen(runs["dlrm"])
+        assert_pipelined_equals_eager_and_teacher_frozen(runs["dcn_to_deepfm"])
+        assert runs["dcn_to_deepfm"]["taps"] == ["student/hint:inter_arch", "teacher/hint:inter_arch",
+                                                 "student/embeddings:sparse_arch", "teacher/embeddings:sparse_arch"]
+        # three embedding collections: two teachers' and the student's
+        assert_pipelined_equals_eager_and_teacher_frozen(runs["ensemble_to_mlp"], n_pipelined=3)
+        assert runs["ensemble_to_mlp"]["taps"] == ["student/hint:mlp", "teacher/hint:over_arch.model.0",
+                                                   "student/embeddings:ebc", "teacher/embeddings:sparse_arch"]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from torch import Tensor
+from torchrec.distributed.types import LazyAwaitable
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
 KINDS = ("hint", "embeddings")
@@ -56,8 +57,8 @@ def as_feature(output: Any, kind: str, where: str = "tap") -> Tensor:
     """A tapped module's output as the tensor a term reads.
 
     Args:
-        output: what the module returned: a tensor, a ``KeyedTensor``, or a tuple/list whose
-            first element is one of those.
+        output: what the module returned: a tensor, a ``KeyedTensor`` (or a sharded collection's
+            awaitable of one), or a tuple/list whose first element is one of those.
         kind (str): ``hint`` -> ``[B, H]`` (flattened); ``embeddings`` -> ``[B, F, D]``.
         where (str): the tap, for messages.
 
@@ -67,6 +68,8 @@ def as_feature(output: Any, kind: str, where: str = "tap") -> Tensor:
     Raises:
         ValueError: an output that is not a tensor, or embeddings not of one dim.
     """
+    if isinstance(output, LazyAwaitable):  # a sharded collection's output, waited for once (cached) by the model
+        output = LazyAwaitable._wait_async(output)
     if isinstance(output, (tuple, list)) and output:
         output = output[0]
     if isinstance(output, KeyedTensor):
