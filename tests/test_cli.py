@@ -66,11 +66,21 @@ def _cli(*args, cwd=REPO):
                           timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
 
 
-def test_teacher_student_distill_quantize_chain(tmp_path):
-    common = ["--config", str(TINY), "--output-dir", str(tmp_path), "train.steps=8", "train.log_every=4"]
+# The student is the plugin's non-DLRM ranker, distilled with the plugin's own loss term and a hint tapped by path.
+PLUGIN = ["--plugin", "examples.custom_ranker.kd_plugin"]
+PLUGIN_STUDENT = ["student.arch=mlp_ranker", "student.args={hidden: [16, 8]}",
+                  "distill.losses=[{name: hard_bce, weight: 0.5}, {name: confident_soft_bce, weight: 0.5, "
+                  "args: {gamma: 0.5}}, {name: hint_mse, weight: 0.05, args: {student: mlp, teacher: over_arch.model.0}}]"]
+
+
+def test_teacher_student_distill_quantize_chain_with_a_plugin_student(tmp_path):
+    common = [*PLUGIN, "--config", str(TINY), "--output-dir", str(tmp_path), "train.steps=8", "train.log_every=4",
+              *PLUGIN_STUDENT]
     for command in ("train-teacher", "train-student", "distill"):
         out = _cli(command, *common)
         assert out.returncode == 0, (command, out.stderr[-3000:])
+    assert json.loads((tmp_path / "distilled" / "meta.json").read_text())["model"]["arch"] == "mlp_ranker"
+
     out = _cli("quantize", *common, "quantize.dtypes=[int8,int4]")
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())

@@ -12,8 +12,7 @@ a config names both like built-ins and stays data::
 (any importable module works: a package you installed, or one under the working directory).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: the export's TorchScript reads forward's type hints.
 from dataclasses import dataclass, field
 from typing import List, Optional
 

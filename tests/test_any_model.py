@@ -1,0 +1,148 @@
+"""Any ranking model, in one process: its own forward, probability heads as logits, taps by module path,
+type-based quantization / QAT / export of a non-DLRM student, plugins and their errors."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torchrec.datasets.utils import Batch
+
+import examples.custom_ranker.kd_plugin  # noqa: F401  (registers mlp_ranker and confident_soft_bce)
+from torchrec_kd.config import LossTermConfig, ModelConfig
+from torchrec_kd.core.plugins import load_plugins
+from torchrec_kd.distill.model import DistillationModel
+from torchrec_kd.distill.taps import measure_taps, probe_batch, probe_feature_dims
+from torchrec_kd.errors import ConfigError
+from torchrec_kd.losses import Tap, build_loss
+from torchrec_kd.models.build import build_model, build_model_from_meta, model_io, model_meta
+from torchrec_kd.models.dlrm import make_tables
+from torchrec_kd.models.io import ModelIO
+
+FEATS = ["a", "b", "c"]
+CPU = torch.device("cpu")
+MLP = ModelConfig(arch="mlp_ranker", embedding_dim=8, table_prefix="s_", args={"hidden": [16, 8]})
+DLRM = ModelConfig(embedding_dim=8, dense_arch_layer_sizes=[16, 8], over_arch_layer_sizes=[16, 1])
+
+
+def _build(cfg, rows=50):
+    torch.manual_seed(0)
+    return build_model(cfg, make_tables(cfg, FEATS, [rows] * 3), 4, CPU)
+
+
+def _batch(n=6, rows=50, seed=1):
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, 3, (n * len(FEATS),), generator=g)
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=FEATS, values=torch.randint(0, rows, (int(lengths.sum()),), generator=g),
+                                              lengths=lengths)
+    return Batch(torch.randn(n, 4, generator=g), kjt, torch.randint(0, 2, (n,), generator=g).float())
+
+
+class Fixed(nn.Module):
+    """A model whose forward returns fixed values (logits or probabilities)."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.register_buffer("values", torch.tensor(values))
+
+    def forward(self, dense, kjt):
+        return self.values.unsqueeze(-1)
+
+
+def test_a_probability_head_is_distilled_as_its_logits():
+    p, s = [0.9, 0.2, 0.5], [1.0, -0.5, 0.0]
+    loss = build_loss([LossTermConfig("soft_bce", 1.0, temperature=2.0)])
+    model = DistillationModel([Fixed(p)], Fixed(s), loss, teacher_io=ModelIO(output="probability"))
+    batch = Batch(torch.zeros(3, 1), None, torch.zeros(3))
+    got, (_, student, teacher, _) = model(batch)
+    assert torch.allclose(teacher, torch.tensor([math.log(x / (1 - x)) for x in p]), atol=1e-5)
+    # soft_bce at T: T^2 * BCE(sigmoid(s / T), sigmoid(logit(p) / T)), by hand
+    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    want = sum(-(sig(math.log(q / (1 - q)) / 2) * math.log(sig(z / 2))
+                 + (1 - sig(math.log(q / (1 - q)) / 2)) * math.log(1 - sig(z / 2))) for q, z in zip(p, s)) / 3 * 4
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    # taken for logits, the same head would give other targets: the declaration matters
+    naive = DistillationModel([Fixed(p)], Fixed(s), loss)(batch)[0]
+    assert abs(naive.item() - want) > 1e-3
+    # a saturated head stays finite
+    assert torch.isfinite(ModelIO(output="probability").logits(Fixed([1.0, 0.0]), batch)).all()
+
+
+def test_deepfm_is_registered_as_a_probability_head_and_called_through_its_own_forward():
+    cfg = ModelConfig(arch="deepfm", embedding_dim=8, args={"hidden_layer_size": 8, "deep_fm_dimension": 4})
+    model, batch = _build(cfg).eval(), _batch()
+    assert model_io(cfg).output == "probability"
+    p = model(batch.dense_features, batch.sparse_features).squeeze(-1)
+    assert ((p > 0) & (p < 1)).all()
+    assert torch.allclose(model_io(cfg).logits(model, batch), torch.logit(p), atol=1e-5)
+
+
+def test_hint_and_embedding_taps_by_path_on_a_non_dlrm_student():
+    student, teacher = _build(MLP).eval(), _build(DLRM).eval()
+    batch = _batch()
+    dims = probe_feature_dims({"student": lambda: _build(MLP, rows=2), "teacher": lambda: _build(DLRM, rows=2)},
+                              probe_batch(FEATS, 4), defaults={"student": {"embeddings": "ebc"},
+                                                               "teacher": {"embeddings": "sparse_arch"}})
+    loss = build_loss([LossTermConfig("hint_mse", 1.0, args={"student": "mlp", "teacher": "over_arch.model.0"}),
+                       LossTermConfig("embedding_mse", 1.0)], dims)
+    hint, emb = loss.terms
+    assert hint.proj.weight.shape == (16, 8)  # the teacher's over-arch MLP (16) from the student's mlp (8)
+    assert emb.proj.shape == (3, 8, 8) and emb.teacher_index.tolist() == [0, 1, 2]
+    model = DistillationModel([teacher], student, loss)
+    got = model(batch)[0]
+    # the same terms computed from the modules called by hand
+    with torch.no_grad():
+        pooled = student.ebc(batch.sparse_features)
+        s_hint = student.mlp(torch.cat([batch.dense_features, pooled.values()], dim=1))
+        t_sparse = teacher.sparse_arch(batch.sparse_features)
+        t_hint = teacher.over_arch.model[0](teacher.inter_arch(teacher.dense_arch(batch.dense_features), t_sparse))
+        want = (torch.mean((hint.proj(s_hint) - t_hint) ** 2)
+                + torch.mean((pooled.values().view(6, 3, 8) - torch.einsum("bfd,fde->bfe", t_sparse, emb.proj)) ** 2))
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    with pytest.raises(ConfigError, match="no module 'mpl' in the model; did you mean 'mlp'"):
+        measure_taps(student, ModelIO(), batch, [Tap("student", "mpl", "hint")], "student")
+
+
+def test_a_custom_student_quantizes_to_int4_exports_reloads_and_predicts_the_same(tmp_path):
+    from torchrec_kd.quant.embeddings import quantize_model, table_dtypes
+    from torchrec_kd.quant.export import export_torchscript, load_quantized, load_torchscript, save_quantized, seal_export
+    from torchrec_kd.quant.qat import use_fake_quant
+
+    tables = make_tables(MLP, FEATS, [50] * 3)
+    student, batch = _build(MLP).eval(), _batch()
+    qm = quantize_model(student, "int4")
+    assert set(table_dtypes(qm).values()) == {"int4"}
+    save_quantized(qm, tmp_path, model_meta(MLP, tables, 4))
+    export_torchscript(qm, tmp_path / "model.ts")
+    seal_export(tmp_path)
+    again = load_quantized(tmp_path, build_model_from_meta)
+    io = model_io(MLP)
+    want = io.logits(qm, batch)
+    assert torch.equal(io.logits(again, batch), want)
+    assert torch.equal(load_torchscript(tmp_path / "model.ts")(batch.dense_features, batch.sparse_features).squeeze(-1),
+                       want)
+    # quantization-aware: the fake-quantized float model scores what the int4 export scores
+    use_fake_quant(student, "int4")
+    assert torch.allclose(io.logits(student.eval(), batch), want, atol=1e-4)
+
+
+def test_plugins_load_once_and_bad_ones_give_one_line():
+    assert "examples.custom_ranker.kd_plugin" in load_plugins(["examples.custom_ranker.kd_plugin"])
+    with pytest.raises(ConfigError, match="--plugin my_pkg.nope: no module named 'my_pkg'"):
+        load_plugins(["my_pkg.nope"])
+    meta = {**model_meta(MLP, make_tables(MLP, FEATS, [5] * 3), 4), "plugins": ["my_pkg.kd"]}
+    meta["model"]["arch"] = "their_ranker"
+    with pytest.raises(ConfigError, match="built by 'their_ranker', which no loaded module registers; pass --plugin my_pkg.kd"):
+        build_model_from_meta(meta)
+
+
+def test_plugin_loss_args_are_checked_like_the_config():
+    from torchrec_kd.losses import check_loss_names
+
+    check_loss_names([LossTermConfig("confident_soft_bce", 1.0, args={"gamma": 0.5})], "x.yaml")
+    with pytest.raises(ConfigError, match="x.yaml: distill.losses\\[0\\].args: unknown key 'gama'; did you mean 'gamma'"):
+        check_loss_names([LossTermConfig("confident_soft_bce", 1.0, args={"gama": 0.5})], "x.yaml")
+    with pytest.raises(ConfigError, match="args.gamma: expected float"):
+        check_loss_names([LossTermConfig("confident_soft_bce", 1.0, args={"gamma": "high"})], "x.yaml")
