@@ -150,9 +150,13 @@ def test_validation_mid_run_does_not_change_training_on_two_ranks(tmp_path):
     The QAT student (sharded EmbeddingCollections, where re-attaching broke the all-to-alls) must
     train exactly as without validations."""
     base = ["--config", str(TINY), "train.steps=12", "train.log_every=2", "train.early_stopping.patience=0"]
-    _torchrun("train-teacher", "--output-dir", str(tmp_path / "a"), *base, "train.teacher_steps=6")
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "teacher").symlink_to(tmp_path / "a" / "teacher")
+    from torchrec_kd.cli import main
+
+    # the teacher on one rank, in this process (checkpoints reshard to the distillation's two)
+    assert main(["train-teacher", "--output-dir", str(tmp_path / "t"), *base, "train.teacher_steps=6"]) == 0
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "teacher").symlink_to(tmp_path / "t" / "teacher")
     curves = []
     for run, every in (("a", 0), ("b", 3)):
         _torchrun("distill-qat", "--output-dir", str(tmp_path / run), *base, f"train.eval_every={every}")

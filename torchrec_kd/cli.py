@@ -195,6 +195,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     finally:
         shutdown_distributed(synchronize=ok)
+        from torchrec_kd.core.run_lock import release_output_dirs
+
+        release_output_dirs()
     return 0
 
 

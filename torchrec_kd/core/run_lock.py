@@ -1,4 +1,4 @@
-"""One run per output directory: an exclusive lock held for the life of the process.
+"""One run per output directory: an exclusive lock held while the command runs.
 
 Rank 0 of a job takes ``<output_dir>/.lock`` with ``flock`` before any work; a second job
 into the same directory stops at once with an error naming the holder. The kernel drops
@@ -69,3 +69,11 @@ def hold_output_dir(out_dir: Path, wait_s: float = 10.0) -> None:
                          "command": " ".join(sys.argv[1:3])}))
     fh.flush()
     _held[key] = fh
+
+
+def release_output_dirs() -> None:
+    """Release every output-directory lock this process holds (the CLI's ``main`` ends with it, so
+    commands called one after another in one process, e.g. from Python, each take their directory)."""
+    while _held:
+        _, fh = _held.popitem()
+        fh.close()
