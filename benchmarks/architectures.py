@@ -27,11 +27,12 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 CONFIG = "configs/tiny_synthetic.yaml"
 PLUGIN = "examples.custom_ranker.kd_plugin"
-# a world where a wider teacher has something to teach: 8 features x 5,000 rows, 600-step budgets
+# a world where a wider teacher has something to teach: 8 features x 5,000 rows, 600 batches an epoch;
+# budgets of 3 (teacher) and 4 epochs (students), early stopping after 4 validations without a gain
 WORLD = ["data.batch_size=256", "data.val_rows=8192", "data.test_rows=16384", "data.synthetic.num_sparse=8",
          "data.synthetic.num_dense=8", "data.synthetic.num_embeddings=5000", "data.synthetic.train_rows=153600",
          "teacher.embedding_dim=32", "teacher.dense_arch_layer_sizes=[64,32]", "teacher.over_arch_layer_sizes=[64,1]",
-         "train.steps=1200", "train.teacher_steps=1800", "train.eval_every=100", "train.log_every=300",
+         "train.steps=2400", "train.teacher_steps=1800", "train.eval_every=100", "train.log_every=300",
          "train.early_stopping.patience=4", "distill.qat=null", "quantize.dtypes=[int4]",
          "distill.losses=[{name: hard_bce, weight: 0.2}, {name: soft_bce, weight: 0.8}]"]
 DEEPFM_ARGS = "{hidden_layer_size: 32, deep_fm_dimension: 8}"
@@ -53,8 +54,7 @@ def main() -> None:
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--out", default="outputs/bench_architectures")
     a = p.parse_args()
-    previous = json.loads((RESULTS / "architectures.json").read_text()) if (RESULTS / "architectures.json").is_file() else {}
-    results = dict(previous.get("pairs", {})) if a.only else {}
+    results = {}
     for name in a.only or list(PAIRS):
         out = REPO / a.out / name
         overrides = [*WORLD, *PAIRS[name], "experiment.seeds=[" + ",".join(map(str, a.seeds)) + "]"]
@@ -62,6 +62,9 @@ def main() -> None:
         summary = json.loads((out / "summary.json").read_text())
         results[name] = {"config": CONFIG, "overrides": overrides, "nproc": a.nproc, "wall_s": round(wall, 1),
                          "command": f"python benchmarks/architectures.py --only {name}", "summary": summary}
+    # read last, so runs of other pairs that finished meanwhile are kept
+    previous = json.loads((RESULTS / "architectures.json").read_text()) if (RESULTS / "architectures.json").is_file() else {}
+    results = {**(previous.get("pairs", {}) if a.only else {}), **results}
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"pairs": results}, indent=2)
     (RESULTS / "architectures.json").write_text(text)

@@ -34,7 +34,7 @@ def save_model(model: nn.Module, path: Path, meta: Dict[str, Any], model_prefix:
         path (Path): checkpoint directory (created).
         meta (Dict[str, Any]): config and facts needed to rebuild the model.
         model_prefix (str): save only keys under it (e.g. the student of a distillation model)…
-        ckpt_prefix (str): …renamed to start with this instead (e.g. ``model.``, as ``DLRMTrain``).
+        ckpt_prefix (str): …renamed to start with this instead (e.g. ``model.``, as ``RankerTrain``).
     """
     path = Path(path)
     # a quantization-aware student's tables are saved in the plain DLRM layout (quantize, export)

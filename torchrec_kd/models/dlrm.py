@@ -24,7 +24,7 @@ from torchrec_kd.config import ModelConfig
 from torchrec_kd.core.table_keys import is_table_key
 from torchrec_kd.errors import ConfigError
 
-# DLRMTrain holds the DLRM as .model: the prefix of every key of a train-teacher/-student checkpoint
+# RankerTrain (like TorchRec's DLRMTrain) holds the model as .model: the prefix of every checkpoint key
 MODEL_PREFIX = "model."
 
 

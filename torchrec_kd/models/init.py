@@ -50,7 +50,7 @@ def init_weights(model: nn.Module, seed: int, prefix: str = "") -> None:
     """Redraw all weights under ``prefix`` deterministically, whatever the sharding.
 
     Draws are keyed by the name *after* ``prefix``, so a sub-model gets the same
-    weights alone (``model.`` inside ``DLRMTrain``) as inside a bigger model
+    weights alone (``model.`` inside ``RankerTrain``) as inside a bigger model
     (``student.`` inside ``DistillationModel``).
 
     Args:
