@@ -1,5 +1,6 @@
-"""Any ranking model, in one process: its own forward, probability heads as logits, taps by module path,
-type-based quantization / QAT / export of a non-DLRM student, plugins and their errors."""
+"""Any ranking model, in one process: its own forward (or an adapter), probability heads as logits, every
+built-in in either role, taps by module path, type-based quantization / QAT / export of a non-DLRM student,
+plugins and their errors."""
 
 import math
 
@@ -146,3 +147,64 @@ def test_plugin_loss_args_are_checked_like_the_config():
         check_loss_names([LossTermConfig("confident_soft_bce", 1.0, args={"gama": 0.5})], "x.yaml")
     with pytest.raises(ConfigError, match="args.gamma: expected float"):
         check_loss_names([LossTermConfig("confident_soft_bce", 1.0, args={"gamma": "high"})], "x.yaml")
+
+
+ARCHS = {
+    "dlrm": ModelConfig(embedding_dim=8, dense_arch_layer_sizes=[16, 8], over_arch_layer_sizes=[16, 1], table_prefix="x_"),
+    "dlrm_dcn": ModelConfig(arch="dlrm_dcn", embedding_dim=8, dense_arch_layer_sizes=[16, 8],
+                            over_arch_layer_sizes=[16, 1], dcn_low_rank_dim=4, table_prefix="x_"),
+    "dlrm_projection": ModelConfig(arch="dlrm_projection", embedding_dim=8, dense_arch_layer_sizes=[16, 8],
+                                   over_arch_layer_sizes=[16, 1], table_prefix="x_",
+                                   args={"interaction_branch1_layer_sizes": [16, 16],
+                                         "interaction_branch2_layer_sizes": [16, 8]}),
+    "deepfm": ModelConfig(arch="deepfm", embedding_dim=8, table_prefix="x_",
+                          args={"hidden_layer_size": 8, "deep_fm_dimension": 4}),
+}
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_every_builtin_distils_in_either_role_with_its_default_taps(arch):
+    import dataclasses
+
+    from torchrec_kd.models.build import model_builder
+
+    other = dataclasses.replace(ARCHS["dlrm"], table_prefix="y_")
+    terms = [LossTermConfig("soft_bce", 1.0), LossTermConfig("hint_mse", 0.1), LossTermConfig("embedding_cosine", 0.1)]
+    batch = _batch()
+    for student_cfg, teacher_cfg in ((ARCHS[arch], other), (other, ARCHS[arch])):
+        defaults = {role: {"hint": model_builder(c.arch).hint, "embeddings": model_builder(c.arch).embeddings}
+                    for role, c in (("student", student_cfg), ("teacher", teacher_cfg))}
+        dims = probe_feature_dims({"student": lambda c=student_cfg: _build(c, rows=2),
+                                   "teacher": lambda c=teacher_cfg: _build(c, rows=2)}, probe_batch(FEATS, 4),
+                                  {"student": model_io(student_cfg), "teacher": model_io(teacher_cfg)}, defaults)
+        teacher = _build(teacher_cfg).eval()
+        model = DistillationModel([teacher], _build(student_cfg), build_loss(terms, dims),
+                                  teacher_io=model_io(teacher_cfg), student_io=model_io(student_cfg))
+        loss, (_, student_logits, teacher_logits, _) = model(batch)
+        assert torch.isfinite(loss) and loss.requires_grad
+        with torch.no_grad():  # the soft targets are the teacher's logits, whatever its head returns
+            raw = teacher(batch.dense_features, batch.sparse_features).squeeze(-1)
+        want = torch.logit(raw, eps=1e-7) if model_io(teacher_cfg).output == "probability" else raw
+        assert torch.allclose(teacher_logits, want, atol=1e-5)
+        loss.backward()  # the projections and the student learn; the teacher gets no gradient
+        assert all(p.grad is None for p in model.teachers.parameters())
+
+
+class ReversedArgs(nn.Module):
+    """A ranker whose forward takes (kjt, dense): called through a ModelIO adapter."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 1)
+
+    def forward(self, kjt, dense):
+        return self.lin(dense)
+
+
+def test_a_call_adapter_scores_a_model_with_another_signature():
+    student, batch = ReversedArgs(), _batch()
+    io = ModelIO(call=lambda m, b: m(b.sparse_features, b.dense_features))
+    model = DistillationModel([Fixed([0.5] * 6)], student, build_loss([LossTermConfig("soft_bce", 1.0)]), student_io=io)
+    _, (_, logits, _, _) = model(batch)
+    assert torch.equal(logits, student.lin(batch.dense_features).squeeze(-1).detach())
+    assert torch.equal(model.score(batch), logits)
