@@ -129,7 +129,10 @@ def test_a_custom_student_quantizes_to_int4_exports_reloads_and_predicts_the_sam
     assert torch.allclose(io.logits(student.eval(), batch), want, atol=1e-4)
 
 
-def test_plugins_load_once_and_bad_ones_give_one_line():
+def test_plugins_load_once_and_bad_ones_give_one_line(monkeypatch):
+    from torchrec_kd.core import plugins
+
+    monkeypatch.setattr(plugins, "_LOADED", [])  # leave this worker's other tests without loaded plugins
     assert "examples.custom_ranker.kd_plugin" in load_plugins(["examples.custom_ranker.kd_plugin"])
     with pytest.raises(ConfigError, match="--plugin my_pkg.nope: no module named 'my_pkg'"):
         load_plugins(["my_pkg.nope"])
@@ -208,3 +211,22 @@ def test_a_call_adapter_scores_a_model_with_another_signature():
     _, (_, logits, _, _) = model(batch)
     assert torch.equal(logits, student.lin(batch.dense_features).squeeze(-1).detach())
     assert torch.equal(model.score(batch), logits)
+
+
+def test_a_plugins_code_is_part_of_every_fingerprint(tmp_path, monkeypatch):
+    from tests.conftest import TINY
+    from torchrec_kd.config import load_config
+    from torchrec_kd.core import plugins
+    from torchrec_kd.core.fingerprint import step_fingerprint
+
+    cfg = load_config(TINY)
+    monkeypatch.setattr(plugins, "_LOADED", [])
+    without = step_fingerprint(cfg, "student")
+    assert "plugins" not in without["inputs"]  # runs without plugins keep their fingerprints
+    (tmp_path / "kd_edit_me.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    load_plugins(["kd_edit_me"])
+    first = step_fingerprint(cfg, "distilled", {"teachers": "t"})
+    (tmp_path / "kd_edit_me.py").write_text("X = 2\n")  # the plugin's code changed: its results are stale
+    second = step_fingerprint(cfg, "distilled", {"teachers": "t"})
+    assert first["digest"] != second["digest"] and set(first["inputs"]["plugins"]) == {"kd_edit_me"}

@@ -16,21 +16,26 @@ from torchrec_kd.config import ConfigError, load_config
 
 
 @pytest.mark.slow
-def test_1_changed_config_does_not_resume_the_old_training_state(tmp_path):
+def test_1_changed_config_does_not_resume_the_old_training_state(tmp_path, capsys):
+    from torchrec_kd.cli import main
+
+    def run(*args):  # the CLI in this process (each command releases its output dir when it returns)
+        code = main(["train-teacher", "--config", str(TINY), *args])
+        return code, capsys.readouterr().err
+
     out = tmp_path / "t"
     steps = ["train.teacher_steps=40", "train.checkpoint_every=10"]
-    _ok(_cli("train-teacher", "--config", str(TINY), "--output-dir", str(out), *steps))
+    assert run("--output-dir", str(out), *steps)[0] == 0
     assert (out / "train_state" / "teacher" / "step_00000030").is_dir()
-    err = _user_error(_cli("train-teacher", "--config", str(TINY), "--output-dir", str(out), *steps, "seed=1",
-                           "train.embedding_lr=0.1"), "step_00000030 is the training state of a run with another config")
+    code, err = run("--output-dir", str(out), *steps, "seed=1", "train.embedding_lr=0.1")
+    assert code == 2 and "step_00000030 is the training state of a run with another config" in err, err[-2000:]
+    assert "Traceback" not in err
     assert "seed: 0 -> 1" in err and "train.embedding_lr: 0.05 -> 0.1" in err and "train.resume=false" in err
     fresh = tmp_path / "fresh"
-    _ok(_cli("train-teacher", "--config", str(TINY), "--output-dir", str(fresh), *steps, "seed=1",
-             "train.embedding_lr=0.1"))
+    assert run("--output-dir", str(fresh), *steps, "seed=1", "train.embedding_lr=0.1")[0] == 0
     # starting over as told gives the fresh run's model, not a mix
-    done = _ok(_cli("train-teacher", "--config", str(TINY), "--output-dir", str(out), *steps, "seed=1",
-                    "train.embedding_lr=0.1", "train.resume=false"))
-    assert "resumed from" not in done.stderr
+    code, err = run("--output-dir", str(out), *steps, "seed=1", "train.embedding_lr=0.1", "train.resume=false")
+    assert code == 0 and "resumed from" not in err
     a = json.loads((out / "metrics.json").read_text())["teacher"]
     b = json.loads((fresh / "metrics.json").read_text())["teacher"]
     assert a["auc"] == pytest.approx(b["auc"], abs=1e-6)

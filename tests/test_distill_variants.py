@@ -29,13 +29,17 @@ def _train_teacher(rank, world_size, out, *extra):
     r.save({})
 
 
+def _train_teachers(rank, world_size, dlrm, dcn):
+    _train_teacher(rank, world_size, dlrm)
+    _train_teacher(rank, world_size, dcn, "teacher.arch=dlrm_dcn", "teacher.table_prefix=t2_",
+                   "teacher.dcn_num_layers=1", "teacher.dcn_low_rank_dim=4")
+
+
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
-    """A DLRM teacher and a DLRM_DCN teacher (other table prefix), each trained on 2 ranks."""
+    """A DLRM teacher and a DLRM_DCN teacher (other table prefix), both trained on 2 ranks (one start-up)."""
     dlrm, dcn = tmp_path_factory.mktemp("dlrm"), tmp_path_factory.mktemp("dcn")
-    run_ranks(_train_teacher, 2, dlrm, str(dlrm))
-    run_ranks(_train_teacher, 2, dcn, str(dcn), "teacher.arch=dlrm_dcn", "teacher.table_prefix=t2_",
-              "teacher.dcn_num_layers=1", "teacher.dcn_low_rank_dim=4")
+    run_ranks(_train_teachers, 2, dlrm, str(dlrm), str(dcn))
     return dlrm / "teacher", dcn / "teacher"
 
 
@@ -84,6 +88,13 @@ def _try_offline(rank, world_size, out, *extra):
     return None
 
 
+def _online_score_offline(rank, world_size, root, ckpt, scores):
+    """Online distillation, scoring the cache, offline distillation from it: one start-up for the three."""
+    online = _distill(rank, world_size, f"{root}/online", None, ckpt)
+    _score(rank, world_size, f"{root}/score", ckpt, scores)
+    return online, _distill(rank, world_size, f"{root}/offline", None, ckpt, scores, "distill.offline=true")
+
+
 def _try_offline_each(rank, world_size, root, runs):
     """Several refused offline runs in one process (one start-up instead of one per run)."""
     return {name: _try_offline(rank, world_size, f"{root}/{name}", *extra) for name, extra in runs.items()}
@@ -91,12 +102,10 @@ def _try_offline_each(rank, world_size, root, runs):
 
 def test_offline_distillation_equals_online_and_a_mismatched_cache_is_refused(teachers, tmp_path):
     ckpt = f"distill.teacher_checkpoint={teachers[0]}"
-    online = run_ranks(_distill, 2, tmp_path, str(tmp_path / "online"), None, ckpt)
     cache = tmp_path / "cache"
     scores = f"distill.teacher_scores={cache}"
-    run_ranks(_score, 2, tmp_path, str(tmp_path / "score"), ckpt, scores)
+    online, offline = zip(*run_ranks(_online_score_offline, 2, tmp_path, str(tmp_path), ckpt, scores))
     assert (cache / "manifest.json").is_file()
-    offline = run_ranks(_distill, 2, tmp_path, str(tmp_path / "offline"), None, ckpt, scores, "distill.offline=true")
     for on, off in zip(online, offline):
         assert off["teacher_count"] == 0  # no teacher in memory
         assert off["losses"] == pytest.approx(on["losses"], abs=1e-6)
@@ -150,14 +159,18 @@ def test_ensemble_privileged_features_and_feature_terms_on_two_ranks(teachers, t
 
 
 def test_privileged_feature_must_exist_and_teacher_prefixes_must_differ(teachers, tmp_path):
-    def err(*extra):
-        return run_ranks(_try_offline_online, 1, tmp_path, str(tmp_path / "e"), *extra)[0]
+    errors = run_ranks(_try_each, 1, tmp_path, str(tmp_path / "e"), {  # one start-up for the three
+        "unknown": (f"distill.teacher_checkpoint={teachers[0]}", "distill.privileged_features=[cat_9]"),
+        "all_dense": (f"distill.teacher_checkpoint={teachers[0]}", "distill.privileged_features=[int_0, int_1, int_2, int_3]"),
+        "prefix": (f"distill.teachers=[{{checkpoint: {teachers[0]}}}, {{checkpoint: {teachers[0]}}}]",),
+    })[0]
+    assert "cat_9" in errors["unknown"]
+    assert "every dense feature" in errors["all_dense"]
+    assert "table prefix" in errors["prefix"] and "t_" in errors["prefix"]
 
-    assert "cat_9" in err(f"distill.teacher_checkpoint={teachers[0]}", "distill.privileged_features=[cat_9]")
-    assert "every dense feature" in err(f"distill.teacher_checkpoint={teachers[0]}",
-                                        "distill.privileged_features=[int_0, int_1, int_2, int_3]")
-    msg = err(f"distill.teachers=[{{checkpoint: {teachers[0]}}}, {{checkpoint: {teachers[0]}}}]")
-    assert "table prefix" in msg and "t_" in msg
+
+def _try_each(rank, world_size, root, runs):
+    return {name: _try_offline_online(rank, world_size, f"{root}/{name}", *extra) for name, extra in runs.items()}
 
 
 def _try_offline_online(rank, world_size, out, *extra):

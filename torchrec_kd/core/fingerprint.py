@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from torchrec_kd.config import RunConfig
 from torchrec_kd.core.budget import budget_spec
+from torchrec_kd.core.plugins import loaded_plugins, plugin_digests
 
 # train keys that cannot change what a run computes
 _TRAIN_IGNORED = ("log_every", "checkpoint_every", "keep_checkpoints", "resume")
@@ -96,20 +97,22 @@ def step_fingerprint(cfg: RunConfig, step: str, upstream: Optional[Mapping[str, 
         of students, None for a teacher).
     """
     upstream = dict(upstream or {})
+    # the code of plugin models and terms is an input too (recorded only when plugins are loaded)
+    plugins = {"plugins": plugin_digests()} if loaded_plugins() else {}
     if step == "teacher":
         inputs = {"step": "teacher", "data": data_identity(cfg), "teacher": dataclasses.asdict(cfg.teacher),
-                  **_training(cfg, "teacher")}
+                  **_training(cfg, "teacher"), **plugins}
         return {"digest": digest(inputs), "inputs": inputs, "base": None}
     base = base_inputs(cfg)
     if step == "student":
-        inputs = {"step": "student", **base}
+        inputs = {"step": "student", **base, **plugins}
     elif step in ("distilled", "distilled_qat"):
         distill = {k: v for k, v in dataclasses.asdict(cfg.distill).items() if k not in _DISTILL_PATHS}
         distill["qat"] = cfg.distill.qat if step == "distilled_qat" else None
         if step == "distilled":
             distill.pop("qat_start")
         distill["teacher_weights"] = [t.weight for t in cfg.distill.teachers]
-        inputs = {"step": step, **base, "distill": distill, "teachers": upstream.get("teachers")}
+        inputs = {"step": step, **base, "distill": distill, "teachers": upstream.get("teachers"), **plugins}
     else:
         dtype = step.rpartition("_")[2]
         inputs = {"step": step, "source": upstream.get("source"), "dtype": dtype,

@@ -13,11 +13,13 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import sys
 import traceback
-from typing import List, Sequence
+from pathlib import Path
+from typing import Dict, List, Sequence
 
 from torchrec_kd.errors import ConfigError
 
@@ -57,6 +59,16 @@ def load_plugins(names: Sequence[str]) -> List[str]:
                               f"{type(e).__name__}: {e}") from None
         _LOADED.append(name)
     return list(_LOADED)
+
+
+def plugin_digests() -> Dict[str, str]:
+    """sha256 (16 hex digits) of each loaded plugin's source file: what a result's fingerprint records of them,
+    so an edited plugin model or loss term never reuses an artifact the old code made."""
+    out: Dict[str, str] = {}
+    for name in _LOADED:
+        path = getattr(sys.modules.get(name), "__file__", None)
+        out[name] = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path and Path(path).is_file() else "?"
+    return out
 
 
 def loaded_plugins() -> List[str]:
