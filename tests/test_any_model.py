@@ -230,3 +230,13 @@ def test_a_plugins_code_is_part_of_every_fingerprint(tmp_path, monkeypatch):
     (tmp_path / "kd_edit_me.py").write_text("X = 2\n")  # the plugin's code changed: its results are stale
     second = step_fingerprint(cfg, "distilled", {"teachers": "t"})
     assert first["digest"] != second["digest"] and set(first["inputs"]["plugins"]) == {"kd_edit_me"}
+
+
+def test_measuring_taps_leaves_the_random_stream_alone():
+    dims = probe_feature_dims({"student": lambda: _build(MLP, rows=2), "teacher": lambda: _build(DLRM, rows=2)},
+                              probe_batch(FEATS, 4))
+    torch.manual_seed(7)
+    dims.info(Tap("student", "mlp", "hint"), "x")  # builds and runs a copy
+    after = torch.rand(3)
+    torch.manual_seed(7)
+    assert torch.equal(after, torch.rand(3))  # so the projections are drawn as if nothing was measured

@@ -205,8 +205,10 @@ def probe_feature_dims(models: Dict[str, Callable[[], nn.Module]], batch: Batch,
     def probe(tap: Tap) -> TapInfo:
         if tap.role not in models:
             raise ConfigError(f"loss terms read the {tap.role}'s '{tap.path}', but this run has no {tap.role} model")
-        if tap.role not in built:
-            built[tap.role] = models[tap.role]()
-        return measure_taps(built[tap.role], ios.get(tap.role, LOGIT), batch, [tap], tap.role)[tap]
+        # the copies' random init must not move the caller's generator (the terms' projections draw from it next)
+        with torch.random.fork_rng(devices=[]):
+            if tap.role not in built:
+                built[tap.role] = models[tap.role]()
+            return measure_taps(built[tap.role], ios.get(tap.role, LOGIT), batch, [tap], tap.role)[tap]
 
     return FeatureDims(defaults=defaults or {}, probe=probe)
