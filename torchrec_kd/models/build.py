@@ -10,6 +10,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -127,8 +128,6 @@ def model_meta(cfg: ModelConfig, tables: Sequence[EmbeddingBagConfig], dense_in_
     Records the builder's name and args (``model.arch``, ``model.args``) and the plugins this
     process loaded, so a plugin model's checkpoint says which ``--plugin`` rebuilds it.
     """
-    import dataclasses
-
     meta: Dict[str, Any] = {
         "model": dataclasses.asdict(cfg),
         "dense_in_features": dense_in_features,

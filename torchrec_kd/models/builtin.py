@@ -93,9 +93,11 @@ def build_deepfm(inputs: BuildInputs) -> nn.Module:
                            hidden_layer_size=inputs.args.hidden_layer_size,
                            deep_fm_dimension=inputs.args.deep_fm_dimension)
     if inputs.device.type != "cpu":  # SimpleDeepFMNN builds its dense layers on the default device
-        model.dense_arch.to_empty(device=inputs.device)
-        model.inter_arch.to_empty(device=inputs.device)
-        model.over_arch.to_empty(device=inputs.device)
+        for arch in (model.dense_arch, model.inter_arch, model.over_arch):
+            if inputs.device.type == "meta":  # shapes only: DMP materialises them
+                arch.to_empty(device=inputs.device)
+            else:  # a real device keeps the initialised weights
+                arch.to(inputs.device)
     if inputs.dense_columns is not None:
         model.dense_arch = DenseColumnsArch(model.dense_arch, inputs.dense_columns)
     return model
