@@ -6,6 +6,7 @@ Public API (imported on first use, so ``import torchrec_kd`` loads neither torch
     from torchrec_kd import register_model, ModelIO, build_model, RankerTrain   # any model, its own forward
     from torchrec_kd import use_fake_quant, quantize_model, ScoredBatch, TeacherEnsemble   # QAT, export, offline
     from torchrec_kd import ModelSelector, summarize, paired_interval   # model selection, honest comparisons
+    from torchrec_kd import load_model   # an export for inference: raw rows in, logits and probabilities out
 
 The package map is in ``docs/architecture.md``.
 """
@@ -57,6 +58,8 @@ _EXPORTS: Dict[str, str] = {
     "TapInfo": "torchrec_kd.losses",
     "load_plugins": "torchrec_kd.core.plugins",
     "quantize_model": "torchrec_kd.quant.embeddings",
+    "load_model": "torchrec_kd.serving.served_model",
+    "ServedModel": "torchrec_kd.serving.served_model",
     "paired_interval": "torchrec_kd.reporting.summary",
     "summarize": "torchrec_kd.reporting.summary",
     "ModelSelector": "torchrec_kd.training.selection",

@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="scale runs up to 10 M rows only")
     pr = _config_parser(sub.add_parser("predict", help="score data with an exported model, write CSV/Parquet"))
     pr.add_argument("--model", required=True, help="exported model directory (<output_dir>/export/<name>)")
+    pr.add_argument("--input", help="traffic to score: a file, folder or glob in the model's input format "
+                                    "(contract.json; labels optional); default: the configured --split")
+    pr.add_argument("--columns", default="", help="comma-separated input columns copied to the output (ids to join on)")
     pr.add_argument("--split", default="test", choices=["val", "test"], help="which split of the configured data")
     pr.add_argument("--out", required=True, help="output file (.csv, or .parquet with pyarrow installed)")
     ins = _config_parser(sub.add_parser(
@@ -124,7 +127,7 @@ def _dispatch(args: argparse.Namespace, cfg: RunConfig) -> None:
     elif args.command == "predict":
         from torchrec_kd.recipes.predict import run as run_predict
 
-        run_predict(cfg, args.model, args.split, args.out)
+        run_predict(cfg, args.model, args.split, args.out, args.input, [c for c in args.columns.split(",") if c])
     elif args.command == "inspect-data":
         from torchrec_kd.data.inspect import run_inspect
 

@@ -35,6 +35,8 @@ MODEL_DIR = "model"
 EXPORT_META_FILE = "quantized.json"
 EXPORT_WEIGHTS_FILE = "weights.pt"
 TORCHSCRIPT_FILE = "model.ts"
+# an export's input contract: raw columns in, features out (torchrec_kd.data.contract)
+CONTRACT_FILE = "contract.json"
 # At the top of the output directory.
 LOCK_FILE = ".lock"
 LOG_FILE = "run.log"

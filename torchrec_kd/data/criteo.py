@@ -151,6 +151,10 @@ class CriteoTsvLog:
                 so_far = "" if complete else f" in the first {rows + log.count} rows read"
                 logger.warning("%s: %s%s", self._where(split), log.summary(), so_far)
 
+    def row_blocks(self, split: str) -> Iterator[RowBlock]:
+        """One pass over ``split`` in file order, every good row (``predict`` scores them all)."""
+        yield from self._pass(split, rank=0)
+
     def rows(self, split: str) -> int:
         """Good rows in one pass of ``split`` (parses the split once, then cached)."""
         if split not in self._rows:

@@ -67,6 +67,7 @@ class Jagged:
 
     def slice(self, a: int, b: int) -> "Jagged":
         """Rows ``[a, b)``."""
+        b = min(b, len(self))  # like a list slice, past the end stops at the end
         return Jagged(self.values[self.offsets[a]:self.offsets[b]], self.offsets[a:b + 1] - self.offsets[a])
 
     def take(self, idx: np.ndarray) -> "Jagged":
@@ -115,6 +116,14 @@ class RowBlock:
             return parts[0]
         return RowBlock(np.concatenate([p.dense for p in parts]), np.concatenate([p.labels for p in parts]),
                         [Jagged.concat([p.sparse[f] for p in parts]) for f in range(len(parts[0].sparse))])
+
+    @staticmethod
+    def from_batch(batch: Batch) -> "RowBlock":
+        """The rows of a TorchRec ``Batch`` (dense, labels, one Jagged per KJT key, in key order)."""
+        kjt = batch.sparse_features
+        sparse = [Jagged.from_lengths(jt.values().numpy().astype(np.int64), jt.lengths().numpy().astype(np.int64))
+                  for jt in (kjt[k] for k in kjt.keys())]
+        return RowBlock(batch.dense_features.numpy(), batch.labels.numpy(), sparse)
 
     def to_batch(self, keys: Sequence[str]) -> Batch:
         """TorchRec ``Batch``: dense float32 [n, D], KJT (int64 values, feature-major), labels float32 [n]."""

@@ -36,6 +36,7 @@ from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_kd.config import SyntheticDataConfig
+from torchrec_kd.data.rows import RowBlock
 from torchrec_kd.errors import ConfigError
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -285,6 +286,21 @@ class SyntheticClickLog:
         while total is None or i < total:
             yield self.batch(split, i, batch_size, rank, world_size)
             i += 1
+
+    def row_blocks(self, split: str) -> Iterator[RowBlock]:
+        """Every row of the val or test split, one world block at a time (``predict`` scores them all).
+
+        Args:
+            split (str): "val" or "test" (the train stream may be endless).
+
+        Returns:
+            Iterator[RowBlock]: ``split_rows[split] // block_rows`` blocks, in order.
+        """
+        if split not in ("val", "test"):
+            raise ValueError(f"row_blocks reads 'val' or 'test', got {split!r}")
+        block = self.cfg.block_rows
+        for i in range(self.split_rows[split] // block):
+            yield RowBlock.from_batch(self.batch(split, i, block))
 
     def oracle_auc(self, split: str = "test", batch_size: int = 4096, num_batches: int = 8) -> float:
         """AUC of the oracle's own probabilities against the drawn labels: the ceiling for any model.

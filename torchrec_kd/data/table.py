@@ -101,13 +101,13 @@ def _missing(series: pd.Series) -> np.ndarray:
     return miss
 
 
-class _Columns:
+class TableColumns:
     """The schema's columns and how one chunk of them becomes a RowBlock."""
 
-    def __init__(self, cfg: TableDataConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: TableDataConfig, with_label: bool = True) -> None:
+        self.cfg, self.with_label = cfg, with_label
         self.sparse_cols: List[SparseColumnConfig] = list(cfg.sparse)
-        self.needed = [cfg.label, *cfg.dense, *(s.column for s in cfg.sparse)]
+        self.needed = [*([cfg.label] if with_label else []), *cfg.dense, *(s.column for s in cfg.sparse)]
         if cfg.time_column:
             self.needed.append(cfg.time_column)
         self.needed = list(dict.fromkeys(self.needed))
@@ -199,13 +199,21 @@ class _Columns:
     def convert(self, df: pd.DataFrame, lines: np.ndarray, file: Path,
                 pending: List[Bad]) -> Tuple[RowBlock, np.ndarray]:
         """One chunk -> (RowBlock of its good rows, their time keys or empty); bad rows are added to ``pending``."""
+        block, time, _ = self.convert_rows(df, lines, file, pending)
+        return block, time
+
+    def convert_rows(self, df: pd.DataFrame, lines: np.ndarray, file: Path,
+                     pending: List[Bad]) -> Tuple[RowBlock, np.ndarray, np.ndarray]:
+        """:meth:`convert`, also returning the boolean mask of the chunk's good rows."""
         bad = np.zeros(len(df), bool)
-        labels = self.labels(df[self.cfg.label], lines, file, bad, pending)
+        # unlabeled traffic (predict, serving): labels stay 0 and are never reported
+        labels = self.labels(df[self.cfg.label], lines, file, bad, pending) if self.with_label else \
+            np.zeros(len(df), np.float32)
         dense = self.dense(df, lines, bad, pending)
         time = self.time(df, lines, bad, pending) if self.cfg.time_column else np.zeros(0)
         good = ~bad
         df = df[good]
-        return (RowBlock(dense[good], labels[good], self.sparse(df)), time[good] if len(time) else time)
+        return (RowBlock(dense[good], labels[good], self.sparse(df)), time[good] if len(time) else time, good)
 
 
 def _nan_text(col: pd.Series) -> np.ndarray:
@@ -253,7 +261,7 @@ def sparse_column(col: pd.Series, spec: SparseColumnConfig) -> Jagged:
     return Jagged.from_lengths(rows, lengths)
 
 
-def _csv_chunks(path: Path, cfg: TableDataConfig,
+def csv_chunks(path: Path, cfg: TableDataConfig,
                 chunk_rows: int = CHUNK_ROWS) -> Iterator[Tuple[pd.DataFrame, np.ndarray, List[Bad]]]:
     """Read a CSV as text in chunks: (DataFrame of str, 1-based line numbers, the chunk's malformed lines)."""
     line_no = 0
@@ -303,7 +311,7 @@ def _csv_chunks(path: Path, cfg: TableDataConfig,
     yield pd.DataFrame(records, columns=columns, dtype=object), np.asarray(nums, np.int64), bad
 
 
-def _parquet_chunks(path: Path) -> Iterator[Tuple[pd.DataFrame, np.ndarray, List[Bad]]]:
+def parquet_chunks(path: Path) -> Iterator[Tuple[pd.DataFrame, np.ndarray, List[Bad]]]:
     """A Parquet file as one chunk; "lines" are 1-based row numbers."""
     try:
         df = pd.read_parquet(path)
@@ -333,12 +341,12 @@ class TableClickLog(InMemoryClickLog):
         self.dense_names = list(cfg.dense)
         self.sparse_names = [s.name or s.column for s in cfg.sparse]
         self.num_embeddings = [s.num_embeddings for s in cfg.sparse]
-        cols = _Columns(cfg)
+        cols = TableColumns(cfg)
         blocks: List[RowBlock] = []
         times: List[np.ndarray] = []
         for f in self.files:
             fmt = file_format(f, cfg.format)
-            chunks = _parquet_chunks(f) if fmt == "parquet" else _csv_chunks(f, cfg)
+            chunks = parquet_chunks(f) if fmt == "parquet" else csv_chunks(f, cfg)
             checked = False
             for df, lines, pending in chunks:
                 if not checked:

@@ -175,7 +175,8 @@ def export_torchscript(qmodel: nn.Module, path: Union[str, Path]) -> torch.jit.S
     """Trace with ``torchrec.fx`` and script, then save with ``torch.jit.save``.
 
     Args:
-        qmodel (nn.Module): a model returned by ``quantize_model``.
+        qmodel (nn.Module): a model returned by ``quantize_model``, or its
+            :class:`~torchrec_kd.quant.scoring_head.ScoringHead` (what the quantize step exports).
         path (str | Path): output file (``.pt``).
 
     Returns:
@@ -195,7 +196,8 @@ def load_torchscript(path: Union[str, Path]) -> torch.jit.ScriptModule:
         path (str | Path): file written by :func:`export_torchscript`.
 
     Returns:
-        torch.jit.ScriptModule: called as ``m(dense, kjt) -> [B, 1]``.
+        torch.jit.ScriptModule: called as ``m(dense, kjt)``; the quantize step's program returns
+        ``{"logit": [B], "probability": [B]}``.
     """
     return torch.jit.load(str(path), map_location="cpu")
 

@@ -1,45 +1,143 @@
-"""Recipe: score data with an exported quantized student and write CSV (or Parquet).
+"""Recipe: score traffic (or a split of the configured data) with an export; write CSV or Parquet.
 
-Each rank loads the exported model (plain tensors + JSON, no unpickling) and scores
-its own share of the rows; rank 0 gathers the shares in global row order and writes
-one file with ``row, label, logit, probability``.
+``--input`` names any file, folder or glob in the format the model was trained on (its input
+contract, ``contract.json``): labels optional, every row scored, chosen columns passed
+through to join on. Without ``--input`` the configured ``val`` / ``test`` split is scored,
+every row. Rows are read and scored in chunks (memory stays bounded); each rank scores a
+contiguous share of every chunk and rank 0 writes them in input order, so 1 process and N
+ranks write the same file.
+
+Output columns: ``row`` (0-based position among the input's rows; a skipped bad row leaves
+a gap), the passed-through columns, ``label`` when the input has one, ``logit``,
+``probability``.
 
 Example::
 
-    python -m torchrec_kd.cli predict --config configs/dlrm_teacher_synthetic.yaml \\
-        --model outputs/dlrm_teacher_synthetic/export/distilled_int4 --split test --out preds.csv
+    python -m torchrec_kd.cli predict --config configs/adult_census.yaml \\
+        --model outputs/adult_census/export/distilled_int4 --input new_traffic.csv --columns id --out scores.csv
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
-from typing import List
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import pandas as pd
-import torch
 import torch.distributed as dist
 
 from torchrec_kd.config import RunConfig
+from torchrec_kd.core.console import progress_bar
 from torchrec_kd.core.layout import EXPORT_META_FILE
 from torchrec_kd.data import build_data
-from torchrec_kd.distributed.env import init_distributed
-from torchrec_kd.errors import ConfigError
-from torchrec_kd.models.build import build_model_from_meta, io_from_meta
+from torchrec_kd.data.bad_rows import BadRowLog
+from torchrec_kd.data.contract import CHUNK_ROWS
+from torchrec_kd.data.rows import RowBlock
+from torchrec_kd.distributed.env import DistEnv, init_distributed
+from torchrec_kd.errors import ConfigError, DataError
 from torchrec_kd.models.dlrm import check_fits_data
-from torchrec_kd.quant.export import load_quantized, read_quantized_meta
+from torchrec_kd.serving.served_model import ServedModel, load_model
 
 logger = logging.getLogger(__name__)
 
+# (rows of a chunk, its extra columns: row, pass-through, label)
+Chunk = Tuple[RowBlock, pd.DataFrame]
 
-def run(cfg: RunConfig, model_dir: str, split: str, out: str) -> Path:
-    """Score ``split`` of the configured data with the model exported under ``model_dir``.
+
+def _file_chunks(served: ServedModel, path: str, columns: Sequence[str], bad_rows: BadRowLog,
+                 chunk_rows: int) -> Iterator[Chunk]:
+    """The input's rows converted by the export's contract, with their row numbers and pass-through columns."""
+    seen = 0
+    for frame, lines, unreadable, file in served.rows.read(path, chunk_rows):
+        for line, reason, text in unreadable:
+            bad_rows.add(str(file), line, reason, text)
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise DataError(f"--columns: {missing} not in {file}; its columns are {list(frame.columns)}")
+        converted = served.rows.convert(frame, lines, str(file))
+        for line, reason, text in converted.bad:
+            bad_rows.add(str(file), line, reason, text)
+        extra = pd.DataFrame({"row": np.arange(seen, seen + len(frame))[converted.good]})
+        for c in columns:
+            extra[c] = frame[c].to_numpy()[converted.good]
+        if converted.labeled:
+            extra["label"] = converted.rows.labels.astype(int)
+        seen += len(frame) + len(unreadable)
+        yield converted.rows, extra
+
+
+def _split_chunks(cfg: RunConfig, served: ServedModel, split: str, where: str) -> Iterator[Chunk]:
+    """Every row of the configured ``split``, in stored order."""
+    data = build_data(cfg.data, cfg.seed)
+    check_fits_data(served.sidecar["meta"], data.dense_names, data.sparse_names, data.num_embeddings, where)
+    seen = 0
+    for block in data.row_blocks(split):
+        yield block, pd.DataFrame({"row": np.arange(seen, seen + len(block)), "label": block.labels.astype(int)})
+        seen += len(block)
+
+
+def _score_share(served: ServedModel, chunk: Chunk, env: DistEnv, batch_size: int) -> Optional[pd.DataFrame]:
+    """This rank scores its contiguous share of the chunk; rank 0 gets the whole chunk back, in order."""
+    block, extra = chunk
+    n = len(block)
+    a, b = env.rank * n // env.world_size, (env.rank + 1) * n // env.world_size
+    logit, prob = served.score_block(block.slice(a, b), batch_size)
+    mine = (logit.numpy(), prob.numpy())
+    if env.world_size > 1:
+        shares: List[Any] = [None] * env.world_size
+        dist.all_gather_object(shares, mine)
+    else:
+        shares = [mine]
+    if not env.is_main:
+        return None
+    out = extra.reset_index(drop=True).copy()
+    out["logit"] = np.concatenate([s[0] for s in shares]) if n else np.zeros(0, np.float32)
+    out["probability"] = np.concatenate([s[1] for s in shares]) if n else np.zeros(0, np.float32)
+    return out
+
+
+class _Writer:
+    """Appends chunks to ``<out>.tmp`` and moves it to ``out`` when all rows are in (nothing half-written)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.tmp = out, out.with_name(out.name + ".tmp")
+        self.parquet = out.suffix == ".parquet"
+        self.rows, self.started, self._pq = 0, False, None
+        out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.parquet:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            self._pq = self._pq or pq.ParquetWriter(str(self.tmp), table.schema)
+            self._pq.write_table(table)
+        else:
+            frame.to_csv(self.tmp, mode="a" if self.started else "w", header=not self.started, index=False)
+        self.rows += len(frame)
+        self.started = True
+
+    def close(self) -> None:
+        if self._pq is not None:
+            self._pq.close()
+        os.replace(self.tmp, self.out)
+
+
+def run(cfg: RunConfig, model_dir: str, split: str, out: str, input_path: Optional[str] = None,
+        columns: Sequence[str] = (), chunk_rows: int = CHUNK_ROWS) -> Path:
+    """Score traffic (``input_path``) or the configured ``split`` with the export in ``model_dir``.
 
     Args:
-        cfg (RunConfig): data section and batch size.
+        cfg (RunConfig): distributed settings, batch size, ``data.on_bad_row`` (and the data, for a split).
         model_dir (str): a directory written by the quantize step (``export/<name>``).
-        split (str): "train", "val" or "test" (train needs ``--max-batches``-style limits; use val/test).
+        split (str): "val" or "test" when no ``input_path`` is given.
         out (str): output file; ``.parquet`` writes Parquet (needs pyarrow), anything else CSV.
+        input_path (Optional[str]): file, folder or glob of traffic in the model's input format.
+        columns (Sequence[str]): input columns copied to the output (ids to join on); needs ``input_path``.
+        chunk_rows (int): rows read and scored at a time.
 
     Returns:
         Path: the file written (on rank 0).
@@ -52,31 +150,25 @@ def run(cfg: RunConfig, model_dir: str, split: str, out: str) -> Path:
             import pyarrow  # noqa: F401  (only checks it is installed)
         except ImportError:
             raise ConfigError(f"--out {out}: writing Parquet needs pyarrow (pip install pyarrow), or use a .csv name") from None
+    if columns and not input_path:
+        raise ConfigError("--columns passes input columns through; it needs --input (a split has no raw columns)")
     env = init_distributed(cfg.distributed)
-    data = build_data(cfg.data, cfg.seed)
-    if data.num_batches(split, cfg.data.batch_size) is None:
-        raise ConfigError(f"--split {split}: the stream is endless; score 'val' or 'test'")
-    meta = read_quantized_meta(model_dir)["meta"]
-    check_fits_data(meta, data.dense_names, data.sparse_names, data.num_embeddings, f"--model {model_dir}")
-    model, io = load_quantized(model_dir, build_model_from_meta).eval(), io_from_meta(meta)
-    logits: List[torch.Tensor] = []
-    labels: List[torch.Tensor] = []
-    with torch.no_grad():
-        for batch in data.batches(split, cfg.data.batch_size, env.rank, env.world_size):
-            logits.append(io.logits(model, batch))
-            labels.append(batch.labels)
-    local = torch.stack([torch.cat(logits), torch.cat(labels)])  # [2, rows_of_this_rank]
-    shares = [torch.empty_like(local) for _ in range(env.world_size)] if env.is_main else None
-    dist.gather(local, shares, dst=0)
+    served = load_model(model_dir)
+    bad_rows = BadRowLog(cfg.data.on_bad_row, verbose=env.is_main)
+    chunks = (_file_chunks(served, input_path, columns, bad_rows, chunk_rows) if input_path
+              else _split_chunks(cfg, served, split, f"--model {model_dir}"))
     path = Path(out)
-    if env.is_main:
-        # rank r holds the r-th slice of every global batch: interleave back to row order
-        per_batch = cfg.data.batch_size // env.world_size
-        n_batches = local.shape[1] // per_batch
-        merged = torch.cat([s.view(2, n_batches, per_batch) for s in shares], dim=2).reshape(2, -1)
-        frame = pd.DataFrame({"row": range(merged.shape[1]), "label": merged[1].numpy().astype(int),
-                              "logit": merged[0].numpy(), "probability": torch.sigmoid(merged[0]).numpy()})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_parquet(path, index=False) if path.suffix == ".parquet" else frame.to_csv(path, index=False)
-        logger.info("wrote %d scored rows to %s", len(frame), path)
+    writer = _Writer(path) if env.is_main else None
+    bar = progress_bar(None, "predict", enabled=env.is_main, unit=" rows")
+    for chunk in chunks:
+        scored = _score_share(served, chunk, env, cfg.data.batch_size)
+        if writer is not None and scored is not None:
+            writer.write(scored)
+            bar.update(len(scored))
+    bar.close()
+    if writer is not None:
+        writer.close()
+        if bad_rows.count:
+            logger.warning("%s: %s", input_path, bad_rows.summary())
+        logger.info("wrote %d scored rows to %s", writer.rows, path)
     return path

@@ -4,8 +4,9 @@ Every rank rebuilds the (small) student unsharded on CPU from the DCP checkpoint
 quantizes it, and scores its own share of the test split, so metrics come out of the
 same collective ``RecMetricModule`` path as training. Rank 0 writes
 ``metrics.json`` entries ``<source>_<dtype>`` and the exports under ``export/``:
-``weights.pt`` + ``quantized.json`` (plain tensors, loads with ``weights_only=True``)
-and a TorchScript program ``model.ts``.
+``weights.pt`` + ``quantized.json`` (plain tensors, loads with ``weights_only=True``),
+``contract.json`` (the input contract: raw columns in, features out) and a TorchScript
+program ``model.ts`` returning logits and probabilities.
 
 Example::
 
@@ -14,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any, Dict, Optional, Sequence
@@ -21,14 +23,16 @@ from typing import Any, Dict, Optional, Sequence
 from torchrec_kd.config import RunConfig
 from torchrec_kd.core.console import FILE_ONLY
 from torchrec_kd.core.fingerprint import read_recorded, step_fingerprint
-from torchrec_kd.core.layout import TORCHSCRIPT_FILE, RunLayout
+from torchrec_kd.core.layout import CONTRACT_FILE, TORCHSCRIPT_FILE, RunLayout
 from torchrec_kd.data import build_data
+from torchrec_kd.data.contract import input_contract
 from torchrec_kd.distributed.env import init_distributed
 from torchrec_kd.errors import ConfigError
 from torchrec_kd.models.build import io_from_meta
 from torchrec_kd.models.saved import load_float_model
 from torchrec_kd.quant.embeddings import embedding_storage_bytes, quantize_model
 from torchrec_kd.quant.export import export_torchscript, save_quantized, seal_export
+from torchrec_kd.quant.scoring_head import ScoringHead
 from torchrec_kd.reporting.metrics_file import metrics_table, read_entry, update_metrics
 from torchrec_kd.training.evaluate import evaluate
 
@@ -56,6 +60,7 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
     n = data.num_batches("test", cfg.data.batch_size) or 0
     params = sum(p.numel() for p in float_model.parameters())
     io = io_from_meta(meta)
+    contract = input_contract(cfg.data, data.dense_names, data.sparse_names, data.num_embeddings)
     results: Dict[str, Dict[str, Any]] = {}
     for dtype in (dtypes or cfg.quantize.dtypes):
         try:
@@ -79,8 +84,11 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
             entry["best_step"] = base.get("best_step")  # quantized from the source's kept checkpoint
             target = layout.export(name)
             save_quantized(qm, target, {**meta, "export_fingerprint": fp})
-            export_torchscript(qm, target / TORCHSCRIPT_FILE)
-            seal_export(target)  # sizes and hashes of weights.pt and model.ts, checked on every load
+            (target / CONTRACT_FILE).write_text(json.dumps(contract, indent=2))
+            # the program returns {"logit", "probability"} with no autograd (ScoringHead); a model with
+            # its own call adapter is exported as it is (load_model scores it through the adapter)
+            export_torchscript(ScoringHead(qm, io.output) if io.call is None else qm, target / TORCHSCRIPT_FILE)
+            seal_export(target)  # sizes and hashes of weights.pt, contract.json and model.ts, checked on every load
             entry["export"] = str(target)
             table = metrics_table(update_metrics(out, name, entry))
             logger.info("%s: test auc %.4f, %s embedding bytes; exported to %s", name, entry["auc"],

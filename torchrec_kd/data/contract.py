@@ -1,0 +1,259 @@
+"""A model's input contract: which raw columns it reads and how they become features, as data.
+
+Training reads data through a source's reader (``data.table`` schema, Criteo TSV rules,
+...). A served model must see the very same ids and dense values, so the export carries the
+rules as a JSON-able *contract* and this module applies them to raw rows — the code the
+readers themselves run, never a re-implementation:
+
+* ``table``: the ``data.table`` schema (columns, label values, ``dense_fill``,
+  ``dense_transform``, per-column table size, separator, ``hashing``), applied by the table
+  reader's own column conversion;
+* ``criteo_tsv``: Criteo's layout (``label``, ``I1..I13``, ``C1..C26``; a label-less file
+  has 39 fields), parsed by the TSV reader's ``parse_block`` (dense ``log(1 + max(x, 0))``,
+  hex categories modulo the table size). ``criteo_npy`` runs were preprocessed from the
+  same TSV by the same rules, so their contract is this one too;
+* ``features``: one column per model feature (the synthetic world, MovieLens' derived
+  features): dense numbers as they are (missing -> 0), integer ids modulo the table size
+  (text hashed, ``|``-separated bags).
+
+A label is optional: traffic has none; rows whose label is there are scored with it.
+
+Example::
+
+    contract = input_contract(cfg.data, data)          # written as contract.json by quantize
+    rows = RawRows(contract)
+    block, good, bad = rows.convert(frame)             # RowBlock of the good rows, their mask
+    batch = block.to_batch(rows.sparse_names)
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from torchrec_kd.config import DataConfig, SparseColumnConfig, TableDataConfig
+from torchrec_kd.data.criteo_parse import NUM_DENSE, NUM_FIELDS, NUM_SPARSE, parse_block
+from torchrec_kd.data.rows import Jagged, RowBlock
+from torchrec_kd.data.table import TableColumns, csv_chunks, file_format, parquet_chunks, sparse_column, table_files
+from torchrec_kd.errors import DataError
+
+CONTRACT_FORMAT = "torchrec_kd.contract/1"
+CRITEO_DENSE = [f"I{i}" for i in range(1, NUM_DENSE + 1)]
+CRITEO_SPARSE = [f"C{i}" for i in range(1, NUM_SPARSE + 1)]
+CRITEO_LABEL = "label"
+FEATURE_SEPARATOR = "|"
+CHUNK_ROWS = 65_536
+Bad = Tuple[int, str, str]  # (line, reason, start of the row)
+
+
+def input_contract(cfg: DataConfig, dense_names: Sequence[str], sparse_names: Sequence[str],
+                   num_embeddings: Sequence[int]) -> Dict[str, Any]:
+    """The contract of a run's data: raw columns in, the model's features out.
+
+    Args:
+        cfg (DataConfig): the run's ``data`` section.
+        dense_names (Sequence[str]): the model's dense features, in order.
+        sparse_names (Sequence[str]): the model's sparse features (KJT keys), in order.
+        num_embeddings (Sequence[int]): rows of each sparse feature's table.
+
+    Returns:
+        Dict[str, Any]: JSON-able; ``format`` says which rules apply, ``features`` the model's inputs.
+    """
+    contract: Dict[str, Any] = {"contract": CONTRACT_FORMAT,
+                                "features": {"dense": list(dense_names), "sparse": list(sparse_names),
+                                             "num_embeddings": [int(n) for n in num_embeddings]}}
+    if cfg.source == "table":
+        schema = asdict(cfg.table)
+        # where the training rows came from and how they were split is not part of the contract
+        for key in ("path", "split", "time_column", "val_fraction", "test_fraction", "split_seed", "shuffle"):
+            schema.pop(key)
+        contract.update(format="table", label=cfg.table.label, table=schema)
+    elif cfg.source in ("criteo_tsv", "criteo_npy"):
+        contract.update(format="criteo_tsv", label=CRITEO_LABEL, columns=[CRITEO_LABEL, *CRITEO_DENSE, *CRITEO_SPARSE],
+                        dense_transform="log(1 + max(x, 0)); empty, NaN, inf -> 0",
+                        sparse_rule="hex (1-16 digits) modulo num_embeddings; empty -> empty bag")
+    else:
+        contract.update(format="features", label="label", separator=FEATURE_SEPARATOR,
+                        sparse_rule="integers modulo num_embeddings, other values hashed; empty -> empty bag")
+    return contract
+
+
+@dataclass
+class Converted:
+    """Raw rows turned into model inputs.
+
+    Attributes:
+        rows (RowBlock): the good rows (labels 0 where the input has none).
+        good (np.ndarray): bool mask over the input rows: which made ``rows``.
+        bad (List[Bad]): ``(line, reason, text)`` of the others.
+        labeled (bool): whether the input carried the label column.
+    """
+
+    rows: RowBlock
+    good: np.ndarray
+    bad: List[Bad]
+    labeled: bool
+
+
+class RawRows:
+    """Applies a contract to raw rows (a DataFrame) or reads and converts files in chunks.
+
+    Args:
+        contract (Dict[str, Any]): from :func:`input_contract` (an export's ``contract.json``).
+    """
+
+    def __init__(self, contract: Dict[str, Any]) -> None:
+        if contract.get("contract") != CONTRACT_FORMAT:
+            raise DataError(f"input contract {contract.get('contract')!r} is not {CONTRACT_FORMAT!r}; re-run quantize")
+        self.contract = contract
+        self.format: str = contract["format"]
+        features = contract["features"]
+        self.dense_names: List[str] = list(features["dense"])
+        self.sparse_names: List[str] = list(features["sparse"])
+        self.num_embeddings: List[int] = list(features["num_embeddings"])
+        self.label: str = contract["label"]
+        self.table: Optional[TableDataConfig] = None
+        if self.format == "table":
+            schema = dict(contract["table"])
+            schema["sparse"] = [SparseColumnConfig(**s) for s in schema["sparse"]]
+            self.table = TableDataConfig(**schema)
+
+    @property
+    def columns(self) -> List[str]:
+        """The raw columns the model reads (the label not included)."""
+        if self.format == "table":
+            assert self.table is not None
+            return [*self.table.dense, *(s.column for s in self.table.sparse)]
+        if self.format == "criteo_tsv":
+            return [*CRITEO_DENSE, *CRITEO_SPARSE]
+        return [*self.dense_names, *self.sparse_names]
+
+    def convert(self, frame: pd.DataFrame, lines: Optional[np.ndarray] = None, where: str = "rows") -> Converted:
+        """Raw rows -> the model's inputs, by the rules training used.
+
+        Args:
+            frame (pd.DataFrame): one row per request; the contract's columns (any order, extra
+                columns ignored; the label column optional).
+            lines (Optional[np.ndarray]): 1-based line numbers for messages (default 1..n).
+            where (str): the file or source, for messages.
+
+        Returns:
+            Converted: the good rows, their mask, the bad ones with reasons.
+
+        Raises:
+            DataError: a column the model reads is missing (named, with the columns found).
+        """
+        lines = np.arange(1, len(frame) + 1) if lines is None else np.asarray(lines)
+        missing = [c for c in self.columns if c not in frame.columns]
+        if missing:
+            raise DataError(f"{where}: column(s) {missing} the model reads are missing; found {list(frame.columns)}")
+        labeled = self.label in frame.columns
+        if self.format == "table":
+            return self._convert_table(frame, lines, where, labeled)
+        if self.format == "criteo_tsv":
+            return self._convert_criteo(frame, lines, labeled)
+        return self._convert_features(frame, lines, labeled)
+
+    def _convert_table(self, frame: pd.DataFrame, lines: np.ndarray, where: str, labeled: bool) -> Converted:
+        assert self.table is not None
+        pending: List[Bad] = []
+        block, _, good = TableColumns(self.table, with_label=labeled).convert_rows(frame, lines, Path(where), pending)
+        return Converted(block, good, sorted(pending), labeled)
+
+    def _convert_criteo(self, frame: pd.DataFrame, lines: np.ndarray, labeled: bool) -> Converted:
+        # Rebuild the TSV lines and run the reader's own parser: the same bytes give the same rows.
+        cells = frame[[*([CRITEO_LABEL] if labeled else []), *CRITEO_DENSE, *CRITEO_SPARSE]]
+        cells = cells.astype(object).where(cells.notna(), "").astype(str)
+        if not labeled:
+            cells.insert(0, CRITEO_LABEL, "0")
+        text = ("\n".join("\t".join(r) for r in cells.itertuples(index=False, name=None)) + "\n").encode("ascii", "replace")
+        parsed = parse_block(text if len(cells) else b"", 1, np.asarray(self.num_embeddings, np.int64))
+        good = np.ones(len(frame), bool)
+        good[parsed.bad_lines - 1] = False
+        bad = [(int(lines[i - 1]), reason, t) for i, reason, t in zip(parsed.bad_lines, parsed.bad_reasons, parsed.bad_text)]
+        labels = parsed.labels if labeled else np.zeros(len(parsed.labels), np.float32)
+        block = RowBlock(parsed.dense, labels, [Jagged.from_ids(parsed.ids[:, f]) for f in range(NUM_SPARSE)])
+        return Converted(block, good, bad, labeled)
+
+    def _convert_features(self, frame: pd.DataFrame, lines: np.ndarray, labeled: bool) -> Converted:
+        good = np.ones(len(frame), bool)
+        bad: List[Bad] = []
+        dense = np.zeros((len(frame), len(self.dense_names)), np.float32)
+        for j, name in enumerate(self.dense_names):
+            num = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64)
+            text = frame[name].astype(str).str.strip().str.lower()
+            wrong = np.isnan(num) & ~text.isin(["", "nan", "none", "null", "na"]).to_numpy()
+            bad.extend((int(lines[i]), f"dense column '{name}' value is not a number", "") for i in np.flatnonzero(wrong & good))
+            good &= ~wrong
+            dense[:, j] = np.where(np.isfinite(num), num, 0.0)
+        labels = np.zeros(len(frame), np.float32)
+        if labeled:
+            lab = pd.to_numeric(frame[self.label], errors="coerce").to_numpy(dtype=np.float64)
+            wrong = ~np.isin(lab, [0.0, 1.0])
+            bad.extend((int(lines[i]), f"label '{self.label}' is not 0 or 1", "") for i in np.flatnonzero(wrong & good))
+            good &= ~wrong
+            labels = np.where(wrong, 0.0, lab).astype(np.float32)
+        sparse = []
+        for name, n in zip(self.sparse_names, self.num_embeddings):
+            spec = SparseColumnConfig(column=name, num_embeddings=n, separator=FEATURE_SEPARATOR)
+            sparse.append(sparse_column(frame[name].astype(object), spec))
+        block = RowBlock(dense, labels, sparse).take(np.flatnonzero(good))
+        return Converted(block, good, sorted(bad), labeled)
+
+    def read(self, path: str, chunk_rows: int = CHUNK_ROWS) -> Iterator[Tuple[pd.DataFrame, np.ndarray, List[Bad], Path]]:
+        """The raw rows of a file, a folder or a glob, in chunks: ``(frame, lines, unreadable lines, file)``.
+
+        Args:
+            path (str): where the traffic is (the contract's format).
+            chunk_rows (int): rows per chunk (bounds memory).
+
+        Yields:
+            Tuple: one chunk's DataFrame of raw cells, its 1-based line numbers, lines that could not
+            be read as rows (wrong field count, undecodable bytes), and the file.
+        """
+        # the training schema's CSV settings (delimiter, header, encoding), or a plain CSV / Parquet
+        reader = replace(self.table, path=path) if self.table is not None else TableDataConfig(path=path)
+        for f in table_files(reader):
+            if self.format == "criteo_tsv":
+                yield from _criteo_chunks(f, chunk_rows)
+            elif file_format(f, reader.format) == "parquet":
+                for df, lines, bad in parquet_chunks(f):
+                    for a in range(0, max(len(df), 1), chunk_rows):
+                        yield df.iloc[a:a + chunk_rows], lines[a:a + chunk_rows], bad if a == 0 else [], f
+            else:
+                for df, lines, bad in csv_chunks(f, reader, chunk_rows):
+                    yield df, lines, bad, f
+
+
+def _criteo_chunks(path: Path, chunk_rows: int) -> Iterator[Tuple[pd.DataFrame, np.ndarray, List[Bad], Path]]:
+    """A Criteo TSV file (40 fields, or 39 without the label) as frames of text cells."""
+    names: Optional[List[str]] = None
+    records: List[List[str]] = []
+    nums: List[int] = []
+    bad: List[Bad] = []
+    with open(path, "r", encoding="ascii", errors="replace", newline="") as f:
+        for line_no, rec in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
+            if not rec or rec == [""]:
+                continue
+            if names is None:
+                if len(rec) not in (NUM_FIELDS, NUM_FIELDS - 1):
+                    raise DataError(f"{path}:{line_no}: {len(rec)} fields; a Criteo TSV line has {NUM_FIELDS} "
+                                    f"(label, I1..I13, C1..C26) or {NUM_FIELDS - 1} without the label")
+                names = ([CRITEO_LABEL] if len(rec) == NUM_FIELDS else []) + CRITEO_DENSE + CRITEO_SPARSE
+            if len(rec) != len(names):
+                bad.append((line_no, f"expected {len(names)} fields, found {len(rec)}", "\t".join(rec)[:120]))
+                continue
+            records.append(rec)
+            nums.append(line_no)
+            if len(records) >= chunk_rows:
+                yield pd.DataFrame(records, columns=names, dtype=object), np.asarray(nums, np.int64), bad, path
+                records, nums, bad = [], [], []
+    if names is None:
+        raise DataError(f"{path}: no rows")
+    yield pd.DataFrame(records, columns=names, dtype=object), np.asarray(nums, np.int64), bad, path
+

@@ -1,0 +1,158 @@
+"""An export, loaded for inference: raw rows in, logits and probabilities out.
+
+``load_model(dir)`` reads what the quantize step wrote (``weights.pt``, ``quantized.json``,
+``contract.json``), rebuilds the quantized student (no unpickling), and pairs it with its
+input contract, so a caller hands over raw columns exactly as they sit in the training
+data and gets scores computed exactly as ``predict`` computes them.
+
+Example::
+
+    import torchrec_kd
+    model = torchrec_kd.load_model("outputs/run/export/distilled_int4")
+    scores = model.score(pd.DataFrame([{"age": 39, "workclass": "State-gov", ...}]))
+    scores["probability"]                              # one per row, in order
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from torchrec_kd.core.layout import CONTRACT_FILE
+from torchrec_kd.core.plugins import load_plugins
+from torchrec_kd.data.contract import Converted, RawRows
+from torchrec_kd.data.rows import RowBlock
+from torchrec_kd.errors import CheckpointError, DataError
+from torchrec_kd.models.build import build_model_from_meta, io_from_meta
+from torchrec_kd.models.io import ModelIO
+from torchrec_kd.quant.export import load_quantized, read_quantized_meta
+from torchrec_kd.quant.scoring_head import ScoringHead
+
+
+class ServedModel:
+    """A quantized student with its input contract, scoring in inference mode.
+
+    Args:
+        model (nn.Module): the quantized model.
+        io (ModelIO): how it is called and what it returns.
+        contract (Dict[str, Any]): the input contract (``contract.json``).
+        sidecar (Dict[str, Any]): the export's ``quantized.json``.
+    """
+
+    def __init__(self, model: nn.Module, io: ModelIO, contract: Dict[str, Any], sidecar: Dict[str, Any]) -> None:
+        self.model, self.io, self.contract, self.sidecar = model.eval(), io, contract, sidecar
+        # a model called as model(dense, kjt) is scored by the same head the TorchScript program holds
+        self.head: Optional[ScoringHead] = ScoringHead(model, io.output) if io.call is None else None
+        if self.head is None:
+            for p in model.parameters():
+                p.requires_grad_(False)
+        self.rows = RawRows(contract)
+
+    @property
+    def table_dtypes(self) -> Dict[str, str]:
+        """``{table: dtype}`` of the stored tables."""
+        return dict(self.sidecar["table_dtypes"])
+
+    def score_block(self, block: RowBlock, batch_size: int = 4096) -> Tuple[Tensor, Tensor]:
+        """Logits and probabilities of converted rows.
+
+        Args:
+            block (RowBlock): rows from :meth:`convert` (or a reader).
+            batch_size (int): rows per forward.
+
+        Returns:
+            Tuple[Tensor, Tensor]: ``[n]`` logits and ``[n]`` probabilities, float32.
+        """
+        logits: List[Tensor] = []
+        probs: List[Tensor] = []
+        with torch.inference_mode():
+            for a in range(0, len(block), batch_size):
+                batch = block.slice(a, a + batch_size).to_batch(self.rows.sparse_names)
+                if self.head is not None:
+                    out = self.head(batch.dense_features, batch.sparse_features)
+                    logit, prob = out["logit"], out["probability"]
+                else:
+                    logit = self.io.logits(self.model, batch).float()
+                    prob = torch.sigmoid(logit)
+                logits.append(logit)
+                probs.append(prob)
+        if not logits:
+            return torch.zeros(0), torch.zeros(0)
+        return torch.cat(logits), torch.cat(probs)
+
+    def convert(self, frame: pd.DataFrame, where: str = "rows") -> Converted:
+        """Raw rows -> model inputs by the contract (the rules training used)."""
+        return self.rows.convert(frame, where=where)
+
+    def score(self, frame: Union[pd.DataFrame, List[Dict[str, Any]]], batch_size: int = 4096) -> pd.DataFrame:
+        """Score raw rows.
+
+        Args:
+            frame (pd.DataFrame | list of dicts): one row per request, the contract's raw columns.
+            batch_size (int): rows per forward.
+
+        Returns:
+            pd.DataFrame: ``logit`` and ``probability``, one row per input row, in order.
+
+        Raises:
+            DataError: a row the training rules reject (named with its reason) or a missing column.
+        """
+        frame = pd.DataFrame(frame) if not isinstance(frame, pd.DataFrame) else frame
+        converted = self.convert(frame)
+        if converted.bad:
+            line, reason, _ = converted.bad[0]
+            raise DataError(f"row {line - 1}: {reason} ({len(converted.bad)} bad row(s))")
+        logit, prob = self.score_block(converted.rows, batch_size)
+        return pd.DataFrame({"logit": logit.numpy(), "probability": prob.numpy()}, index=frame.index)
+
+
+def read_contract(path: Union[str, Path]) -> Dict[str, Any]:
+    """The input contract stored with an export.
+
+    Args:
+        path (str | Path): an export directory.
+
+    Returns:
+        Dict[str, Any]: the contract.
+
+    Raises:
+        CheckpointError: the export has no contract (made before contracts existed): re-run quantize.
+    """
+    f = Path(path) / CONTRACT_FILE
+    if not f.is_file():
+        raise CheckpointError(f"{f} not found: this export carries no input contract; re-run quantize to export it again")
+    return json.loads(f.read_text())
+
+
+def load_model(path: Union[str, Path]) -> ServedModel:
+    """Load an export for inference: the quantized student and its input contract.
+
+    Args:
+        path (str | Path): a directory the quantize step wrote (``<output_dir>/export/<name>``).
+
+    Returns:
+        ServedModel: ``.score(frame)`` scores raw rows; ``.model`` is the quantized module.
+
+    Raises:
+        CheckpointError: the export is missing, damaged or altered (named, with what to do).
+    """
+    sidecar = read_quantized_meta(path)
+    meta = sidecar["meta"]
+    load_plugins(meta.get("plugins") or [])  # a plugin model is rebuilt by the plugin it was trained with
+    model = load_quantized(path, build_model_from_meta)
+    return ServedModel(model, io_from_meta(meta), read_contract(path), sidecar)
+
+
+def scores_frame(logit: Tensor, prob: Tensor, labels: Optional[np.ndarray] = None) -> pd.DataFrame:
+    """``logit``, ``probability`` (and ``label``) columns as ``predict`` writes them."""
+    cols: Dict[str, Any] = {}
+    if labels is not None:
+        cols["label"] = labels.astype(int)
+    cols.update(logit=logit.numpy(), probability=prob.numpy())
+    return pd.DataFrame(cols)
