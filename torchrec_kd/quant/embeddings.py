@@ -22,6 +22,7 @@ import copy
 import math
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from fbgemm_gpu.split_embedding_configs import SparseType
 from fbgemm_gpu.split_table_batched_embeddings_ops_inference import IntNBitTableBatchedEmbeddingBagsCodegen
@@ -33,6 +34,8 @@ from torchrec.quant.embedding_modules import (
     quant_prep_customize_row_alignment,
     quant_prep_enable_register_tbes,
 )
+
+from torchrec_kd.quant.pruning import TablePruning, reorder_for_pruning, set_remappings
 
 # Our dtype names -> the torch dtypes TorchRec's QuantConfig understands
 # (see torchrec.modules.embedding_configs.dtype_to_data_type).
@@ -82,7 +85,8 @@ def float_tables(model: nn.Module) -> Dict[str, str]:
 
 
 def quantize_model(model: nn.Module, dtype: str, per_table: Optional[Dict[str, str]] = None,
-                   row_alignment: int = 1, inplace: bool = False) -> nn.Module:
+                   row_alignment: int = 1, inplace: bool = False, pruning: Optional[Dict[str, TablePruning]] = None,
+                   counts: Optional[Dict[str, np.ndarray]] = None) -> nn.Module:
     """Quantize a float model's embedding tables, wherever they sit; dense layers stay fp32.
 
     Args:
@@ -93,6 +97,9 @@ def quantize_model(model: nn.Module, dtype: str, per_table: Optional[Dict[str, s
         row_alignment (int): TBE row alignment in bytes; 1 stores rows at the format's
             floor (TorchRec's default is 16).
         inplace (bool): quantize ``model`` itself instead of a deep copy.
+        pruning (Optional[Dict[str, TablePruning]]): rows kept per table (:mod:`torchrec_kd.quant.pruning`);
+            other ids of those tables score as the table's fallback row.
+        counts (Optional[Dict[str, np.ndarray]]): lookups per row, weighting each fallback row's mean.
 
     Returns:
         nn.Module: the model with quantized collections, called as the float model was.
@@ -111,20 +118,26 @@ def quantize_model(model: nn.Module, dtype: str, per_table: Optional[Dict[str, s
         if name not in names:
             raise ValueError(f"quantize_model per_table: no table named {name!r}; tables are {sorted(names)}")
 
-    qmodel = model if inplace else copy.deepcopy(model)
+    if pruning:  # a reordered copy: kept rows first, then the fallback row, sizes set for TorchRec
+        qmodel = reorder_for_pruning(model, pruning, counts)
+    else:
+        qmodel = model if inplace else copy.deepcopy(model)
     # Both flags are read by QuantEmbeddingBagCollection.from_float: row alignment 1
     # drops the 16-byte row padding, and registering the TBEs as submodules makes
     # them visible to model.modules() (TorchRec's get_table_to_weights_from_tbe /
     # assign_weights_to_tbe, used when sharding a quantized model, rely on that).
     quant_prep_customize_row_alignment(qmodel, [EmbeddingBagCollection], row_alignment)
     quant_prep_enable_register_tbes(qmodel, [EmbeddingBagCollection])
-    return quantize_embeddings(
+    qmodel = quantize_embeddings(
         qmodel,
         dtype=QUANT_DTYPES[dtype],
         inplace=True,
         output_dtype=torch.float,
         per_table_weight_dtype={name: QUANT_DTYPES[d] for name, d in per_table.items()},
     )
+    if pruning:
+        set_remappings(qmodel, pruning)
+    return qmodel
 
 
 def quantized_ebcs(qmodel: nn.Module) -> List[QuantEmbeddingBagCollection]:
@@ -171,7 +184,7 @@ def row_alignment(qmodel: nn.Module) -> int:
 
 
 def embedding_storage_bytes_per_table(qmodel: nn.Module) -> Dict[str, int]:
-    """Bytes each table occupies in fbgemm's TBE storage (rows x padded row bytes).
+    """Bytes each table occupies in fbgemm's TBE storage (rows x padded row bytes, plus a pruned table's remapping).
 
     The TBE buffer itself also aligns each table's start to 128 bytes; that slack
     (< 128 bytes per table) is not a property of the table and is not counted.
@@ -187,6 +200,10 @@ def embedding_storage_bytes_per_table(qmodel: nn.Module) -> Dict[str, int]:
         # Mode 0 returns each table's rows as stored: scale/bias and padding included.
         for spec, (rows, _, _) in zip(tbe.embedding_specs, tbe.split_embedding_weights_with_scale_bias(split_scale_bias_mode=0)):
             out[spec[0]] = rows.numel() * rows.element_size()
+        remap, offsets = tbe.index_remappings_array, tbe.index_remappings_array_offsets
+        if remap.numel():  # pruned tables: the int32 id -> row remapping is stored too
+            for t, spec in enumerate(tbe.embedding_specs):
+                out[spec[0]] += int(offsets[t + 1] - offsets[t]) * remap.element_size()
     return out
 
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Dict, Tuple, Type, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
 
 import fbgemm_gpu  # noqa: F401  (registers the fbgemm ops TorchScript / pt2 graphs call)
+import numpy as np
 import torch
 import torchrec  # noqa: F401  (registers TorchRec's fx-wrapped ops)
 import torchrec.fx
@@ -34,6 +35,7 @@ from torchrec_kd.core.layout import EXPORT_META_FILE as META_FILE
 from torchrec_kd.core.layout import EXPORT_WEIGHTS_FILE as WEIGHTS_FILE
 from torchrec_kd.errors import CheckpointError
 from torchrec_kd.quant.embeddings import float_tables, quantize_model, row_alignment, table_dtypes
+from torchrec_kd.quant.pruning import TablePruning
 
 FORMAT = "torchrec_kd.quantized/1"
 
@@ -64,7 +66,8 @@ def _from_plain(tensor: Tensor, record: Dict[str, Any]) -> Tensor:
     return _SUBCLASSES[subclass](tensor)
 
 
-def save_quantized(qmodel: nn.Module, path: Union[str, Path], meta: Dict[str, Any]) -> Path:
+def save_quantized(qmodel: nn.Module, path: Union[str, Path], meta: Dict[str, Any],
+                   pruning: Optional[Dict[str, TablePruning]] = None) -> Path:
     """Save a quantized model as plain tensors plus a JSON description.
 
     Args:
@@ -72,6 +75,8 @@ def save_quantized(qmodel: nn.Module, path: Union[str, Path], meta: Dict[str, An
         path (str | Path): directory to write (created if missing).
         meta (Dict[str, Any]): JSON-serialisable description the ``build_float``
             callable of :func:`load_quantized` needs (model config, tables, features).
+        pruning (Optional[Dict[str, TablePruning]]): the pruning ``qmodel`` was quantized with (recorded,
+            so reloading rebuilds the same storage; the remappings are saved with the weights).
 
     Returns:
         Path: the directory written.
@@ -87,6 +92,7 @@ def save_quantized(qmodel: nn.Module, path: Union[str, Path], meta: Dict[str, An
         "meta": meta,
         "table_dtypes": table_dtypes(qmodel),
         "row_alignment": row_alignment(qmodel),
+        "pruning": {t: p.to_json() for t, p in (pruning or {}).items()},
         "tensors": records,
     }
     # Write the JSON first: json.dumps fails on non-serialisable meta before any weights land.
@@ -157,8 +163,11 @@ def load_quantized(path: Union[str, Path], build_float: Callable[[Dict[str, Any]
         raise ValueError(f"{path}: build_float made tables {sorted(built)} but the saved model has {sorted(dtypes)}")
     # Quantizing with the recorded per-table dtypes gives the saved module structure;
     # every table is named, so the default dtype is never used.
+    # pruned tables: the same stored sizes (the kept ids and remappings come from weights.pt)
+    pruning = {t: TablePruning(np.arange(p["kept"], dtype=np.int64), p["num_embeddings"])
+               for t, p in sidecar.get("pruning", {}).items()}
     qmodel = quantize_model(float_model, next(iter(dtypes.values())), per_table=dtypes,
-                           row_alignment=sidecar["row_alignment"], inplace=True)
+                           row_alignment=sidecar["row_alignment"], inplace=True, pruning=pruning)
     try:
         saved = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     except Exception as e:  # torch's message would advise weights_only=False: never do that here
