@@ -17,12 +17,14 @@ from torchrec_kd.config.data_sources import (
 from torchrec_kd.config.load import RANGES, build_section, config_source, config_to_dict, load_config
 from torchrec_kd.config.schema import (
     DLRM_FAMILY,
+    BudgetConfig,
     DistillConfig,
     DistributedConfig,
     EarlyStoppingConfig,
     ExperimentConfig,
     LossTermConfig,
     ModelConfig,
+    PruneConfig,
     QuantizeConfig,
     RunConfig,
     ScheduleConfig,
@@ -35,6 +37,7 @@ from torchrec_kd.errors import ConfigError
 __all__ = [
     "DLRM_FAMILY", "RANGES", "ConfigError", "CriteoDataConfig", "DataConfig", "DistillConfig", "DistributedConfig",
     "EarlyStoppingConfig", "ExperimentConfig", "LossTermConfig", "ModelConfig", "MovieLensDataConfig",
-    "QuantizeConfig", "RunConfig", "ScheduleConfig", "ShardingConfig", "SparseColumnConfig", "SyntheticDataConfig",
+    "BudgetConfig", "PruneConfig", "QuantizeConfig", "RunConfig", "ScheduleConfig", "ShardingConfig", "SparseColumnConfig",
+    "SyntheticDataConfig",
     "TableDataConfig", "TeacherEntryConfig", "TrainConfig", "build_section", "config_source", "config_to_dict", "load_config",
 ]

@@ -189,6 +189,48 @@ class DistillConfig:
 
 
 @dataclass
+class PruneConfig:
+    """Row pruning of the student's tables from how often the student's train rows look each row up."""
+
+    # Keep at most this share of each table's rows (the most frequent); null: no cap.
+    keep_fraction: Optional[float] = None
+    # Drop rows looked up fewer times than this in the counted rows.
+    min_count: int = 1
+    # Only these tables (empty: every table).
+    tables: List[str] = field(default_factory=list)
+    # Rows of the student's train split counted (its first ones; an in-memory split is read whole).
+    count_rows: int = 1_048_576
+
+    def __post_init__(self) -> None:
+        if self.keep_fraction is not None and not 0.0 < self.keep_fraction <= 1.0:
+            raise ConfigError(f"quantize.prune.keep_fraction must be in (0, 1] or null, got {self.keep_fraction}")
+        if self.min_count < 0 or self.count_rows < 1:
+            raise ConfigError("quantize.prune.min_count must be >= 0 and quantize.prune.count_rows >= 1")
+
+
+@dataclass
+class BudgetConfig:
+    """Per-table precision and pruning chosen from measured validation sensitivity, under a budget."""
+
+    # Stored embedding bytes the plan may use (remappings included); or
+    bytes: Optional[int] = None
+    # the validation AUC the plan may lose against the int8 student (e.g. 0.002).
+    max_auc_loss: Optional[float] = None
+    # What each table may become: every dtype x keep fraction (1.0: not pruned).
+    dtypes: List[Literal["fp16", "int8", "int4", "int2"]] = field(default_factory=lambda: ["int8", "int4", "int2"])
+    keep_fractions: List[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
+    # Replay a stored plan (an export's plan.json) instead of measuring one.
+    replay: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.replay is None and (self.bytes is None) == (self.max_auc_loss is None):
+            raise ConfigError("quantize.budget: set exactly one of bytes or max_auc_loss (or replay: <plan.json>)")
+        if any(not 0.0 < f <= 1.0 for f in self.keep_fractions) or not self.keep_fractions or not self.dtypes:
+            raise ConfigError(f"quantize.budget: keep_fractions must be in (0, 1] and dtypes non-empty, "
+                              f"got {self.keep_fractions} / {self.dtypes}")
+
+
+@dataclass
 class QuantizeConfig:
     """Post-training quantization of the student's embedding tables."""
 
@@ -196,6 +238,10 @@ class QuantizeConfig:
     dtypes: List[Literal["int8", "int4", "int2", "fp16"]] = field(default_factory=lambda: ["int8", "int4"])
     # Per-table override: {table_name: dtype}; tables not named use each run's dtype.
     tables: Dict[str, Literal["int8", "int4", "int2", "fp16"]] = field(default_factory=dict)
+    # Also export each dtype pruned (distilled_<dtype>_pruned); null: no pruning.
+    prune: Optional[PruneConfig] = None
+    # Also export a budgeted student (distilled_budgeted); null: none.
+    budget: Optional[BudgetConfig] = None
 
 
 @dataclass

@@ -114,9 +114,16 @@ def step_fingerprint(cfg: RunConfig, step: str, upstream: Optional[Mapping[str, 
         distill["teacher_weights"] = [t.weight for t in cfg.distill.teachers]
         inputs = {"step": step, **base, "distill": distill, "teachers": upstream.get("teachers"), **plugins}
     else:
-        dtype = step.rpartition("_")[2]
-        inputs = {"step": step, "source": upstream.get("source"), "dtype": dtype,
+        kind = step.rpartition("_")[2]
+        inputs = {"step": step, "source": upstream.get("source"),
+                  "dtype": step.rsplit("_", 2)[-2] if kind == "pruned" else kind,
                   "tables": {k: v for k, v in cfg.quantize.tables.items()}}
+        # pruned and budgeted students also depend on how rows were counted and the plan chosen
+        if kind == "pruned" and cfg.quantize.prune is not None:
+            inputs["prune"] = dataclasses.asdict(cfg.quantize.prune)
+        if kind == "budgeted" and cfg.quantize.budget is not None:
+            inputs["budget"] = dataclasses.asdict(cfg.quantize.budget)
+            inputs["prune"] = dataclasses.asdict(cfg.quantize.prune) if cfg.quantize.prune else None
     return {"digest": digest(inputs), "inputs": inputs, "base": digest(base)}
 
 

@@ -37,6 +37,8 @@ EXPORT_WEIGHTS_FILE = "weights.pt"
 TORCHSCRIPT_FILE = "model.ts"
 # an export's input contract: raw columns in, features out (torchrec_kd.data.contract)
 CONTRACT_FILE = "contract.json"
+# a budgeted export's per-table plan (replayable with quantize.budget.replay)
+PLAN_FILE = "plan.json"
 # At the top of the output directory.
 LOCK_FILE = ".lock"
 LOG_FILE = "run.log"

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 from torchrec.inference.modules import set_pruning_data
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEmbeddingBagCollection
 
@@ -71,10 +72,22 @@ def feature_tables(model: nn.Module) -> Dict[str, str]:
             for t in m.embedding_bag_configs() for f in t.feature_names}
 
 
+def table_configs(model: nn.Module) -> List[EmbeddingBagConfig]:
+    """The configs of every float table in ``model``, in module order."""
+    return [t for m in model.modules() if isinstance(m, EmbeddingBagCollection) for t in m.embedding_bag_configs()]
+
+
 def table_sizes(model: nn.Module) -> Dict[str, int]:
     """``{table name: num_embeddings}`` of the float tables in ``model``."""
-    return {t.name: t.num_embeddings for m in model.modules() if isinstance(m, EmbeddingBagCollection)
-            for t in m.embedding_bag_configs()}
+    return {t.name: t.num_embeddings for t in table_configs(model)}
+
+
+def pruning_table(pruning: Dict[str, TablePruning]) -> str:
+    """The pruning as a console table: rows kept of each table."""
+    lines = [f"{'table':<16} {'rows':>9} {'kept':>9} {'kept %':>7}"]
+    for t, p in pruning.items():
+        lines.append(f"{t:<16} {p.num_embeddings:>9,} {len(p.kept):>9,} {100 * len(p.kept) / p.num_embeddings:>6.1f}%")
+    return "\n".join(lines)
 
 
 def id_counts(blocks: Iterable, sparse_names: Sequence[str], model: nn.Module) -> Dict[str, np.ndarray]:

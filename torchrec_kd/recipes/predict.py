@@ -68,22 +68,39 @@ def _file_chunks(served: ServedModel, path: str, columns: Sequence[str], bad_row
         yield converted.rows, extra
 
 
-def _split_chunks(cfg: RunConfig, served: ServedModel, split: str, where: str) -> Iterator[Chunk]:
-    """Every row of the configured ``split``, in stored order."""
+def _split_chunks(cfg: RunConfig, served: ServedModel, split: str, where: str, chunk_rows: int) -> Iterator[Chunk]:
+    """Every row of the configured ``split``, in stored order, about ``chunk_rows`` at a time."""
     data = build_data(cfg.data, cfg.seed)
     check_fits_data(served.sidecar["meta"], data.dense_names, data.sparse_names, data.num_embeddings, where)
     seen = 0
+    pending: List[RowBlock] = []
+
+    def chunk() -> Chunk:
+        block = RowBlock.concat(pending)
+        pending.clear()
+        return block, pd.DataFrame({"row": np.arange(seen - len(block), seen), "label": block.labels.astype(int)})
+
     for block in data.row_blocks(split):
-        yield block, pd.DataFrame({"row": np.arange(seen, seen + len(block)), "label": block.labels.astype(int)})
+        pending.append(block)
         seen += len(block)
+        if sum(len(b) for b in pending) >= chunk_rows:
+            yield chunk()
+    if pending:
+        yield chunk()
 
 
 def _score_share(served: ServedModel, chunk: Chunk, env: DistEnv, batch_size: int) -> Optional[pd.DataFrame]:
-    """This rank scores its contiguous share of the chunk; rank 0 gets the whole chunk back, in order."""
+    """This rank scores its share of the chunk's batches; rank 0 gets the whole chunk back, in order.
+
+    The chunk is cut into batches of ``batch_size`` rows whatever the world size, and each rank
+    scores whole batches: every row is scored in the same batch by 1 process or N ranks, so the
+    files are identical to the bit.
+    """
     block, extra = chunk
     n = len(block)
-    a, b = env.rank * n // env.world_size, (env.rank + 1) * n // env.world_size
-    logit, prob = served.score_block(block.slice(a, b), batch_size)
+    batches = -(-n // batch_size)
+    first, last = env.rank * batches // env.world_size, (env.rank + 1) * batches // env.world_size
+    logit, prob = served.score_block(block.slice(first * batch_size, min(n, last * batch_size)), batch_size)
     mine = (logit.numpy(), prob.numpy())
     if env.world_size > 1:
         shares: List[Any] = [None] * env.world_size
@@ -156,16 +173,19 @@ def run(cfg: RunConfig, model_dir: str, split: str, out: str, input_path: Option
     served = load_model(model_dir)
     bad_rows = BadRowLog(cfg.data.on_bad_row, verbose=env.is_main)
     chunks = (_file_chunks(served, input_path, columns, bad_rows, chunk_rows) if input_path
-              else _split_chunks(cfg, served, split, f"--model {model_dir}"))
+              else _split_chunks(cfg, served, split, f"--model {model_dir}", chunk_rows))
     path = Path(out)
     writer = _Writer(path) if env.is_main else None
-    bar = progress_bar(None, "predict", enabled=env.is_main, unit=" rows")
+    bar = None
     for chunk in chunks:
+        # the bar starts with the first rows: errors while opening the input come before it
+        bar = bar or progress_bar(None, "predict", enabled=env.is_main, unit=" rows")
         scored = _score_share(served, chunk, env, cfg.data.batch_size)
         if writer is not None and scored is not None:
             writer.write(scored)
             bar.update(len(scored))
-    bar.close()
+    if bar is not None:
+        bar.close()
     if writer is not None:
         writer.close()
         if bad_rows.count:

@@ -18,20 +18,28 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Dict, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from torchrec_kd.config import RunConfig
+import numpy as np
+import torch.distributed as dist
+from torch import nn
+
+from torchrec_kd.config import BudgetConfig, PruneConfig, RunConfig
 from torchrec_kd.core.console import FILE_ONLY
 from torchrec_kd.core.fingerprint import read_recorded, step_fingerprint
-from torchrec_kd.core.layout import CONTRACT_FILE, TORCHSCRIPT_FILE, RunLayout
+from torchrec_kd.core.layout import CONTRACT_FILE, PLAN_FILE, TORCHSCRIPT_FILE, RunLayout
 from torchrec_kd.data import build_data
 from torchrec_kd.data.contract import input_contract
+from torchrec_kd.data.rows import RowBlock
 from torchrec_kd.distributed.env import init_distributed
 from torchrec_kd.errors import ConfigError
 from torchrec_kd.models.build import io_from_meta
 from torchrec_kd.models.saved import load_float_model
 from torchrec_kd.quant.embeddings import embedding_storage_bytes, quantize_model
 from torchrec_kd.quant.export import export_torchscript, save_quantized, seal_export
+from torchrec_kd.quant.plan import apply_plan, check_budget, choice_from_json, plan_table, plan_tables
+from torchrec_kd.quant.pruning import TablePruning, id_counts, keep_rows, prune_plan, pruning_table, table_configs
 from torchrec_kd.quant.scoring_head import ScoringHead
 from torchrec_kd.reporting.metrics_file import metrics_table, read_entry, update_metrics
 from torchrec_kd.training.evaluate import evaluate
@@ -39,8 +47,42 @@ from torchrec_kd.training.evaluate import evaluate
 logger = logging.getLogger(__name__)
 
 
+def export_names(cfg: RunConfig, source: str, dtypes: Optional[Sequence[str]] = None) -> List[str]:
+    """The exports (and metrics entries) :func:`run` writes for ``source``."""
+    dtypes = list(dtypes or cfg.quantize.dtypes)
+    names = [f"{source}_{d}" for d in dtypes]
+    if cfg.quantize.prune is not None:
+        names += [f"{source}_{d}_pruned" for d in dtypes]
+    if cfg.quantize.budget is not None:
+        names.append(f"{source}_budgeted")
+    return names
+
+
+def _count_ids(cfg: RunConfig, seed: int, model: nn.Module) -> Dict[str, np.ndarray]:
+    """Lookups per row of each student table over the student's train rows (the rows it distilled on)."""
+    data = build_data(cfg.data, seed, role="student")
+    limit = cfg.quantize.prune.count_rows if cfg.quantize.prune else PruneConfig().count_rows
+    if hasattr(data, "splits"):  # in memory: the whole split, capped
+        blocks = (b.slice(0, limit) for b in data.row_blocks("train"))
+    else:
+        n = max(1, limit // cfg.data.batch_size)
+        blocks = (RowBlock.from_batch(b) for b in data.batches("train", cfg.data.batch_size, 0, 1, num_batches=n))
+    return id_counts(blocks, data.sparse_names, model)
+
+
+def _pruning(cfg: RunConfig, model: nn.Module, counts: Dict[str, np.ndarray]) -> Dict[str, TablePruning]:
+    """``quantize.prune`` applied to the counted rows."""
+    prune = cfg.quantize.prune
+    assert prune is not None
+    unknown = sorted(set(prune.tables) - set(counts))
+    if unknown:
+        raise ConfigError(f"quantize.prune.tables: {unknown} are not tables of the student; its tables are {sorted(counts)}")
+    return prune_plan(model, {t: keep_rows(counts[t], prune.keep_fraction, prune.min_count)
+                              for t in (prune.tables or sorted(counts))})
+
+
 def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
-    """Quantize ``<output_dir>/<source>`` to each of ``quantize.dtypes`` and evaluate.
+    """Quantize ``<output_dir>/<source>`` to each of ``quantize.dtypes`` (pruned, budgeted) and evaluate.
 
     Args:
         cfg (RunConfig): the run config (``quantize`` section, data, output dir).
@@ -49,7 +91,7 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
             exported in the format it was trained for).
 
     Returns:
-        Dict[str, dict]: the metrics entries written, keyed ``<source>_<dtype>``.
+        Dict[str, dict]: the metrics entries written, keyed by :func:`export_names`.
     """
     env = init_distributed(cfg.distributed)
     data = build_data(cfg.data, cfg.seed)
@@ -57,43 +99,119 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
     layout = RunLayout(out)
     float_model, meta = load_float_model(layout.model(source))
     local_batch = cfg.data.batch_size // env.world_size
-    n = data.num_batches("test", cfg.data.batch_size) or 0
-    params = sum(p.numel() for p in float_model.parameters())
     io = io_from_meta(meta)
     contract = input_contract(cfg.data, data.dense_names, data.sparse_names, data.num_embeddings)
-    results: Dict[str, Dict[str, Any]] = {}
-    for dtype in (dtypes or cfg.quantize.dtypes):
+    recorded = read_recorded(meta)
+    budget = cfg.quantize.budget
+    if budget is not None and not budget.replay:  # a budget no plan can meet stops the step before any export
         try:
-            qm = quantize_model(float_model, dtype, cfg.quantize.tables)
-        except ValueError as e:  # a table named in quantize.tables that the student does not have
-            raise ConfigError(f"quantize.tables: {e}") from None
-        t0 = time.perf_counter()
-        metrics = evaluate(lambda b, qm=qm: io.logits(qm, b),
-                           data.batches("test", cfg.data.batch_size, env.rank, env.world_size),
+            check_budget(_sizes(float_model), _options(budget), budget.bytes)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    def auc_of(qm: nn.Module, split: str) -> Dict[str, float]:
+        n = data.num_batches(split, cfg.data.batch_size) or 0
+        metrics = evaluate(lambda b: io.logits(qm, b), data.batches(split, cfg.data.batch_size, env.rank, env.world_size),
                            env, local_batch, n * cfg.data.batch_size)
+        return metrics
+
+    def finish(name: str, qm: nn.Module, dtype: str, pruning: Optional[Dict[str, TablePruning]] = None,
+               plan: Optional[Dict[str, Any]] = None) -> None:
+        t0 = time.perf_counter()
+        metrics = auc_of(qm, "test")
         eval_s = time.perf_counter() - t0
-        name = f"{source}_{dtype}"
-        recorded = read_recorded(meta)
         fp = step_fingerprint(cfg, name, {"source": recorded["digest"] if recorded else None})
-        entry = {**metrics, "fingerprint": fp["digest"], "source_fingerprint": fp["inputs"]["source"], "params": params,
+        entry = {**metrics, "fingerprint": fp["digest"], "source_fingerprint": fp["inputs"]["source"],
+                 "params": sum(p.numel() for p in float_model.parameters()),
                  "embedding_bytes": embedding_storage_bytes(qm), "dtype": dtype, "per_table": dict(cfg.quantize.tables),
                  "eval_samples_per_s": metrics["rows"] / max(eval_s, 1e-9)}
+        if pruning:
+            entry["pruned"] = {t: p.to_json() for t, p in pruning.items()}
+        if plan is not None:
+            entry["plan"] = plan["tables"]
         if env.is_main:
             base = read_entry(out, source)
             entry["train_samples_per_s"] = base.get("train_samples_per_s")
             entry["best_step"] = base.get("best_step")  # quantized from the source's kept checkpoint
             target = layout.export(name)
-            save_quantized(qm, target, {**meta, "export_fingerprint": fp})
+            save_quantized(qm, target, {**meta, "export_fingerprint": fp}, pruning=pruning)
             (target / CONTRACT_FILE).write_text(json.dumps(contract, indent=2))
+            if plan is not None:
+                (target / PLAN_FILE).write_text(json.dumps(plan, indent=2))
             # the program returns {"logit", "probability"} with no autograd (ScoringHead); a model with
             # its own call adapter is exported as it is (load_model scores it through the adapter)
             export_torchscript(ScoringHead(qm, io.output) if io.call is None else qm, target / TORCHSCRIPT_FILE)
-            seal_export(target)  # sizes and hashes of weights.pt, contract.json and model.ts, checked on every load
+            seal_export(target)  # sizes and hashes of every file but quantized.json, checked on every load
             entry["export"] = str(target)
             table = metrics_table(update_metrics(out, name, entry))
             logger.info("%s: test auc %.4f, %s embedding bytes; exported to %s", name, entry["auc"],
                         f"{entry['embedding_bytes']:,}", target)
             logger.info("wrote %s\n%s", layout.metrics, table, extra=FILE_ONLY)
         results[name] = entry
+
+    results: Dict[str, Dict[str, Any]] = {}
+    dtypes = list(dtypes or cfg.quantize.dtypes)
+    for dtype in dtypes:
+        try:
+            qm = quantize_model(float_model, dtype, cfg.quantize.tables)
+        except ValueError as e:  # a table named in quantize.tables that the student does not have
+            raise ConfigError(f"quantize.tables: {e}") from None
+        finish(f"{source}_{dtype}", qm, dtype)
+    if cfg.quantize.prune is None and cfg.quantize.budget is None:
+        return results
+    counts = _count_ids(cfg, cfg.seed, float_model)
+    if cfg.quantize.prune is not None:
+        pruning = _pruning(cfg, float_model, counts)
+        if env.is_main:
+            logger.info("pruning (%s):\n%s", source, pruning_table(pruning))
+        for dtype in dtypes:
+            qm = quantize_model(float_model, dtype, cfg.quantize.tables, pruning=pruning, counts=counts)
+            finish(f"{source}_{dtype}_pruned", qm, dtype, pruning)
+    if cfg.quantize.budget is not None:
+        plan = _budget_plan(cfg, float_model, counts, lambda qm: _shared(auc_of(qm, "val")["auc"], env))
+        choice = choice_from_json(plan)
+        qm = apply_plan(float_model, choice, counts)
+        plan["measured_val_auc"] = _shared(auc_of(qm, "val")["auc"], env)  # single-table losses need not add up
+        if env.is_main:
+            logger.info("budgeted plan (%s): %s bytes; val auc %.4f (int8 reference %.4f, predicted %.4f)\n%s", source,
+                        f"{plan['bytes']:,}", plan["measured_val_auc"], plan["reference_val_auc"],
+                        plan["reference_val_auc"] - plan["predicted_auc_loss"], plan_table(plan))
+        kept = {t: keep_rows(counts[t], k) for t, (_, k) in choice.items() if k < 1.0}
+        finish(f"{source}_budgeted", qm, "mixed", prune_plan(float_model, kept), plan)
     return results
 
+
+def _shared(value: float, env: Any) -> float:
+    """Rank 0's metric on every rank (the collective metrics land on rank 0), so every rank plans alike."""
+    if env.world_size == 1:
+        return float(value)
+    box = [float(value) if env.is_main else 0.0]
+    dist.broadcast_object_list(box, src=0)
+    return float(box[0])
+
+
+def _sizes(model: nn.Module) -> Dict[str, Tuple[int, int]]:
+    return {t.name: (t.num_embeddings, t.embedding_dim) for t in table_configs(model)}
+
+
+def _options(budget: BudgetConfig) -> List[Tuple[str, float]]:
+    return [(d, k) for d in budget.dtypes for k in budget.keep_fractions]
+
+
+def _budget_plan(cfg: RunConfig, model: nn.Module, counts: Dict[str, np.ndarray],
+                 val_auc: Callable[[nn.Module], float]) -> Dict[str, Any]:
+    """A measured plan under ``quantize.budget``, or the stored one it replays."""
+    budget = cfg.quantize.budget
+    assert budget is not None
+    if budget.replay:
+        f = Path(budget.replay)
+        f = f / PLAN_FILE if f.is_dir() else f
+        if not f.is_file():
+            raise ConfigError(f"quantize.budget.replay={budget.replay}: no {PLAN_FILE} there; give an export's plan.json")
+        return json.loads(f.read_text())
+    try:
+        plan = plan_tables(_sizes(model), _options(budget), lambda choice: val_auc(apply_plan(model, choice, counts)),
+                           budget_bytes=budget.bytes, max_auc_loss=budget.max_auc_loss)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return plan.to_json()

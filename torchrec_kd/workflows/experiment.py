@@ -87,7 +87,7 @@ def steps(cfg: RunConfig) -> List[Tuple[str, List[str], Callable[[], object]]]:
         ("teacher", ["teacher"], lambda: train_model.run(cfg, "teacher")),
         ("student", ["student"], lambda: train_model.run(cfg, "student")),
         ("distill", ["distilled"], lambda: distill.run(cfg)),
-        ("quantize", [f"distilled_{d}" for d in cfg.quantize.dtypes], lambda: quantize.run(cfg, "distilled")),
+        ("quantize", quantize.export_names(cfg, "distilled"), lambda: quantize.run(cfg, "distilled")),
     ]
     qat = cfg.distill.qat
     if qat is not None:  # quantization-aware distillation, exported in the format it trained for
