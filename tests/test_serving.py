@@ -1,0 +1,110 @@
+"""Serving a student: traffic scored whole, the loaded export and its program score as predict, plans replay."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import REPO, TINY
+
+QUANTIZE = ["quantize.dtypes=[int4]", "quantize.prune.keep_fraction=0.3", "quantize.prune.count_rows=4096",
+            "quantize.budget.bytes=24000", "quantize.budget.keep_fractions=[1.0,0.25]"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A briefly trained tiny student, quantized: int4, int4 pruned and a budgeted plan."""
+    from torchrec_kd.cli import main
+
+    out = tmp_path_factory.mktemp("serve")
+    common = ["--config", str(TINY), "--output-dir", str(out), "train.steps=8", "train.log_every=4"]
+    assert main(["train-student", *common]) == 0
+    assert main(["quantize", "--source", "student", *common, *QUANTIZE]) == 0
+    return out, common
+
+
+@pytest.fixture(scope="module")
+def traffic(run, tmp_path_factory):
+    """1,000 raw rows of the test split (not a multiple of the batch), with an id column and no label."""
+    from torchrec_kd.config import load_config
+    from torchrec_kd.data import build_data
+    from torchrec_kd.data.rows import RowBlock
+
+    cfg = load_config(str(TINY))
+    data = build_data(cfg.data, cfg.seed)
+    block = RowBlock.concat(list(data.row_blocks("test"))).slice(0, 1000)
+    cols = {"request_id": [f"r{i:04d}" for i in range(len(block))]}
+    cols.update({name: block.dense[:, j] for j, name in enumerate(data.dense_names)})
+    for name, jag in zip(data.sparse_names, block.sparse):
+        cols[name] = ["|".join(map(str, jag.values[jag.offsets[i]:jag.offsets[i + 1]])) for i in range(len(block))]
+    frame = pd.DataFrame(cols)
+    path = tmp_path_factory.mktemp("traffic") / "traffic.csv"
+    frame.to_csv(path, index=False)
+    return frame, path
+
+
+def test_unlabeled_traffic_with_a_ragged_tail_is_fully_scored_with_its_id_column(run, traffic, tmp_path):
+    from torchrec_kd.cli import main
+
+    out, common = run
+    frame, path = traffic
+    model = str(out / "export" / "student_int4_pruned")
+    args = ["predict", *common, "--model", model, "--input", str(path), "--columns", "request_id"]
+    assert main([*args, "--out", str(tmp_path / "one.csv")]) == 0
+    one = pd.read_csv(tmp_path / "one.csv")
+    assert list(one.columns) == ["row", "request_id", "logit", "probability"]  # no label in, none out
+    assert len(one) == 1000 and one["request_id"].tolist() == frame["request_id"].tolist()
+    assert one["row"].tolist() == list(range(1000))
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "torchrec_kd.cli", *args, "--out", str(tmp_path / "two.csv")],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert pd.read_csv(tmp_path / "two.csv").equals(one)  # 1 process and 2 ranks: the same file
+
+
+def test_the_loaded_export_and_its_program_score_raw_rows_exactly_as_predict(run, traffic, tmp_path):
+    import torchrec  # noqa: F401  (the one import the saved program needs: it registers fbgemm's ops)
+
+    import torchrec_kd
+    from torchrec_kd.cli import main
+
+    out, common = run
+    frame, path = traffic
+    export = out / "export" / "student_budgeted"
+    assert main(["predict", *common, "--model", str(export), "--input", str(path), "--out", str(tmp_path / "p.csv")]) == 0
+    predicted = pd.read_csv(tmp_path / "p.csv", dtype={"logit": np.float32})
+    served = torchrec_kd.load_model(export)
+    scores = served.score(frame.drop(columns=["request_id"]))
+    assert np.array_equal(scores["logit"].to_numpy(), predicted["logit"].to_numpy())
+    program = torch.jit.load(str(export / "model.ts"))
+    batch = served.convert(frame).rows.to_batch(served.contract["features"]["sparse"])
+    got = program(batch.dense_features, batch.sparse_features)
+    assert got["logit"].grad_fn is None and got["probability"].grad_fn is None
+    assert torch.equal(got["logit"], torch.tensor(scores["logit"].to_numpy()))
+    assert torch.allclose(got["probability"], torch.sigmoid(got["logit"]))
+
+
+def test_the_budgeted_plan_respects_its_budget_and_replays(run, tmp_path):
+    from torchrec_kd.cli import main
+
+    out, common = run
+    metrics = json.loads((out / "metrics.json").read_text())
+    plan = json.loads((out / "export" / "student_budgeted" / "plan.json").read_text())
+    assert metrics["student_budgeted"]["embedding_bytes"] == plan["bytes"] <= 24000
+    assert metrics["student_budgeted"]["embedding_bytes"] < metrics["student_int4"]["embedding_bytes"]
+    assert set(plan["tables"]) == {f"s_cat_{i}" for i in range(4)}
+    # a replay in another run directory rebuilds the same student from plan.json alone
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "student").symlink_to(out / "student")
+    replay = ["--source", "student", "--config", str(TINY), "--output-dir", str(again), "quantize.dtypes=[int4]",
+              "quantize.prune.count_rows=4096", f"quantize.budget.replay={out / 'export' / 'student_budgeted'}"]
+    assert main(["quantize", *replay]) == 0
+    replayed = json.loads((again / "metrics.json").read_text())["student_budgeted"]
+    assert replayed["embedding_bytes"] == plan["bytes"]
+    assert replayed["auc"] == metrics["student_budgeted"]["auc"]
+    assert json.loads((again / "export" / "student_budgeted" / "plan.json").read_text())["tables"] == plan["tables"]
