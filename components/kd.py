@@ -310,6 +310,8 @@ def predict(
     model: str = "outputs/dlrm_teacher_synthetic/export/distilled_int4",
     out: str = "outputs/dlrm_teacher_synthetic/predictions.csv",
     split: str = "test",
+    input: Optional[str] = None,
+    columns: Optional[str] = None,
     config: str = DEFAULT_CONFIG,
     output_dir: Optional[str] = None,
     j: str = "1x2",
@@ -324,8 +326,11 @@ def predict(
     name: Optional[str] = None,
     plugin: Optional[List[str]] = None,
 ) -> specs.AppDef:
+    # --input: traffic (file, folder or glob in the model's input format); --columns: ids passed through
+    flags = ("--model", model, "--out", out, "--split", split, *(("--input", input) if input else ()),
+             *(("--columns", columns) if columns else ()))
     return _launch("predict", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name, ("--model", model, "--out", out, "--split", split), plugin=plugin)
+                   max_retries, env, name, flags, plugin=plugin)
 
 
 # TorchX renders a component's docstring as its --help; the arguments are shared.
@@ -351,6 +356,8 @@ export.__doc__ = ("Quantize a trained student (source: distilled or student) to 
 evaluate.__doc__ = "Evaluate a saved model of the run (checkpoint or export) on a split.\n" + _ARGS_DOC.replace(
     "        config:", "        source: teacher, student, distilled, or an export such as distilled_int4\n"
     "        split: val or test\n        config:")
-predict.__doc__ = "Score the configured data with an exported model and write CSV (or Parquet).\n" + _ARGS_DOC.replace(
+predict.__doc__ = "Score traffic (or a configured split) with an export; write CSV (or Parquet).\n" + _ARGS_DOC.replace(
     "        config:", "        model: exported model directory (<output_dir>/export/<name>)\n"
-    "        out: output file, .csv or .parquet\n        split: val or test\n        config:")
+    "        out: output file, .csv or .parquet\n        split: val or test (when no input is given)\n"
+    "        input: traffic to score: a file, folder or glob in the model's input format, labels optional\n"
+    "        columns: comma-separated input columns copied to the output (ids to join on)\n        config:")

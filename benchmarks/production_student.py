@@ -1,0 +1,154 @@
+"""Benchmark: the production student — AUC against embedding bytes for uniform dtypes, pruned and budgeted
+students, and serving speed at batch 2048 on one thread.
+
+From one distilled student of the default config (``experiment`` runs it first when ``--run`` holds
+none), every variant is a ``quantize`` step in its own directory next to it (the distilled
+checkpoint linked in), so each export and metrics entry says what made it:
+
+* uniform: fp16, int8, int4, int2 (every table alike);
+* pruned: int4 and int2 with each table's most frequent rows kept (``quantize.prune.keep_fraction``);
+* budgeted: a per-table plan from measured validation sensitivity at the int4 student's bytes,
+  at 1/40 of the teacher's, and within 0.002 validation AUC of the int8 student.
+
+The table marks the Pareto front (no other student is both smaller and better on test AUC).
+Targets: a student >= 40x smaller than the teacher within 0.002 test AUC of the fp32 distilled one;
+the plan at int4's bytes at least as good as int4; pruned+quantized not slower than int4 at batch
+2048; int4 >= 8x the teacher's samples/s. Writes ``benchmarks/results/production_student.{json,md}``::
+
+    python benchmarks/production_student.py [--run outputs/bench_production] [--nproc 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from launch import run_cli  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+CONFIG = "configs/dlrm_teacher_synthetic.yaml"
+KEEP = (0.5, 0.25)
+AUC_TOLERANCE = 0.002
+
+
+def variants(teacher_bytes: int, int4_bytes: int) -> Dict[str, List[str]]:
+    """Each variant's ``quantize`` overrides."""
+    out = {"uniform": ["quantize.dtypes=[fp16,int8,int4,int2]"]}
+    for keep in KEEP:
+        out[f"pruned_{keep:g}"] = ["quantize.dtypes=[int4,int2]", f"quantize.prune.keep_fraction={keep}"]
+    out["budget_int4_bytes"] = ["quantize.dtypes=[int4]", f"quantize.budget.bytes={int4_bytes}"]
+    out["budget_teacher_over_40"] = ["quantize.dtypes=[int4]", f"quantize.budget.bytes={teacher_bytes // 40}"]
+    out["budget_auc_0.002"] = ["quantize.dtypes=[int4]", f"quantize.budget.max_auc_loss={AUC_TOLERANCE}"]
+    return out
+
+
+def pareto(rows: List[Dict[str, Any]]) -> None:
+    """Mark ``pareto`` on rows no other row beats in both bytes (fewer) and test AUC (higher)."""
+    best = -1.0
+    for r in sorted(rows, key=lambda r: (r["embedding_bytes"], -r["auc"])):
+        r["pareto"] = r["auc"] > best
+        best = max(best, r["auc"])
+
+
+def speed(run: Path, exports: Dict[str, Path]) -> Dict[str, float]:
+    """Samples/s at batch 2048 on one thread: the float teacher and each export (fresh timing per model)."""
+    from torchrec_kd.config import load_config
+    from torchrec_kd.data import build_data
+    from torchrec_kd.models.build import io_from_meta
+    from torchrec_kd.models.saved import load_float_model
+    from torchrec_kd.reporting.latency import latency_ms
+    from torchrec_kd.serving.served_model import load_model
+
+    cfg = load_config(CONFIG)
+    data = build_data(cfg.data, cfg.seed)
+    batch = next(iter(data.batches("test", 2048, num_batches=1)))
+    teacher, meta = load_float_model(run / "teacher")
+    io = io_from_meta(meta)
+    out = {}
+    with torch.inference_mode():
+        out["teacher_fp32"] = 2048 / (latency_ms(lambda b: io.logits(teacher, b), batch, (2048,), 2.0)["latency_ms_b2048"] / 1e3)
+        for name, path in exports.items():
+            served = load_model(path)
+            assert served.head is not None
+            ms = latency_ms(lambda b: served.head(b.dense_features, b.sparse_features)["logit"], batch, (2048,), 2.0)
+            out[name] = 2048 / (ms["latency_ms_b2048"] / 1e3)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", default="outputs/bench_production", help="a run of the default config (made if missing)")
+    p.add_argument("--nproc", type=int, default=1)
+    a = p.parse_args()
+    run = REPO / a.run
+    if not (run / "distilled").is_dir():
+        run_cli("experiment", CONFIG, run, a.nproc, ["quantize.dtypes=[int4]"])
+    base = json.loads((run / "metrics.json").read_text())
+    teacher_bytes, fp32 = base["teacher"]["embedding_bytes"], base["distilled"]["auc"]
+    int4_bytes = base["distilled_int4"]["embedding_bytes"]
+    rows: List[Dict[str, Any]] = [{"student": "distilled_fp32", "variant": "float", "auc": fp32,
+                                   "embedding_bytes": base["distilled"]["embedding_bytes"]}]
+    exports: Dict[str, Path] = {}
+    for variant, overrides in variants(teacher_bytes, int4_bytes).items():
+        out = run / "variants" / variant
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / "distilled").exists():
+            (out / "distilled").symlink_to(run / "distilled")
+        run_cli("quantize", CONFIG, out, a.nproc, overrides, ["--source", "distilled"])
+        for name, entry in json.loads((out / "metrics.json").read_text()).items():
+            if name.startswith("distilled_"):
+                label = name if variant == "uniform" or "pruned" in name else f"{name}[{variant.removeprefix('budget_')}]"
+                if label in {r["student"] for r in rows}:
+                    continue
+                rows.append({"student": label, "variant": variant, "auc": entry["auc"],
+                             "embedding_bytes": entry["embedding_bytes"]})
+                exports[label] = Path(entry["export"])
+    for r in rows:
+        r["x_smaller_than_teacher"] = teacher_bytes / r["embedding_bytes"]
+        r["auc_vs_fp32_distilled"] = r["auc"] - fp32
+    pareto(rows)
+    sps = speed(run, {k: exports[k] for k in ("distilled_int4", "distilled_int4_pruned")
+                      if k in exports} | {k: v for k, v in exports.items() if k.startswith("distilled_budgeted")})
+    within = [r for r in rows if r["auc_vs_fp32_distilled"] >= -AUC_TOLERANCE]
+    smallest = min(within, key=lambda r: r["embedding_bytes"])
+    int4 = next(r for r in rows if r["student"] == "distilled_int4")
+    at_int4 = next(r for r in rows if r["student"].endswith("[int4_bytes]"))
+    targets = {
+        "smallest_within_0.002_auc": {"student": smallest["student"], "x_smaller": smallest["x_smaller_than_teacher"],
+                                      "met_40x": smallest["x_smaller_than_teacher"] >= 40},
+        "budget_at_int4_bytes_vs_int4": {"auc_diff": at_int4["auc"] - int4["auc"], "met": at_int4["auc"] >= int4["auc"]},
+        "pruned_int4_vs_int4_speed": {"ratio": sps.get("distilled_int4_pruned", 0) / sps["distilled_int4"],
+                                      "met": sps.get("distilled_int4_pruned", 0) >= 0.97 * sps["distilled_int4"]},
+        "int4_vs_teacher_speed": {"ratio": sps["distilled_int4"] / sps["teacher_fp32"],
+                                  "met": sps["distilled_int4"] >= 8 * sps["teacher_fp32"]},
+    }
+    result = {"date": date.today().isoformat(), "config": CONFIG, "teacher_embedding_bytes": teacher_bytes,
+              "fp32_distilled_auc": fp32, "teacher_auc": base["teacher"]["auc"], "rows": rows,
+              "samples_per_s_b2048_1thread": sps, "targets": targets,
+              "command": "python benchmarks/production_student.py"}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "production_student.json").write_text(json.dumps(result, indent=2))
+    lines = [f"# Production student ({result['date']}, `{result['command']}`)", "",
+             f"Default config, one distilled student (fp32 test AUC {fp32:.4f}; teacher {base['teacher']['auc']:.4f}, "
+             f"{teacher_bytes:,} embedding bytes). `*`: on the Pareto front.", "",
+             "| student | test AUC | vs fp32 distilled | embedding bytes | × smaller than teacher |",
+             "|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: -r["embedding_bytes"]):
+        lines.append(f"| {r['student']}{' *' if r['pareto'] else ''} | {r['auc']:.4f} | {r['auc_vs_fp32_distilled']:+.4f} | "
+                     f"{r['embedding_bytes']:,} | {r['x_smaller_than_teacher']:.1f} |")
+    lines += ["", "Samples/s at batch 2048, one thread: " + ", ".join(f"{k} {v:,.0f}" for k, v in sps.items()), "",
+              "Targets: " + "; ".join(f"{k}: {json.dumps(v)}" for k, v in targets.items())]
+    (RESULTS / "production_student.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
