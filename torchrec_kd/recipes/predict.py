@@ -7,8 +7,8 @@ every row. Rows are read and scored in chunks (memory stays bounded); each rank 
 contiguous share of every chunk and rank 0 writes them in input order, so 1 process and N
 ranks write the same file.
 
-Output columns: ``row`` (0-based position among the input's rows; a skipped bad row leaves
-a gap), the passed-through columns, ``label`` when the input has one, ``logit``,
+Output columns: ``row`` (0-based position among the input's rows; a row the training rules
+reject leaves a gap, a line that is no row at all is not counted), the passed-through columns, ``label`` when the input has one, ``logit``,
 ``probability``.
 
 Example::
@@ -64,7 +64,7 @@ def _file_chunks(served: ServedModel, path: str, columns: Sequence[str], bad_row
             extra[c] = frame[c].to_numpy()[converted.good]
         if converted.labeled:
             extra["label"] = converted.rows.labels.astype(int)
-        seen += len(frame) + len(unreadable)
+        seen += len(frame)  # lines that are not rows (wrong field count, undecodable) are not counted
         yield converted.rows, extra
 
 

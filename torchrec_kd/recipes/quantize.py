@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch.distributed as dist
@@ -62,12 +62,21 @@ def _count_ids(cfg: RunConfig, seed: int, model: nn.Module) -> Dict[str, np.ndar
     """Lookups per row of each student table over the student's train rows (the rows it distilled on)."""
     data = build_data(cfg.data, seed, role="student")
     limit = cfg.quantize.prune.count_rows if cfg.quantize.prune else PruneConfig().count_rows
-    if hasattr(data, "splits"):  # in memory: the whole split, capped
-        blocks = (b.slice(0, limit) for b in data.row_blocks("train"))
+    if hasattr(data, "splits"):  # in memory: the split's first rows
+        blocks = _first_rows(data.row_blocks("train"), limit)
     else:
         n = max(1, limit // cfg.data.batch_size)
         blocks = (RowBlock.from_batch(b) for b in data.batches("train", cfg.data.batch_size, 0, 1, num_batches=n))
     return id_counts(blocks, data.sparse_names, model)
+
+
+def _first_rows(blocks: Iterable[RowBlock], limit: int) -> Iterator[RowBlock]:
+    """The first ``limit`` rows of a stream of blocks."""
+    for block in blocks:
+        if limit <= 0:
+            return
+        yield block.slice(0, limit)
+        limit -= len(block)
 
 
 def _pruning(cfg: RunConfig, model: nn.Module, counts: Dict[str, np.ndarray]) -> Dict[str, TablePruning]:

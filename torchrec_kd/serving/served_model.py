@@ -148,11 +148,3 @@ def load_model(path: Union[str, Path]) -> ServedModel:
     model = load_quantized(path, build_model_from_meta)
     return ServedModel(model, io_from_meta(meta), read_contract(path), sidecar)
 
-
-def scores_frame(logit: Tensor, prob: Tensor, labels: Optional[np.ndarray] = None) -> pd.DataFrame:
-    """``logit``, ``probability`` (and ``label``) columns as ``predict`` writes them."""
-    cols: Dict[str, Any] = {}
-    if labels is not None:
-        cols["label"] = labels.astype(int)
-    cols.update(logit=logit.numpy(), probability=prob.numpy())
-    return pd.DataFrame(cols)
