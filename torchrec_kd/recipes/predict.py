@@ -8,8 +8,8 @@ contiguous share of every chunk and rank 0 writes them in input order, so 1 proc
 ranks write the same file.
 
 Output columns: ``row`` (0-based position among the input's rows; a row the training rules
-reject leaves a gap, a line that is no row at all is not counted), the passed-through columns, ``label`` when the input has one, ``logit``,
-``probability``.
+reject leaves a gap, a line that is no row at all is not counted), the passed-through
+columns, ``label`` when the input has one, ``logit``, ``probability``.
 
 Example::
 

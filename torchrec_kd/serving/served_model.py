@@ -19,7 +19,6 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
