@@ -144,6 +144,8 @@ def load_model(path: Union[str, Path]) -> ServedModel:
     sidecar = read_quantized_meta(path)
     meta = sidecar["meta"]
     load_plugins(meta.get("plugins") or [])  # a plugin model is rebuilt by the plugin it was trained with
-    model = load_quantized(path, build_model_from_meta)
+    # building and quantizing need ordinary tensors, even when the caller is in inference mode
+    with torch.inference_mode(False):
+        model = load_quantized(path, build_model_from_meta)
     return ServedModel(model, io_from_meta(meta), read_contract(path), sidecar)
 
