@@ -77,7 +77,8 @@ def test_the_loaded_export_and_its_program_score_raw_rows_exactly_as_predict(run
     export = out / "export" / "student_budgeted"
     assert main(["predict", *common, "--model", str(export), "--input", str(path), "--out", str(tmp_path / "p.csv")]) == 0
     predicted = pd.read_csv(tmp_path / "p.csv", dtype={"logit": np.float32})
-    served = torchrec_kd.load_model(export)
+    with torch.inference_mode():  # a server's usual context: loading works inside it too
+        served = torchrec_kd.load_model(export)
     scores = served.score(frame.drop(columns=["request_id"]))
     assert np.array_equal(scores["logit"].to_numpy(), predicted["logit"].to_numpy())
     program = torch.jit.load(str(export / "model.ts"))
