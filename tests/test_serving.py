@@ -109,3 +109,14 @@ def test_the_budgeted_plan_respects_its_budget_and_replays(run, tmp_path):
     assert replayed["embedding_bytes"] == plan["bytes"]
     assert replayed["auc"] == metrics["student_budgeted"]["auc"]
     assert json.loads((again / "export" / "student_budgeted" / "plan.json").read_text())["tables"] == plan["tables"]
+
+
+def test_a_replay_without_a_plan_is_refused_before_anything_is_written(run, tmp_path, capsys):
+    from torchrec_kd.cli import main
+
+    out, _ = run
+    (tmp_path / "student").symlink_to(out / "student")
+    code = main(["quantize", "--source", "student", "--config", str(TINY), "--output-dir", str(tmp_path),
+                 "quantize.dtypes=[int4]", f"quantize.budget.replay={tmp_path / 'nowhere'}"])
+    assert code == 2 and "no plan.json there" in capsys.readouterr().err
+    assert not (tmp_path / "export").exists() and not (tmp_path / "metrics.json").exists()

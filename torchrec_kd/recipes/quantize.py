@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from torchrec_kd.config import BudgetConfig, PruneConfig, RunConfig
-from torchrec_kd.core.console import FILE_ONLY
+from torchrec_kd.core.console import FILE_ONLY, progress_bar
 from torchrec_kd.core.fingerprint import read_recorded, step_fingerprint
 from torchrec_kd.core.layout import CONTRACT_FILE, PLAN_FILE, TORCHSCRIPT_FILE, RunLayout
 from torchrec_kd.data import build_data
@@ -38,7 +38,7 @@ from torchrec_kd.models.build import io_from_meta
 from torchrec_kd.models.saved import load_float_model
 from torchrec_kd.quant.embeddings import embedding_storage_bytes, quantize_model
 from torchrec_kd.quant.export import export_torchscript, save_quantized, seal_export
-from torchrec_kd.quant.plan import apply_plan, check_budget, choice_from_json, plan_table, plan_tables
+from torchrec_kd.quant.plan import REFERENCE, apply_plan, check_budget, choice_from_json, plan_table, plan_tables
 from torchrec_kd.quant.pruning import TablePruning, id_counts, keep_rows, prune_plan, pruning_table, table_configs
 from torchrec_kd.quant.scoring_head import ScoringHead
 from torchrec_kd.reporting.metrics_file import metrics_table, read_entry, update_metrics
@@ -112,7 +112,9 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
     contract = input_contract(cfg.data, data.dense_names, data.sparse_names, data.num_embeddings)
     recorded = read_recorded(meta)
     budget = cfg.quantize.budget
-    if budget is not None and not budget.replay:  # a budget no plan can meet stops the step before any export
+    if budget is not None and budget.replay:  # a bad plan, or a budget no plan can meet, stops before any export
+        _read_plan(budget.replay, float_model)
+    elif budget is not None:
         try:
             check_budget(_sizes(float_model), _options(budget), budget.bytes)
         except ValueError as e:
@@ -177,7 +179,7 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
             qm = quantize_model(float_model, dtype, cfg.quantize.tables, pruning=pruning, counts=counts)
             finish(f"{source}_{dtype}_pruned", qm, dtype, pruning)
     if cfg.quantize.budget is not None:
-        plan = _budget_plan(cfg, float_model, counts, lambda qm: _shared(auc_of(qm, "val")["auc"], env))
+        plan = _budget_plan(cfg, float_model, counts, lambda qm: _shared(auc_of(qm, "val")["auc"], env), env)
         choice = choice_from_json(plan)
         qm = apply_plan(float_model, choice, counts)
         plan["measured_val_auc"] = _shared(auc_of(qm, "val")["auc"], env)  # single-table losses need not add up
@@ -208,19 +210,41 @@ def _options(budget: BudgetConfig) -> List[Tuple[str, float]]:
 
 
 def _budget_plan(cfg: RunConfig, model: nn.Module, counts: Dict[str, np.ndarray],
-                 val_auc: Callable[[nn.Module], float]) -> Dict[str, Any]:
+                 val_auc: Callable[[nn.Module], float], env: Any) -> Dict[str, Any]:
     """A measured plan under ``quantize.budget``, or the stored one it replays."""
     budget = cfg.quantize.budget
     assert budget is not None
     if budget.replay:
-        f = Path(budget.replay)
-        f = f / PLAN_FILE if f.is_dir() else f
-        if not f.is_file():
-            raise ConfigError(f"quantize.budget.replay={budget.replay}: no {PLAN_FILE} there; give an export's plan.json")
-        return json.loads(f.read_text())
+        return _read_plan(budget.replay, model)
+    sizes, options = _sizes(model), _options(budget)
+    bar = progress_bar(1 + len(sizes) * len(set(options) - {REFERENCE}), "sensitivity", enabled=env.is_main, unit=" plans")
+
+    def measure(choice: Dict[str, Tuple[str, float]]) -> float:
+        auc = val_auc(apply_plan(model, choice, counts))
+        bar.update(1)
+        return auc
+
     try:
-        plan = plan_tables(_sizes(model), _options(budget), lambda choice: val_auc(apply_plan(model, choice, counts)),
-                           budget_bytes=budget.bytes, max_auc_loss=budget.max_auc_loss)
+        plan = plan_tables(sizes, options, measure, budget_bytes=budget.bytes, max_auc_loss=budget.max_auc_loss)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    finally:
+        bar.close()
     return plan.to_json()
+
+
+def _read_plan(replay: str, model: nn.Module) -> Dict[str, Any]:
+    """The stored plan ``quantize.budget.replay`` names (an export directory or its plan.json), checked."""
+    f = Path(replay)
+    f = f / PLAN_FILE if f.is_dir() else f
+    if not f.is_file():
+        raise ConfigError(f"quantize.budget.replay={replay}: no {PLAN_FILE} there; give an export's plan.json")
+    try:
+        plan = json.loads(f.read_text())
+        choice = choice_from_json(plan)
+    except (ValueError, KeyError, TypeError, AssertionError) as e:
+        raise ConfigError(f"{f}: not a plan this tool wrote ({type(e).__name__}: {e}); re-run quantize with a budget") from None
+    tables = set(_sizes(model))
+    if set(choice) != tables:
+        raise ConfigError(f"{f}: the plan is for tables {sorted(choice)}, the student has {sorted(tables)}")
+    return plan
