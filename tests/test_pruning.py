@@ -83,3 +83,14 @@ def test_keep_rows_honours_min_count_and_keeps_one_row():
     assert keep_rows(np.zeros(4, np.int64), min_count=1).tolist() == [0]
     with pytest.raises(ValueError, match="t9"):
         prune_plan(TwoTables(), {"t9": np.array([0])})
+
+
+def test_a_pruned_export_is_checked_against_its_recorded_source():
+    from torchrec_kd.reporting.summary import consistency_notes
+
+    metrics = {"distilled": {"fingerprint": "a"}, "distilled_int4": {"fingerprint": "b", "source_fingerprint": "a"},
+               "distilled_int4_pruned": {"source": "distilled", "source_fingerprint": "a"}}
+    assert consistency_notes(metrics) == []  # not mistaken for an export of distilled_int4
+    metrics["distilled_int4_pruned"]["source_fingerprint"] = "old"
+    assert consistency_notes(metrics) == ["distilled_int4_pruned was exported from an earlier distilled model: "
+                                          "re-run quantize (--source distilled)."]

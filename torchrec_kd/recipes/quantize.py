@@ -132,7 +132,7 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
         metrics = auc_of(qm, "test")
         eval_s = time.perf_counter() - t0
         fp = step_fingerprint(cfg, name, {"source": recorded["digest"] if recorded else None})
-        entry = {**metrics, "fingerprint": fp["digest"], "source_fingerprint": fp["inputs"]["source"],
+        entry = {**metrics, "fingerprint": fp["digest"], "source": source, "source_fingerprint": fp["inputs"]["source"],
                  "params": sum(p.numel() for p in float_model.parameters()),
                  "embedding_bytes": embedding_storage_bytes(qm), "dtype": dtype, "per_table": dict(cfg.quantize.tables),
                  "eval_samples_per_s": metrics["rows"] / max(eval_s, 1e-9)}
@@ -217,7 +217,7 @@ def _budget_plan(cfg: RunConfig, model: nn.Module, counts: Dict[str, np.ndarray]
     if budget.replay:
         return _read_plan(budget.replay, model)
     sizes, options = _sizes(model), _options(budget)
-    bar = progress_bar(1 + len(sizes) * len(set(options) - {REFERENCE}), "sensitivity", enabled=env.is_main, unit=" plans")
+    bar = progress_bar(1 + len(sizes) * len(set(options) - {REFERENCE}), "sensitivity", enabled=env.is_main, unit="plans")
 
     def measure(choice: Dict[str, Tuple[str, float]]) -> float:
         auc = val_auc(apply_plan(model, choice, counts))

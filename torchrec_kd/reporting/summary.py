@@ -118,7 +118,7 @@ def consistency_notes(metrics: Mapping[str, Mapping[str, Any]]) -> List[str]:
         notes.append("The student alone and the distilled student were trained with different data, student, seed or "
                      "budget (their fingerprints differ), so they are not compared: re-run the older one.")
     for name, e in metrics.items():
-        source = name.rpartition("_")[0]
+        source = e.get("source") or name.rpartition("_")[0]  # exports record their source (older ones: by name)
         if e.get("source_fingerprint") and source in metrics and \
                 metrics[source].get("fingerprint") != e["source_fingerprint"]:
             notes.append(f"{name} was exported from an earlier {source} model: re-run quantize (--source {source}).")

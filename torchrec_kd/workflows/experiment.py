@@ -71,7 +71,7 @@ def _stale(out: Path, entries: List[str], expected: Dict[str, Dict[str, Any]]) -
             return f"{e} not done yet"
         have = metrics[e].get("fingerprint")
         if have != expected[e]["digest"] and "source_fingerprint" in metrics[e]:
-            return f"{e} was exported from another {e.rpartition('_')[0]} model (it was remade)"
+            return f"{e} was exported from another {metrics[e].get('source') or e.rpartition('_')[0]} model (it was remade)"
         if have != expected[e]["digest"]:
             ckpt = layout.model_meta(e)
             old = (json.loads(ckpt.read_text()).get("fingerprint") or {}).get("inputs", {}) if ckpt.is_file() else {}
