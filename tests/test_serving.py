@@ -87,6 +87,19 @@ def test_the_loaded_export_and_its_program_score_raw_rows_exactly_as_predict(run
     assert got["logit"].grad_fn is None and got["probability"].grad_fn is None
     assert torch.equal(got["logit"], torch.tensor(scores["logit"].to_numpy()))
     assert torch.allclose(got["probability"], torch.sigmoid(got["logit"]))
+    # a fresh process needs torch and one import, torchrec, to run the program
+    kjt = batch.sparse_features
+    torch.save({"dense": batch.dense_features, "values": kjt.values(), "lengths": kjt.lengths(), "keys": kjt.keys()},
+               tmp_path / "request.pt")
+    script = ("import sys, torch, torchrec\n"
+              "r = torch.load(sys.argv[2])\n"
+              "kjt = torchrec.KeyedJaggedTensor.from_lengths_sync(keys=r['keys'], values=r['values'], lengths=r['lengths'])\n"
+              "out = torch.jit.load(sys.argv[1])(r['dense'], kjt)\n"
+              "torch.save(out['logit'], sys.argv[3])\n")
+    fresh = subprocess.run([sys.executable, "-c", script, str(export / "model.ts"), str(tmp_path / "request.pt"),
+                            str(tmp_path / "logit.pt")], capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert torch.equal(torch.load(tmp_path / "logit.pt"), got["logit"])
 
 
 def test_the_budgeted_plan_respects_its_budget_and_replays(run, tmp_path):
