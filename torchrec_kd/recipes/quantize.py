@@ -83,9 +83,6 @@ def _pruning(cfg: RunConfig, model: nn.Module, counts: Dict[str, np.ndarray]) ->
     """``quantize.prune`` applied to the counted rows."""
     prune = cfg.quantize.prune
     assert prune is not None
-    unknown = sorted(set(prune.tables) - set(counts))
-    if unknown:
-        raise ConfigError(f"quantize.prune.tables: {unknown} are not tables of the student; its tables are {sorted(counts)}")
     return prune_plan(model, {t: keep_rows(counts[t], prune.keep_fraction, prune.min_count)
                               for t in (prune.tables or sorted(counts))})
 
@@ -111,7 +108,11 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
     io = io_from_meta(meta)
     contract = input_contract(cfg.data, data.dense_names, data.sparse_names, data.num_embeddings)
     recorded = read_recorded(meta)
-    budget = cfg.quantize.budget
+    prune, budget = cfg.quantize.prune, cfg.quantize.budget
+    unknown = sorted(set(prune.tables) - set(_sizes(float_model))) if prune is not None else []
+    if unknown:  # checked, like every setting below, before anything is written
+        raise ConfigError(f"quantize.prune.tables: {unknown} are not tables of the student; "
+                          f"its tables are {sorted(_sizes(float_model))}")
     if budget is not None and budget.replay:  # a bad plan, or a budget no plan can meet, stops before any export
         _read_plan(budget.replay, float_model)
     elif budget is not None:
