@@ -94,3 +94,16 @@ def test_a_pruned_export_is_checked_against_its_recorded_source():
     metrics["distilled_int4_pruned"]["source_fingerprint"] = "old"
     assert consistency_notes(metrics) == ["distilled_int4_pruned was exported from an earlier distilled model: "
                                           "re-run quantize (--source distilled)."]
+
+
+def test_a_replayed_plan_is_fingerprinted_by_its_content(tmp_path):
+    from tests.conftest import TINY
+    from torchrec_kd.config import load_config
+    from torchrec_kd.core.fingerprint import step_fingerprint
+
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"tables": {}}')
+    cfg = load_config(str(TINY), [f"quantize.budget.replay={tmp_path}"])
+    before = step_fingerprint(cfg, "distilled_budgeted", {"source": "s"})["digest"]
+    plan.write_text('{"tables": {"s_cat_0": {"dtype": "int4", "keep_fraction": 1.0}}}')
+    assert step_fingerprint(cfg, "distilled_budgeted", {"source": "s"})["digest"] != before  # never reused

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from torchrec_kd.config import RunConfig
 from torchrec_kd.core.budget import budget_spec
+from torchrec_kd.core.layout import PLAN_FILE
 from torchrec_kd.core.plugins import loaded_plugins, plugin_digests
 
 # train keys that cannot change what a run computes
@@ -124,6 +125,10 @@ def step_fingerprint(cfg: RunConfig, step: str, upstream: Optional[Mapping[str, 
         if kind == "budgeted" and cfg.quantize.budget is not None:
             inputs["budget"] = dataclasses.asdict(cfg.quantize.budget)
             inputs["prune"] = dataclasses.asdict(cfg.quantize.prune) if cfg.quantize.prune else None
+            if cfg.quantize.budget.replay:  # a replay depends on the plan's content, not on where it lies
+                plan = Path(cfg.quantize.budget.replay)
+                plan = plan / PLAN_FILE if plan.is_dir() else plan
+                inputs["replayed_plan"] = hashlib.sha256(plan.read_bytes()).hexdigest() if plan.is_file() else None
     return {"digest": digest(inputs), "inputs": inputs, "base": digest(base)}
 
 

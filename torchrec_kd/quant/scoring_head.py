@@ -35,8 +35,7 @@ class ScoringHead(nn.Module):
         super().__init__()
         self.model = model
         self.is_probability = output == "probability"
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        self.model.requires_grad_(False)
 
     def forward(self, dense: Tensor, kjt: KeyedJaggedTensor) -> Dict[str, Tensor]:
         """Score one batch.

@@ -58,9 +58,9 @@ def export_names(cfg: RunConfig, source: str, dtypes: Optional[Sequence[str]] = 
     return names
 
 
-def _count_ids(cfg: RunConfig, seed: int, model: nn.Module) -> Dict[str, np.ndarray]:
+def _count_ids(cfg: RunConfig, model: nn.Module) -> Dict[str, np.ndarray]:
     """Lookups per row of each student table over the student's train rows (the rows it distilled on)."""
-    data = build_data(cfg.data, seed, role="student")
+    data = build_data(cfg.data, cfg.seed, role="student")
     limit = cfg.quantize.prune.count_rows if cfg.quantize.prune else PruneConfig().count_rows
     if hasattr(data, "splits"):  # in memory: the split's first rows
         blocks = _first_rows(data.row_blocks("train"), limit)
@@ -171,7 +171,7 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
         finish(f"{source}_{dtype}", qm, dtype)
     if cfg.quantize.prune is None and cfg.quantize.budget is None:
         return results
-    counts = _count_ids(cfg, cfg.seed, float_model)
+    counts = _count_ids(cfg, float_model)
     if cfg.quantize.prune is not None:
         pruning = _pruning(cfg, float_model, counts)
         if env.is_main:

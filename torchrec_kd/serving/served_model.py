@@ -47,10 +47,9 @@ class ServedModel:
     def __init__(self, model: nn.Module, io: ModelIO, contract: Dict[str, Any], sidecar: Dict[str, Any]) -> None:
         self.model, self.io, self.contract, self.sidecar = model.eval(), io, contract, sidecar
         # a model called as model(dense, kjt) is scored by the same head the TorchScript program holds
+        # (which freezes its parameters); one with its own call adapter is frozen here
         self.head: Optional[ScoringHead] = ScoringHead(model, io.output) if io.call is None else None
-        if self.head is None:
-            for p in model.parameters():
-                p.requires_grad_(False)
+        model.requires_grad_(False)
         self.rows = RawRows(contract)
 
     @property
