@@ -133,3 +133,34 @@ def test_a_replay_without_a_plan_is_refused_before_anything_is_written(run, tmp_
                  "quantize.dtypes=[int4]", f"quantize.budget.replay={tmp_path / 'nowhere'}"])
     assert code == 2 and "no plan.json there" in capsys.readouterr().err
     assert not (tmp_path / "export").exists() and not (tmp_path / "metrics.json").exists()
+
+
+def test_a_bad_row_under_on_bad_row_error_leaves_no_file(run, traffic, tmp_path):
+    from torchrec_kd.config import load_config
+    from torchrec_kd.errors import DataError
+    from torchrec_kd.recipes.predict import run as predict
+
+    out, _ = run
+    frame, _ = traffic
+    bad = frame.head(300).astype(object)
+    bad.loc[250, "int_0"] = "n/a?"  # not a number: the training rules reject the row
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    target = tmp_path / "scores.csv"
+    cfg = load_config(str(TINY), ["data.on_bad_row=error"])
+    # chunks of 100 rows: two chunks are written before the third stops the run
+    with pytest.raises(DataError, match="bad.csv:252"):
+        predict(cfg, str(out / "export" / "student_int4"), "test", str(target), str(tmp_path / "bad.csv"), chunk_rows=100)
+    assert not target.exists() and not (tmp_path / "scores.csv.tmp").exists()
+
+
+def test_scoring_in_small_chunks_writes_the_same_file(run, traffic, tmp_path):
+    from torchrec_kd.config import load_config
+    from torchrec_kd.recipes.predict import run as predict
+
+    out, _ = run
+    _, path = traffic
+    cfg = load_config(str(TINY))
+    model = str(out / "export" / "student_int4_pruned")
+    whole = predict(cfg, model, "test", str(tmp_path / "whole.csv"), str(path), ["request_id"])
+    chunked = predict(cfg, model, "test", str(tmp_path / "chunked.csv"), str(path), ["request_id"], chunk_rows=300)
+    assert pd.read_csv(chunked).equals(pd.read_csv(whole))  # 4 chunks, a 100-row tail

@@ -138,9 +138,16 @@ class _Writer:
         self.started = True
 
     def close(self) -> None:
+        if not self.started:  # no chunk at all: still a file with the header
+            self.write(pd.DataFrame({"row": [], "logit": [], "probability": []}))
         if self._pq is not None:
             self._pq.close()
         os.replace(self.tmp, self.out)
+
+    def discard(self) -> None:
+        if self._pq is not None:
+            self._pq.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def run(cfg: RunConfig, model_dir: str, split: str, out: str, input_path: Optional[str] = None,
@@ -177,15 +184,22 @@ def run(cfg: RunConfig, model_dir: str, split: str, out: str, input_path: Option
     path = Path(out)
     writer = _Writer(path) if env.is_main else None
     bar = None
-    for chunk in chunks:
-        # the bar starts with the first rows: errors while opening the input come before it
-        bar = bar or progress_bar(None, "predict", enabled=env.is_main, unit=" rows")
-        scored = _score_share(served, chunk, env, cfg.data.batch_size)
-        if writer is not None and scored is not None:
-            writer.write(scored)
-            bar.update(len(scored))
-    if bar is not None:
-        bar.close()
+    try:
+        for chunk in chunks:
+            # the bar starts with the first rows: errors while opening the input come before it
+            if bar is None:  # (not `bar or …`: a tqdm without a total has no truth value)
+                bar = progress_bar(None, "predict", enabled=env.is_main, unit=" rows")
+            scored = _score_share(served, chunk, env, cfg.data.batch_size)
+            if writer is not None and scored is not None:
+                writer.write(scored)
+                bar.update(len(scored))
+    except BaseException:
+        if writer is not None:
+            writer.discard()  # a bad row under on_bad_row=error, an interrupt: no partial file stays behind
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
     if writer is not None:
         writer.close()
         if bad_rows.count:
