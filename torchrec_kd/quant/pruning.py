@@ -11,7 +11,7 @@ error, for the traffic they get):
   ``quantize_embeddings`` stores only those rows;
 * fbgemm's TBE gets an index remapping (``set_index_remappings_array``): original id ->
   stored row, done inside the kernel (``pruned_array_lookup``); it is an int32 per original
-  row, counted in the stored bytes (:func:`remap_bytes`), and saved with the weights.
+  row, counted in the stored bytes (read from the TBE's own buffers), and saved with the weights.
 
 Example::
 
@@ -183,7 +183,3 @@ def set_remappings(qmodel: nn.Module, pruning: Dict[str, TablePruning]) -> None:
                 maps: List[Optional[torch.Tensor]] = [pruning[t].remapping() if t in pruning else None for t in specs]
                 tbe.set_index_remappings_array(maps)  # type: ignore[arg-type]  (None: that table is not pruned)
 
-
-def remap_bytes(pruning: Dict[str, TablePruning]) -> Dict[str, int]:
-    """Bytes of each pruned table's index remapping (an int32 per original row)."""
-    return {t: p.num_embeddings * REMAP_BYTES_PER_ROW for t, p in pruning.items()}
