@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from pathlib import Path
@@ -72,21 +73,16 @@ def _split_chunks(cfg: RunConfig, served: ServedModel, split: str, where: str, c
     """Every row of the configured ``split``, in stored order, about ``chunk_rows`` at a time."""
     data = build_data(cfg.data, cfg.seed)
     check_fits_data(served.sidecar["meta"], data.dense_names, data.sparse_names, data.num_embeddings, where)
-    seen = 0
+    seen, rows = 0, 0
     pending: List[RowBlock] = []
-
-    def chunk() -> Chunk:
-        block = RowBlock.concat(pending)
-        pending.clear()
-        return block, pd.DataFrame({"row": np.arange(seen - len(block), seen), "label": block.labels.astype(int)})
-
-    for block in data.row_blocks(split):
-        pending.append(block)
-        seen += len(block)
-        if sum(len(b) for b in pending) >= chunk_rows:
-            yield chunk()
-    if pending:
-        yield chunk()
+    for block in itertools.chain(data.row_blocks(split), [None]):  # None: the end, flush what is left
+        if block is not None:
+            pending.append(block)
+            rows += len(block)
+        if pending and (rows >= chunk_rows or block is None):
+            merged = RowBlock.concat(pending)
+            yield merged, pd.DataFrame({"row": np.arange(seen, seen + rows), "label": merged.labels.astype(int)})
+            seen, pending, rows = seen + rows, [], 0
 
 
 def _score_share(served: ServedModel, chunk: Chunk, env: DistEnv, batch_size: int) -> Optional[pd.DataFrame]:
