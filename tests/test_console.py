@@ -2,7 +2,7 @@
 
 import logging
 
-from torchrec_kd.core.console import _ConsoleFilter, _QuarterLines
+from torchrec_kd.core.console import _ConsoleFilter, _CountLines, _QuarterLines
 
 
 def _record(name, level, msg):
@@ -41,3 +41,13 @@ def test_a_pipe_gets_a_line_per_quarter(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert [line.split()[1] for line in lines] == ["25%", "50%", "75%", "100%"], lines
     assert list(_QuarterLines(8, "score", False, 0, iterable=range(8))) == list(range(8))
+
+
+def test_a_pipe_without_a_total_gets_count_lines(caplog):
+    caplog.set_level(logging.INFO, logger="torchrec_kd")
+    bar = _CountLines("predict", True, unit=" rows", every=1e9)  # no periodic line in this test: only the last
+    for _ in range(3):
+        bar.update(1000)
+    bar.close()
+    bar.close()  # once only
+    assert [r.getMessage().rsplit(" in ", 1)[0] for r in caplog.records] == ["predict: 3,000 rows"]

@@ -192,6 +192,33 @@ class _QuarterLines:
         self.next_mark = None  # type: ignore[assignment]
 
 
+class _CountLines:
+    """A progress "bar" for a pipe when the total is unknown: a count line every ``every`` seconds, and at the end."""
+
+    def __init__(self, desc: str, enabled: bool, initial: int = 0, unit: str = "it", every: float = 30.0,
+                 **_: Any) -> None:
+        self.desc, self.enabled, self.n, self.unit, self.every = desc, enabled, initial, unit.strip(), every
+        self.t0 = self.last = time.perf_counter()
+
+    def set_postfix(self, refresh: bool = False, **kwargs: Any) -> None:
+        pass
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if time.perf_counter() - self.last >= self.every:
+            self._line()
+
+    def _line(self) -> None:
+        self.last = time.perf_counter()
+        if self.enabled:
+            logging.getLogger(OURS).info("%s: %s %s in %.0f s", self.desc, f"{self.n:,}", self.unit, self.last - self.t0)
+
+    def close(self) -> None:
+        if self.n:
+            self._line()
+        self.n = 0
+
+
 def progress_bar(total: Optional[int], desc: str, enabled: bool = True, initial: int = 0, **kwargs: Any) -> Any:
     """One progress bar for a stage: tqdm on a terminal; a line at each quarter when the console is a pipe.
 
@@ -210,6 +237,8 @@ def progress_bar(total: Optional[int], desc: str, enabled: bool = True, initial:
     """
     if not sys.stderr.isatty() and total:
         return _QuarterLines(total, desc, enabled, initial, **kwargs)
+    if not sys.stderr.isatty() and "iterable" not in kwargs:  # an unknown total: count lines
+        return _CountLines(desc, enabled, initial, **kwargs)
     from tqdm import tqdm
 
     kwargs.setdefault("mininterval", 2.0)
