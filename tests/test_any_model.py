@@ -240,3 +240,75 @@ def test_measuring_taps_leaves_the_random_stream_alone():
     after = torch.rand(3)
     torch.manual_seed(7)
     assert torch.equal(after, torch.rand(3))  # so the projections are drawn as if nothing was measured
+
+
+def _bare_deepfm(rows=50):
+    """TorchRec's SimpleDeepFMNN built by hand (not by our builder): nothing declares its sigmoid head."""
+    from torchrec.models.deepfm import SimpleDeepFMNN
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+    torch.manual_seed(0)
+    ebc = EmbeddingBagCollection(tables=make_tables(ModelConfig(embedding_dim=8, table_prefix="t_"), FEATS, [rows] * 3))
+    return SimpleDeepFMNN(num_dense_features=4, embedding_bag_collection=ebc, hidden_layer_size=8, deep_fm_dimension=4)
+
+
+def test_a_bare_simple_deepfm_teacher_is_distilled_on_its_logits(caplog):
+    teacher, batch = _bare_deepfm().eval(), _batch(n=32)
+    loss = build_loss([LossTermConfig("soft_bce", 0.5, temperature=2.0), LossTermConfig("logit_mse", 0.5)])
+    student = _build(MLP)
+    with caplog.at_level("WARNING"):
+        bare = DistillationModel([teacher], student, loss)(batch)
+    declared = DistillationModel([teacher], student, loss, teacher_io=ModelIO(output="probability"))(batch)
+    with torch.no_grad():
+        p = teacher(batch.dense_features, batch.sparse_features).squeeze(-1).double().clamp(1e-7, 1 - 1e-7)
+    assert ((p > 0) & (p < 1)).all() and p.std() > 0
+    want = torch.log(p / (1 - p)).float()  # logit = log(p / (1 - p)), clamped
+    assert torch.allclose(bare[1][2], want, atol=1e-5)
+    assert torch.equal(bare[1][2], declared[1][2]) and torch.equal(bare[0], declared[0])
+    # taken for logits (the old behaviour, or declaring it wrongly) the targets would be the probabilities
+    wrong = DistillationModel([teacher], student, loss, teacher_io=ModelIO(output="logit"))(batch)
+    assert (wrong[1][2] - bare[1][2]).abs().max() > 0.1
+    assert "lie in [0, 1]" not in caplog.text  # known by its type: nothing to warn about
+    # and the default convention knows it outside distillation too (RankerTrain, evaluation)
+    assert ModelIO().output_kind(teacher) == "probability" and ModelIO().resolved(teacher).output == "probability"
+
+
+class SigmoidRanker(nn.Module):
+    """An unknown model ending in a sigmoid, passed without a declaration."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 1)
+
+    def forward(self, dense, kjt):
+        return torch.sigmoid(self.lin(dense))
+
+
+def test_an_undeclared_teacher_whose_outputs_all_lie_in_0_1_is_warned_about_once(caplog):
+    from torchrec_kd.models.io import OUTPUT_WATCH
+
+    OUTPUT_WATCH.reset()
+    batch = _batch(n=32)
+    dlrm = _build(DLRM).eval()  # TorchRec's DLRM, its outputs forced into [0, 1]: known to return logits
+    with torch.no_grad():
+        dlrm.over_arch.model[-1].weight.zero_()
+        dlrm.over_arch.model[-1].bias.fill_(0.5)
+    loss = build_loss([LossTermConfig("soft_bce", 1.0)])
+    with caplog.at_level("WARNING", logger="torchrec_kd.models.io"):
+        model = DistillationModel([SigmoidRanker(), dlrm], _build(MLP), loss)  # teachers are frozen
+        for _ in range(3):
+            model(batch)
+            assert torch.equal(ModelIO().logits(dlrm, batch), torch.full((32,), 0.5))
+            ModelIO(output="logit").logits(SigmoidRanker().requires_grad_(False), batch)  # declared: not watched
+    warnings = [r for r in caplog.records if "lie in [0, 1]" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    message = warnings[0].getMessage()
+    assert message.startswith("SigmoidRanker:") and "ModelIO(output='probability')" in message
+    # a frozen logit model of unknown type whose outputs leave [0, 1], and a trainable model, are not warned about
+    OUTPUT_WATCH.reset()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="torchrec_kd.models.io"):
+        for _ in range(3):
+            ModelIO().logits(Fixed([-0.5] + [0.5] * 31), batch)
+            ModelIO().logits(SigmoidRanker(), batch)
+    assert "lie in [0, 1]" not in caplog.text

@@ -7,6 +7,7 @@ Public API (imported on first use, so ``import torchrec_kd`` loads neither torch
     from torchrec_kd import use_fake_quant, quantize_model, ScoredBatch, TeacherEnsemble   # QAT, export, offline
     from torchrec_kd import ModelSelector, summarize, paired_interval   # model selection, honest comparisons
     from torchrec_kd import load_model   # an export for inference: raw rows in, logits and probabilities out
+    from torchrec_kd import evaluate_model, export_for_serving   # one's own TorchRec loop: metrics, an export
 
 The package map is in ``docs/architecture.md``.
 """
@@ -63,6 +64,8 @@ _EXPORTS: Dict[str, str] = {
     "paired_interval": "torchrec_kd.reporting.summary",
     "summarize": "torchrec_kd.reporting.summary",
     "ModelSelector": "torchrec_kd.training.selection",
+    "evaluate_model": "torchrec_kd.training.evaluate",
+    "export_for_serving": "torchrec_kd.training.export_from_loop",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -3,24 +3,36 @@
 Every model of a run (teacher, student, a user's own) is called through its own
 ``forward``: by default ``model(batch.dense_features, batch.sparse_features)`` like
 TorchRec's DLRM and DeepFM, or through a ``call`` adapter for other signatures. A model
-declares whether that output is a logit or a probability (TorchRec's ``SimpleDeepFMNN``
-ends in a sigmoid); :meth:`ModelIO.logits` always returns logits, so soft-label and KL
-targets are never probabilities taken for logits.
+declares whether that output is a logit or a probability; :meth:`ModelIO.logits` always
+returns logits, so soft-label and KL targets are never probabilities taken for logits.
+
+A model passed without a declaration (``ModelIO()``, the default everywhere) is resolved by
+its type: TorchRec's sigmoid-headed models (``SimpleDeepFMNN`` and its subclasses) return
+probabilities, TorchRec's DLRM family logits. Any other undeclared model is taken to return
+logits; if it is frozen (a teacher: no parameter requires grad) and all its outputs on its first
+batches lie in [0, 1], a warning (once per model class) says to declare ``ModelIO(output=...)``.
+Trainable models are not watched: an untrained logit head often starts inside [0, 1].
 
 Example::
 
     io = ModelIO(output="probability")
     logits = io.logits(deepfm, batch)                      # [B] logit(p)
+    logits = ModelIO().logits(SimpleDeepFMNN(...), batch)  # the same: known by its type
     io = ModelIO(call=lambda m, b: m(b.sparse_features))   # a model that reads only the KJT
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Literal, Optional
+import functools
+import logging
+import weakref
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Literal, Optional, Set, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
+
+logger = logging.getLogger(__name__)
 
 OutputKind = Literal["logit", "probability"]
 OUTPUT_KINDS = ("logit", "probability")
@@ -28,6 +40,12 @@ OUTPUT_KINDS = ("logit", "probability")
 # Probabilities are clamped to [EPS, 1 - EPS] before the logit: a saturated sigmoid (0 or 1
 # in float32) would otherwise give an infinite target.
 PROBABILITY_EPS = 1e-7
+
+# A frozen, undeclared model of unknown type is watched for this many forwards; it is warned
+# about when every output so far lies in [0, 1] and at least WATCH_MIN_ROWS rows were seen (a
+# two-row probe decides nothing).
+WATCH_BATCHES = 3
+WATCH_MIN_ROWS = 64
 
 
 def probability_to_logit(p: Tensor) -> Tensor:
@@ -42,22 +60,117 @@ def probability_to_logit(p: Tensor) -> Tensor:
     return torch.logit(p.float(), eps=PROBABILITY_EPS)
 
 
+@functools.lru_cache(maxsize=None)
+def _torchrec_kinds() -> Tuple[Tuple[type, ...], Tuple[type, ...]]:
+    """TorchRec's ranking models by what their forward returns: (probability heads, logit heads)."""
+    # imported here: this module stays importable without torchrec's (slow) import
+    from torchrec.models.deepfm import SimpleDeepFMNN
+    from torchrec.models.dlrm import DLRM
+
+    # SimpleDeepFMNN's OverArch ends in nn.Sigmoid (its docstring says "logits"; it is not);
+    # DLRM, DLRM_DCN, DLRM_Projection (subclasses) end in a plain linear layer
+    return (SimpleDeepFMNN,), (DLRM,)
+
+
+def known_output(model: nn.Module) -> Optional[str]:
+    """What a TorchRec model returns, known from its type; None for any other model.
+
+    Args:
+        model (nn.Module): the model (sharded or not: DMP keeps the model's own class).
+
+    Returns:
+        Optional[str]: ``probability`` for ``SimpleDeepFMNN`` (and subclasses), ``logit`` for
+        ``DLRM`` and its subclasses, None otherwise.
+    """
+    probability, logit = _torchrec_kinds()
+    if isinstance(model, probability):
+        return "probability"
+    if isinstance(model, logit):
+        return "logit"
+    return None
+
+
+class _OutputWatch:
+    """Watches frozen, undeclared models of unknown type for probability-like outputs; warns once per class."""
+
+    def __init__(self) -> None:
+        # model -> [forwards seen, rows seen]; None once decided (an output outside [0, 1], or warned)
+        self._state: "weakref.WeakKeyDictionary[nn.Module, Optional[list]]" = weakref.WeakKeyDictionary()
+        self._warned: Set[str] = set()
+
+    def observe(self, model: nn.Module, out: Tensor) -> None:
+        """Look at one forward's raw outputs (cheap after the first few forwards of each model)."""
+        if isinstance(out, fx.Proxy) or out.device.type == "meta" or out.numel() == 0:
+            return  # TorchRec's pipeline traces the forward with fx; shapes-only probes say nothing
+        try:
+            state = self._state.get(model, False)
+            if state is False:  # first sight: only frozen models (teachers) are watched
+                frozen = not any(p.requires_grad for p in model.parameters())
+                state = self._state[model] = [0, 0] if frozen else None
+        except TypeError:  # not weak-referenceable: nothing to remember it by
+            return
+        if state is None:
+            return
+        with torch.no_grad():
+            inside = bool(((out >= 0) & (out <= 1)).all())  # one host sync, first forwards only
+        state[0] += 1
+        state[1] += out.numel()
+        if not inside:
+            self._state[model] = None
+            return
+        if state[1] >= WATCH_MIN_ROWS:
+            self._state[model] = None
+            self._warn(model, state[1])
+        elif state[0] >= WATCH_BATCHES:
+            self._state[model] = None
+
+    def _warn(self, model: nn.Module, rows: int) -> None:
+        name = type(model).__qualname__
+        if name in self._warned:
+            return
+        self._warned.add(name)
+        logger.warning("%s: all of its outputs on its first %d rows lie in [0, 1], yet it is taken to return "
+                       "logits; if it ends in a sigmoid, declare ModelIO(output='probability') (teacher_io / "
+                       "student_io, or register_model(output='probability')), else declare "
+                       "ModelIO(output='logit') to silence this", name, rows)
+
+    def reset(self) -> None:
+        """Forget every model and warning (tests)."""
+        self._state = weakref.WeakKeyDictionary()
+        self._warned = set()
+
+
+OUTPUT_WATCH = _OutputWatch()
+
+
 @dataclass(frozen=True)
 class ModelIO:
     """A model's calling convention and output kind.
 
     Args:
-        output (str): ``logit`` or ``probability``: what the model's forward returns.
+        output (Optional[str]): ``logit`` or ``probability``: what the model's forward returns;
+            None (undeclared): known TorchRec models by their type, any other model logits
+            (a frozen one is watched: a warning if its first outputs all lie in [0, 1]).
         call (Optional[Callable[[nn.Module, Any], Tensor]]): ``call(model, batch) -> [B] or
             [B, 1]``; None: ``model(batch.dense_features, batch.sparse_features)``.
     """
 
-    output: OutputKind = "logit"
+    output: Optional[OutputKind] = None
     call: Optional[Callable[[nn.Module, Any], Tensor]] = None
 
     def __post_init__(self) -> None:
-        if self.output not in OUTPUT_KINDS:
-            raise ValueError(f"ModelIO output must be one of {OUTPUT_KINDS}, got {self.output!r}")
+        if self.output is not None and self.output not in OUTPUT_KINDS:
+            raise ValueError(f"ModelIO output must be one of {OUTPUT_KINDS} (or None: by type), got {self.output!r}")
+
+    def output_kind(self, model: nn.Module) -> str:
+        """``logit`` or ``probability``: the declared kind, else the kind ``model``'s type says, else ``logit``."""
+        if self.output is not None:
+            return self.output
+        return known_output(model) or "logit"
+
+    def resolved(self, model: nn.Module) -> "ModelIO":
+        """This convention with the output kind made explicit for ``model`` (for exports and serving)."""
+        return replace(self, output=self.output_kind(model))
 
     def forward(self, model: nn.Module, batch: Any) -> Tensor:
         """The model's own output on ``batch`` (whatever kind it is)."""
@@ -78,7 +191,16 @@ class ModelIO:
         out = self.forward(model, batch)
         # [B, 1] or [B] -> [B] without branching on shapes (TorchRec's pipeline fx-traces this)
         out = out.reshape(out.size(0), -1).squeeze(1)
-        return probability_to_logit(out) if self.output == "probability" else out
+        kind = self.output
+        if kind is None:
+            kind = known_output(model)
+            if kind is None:  # undeclared and unknown: logits, unless its outputs say otherwise
+                OUTPUT_WATCH.observe(model, out)
+                kind = "logit"
+        return probability_to_logit(out) if kind == "probability" else out
 
 
-LOGIT = ModelIO()
+DEFAULT = ModelIO()
+"""``model(dense, kjt)``, the output kind by the model's type (TorchRec's models) or logits."""
+
+LOGIT = DEFAULT  # the name the callers use for the default convention
