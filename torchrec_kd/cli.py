@@ -14,7 +14,7 @@ import os
 import sys
 from typing import List, Optional
 
-from torchrec_kd.config import RunConfig, config_source, load_config
+from torchrec_kd.config import RunConfig, config_source, load_config, string_override
 from torchrec_kd.core.console import setup_console
 from torchrec_kd.errors import ConfigError, UserError
 
@@ -162,8 +162,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "bench":
         return _bench(args.quick)
     overrides = list(args.overrides)
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
+    if args.output_dir is not None:  # '' too: the loader refuses it rather than falling back to the default
+        overrides.append(string_override("output_dir", args.output_dir))
     from torchrec_kd.distributed.env import shutdown_distributed
 
     ok = False

@@ -14,7 +14,7 @@ from torchrec_kd.config.data_sources import (
     SyntheticDataConfig,
     TableDataConfig,
 )
-from torchrec_kd.config.load import RANGES, build_section, config_source, config_to_dict, load_config
+from torchrec_kd.config.load import RANGES, build_section, config_source, config_to_dict, load_config, string_override
 from torchrec_kd.config.schema import (
     DLRM_FAMILY,
     BudgetConfig,
@@ -40,4 +40,5 @@ __all__ = [
     "BudgetConfig", "PruneConfig", "QuantizeConfig", "RunConfig", "ScheduleConfig", "ShardingConfig", "SparseColumnConfig",
     "SyntheticDataConfig",
     "TableDataConfig", "TeacherEntryConfig", "TrainConfig", "build_section", "config_source", "config_to_dict", "load_config",
+    "string_override",
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -91,6 +92,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp in (int, float, str, bool):
         if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
             raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        if tp is float and not math.isfinite(value):  # .inf / .nan: no key means them
+            raise _RangeError(f"{where} must be a finite number, got {value}")
         _check_range(where, value)
         return value
     return value
@@ -106,7 +109,8 @@ def _build(cls: Any, raw: Dict[str, Any], where: str) -> Any:
         if key not in names:
             near = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(names)}"
-            raise ConfigError(f"{where}: unknown key '{key}'{hint}")
+            # the top level has no dotted prefix to name: say which level it is
+            raise ConfigError(f"{where}: unknown key '{key}'{hint}" if where else f"unknown top-level key '{key}'{hint}")
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where else key)
     return cls(**kwargs)
 
@@ -169,6 +173,8 @@ RANGES: Dict[str, tuple] = {
     "distill.losses[].temperature_schedule.delay": (0, 10**8),
     "distill.teachers[].weight": (0.0, 1e6), "distill.qat_start": (0, 10**8),
     "experiment.seeds[]": (0, 2**32 - 1), "distributed.timeout_s": (1, 7 * 86400),
+    "quantize.prune.min_count": (0, None), "quantize.prune.count_rows": (1, None),
+    "quantize.budget.bytes": (1, None), "quantize.budget.max_auc_loss": (0.0, 1.0),
 }
 
 
@@ -215,8 +221,10 @@ def _check_semantics(cfg: RunConfig, where: str) -> None:
     if stop.patience < 0 or stop.min_delta < 0:
         raise ConfigError(f"{where}: train.early_stopping.patience and min_delta must be >= 0, "
                           f"got {stop.patience} and {stop.min_delta}")
-    if cfg.train.eval_every < 0:
-        raise ConfigError(f"{where}: train.eval_every must be >= 0 (0: no validation), got {cfg.train.eval_every}")
+    if cfg.output_dir is not None and not cfg.output_dir.strip():
+        raise ConfigError(f"{where}: output_dir (--output-dir) is empty; name a directory, or leave it out for "
+                          f"outputs/{cfg.run_name}")
+    _check_quantize(cfg, where)
     if len(set(cfg.experiment.seeds)) != len(cfg.experiment.seeds):
         raise ConfigError(f"{where}: experiment.seeds repeats a seed: {cfg.experiment.seeds}")
     if (syn.train_rows is not None and syn.student_train_rows is not None
@@ -246,6 +254,42 @@ def _check_semantics(cfg: RunConfig, where: str) -> None:
                           "both models share one DistributedModelParallel")
 
 
+def _check_quantize(cfg: RunConfig, where: str) -> None:
+    """The pruning and budget sections' rules (fractions in (0, 1], one budget kind)."""
+    prune, budget = cfg.quantize.prune, cfg.quantize.budget
+    if prune is not None and prune.keep_fraction is not None and not 0.0 < prune.keep_fraction <= 1.0:
+        raise ConfigError(f"{where}: quantize.prune.keep_fraction must be in (0, 1] or null, got {prune.keep_fraction}")
+    if budget is None:
+        return
+    if budget.replay is None and (budget.bytes is None) == (budget.max_auc_loss is None):
+        raise ConfigError(f"{where}: quantize.budget: set exactly one of bytes or max_auc_loss (or replay: <plan.json>)")
+    if not budget.keep_fractions or any(not 0.0 < f <= 1.0 for f in budget.keep_fractions) or not budget.dtypes:
+        raise ConfigError(f"{where}: quantize.budget: keep_fractions must be in (0, 1] and dtypes non-empty, "
+                          f"got {budget.keep_fractions} / {budget.dtypes}")
+
+
+def string_override(key: str, value: str) -> str:
+    """A ``key=value`` override that sets ``key`` to the string ``value`` exactly.
+
+    Override values are read as YAML, so a command-line flag such as ``--output-dir ''``
+    (empty: YAML null) or ``--output-dir 2024`` (an int) would change meaning; those are quoted.
+
+    Args:
+        key (str): the dotted key, e.g. ``output_dir``.
+        value (str): the string it must hold.
+
+    Returns:
+        str: ``key=value``, the value quoted only where YAML would read it as something else.
+    """
+    import json
+
+    try:
+        plain = yaml.safe_load(value) == value
+    except yaml.YAMLError:
+        plain = False
+    return f"{key}={value}" if plain else f"{key}={json.dumps(value)}"  # a JSON string is a YAML string
+
+
 def config_source(path: Optional[Union[str, Path]], overrides: Sequence[str] = ()) -> str:
     """How error messages name a config: its file and the overrides on top (``<defaults>`` without a file)."""
     where = str(path) if path is not None else "<defaults>"
@@ -269,6 +313,10 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
     where = config_source(path, overrides)
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            found = sorted(q.name for q in p.glob("*.yaml"))
+            raise ConfigError(f"config {p} is a directory, not a file; pass one YAML file to --config"
+                              + (f", e.g. {p / found[0]}" if found else ""))
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist; pass an existing YAML file to --config")
         try:

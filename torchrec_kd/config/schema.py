@@ -2,6 +2,8 @@
 
 ``torchrec_kd.config.load`` reads YAML and overrides into these classes; every field
 here is a key users can set (``data.batch_size``, ``train.early_stopping.patience``, ...).
+Values are checked where they enter, by the loader (ranges and cross-field rules), not
+here: a dataclass built in code is taken as given.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional
 
 from torchrec_kd.config.data_sources import DataConfig
-from torchrec_kd.errors import ConfigError
 
 # The built-in architectures whose layer sizes are ModelConfig's own fields (the rest take ``args``).
 DLRM_FAMILY = ("dlrm", "dlrm_dcn", "dlrm_projection")
@@ -65,6 +66,10 @@ class EarlyStoppingConfig:
     min_delta: float = 0.0
 
 
+# Validation cadence of ``eval_every: null`` on an endless train stream (no epoch to halve).
+AUTO_EVAL_EVERY_STREAM = 100
+
+
 @dataclass
 class TrainConfig:
     """Optimisation budget, model selection and schedule.
@@ -72,6 +77,8 @@ class TrainConfig:
     Every recipe validates every ``eval_every`` steps (and at its last step), keeps the
     best checkpoint by ``early_stopping.metric`` and stops after ``patience`` validations
     without improvement; test metrics, export and distillation use the kept checkpoint.
+    Validation is on unless a config turns it off (``eval_every: 0``): left null, it runs
+    every half epoch of finite train data (``torchrec_kd.core.budget.eval_interval``).
     """
 
     # Maximum steps of the student (alone and distilled): the budget both get.
@@ -88,8 +95,10 @@ class TrainConfig:
     eps: float = 1e-8
     # Log the training loss every N steps (0: only at the last step).
     log_every: int = 100
-    # Validation every N steps and at the last step (0: none, the last step's model is kept).
-    eval_every: int = 100
+    # Validation every N steps and at the last step. Null (the default): every half epoch of
+    # finite train data, every AUTO_EVAL_EVERY_STREAM steps of an endless stream. 0: no
+    # validation at all (the last step's model is kept, nothing is selected): say so explicitly.
+    eval_every: Optional[int] = None
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     # Save the full training state every N steps (0: never) under <output_dir>/train_state/<step name>/;
     # a restarted run with the same command resumes from the newest complete one.
@@ -183,10 +192,6 @@ class DistillConfig:
     # Stored precision of cached hint / embedding outputs (logits are always float32).
     score_feature_dtype: Literal["float32", "float16"] = "float16"
 
-    def __post_init__(self) -> None:
-        if self.qat_start < 0:
-            raise ConfigError(f"distill.qat_start must be >= 0 (the first fake-quantized step), got {self.qat_start}")
-
 
 @dataclass
 class PruneConfig:
@@ -200,12 +205,6 @@ class PruneConfig:
     tables: List[str] = field(default_factory=list)
     # Rows of the student's train split counted (its first ones; an in-memory split is read whole).
     count_rows: int = 1_048_576
-
-    def __post_init__(self) -> None:
-        if self.keep_fraction is not None and not 0.0 < self.keep_fraction <= 1.0:
-            raise ConfigError(f"quantize.prune.keep_fraction must be in (0, 1] or null, got {self.keep_fraction}")
-        if self.min_count < 0 or self.count_rows < 1:
-            raise ConfigError("quantize.prune.min_count must be >= 0 and quantize.prune.count_rows >= 1")
 
 
 @dataclass
@@ -221,13 +220,6 @@ class BudgetConfig:
     keep_fractions: List[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
     # Replay a stored plan (an export's plan.json) instead of measuring one.
     replay: Optional[str] = None
-
-    def __post_init__(self) -> None:
-        if self.replay is None and (self.bytes is None) == (self.max_auc_loss is None):
-            raise ConfigError("quantize.budget: set exactly one of bytes or max_auc_loss (or replay: <plan.json>)")
-        if any(not 0.0 < f <= 1.0 for f in self.keep_fractions) or not self.keep_fractions or not self.dtypes:
-            raise ConfigError(f"quantize.budget: keep_fractions must be in (0, 1] and dtypes non-empty, "
-                              f"got {self.keep_fractions} / {self.dtypes}")
 
 
 @dataclass

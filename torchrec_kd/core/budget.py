@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from torchrec_kd.config import TrainConfig
+from torchrec_kd.config.schema import AUTO_EVAL_EVERY_STREAM
 from torchrec_kd.errors import ConfigError
 
 
@@ -54,3 +55,26 @@ def max_steps(train: TrainConfig, data: Any, batch_size: int, role: str = "stude
         raise ConfigError("train.epochs / train.teacher_epochs need a finite train split, but the synthetic stream "
                           "is endless: set data.synthetic.train_rows, or give the budget in train.steps")
     return epochs * per_epoch
+
+
+def eval_interval(train: TrainConfig, data: Any, batch_size: int) -> int:
+    """Steps between validations: ``train.eval_every``, or for null its automatic value.
+
+    Null (the default) validates every half epoch of finite train data, so no model is
+    trained on finite data without model selection unless a config says ``eval_every: 0``;
+    an endless stream has no epoch, and validates every ``AUTO_EVAL_EVERY_STREAM`` steps.
+
+    Args:
+        train (TrainConfig): the ``train`` section.
+        data: the role's data source (``num_batches("train", batch_size)``; None: endless).
+        batch_size (int): the global batch size.
+
+    Returns:
+        int: validate every this many steps (and at the last one); 0: never.
+    """
+    if train.eval_every is not None:
+        return train.eval_every
+    per_epoch = data.num_batches("train", batch_size)
+    if per_epoch is None:
+        return AUTO_EVAL_EVERY_STREAM
+    return max(1, per_epoch // 2)

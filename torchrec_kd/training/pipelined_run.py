@@ -26,7 +26,7 @@ from torchrec.optim.keyed import KeyedOptimizer
 from torchrec_kd.checkpoint.model_io import MODEL_DIR, load_module
 from torchrec_kd.checkpoint.training_state import TrainingCheckpointer
 from torchrec_kd.config import RunConfig, config_to_dict
-from torchrec_kd.core.budget import max_steps
+from torchrec_kd.core.budget import eval_interval, max_steps
 from torchrec_kd.core.fingerprint import describe_change, digest
 from torchrec_kd.core.layout import BEST_DIR, META_FILE, RunLayout
 from torchrec_kd.data import build_data
@@ -218,8 +218,9 @@ class PipelinedRun:
 
             writer = SummaryWriter(log_dir=str(RunLayout(cfg.out_dir).tensorboard / self.entry_name))
         batches = self.train_batches(start)
+        eval_every = eval_interval(cfg.train, self.data, cfg.data.batch_size)  # null: every half epoch
         self.stats = train(self.pipeline, batches, self.steps, env, cfg.data.batch_size, cfg.train.log_every,
-                           cfg.train.eval_every, on_eval=lambda step: self.evaluate("val"), desc=self.name,
+                           eval_every, on_eval=lambda step: self.evaluate("val"), desc=self.name,
                            start_step=start, stats=self.stats, checkpoint_every=cfg.train.checkpoint_every,
                            on_checkpoint=self._checkpoint, guard=self.guard, writer=writer,
                            selector=self.selector, on_best=self._keep_best, make_pipeline=self.make_pipeline)
