@@ -1,5 +1,7 @@
-"""MovieLens as click data: the ml-100k fixture's features and labels, ml-1m layout, splits, bad rows, the CLI."""
+"""MovieLens as click data: the ml-100k fixture's features and labels, ml-1m and ml-latest layouts, splits, bad rows,
+the CLI, and the real ml-latest-small when ../shared/data has it."""
 
+import csv
 import json
 import math
 import os
@@ -13,7 +15,7 @@ import torch
 
 from tests.conftest import REPO
 from torchrec_kd.config import ConfigError, MovieLensDataConfig, load_config
-from torchrec_kd.data.movielens import SPARSE_NAMES, MovieLensClickLog
+from torchrec_kd.data.movielens import LATEST_SPARSE_NAMES, SPARSE_NAMES, MovieLensClickLog
 from torchrec_kd.errors import DataError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ml-100k-tiny"
@@ -141,7 +143,8 @@ def test_bad_lines_are_skipped_and_counted_or_stop_the_run(tmp_path):
 def test_missing_inputs_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="data.movielens.path is not set"):
         MovieLensClickLog(MovieLensDataConfig())
-    with pytest.raises(DataError, match="no u.data .ml-100k. or ratings.dat .ml-1m. there; files there: none"):
+    with pytest.raises(DataError, match="no u.data .ml-100k. or ratings.dat .ml-1m. there, nor ratings.csv .ml-latest.; "
+                                        "files there: none"):
         MovieLensClickLog(MovieLensDataConfig(path=str(tmp_path)))
     (tmp_path / "u.data").write_text("")
     with pytest.raises(DataError, match="no usable ratings"):
@@ -198,3 +201,145 @@ def test_train_teacher_through_the_cli(tmp_path):
     entry = json.loads((tmp_path / "out" / "metrics.json").read_text())["teacher"]
     assert entry["steps"] == 5 and 0.0 <= entry["auc"] <= 1.0
     assert "teacher test auc" in out.stderr
+
+
+# ml-latest: a hand-made folder. (user, movie, rating, time) in time order; chronological 0.2 / 0.2 makes
+# the first 6 train (the last at T + 500: the tag cutoff), then 2 val, 2 test. Half stars: >= 4.0 is a click.
+T = 1_100_000_000
+LATEST_RATINGS = [(1, 1, 4.0, T), (1, 2, 3.5, T + 100), (2, 1, 4.5, T + 200), (2, 3, 0.5, T + 300),
+                  (3, 2, 5.0, T + 400), (3, 10, 2.0, T + 500), (1, 4, 4.0, T + 600), (4, 1, 3.0, T + 700),
+                  (4, 2, 4.5, T + 800), (5, 99, 3.5, T + 900)]
+LATEST_MOVIES = """movieId,title,genres
+1,Toy Story (1995),Adventure|Animation|Children|Comedy|Fantasy
+2,"American President, The (1995)",Comedy|Drama|Romance
+3,Fawlty Towers (1975-1979),Comedy
+4,Hyena Road,(no genres listed)
+10,Amélie (2001),Comedy|Romance
+"""
+LATEST_TAGS = f"""userId,movieId,tag,timestamp
+1,1,Pixar,{T + 50}
+2,1,pixar ,{T + 250}
+2,1,"funny,  clever",{T + 250}
+3,2,politics,{T + 500}
+4,2,Boring,{T + 501}
+1,99,classic,{T + 10}
+"""
+# sorted genre names: Adventure Animation Children Comedy Drama Fantasy Romance; the tags at or before T + 500:
+# classic, funny, clever, pixar, politics ("boring" came after the train period: not in the vocabulary)
+LATEST_ITEMS = {1: ([0, 1, 2, 3, 5], 0.95, [1, 2]), 2: ([3, 4, 6], 0.95, [3]), 3: ([3], 0.75, []),
+                4: ([], 0.0, []), 10: ([3, 6], 1.01, []), 99: ([], 0.0, [0])}
+SHARED_LATEST = REPO.parent / "shared" / "data" / "ml-latest-small"
+
+
+def write_ml_latest(root: Path) -> Path:
+    """The hand-made ml-latest folder above (ratings written newest first: the split must sort them)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "".join(
+        f"{u},{i},{r:g},{t}\n" for u, i, r, t in reversed(LATEST_RATINGS)))
+    (root / "movies.csv").write_text(LATEST_MOVIES, encoding="utf-8")
+    (root / "tags.csv").write_text(LATEST_TAGS)
+    (root / "links.csv").write_text("movieId,imdbId,tmdbId\n1,0114709,862\n")  # not read
+    return root
+
+
+def _latest(root: Path, **kw) -> MovieLensClickLog:
+    args = dict(split="chronological", val_fraction=0.2, test_fraction=0.2, shuffle=False)
+    return MovieLensClickLog(MovieLensDataConfig(path=str(root), **{**args, **kw}), verbose=False)
+
+
+def test_ml_latest_layout_features_labels_and_leak_free_tags(tmp_path):
+    log = _latest(write_ml_latest(tmp_path / "ml-latest"))
+    assert log.layout.name == "ml-latest" and log.bad_rows.count == 0
+    assert log.sparse_names == LATEST_SPARSE_NAMES == ["user_id", "item_id", "genres", "tags"]  # no demographics
+    assert log.dense_names == ["release_year", "user_count", "item_count"]
+    assert log.num_embeddings == [6, 100, 7, 4]  # max user + 1, max movie + 1, 7 genres, 4 tags seen by T + 500
+    train = LATEST_RATINGS[:6]
+    user_n = {u: sum(r[0] == u for r in train) for u in range(1, 6)}
+    item_n = {i: sum(r[1] == i for r in train) for i in LATEST_ITEMS}
+    for split, expected in (("train", train), ("val", LATEST_RATINGS[6:8]), ("test", LATEST_RATINGS[8:])):
+        (batch,) = list(log.batches(split, len(expected)))
+        assert sorted(batch.sparse_features.keys()) == sorted(LATEST_SPARSE_NAMES)
+        for row, (u, i, rating, _) in zip(_rows_of(batch, LATEST_SPARSE_NAMES), expected):
+            genres, year, tags = LATEST_ITEMS[i]
+            assert row["label"] == float(rating >= 4.0), (u, i, rating)
+            assert row["user_id"] == [u] and row["item_id"] == [i]
+            assert row["genres"] == genres and row["tags"] == tags, (split, i)
+            assert row["dense"] == pytest.approx([year, math.log1p(user_n[u]), math.log1p(item_n[i])])
+    # a later split does not move the vocabulary: "boring" (T + 501) is in no bag and has no row
+    assert log.num_embeddings[3] == 4
+
+
+def test_ml_latest_tags_follow_the_train_period(tmp_path):
+    root = write_ml_latest(tmp_path / "ml-latest")
+    # a longer train period (val 0.1, test 0.1: train ends at T + 700) takes "boring" in
+    log = _latest(root, val_fraction=0.1, test_fraction=0.1)
+    assert log.num_embeddings[3] == 5  # boring, classic, funny, clever, pixar, politics
+    (batch,) = list(log.batches("train", 8))
+    tags = {r["item_id"][0]: r["tags"] for r in _rows_of(batch, LATEST_SPARSE_NAMES)}
+    assert tags[2] == [0, 4] and tags[1] == [2, 3]
+    # a random split: the train period is the train rows' last rating (here T + 900: every tag)
+    log = _latest(root, split="random", val_fraction=0.2, test_fraction=0.0)
+    assert log.num_embeddings[3] == 5
+    # without tags.csv the feature stays, with empty bags
+    (root / "tags.csv").unlink()
+    log = _latest(root)
+    (batch,) = list(log.batches("train", 6))
+    assert log.num_embeddings[3] == 1 and batch.sparse_features["tags"].values().numel() == 0
+
+
+def test_ml_latest_threshold_overrides_and_layout_checks(tmp_path):
+    root = write_ml_latest(tmp_path / "ml-latest")
+    log = _latest(root, positive_threshold=4.5, val_fraction=0.0, test_fraction=0.0, num_embeddings={"item_id": 50})
+    (batch,) = list(log.batches("train", 10))
+    assert int(batch.labels.sum()) == 3  # 4.5, 5.0, 4.5
+    assert log.num_embeddings[1] == 50 and int(batch.sparse_features["item_id"].values().max()) < 50
+    with pytest.raises(ConfigError, match=r"unknown feature\(s\) \['gender'\]; the ml-latest layout's features are"):
+        _latest(root, num_embeddings={"gender": 2})
+    (root / "ratings.csv").write_text("1,1,4.0,1100000000\n")
+    with pytest.raises(DataError, match=r"ratings.csv:1: expected the header userId,movieId,rating,timestamp"):
+        _latest(root)
+
+
+def test_ml_latest_bad_lines_are_skipped_and_counted_or_stop_the_run(tmp_path):
+    root = write_ml_latest(tmp_path / "ml-latest")
+    with open(root / "ratings.csv", "a") as f:
+        f.write(f"6,1,four,{T + 1000}\n")  # line 12: rating not a number
+        f.write("6,1,4.0\n")  # line 13: 3 fields
+        f.write(f"6,2,4.0,{T + 1001}\n")  # line 14: fine
+    with open(root / "movies.csv", "a") as f:
+        f.write("x5,Heat (1995),Action\n")  # line 7: id not an integer
+    with open(root / "tags.csv", "a") as f:
+        f.write(f"1,2,  ,{T}\n")  # line 8: empty tag
+    log = _latest(root, val_fraction=0.0, test_fraction=0.0)
+    assert log.bad_rows.count == 4 and log.rows("train") == 11
+    assert [(Path(f).name, line) for f, line, _ in log.bad_rows.first] == [
+        ("ratings.csv", 12), ("ratings.csv", 13), ("movies.csv", 7), ("tags.csv", 8)]
+    with pytest.raises(DataError, match=r"ratings.csv:12: user, item and timestamp must be integers"):
+        MovieLensClickLog(MovieLensDataConfig(path=str(root)), on_bad_row="error", verbose=False)
+
+
+def _rows_of(batch, names):
+    feats = batch.sparse_features.to_dict()
+    return [{**{k: feats[k].to_dense()[i].tolist() for k in names}, "dense": batch.dense_features[i].tolist(),
+             "label": batch.labels[i].item()} for i in range(batch.labels.numel())]
+
+
+@pytest.mark.skipif(not SHARED_LATEST.is_dir(), reason=f"{SHARED_LATEST} (real ml-latest-small) is not here")
+def test_real_ml_latest_small():
+    ratings = np.loadtxt(SHARED_LATEST / "ratings.csv", delimiter=",", skiprows=1)
+    log = MovieLensClickLog(MovieLensDataConfig(path=str(SHARED_LATEST), split="chronological"), verbose=False)
+    assert log.layout.name == "ml-latest" and log.bad_rows.count == 0
+    assert sum(log.rows(s) for s in ("train", "val", "test")) == len(ratings) == 100_004
+    assert log.num_embeddings[:2] == [672, 164_980]  # 671 users; movie ids up to 164,979 (9,066 rated)
+    assert log.num_embeddings[2] == 19  # 20 genre names, "(no genres listed)" is an empty bag
+    positives = sum(float(log.splits[s].labels.sum()) for s in ("train", "val", "test"))
+    assert positives == int((ratings[:, 2] >= 4.0).sum())
+    # chronological: every val / test rating comes after the train period, and no bag uses a later tag
+    order = np.argsort(ratings[:, 3], kind="stable")
+    cutoff = ratings[order[log.rows("train") - 1], 3]
+    assert ratings[order[log.rows("train"):], 3].min() >= cutoff
+    with open(SHARED_LATEST / "tags.csv", newline="", encoding="utf-8") as f:
+        tags = list(csv.DictReader(f))
+    early = {" ".join(t["tag"].split()).lower() for t in tags if int(t["timestamp"]) <= cutoff}
+    later = {" ".join(t["tag"].split()).lower() for t in tags} - early
+    assert log.num_embeddings[3] == len(early) and len(later) > 100  # the vocabulary holds no later tag

@@ -1,4 +1,4 @@
-"""GroupLens MovieLens ratings as a click log (ml-100k and ml-1m folder layouts).
+"""GroupLens MovieLens ratings as a click log (ml-100k, ml-1m and ml-latest folder layouts).
 
 A rating is a row; ``label = rating >= positive_threshold`` (4 by default: "liked it").
 Features (all ranks load the whole data set, a few MB, in memory):
@@ -7,7 +7,9 @@ Features (all ranks load the whole data set, a few MB, in memory):
 sparse         ``user_id``, ``item_id`` (the raw ids), ``genres`` (multi-hot: a bag of
                genre ids, possibly empty), ``gender``, ``age_bucket`` (the seven ml-1m
                buckets; ml-100k ages are bucketed the same way), ``occupation``,
-               ``zip_prefix`` (first ``zip_prefix_len`` characters)
+               ``zip_prefix`` (first ``zip_prefix_len`` characters); ml-latest has no
+               demographics: ``user_id``, ``item_id``, ``genres``, ``tags`` (multi-hot:
+               the movie's tags applied up to the train split's last rating)
 dense          ``release_year`` ((year - 1900) / 100, 0 when unknown), ``user_count`` and
                ``item_count`` (log(1 + ratings of the user / item in the *train* split),
                so val and test rows leak nothing)
@@ -23,6 +25,11 @@ that metadata (and 0 for its dense values). Layouts:
   19 genre flags), optional ``u.genre`` / ``u.occupation`` vocabularies; pipe-separated, latin-1.
 * ml-1m: ``ratings.dat`` (``user::item::rating::timestamp``), ``users.dat``
   (``id::gender::age::occupation::zip``), ``movies.dat`` (``id::title (year)::A|B``).
+* ml-latest / ml-latest-small: ``ratings.csv``, ``movies.csv``, ``tags.csv`` with headers
+  (half-star ratings; see :mod:`torchrec_kd.data.movielens_latest`).
+
+The layout decides the features: ``sparse_names`` is the layout's own list, and no
+table exists for a feature the layout cannot fill.
 
 Example::
 
@@ -43,6 +50,7 @@ import numpy as np
 from torchrec_kd.config import MovieLensDataConfig
 from torchrec_kd.data.bad_rows import BadRowLog
 from torchrec_kd.data.files import listing
+from torchrec_kd.data.movielens_latest import LATEST_SPARSE_NAMES, RATINGS_HEADER, load_movies, load_tags, read_csv, tag_bags
 from torchrec_kd.data.rows import SPLITS, InMemoryClickLog, Jagged, RowBlock, fraction_split
 from torchrec_kd.errors import ConfigError, DataError
 
@@ -69,10 +77,13 @@ class Layout:
     items: str
     rating_sep: str
     meta_sep: str
+    # the sparse features (KJT keys) this layout fills, in order
+    sparse: List[str] = field(default_factory=lambda: list(SPARSE_NAMES))
 
 
 LAYOUTS = [Layout("ml-100k", "u.data", "u.user", "u.item", "\t", "|"),
-           Layout("ml-1m", "ratings.dat", "users.dat", "movies.dat", "::", "::")]
+           Layout("ml-1m", "ratings.dat", "users.dat", "movies.dat", "::", "::"),
+           Layout("ml-latest", "ratings.csv", "", "movies.csv", ",", ",", list(LATEST_SPARSE_NAMES))]
 
 
 def detect_layout(root: Path) -> Layout:
@@ -80,8 +91,9 @@ def detect_layout(root: Path) -> Layout:
     for layout in LAYOUTS:
         if (root / layout.ratings).is_file():
             return layout
-    raise DataError(f"data.movielens.path={root}: no u.data (ml-100k) or ratings.dat (ml-1m) there; "
-                    f"{listing(root)}. Unpack ml-100k.zip or ml-1m.zip from grouplens.org and point at the folder")
+    raise DataError(f"data.movielens.path={root}: no u.data (ml-100k) or ratings.dat (ml-1m) there, nor ratings.csv "
+                    f"(ml-latest); {listing(root)}. Unpack ml-100k.zip, ml-1m.zip or ml-latest-small.zip from "
+                    "grouplens.org and point at the folder")
 
 
 def read_records(path: Path, sep: str, nfields: int, log: BadRowLog, ascii_only: bool = False,
@@ -165,6 +177,7 @@ class Meta:
     zip_prefix: Dict[int, int] = field(default_factory=dict)
     year: Dict[int, float] = field(default_factory=dict)
     genres: Dict[int, List[int]] = field(default_factory=dict)
+    tags: Dict[int, List[int]] = field(default_factory=dict)  # ml-latest: set once the split is known
     sizes: Dict[str, int] = field(default_factory=dict)
 
 
@@ -180,7 +193,10 @@ def _rating(fields: List[str]) -> Tuple[int, int, float, int]:
 
 def load_ratings(path: Path, sep: str, log: BadRowLog) -> Ratings:
     """Parse the ratings file; rows with non-numeric or negative ids, or a non-finite rating, are bad rows."""
-    records = read_records(path, sep, 4, log, ascii_only=True, parse=_rating)
+    if sep == ",":  # ml-latest's ratings.csv: a header line, CSV quoting
+        records = read_csv(path, RATINGS_HEADER, log, _rating)
+    else:
+        records = read_records(path, sep, 4, log, ascii_only=True, parse=_rating)
     cols = list(zip(*[r for _, r in records])) or [(), (), (), ()]
     return Ratings(np.asarray(cols[0], np.int64), np.asarray(cols[1], np.int64), np.asarray(cols[2], np.float64),
                    np.asarray(cols[3], np.int64))
@@ -196,8 +212,10 @@ def age_bucket(age: int) -> int:
 
 
 def load_meta(root: Path, layout: Layout, cfg: MovieLensDataConfig, log: BadRowLog) -> Meta:
-    """Users and items metadata of either layout (a missing file leaves those features empty)."""
+    """Users and items metadata of any layout (a missing file leaves those features empty)."""
     meta = Meta()
+    if layout.name == "ml-latest":
+        return _latest_meta(root / layout.items, log)
     users_file, items_file = root / layout.users, root / layout.items
     occupations: List[str] = []
     zips: List[Tuple[int, str]] = []
@@ -259,6 +277,32 @@ def load_meta(root: Path, layout: Layout, cfg: MovieLensDataConfig, log: BadRowL
     return meta
 
 
+def _latest_meta(movies: Path, log: BadRowLog) -> Meta:
+    """ml-latest: genres and years from movies.csv; no user metadata (tags come after the split)."""
+    meta = Meta()
+    if movies.is_file():
+        meta.year, meta.genres, meta.sizes["genres"] = load_movies(movies, log)
+    else:
+        logger.warning("%s is missing: genres and release_year stay empty", movies)
+        meta.sizes["genres"] = 1
+    return meta
+
+
+def _tag_meta(root: Path, meta: Meta, cutoff: float, log: BadRowLog, verbose: bool) -> None:
+    """ml-latest: each movie's tag bag from tags.csv, only tags applied at or before ``cutoff``."""
+    path = root / "tags.csv"
+    if not path.is_file():
+        logger.warning("%s is missing: the tags feature stays empty", path)
+        meta.sizes["tags"] = 1
+        return
+    tags = load_tags(path, log)
+    meta.tags, meta.sizes["tags"] = tag_bags(tags, cutoff)
+    if verbose:
+        logger.info("%s: %d of %d tag applications are at or before the train split's last rating (%d); "
+                    "%d distinct tags on %d movies", path, int((tags.time <= cutoff).sum()), len(tags.time), cutoff,
+                    meta.sizes["tags"] if meta.tags else 0, len(meta.tags))
+
+
 def _lookup(table: Dict[int, int], keys: np.ndarray) -> np.ndarray:
     return np.asarray([table.get(int(k), -1) for k in keys], np.int64)
 
@@ -275,32 +319,38 @@ class MovieLensClickLog(InMemoryClickLog):
 
     def __init__(self, cfg: MovieLensDataConfig, seed: int = 0, on_bad_row: str = "skip", verbose: bool = True) -> None:
         if not cfg.path:
-            raise ConfigError("data.movielens.path is not set; point it at the unpacked ml-100k or ml-1m folder")
+            raise ConfigError("data.movielens.path is not set; point it at the unpacked ml-100k, ml-1m or ml-latest "
+                              "folder")
         root = Path(cfg.path).expanduser()
         if not root.is_dir():
-            raise DataError(f"data.movielens.path={cfg.path}: no such directory; it should hold u.data (ml-100k) "
-                            "or ratings.dat (ml-1m)")
-        unknown = sorted(set(cfg.num_embeddings) - set(SPARSE_NAMES))
-        if unknown:
-            raise ConfigError(f"data.movielens.num_embeddings: unknown feature(s) {unknown}; features are {SPARSE_NAMES}")
+            raise DataError(f"data.movielens.path={cfg.path}: no such directory; it should hold u.data (ml-100k), "
+                            "ratings.dat (ml-1m) or ratings.csv (ml-latest)")
         self.cfg, self.seed, self.root = cfg, seed, root
         self.shuffle, self.where = cfg.shuffle, f"data.movielens ({root}, {cfg.split} split)"
         self.layout = detect_layout(root)
+        unknown = sorted(set(cfg.num_embeddings) - set(self.layout.sparse))
+        if unknown:
+            raise ConfigError(f"data.movielens.num_embeddings: unknown feature(s) {unknown}; the {self.layout.name} "
+                              f"layout's features are {self.layout.sparse}")
         self.bad_rows = BadRowLog(on_bad_row, verbose=verbose)
         ratings = load_ratings(root / self.layout.ratings, self.layout.rating_sep, self.bad_rows)
         if len(ratings.user) == 0:
             raise DataError(f"{root / self.layout.ratings}: no usable ratings ({self.bad_rows.summary()})")
         meta = load_meta(root, self.layout, cfg, self.bad_rows)
         self.dense_names = list(DENSE_NAMES)
-        self.sparse_names = list(SPARSE_NAMES)
-        sizes = {"user_id": int(max(ratings.user.max(), max(meta.gender, default=0))) + 1,
-                 "item_id": int(max(ratings.item.max(), max(meta.genres, default=0))) + 1, **meta.sizes}
-        sizes.update(cfg.num_embeddings)
-        self.num_embeddings = [sizes[name] for name in SPARSE_NAMES]
+        self.sparse_names = list(self.layout.sparse)
 
         order = np.argsort(ratings.time, kind="stable") if cfg.split == "chronological" else None
         self.split_rows = fraction_split(len(ratings.user), cfg.val_fraction, cfg.test_fraction, cfg.split_seed, order)
         train = self.split_rows["train"]
+        if "tags" in self.sparse_names:
+            # tags written after the train period would leak val / test into the features
+            cutoff = int(ratings.time[train].max()) if len(train) else -1
+            _tag_meta(root, meta, cutoff, self.bad_rows, verbose)
+        sizes = {"user_id": int(max(ratings.user.max(), max(meta.gender, default=0))) + 1,
+                 "item_id": int(max(ratings.item.max(), max(meta.genres, default=0))) + 1, **meta.sizes}
+        sizes.update(cfg.num_embeddings)
+        self.num_embeddings = [sizes[name] for name in self.sparse_names]
         # counts from the train split only: evaluation rows must not leak into features
         user_count = np.bincount(ratings.user[train], minlength=int(ratings.user.max()) + 1)
         item_count = np.bincount(ratings.item[train], minlength=int(ratings.item.max()) + 1)
@@ -310,7 +360,8 @@ class MovieLensClickLog(InMemoryClickLog):
             if self.bad_rows.count:
                 logger.warning("%s: %s", root, self.bad_rows.summary())
             logger.info("%s (%s): %s rows, %s split; tables %s", root, self.layout.name,
-                        {s: len(b) for s, b in self.splits.items()}, cfg.split, dict(zip(SPARSE_NAMES, self.num_embeddings)))
+                        {s: len(b) for s, b in self.splits.items()}, cfg.split,
+                        dict(zip(self.sparse_names, self.num_embeddings)))
 
     def _rows(self, r: Ratings, meta: Meta, idx: np.ndarray, user_count: np.ndarray, item_count: np.ndarray) -> RowBlock:
         user, item = r.user[idx], r.item[idx]
@@ -318,16 +369,16 @@ class MovieLensClickLog(InMemoryClickLog):
         dense = np.stack([np.where(np.isfinite(year), (year - 1900.0) / 100.0, 0.0),
                           np.log1p(user_count[user]), np.log1p(item_count[item])], axis=1).astype(np.float32)
         labels = (r.rating[idx] >= self.cfg.positive_threshold).astype(np.float32)
-        tables = dict(zip(SPARSE_NAMES, self.num_embeddings))
-        genre_lists = [meta.genres.get(int(i), []) for i in item]
-        genres = Jagged.from_lengths(np.asarray([g for gs in genre_lists for g in gs], np.int64) % tables["genres"],
-                                     np.asarray([len(gs) for gs in genre_lists], np.int64))
+        tables = dict(zip(self.sparse_names, self.num_embeddings))
+        per_item = {"genres": meta.genres, "tags": meta.tags}
         per_user = {"gender": meta.gender, "age_bucket": meta.age, "occupation": meta.occupation,
                     "zip_prefix": meta.zip_prefix}
         sparse = []
-        for name in SPARSE_NAMES:
-            if name == "genres":
-                sparse.append(genres)
+        for name in self.sparse_names:
+            if name in per_item:  # a bag of the item's ids, possibly empty
+                bags = [per_item[name].get(int(i), []) for i in item]
+                sparse.append(Jagged.from_lengths(np.asarray([g for gs in bags for g in gs], np.int64) % tables[name],
+                                                  np.asarray([len(gs) for gs in bags], np.int64)))
                 continue
             ids = user if name == "user_id" else item if name == "item_id" else _lookup(per_user[name], user)
             ids = np.where(ids >= 0, ids % tables[name], -1)  # ids beyond a configured table wrap into it
@@ -336,4 +387,4 @@ class MovieLensClickLog(InMemoryClickLog):
 
 
 
-__all__ = ["MovieLensClickLog", "SPARSE_NAMES", "DENSE_NAMES", "SPLITS"]
+__all__ = ["MovieLensClickLog", "SPARSE_NAMES", "LATEST_SPARSE_NAMES", "DENSE_NAMES", "SPLITS"]
