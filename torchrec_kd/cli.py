@@ -171,7 +171,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         from torchrec_kd.core.plugins import load_plugins
 
         load_plugins(args.plugin)  # before the config: it names what plugins register
-        cfg = load_config(args.config, overrides)
+        if args.command == "predict" and args.config is None:  # the config the exported model was trained with
+            from torchrec_kd.recipes.predict import export_config
+
+            cfg = export_config(args.model, overrides)
+        else:
+            cfg = load_config(args.config, overrides)
         writes = args.command in WRITES_OUTPUT_DIR
         if writes and os.environ.get("RANK", "0") == "0":
             from torchrec_kd.core.run_lock import hold_output_dir

@@ -85,6 +85,10 @@ def load_module(model: nn.Module, path: Path, model_prefix: str = "", ckpt_prefi
         path (Path): checkpoint directory from :func:`save_model`.
         model_prefix (str): prefix of the target sub-module's keys in ``model``.
         ckpt_prefix (str): prefix of the same keys in the checkpoint.
+
+    Raises:
+        CheckpointError: the checkpoint is damaged, lacks a key the model has, or holds a tensor of
+            another shape (named with both shapes) — it was saved from a different model.
     """
     full = model.state_dict()
     wanted = {ckpt_prefix + k[len(model_prefix):]: v for k, v in full.items() if k.startswith(model_prefix)}
@@ -93,11 +97,37 @@ def load_module(model: nn.Module, path: Path, model_prefix: str = "", ckpt_prefi
     if (Path(path) / META_FILE).is_file():  # a final checkpoint (the best-so-far snapshot has none)
         verify_checkpoint(path)
     model_dir = Path(path) / MODEL_DIR
+    _check_fits(model_dir, wanted)
     dcp.load(wanted, storage_reader=SafeFileSystemReader(str(model_dir)))
     # the rest of the model loads its own tensors back: some sharded modules (e.g. an
     # EmbeddingCollection's pre-load hook) require all of their keys to be present
     full.update({model_prefix + k[len(ckpt_prefix):]: v for k, v in wanted.items()})
     model.load_state_dict(full, strict=False)
+
+
+def _check_fits(model_dir: Path, wanted: Dict[str, Any]) -> None:
+    """Every wanted key is in the checkpoint with the model's (global) shape, or a one-line CheckpointError.
+
+    DCP's own message for a mismatch is a bare ValueError (or, on N ranks, a CheckpointException
+    holding one per rank) from inside its planner; checking its metadata first names the file and key.
+    """
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    saved = SafeFileSystemReader(str(model_dir)).read_metadata().state_dict_metadata
+    missing = [k for k in wanted if k not in saved]
+    what_to_do = ("it was saved from another model: load it with the config that trained it "
+                  f"({model_dir.parent / META_FILE} records it), or train it again")
+    if missing:
+        raise CheckpointError(f"{model_dir}: {len(missing)} key(s) of the model are not in the checkpoint "
+                              f"(first: {missing[0]}); {what_to_do}")
+    for key, value in wanted.items():
+        meta = saved[key]
+        # ShardedTensor and DTensor report their global size, as the checkpoint records it
+        if isinstance(meta, TensorStorageMetadata) and hasattr(value, "size"):
+            have, want = list(meta.size), list(value.size())
+            if have != want:
+                raise CheckpointError(f"{model_dir}: {key} has shape {have} in the checkpoint but {want} in the "
+                                      f"model; {what_to_do}")
 
 
 def load_full_state_dict(path: Path) -> Dict[str, Any]:

@@ -39,7 +39,7 @@ import pandas as pd
 from torchrec_kd.config import DataConfig, SparseColumnConfig, TableDataConfig
 from torchrec_kd.data.criteo_parse import NUM_DENSE, NUM_FIELDS, NUM_SPARSE, parse_block
 from torchrec_kd.data.rows import Jagged, RowBlock
-from torchrec_kd.data.table import TableColumns, csv_chunks, file_format, sparse_column, table_files
+from torchrec_kd.data.table import TableColumns, csv_chunks, file_format, parquet_chunks, sparse_column, table_files
 from torchrec_kd.errors import DataError
 
 CONTRACT_FORMAT = "torchrec_kd.contract/1"
@@ -222,23 +222,11 @@ class RawRows:
             if self.format == "criteo_tsv":
                 yield from _criteo_chunks(f, chunk_rows)
             elif file_format(f, reader.format) == "parquet":
-                yield from _parquet_chunks(f, chunk_rows)
+                for df, lines, bad in parquet_chunks(f, chunk_rows):
+                    yield df, lines, bad, f
             else:
                 for df, lines, bad in csv_chunks(f, reader, chunk_rows):
                     yield df, lines, bad, f
-
-
-def _parquet_chunks(path: Path, chunk_rows: int) -> Iterator[Tuple[pd.DataFrame, np.ndarray, List[Bad], Path]]:
-    """A Parquet file in record batches of ``chunk_rows`` (never read whole); "lines" are 1-based row numbers."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as e:
-        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow) ({e})") from None
-    first = 1
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
-        df = batch.to_pandas()
-        yield df, np.arange(first, first + len(df)), [], path
-        first += len(df)
 
 
 def _criteo_chunks(path: Path, chunk_rows: int) -> Iterator[Tuple[pd.DataFrame, np.ndarray, List[Bad], Path]]:

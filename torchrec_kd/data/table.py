@@ -311,13 +311,55 @@ def csv_chunks(path: Path, cfg: TableDataConfig,
     yield pd.DataFrame(records, columns=columns, dtype=object), np.asarray(nums, np.int64), bad
 
 
-def parquet_chunks(path: Path) -> Iterator[Tuple[pd.DataFrame, np.ndarray, List[Bad]]]:
-    """A Parquet file as one chunk; "lines" are 1-based row numbers."""
+def parquet_chunks(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[Tuple[pd.DataFrame, np.ndarray, List[Bad]]]:
+    """A Parquet file in record batches of ``chunk_rows`` (never read whole); "lines" are 1-based row numbers.
+
+    The one Parquet reader: training (``data.table``), ``inspect-data`` and ``predict --input``
+    all read Parquet through it, so a damaged file fails the same way everywhere.
+
+    Args:
+        path (Path): the file.
+        chunk_rows (int): rows per chunk (bounds memory).
+
+    Yields:
+        Tuple: a DataFrame of the chunk's cells, their 1-based row numbers, no unreadable lines
+        (Parquet has none: a file is readable or not). A file with no rows gives one empty frame
+        with its columns.
+
+    Raises:
+        DataError: pyarrow is missing, or the file is not Parquet (text named ``.parquet``, empty,
+        truncated), named with what to do.
+    """
     try:
-        df = pd.read_parquet(path)
+        import pyarrow as pa
+        import pyarrow.parquet as pq
     except ImportError as e:
-        raise ConfigError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow) ({e})") from None
-    yield df, np.arange(1, len(df) + 1), []
+        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow) ({e})") from None
+
+    def unreadable(e: Exception) -> DataError:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return DataError(f"{path}: not a readable Parquet file ({reason}); check the file, or give a CSV file a "
+                         ".csv name (data.table.format: auto reads .parquet/.pq as Parquet)")
+
+    try:
+        parquet = pq.ParquetFile(path)
+        batches = parquet.iter_batches(batch_size=chunk_rows)
+    except (pa.ArrowException, OSError) as e:
+        raise unreadable(e) from None
+    first = 1
+    while True:
+        try:  # a damaged page shows only when its batch is read
+            batch = next(batches, None)
+            # no rows at all: one empty frame with the file's columns, so readers still check them
+            df = batch.to_pandas() if batch is not None else parquet.schema_arrow.empty_table().to_pandas()
+        except (pa.ArrowException, OSError) as e:
+            raise unreadable(e) from None
+        if batch is None and first > 1:
+            return
+        yield df, np.arange(first, first + len(df)), []
+        if batch is None:
+            return
+        first += len(df)
 
 
 class TableClickLog(InMemoryClickLog):

@@ -4,8 +4,10 @@ Three formats:
 
 * :func:`save_quantized` / :func:`load_quantized`: a directory with ``weights.pt``
   (a flat dict of plain tensors, loadable with ``torch.load(weights_only=True)``)
-  and ``quantized.json`` (caller's meta, table dtypes, how each tensor was stored).
-  Reloading rebuilds the module from code, so nothing is unpickled.
+  and ``quantized.json`` (caller's meta, table dtypes, how each tensor was stored, and the
+  seal: every file's size and sha256). Reloading rebuilds the module from code, so nothing is
+  unpickled. The directory is written beside its place and renamed into it when complete;
+  loading refuses one without its seal.
 * :func:`export_torchscript` / :func:`load_torchscript`: ``torchrec.fx`` trace then
   ``torch.jit.script`` (scripting the eager module directly fails on TorchRec 1.8).
 * :func:`export_program` / :func:`load_program`: ``torch.export`` (``.pt2``).
@@ -19,8 +21,10 @@ Example::
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Type, Union
 
 import fbgemm_gpu  # noqa: F401  (registers the fbgemm ops TorchScript / pt2 graphs call)
 import numpy as np
@@ -67,22 +71,34 @@ def _from_plain(tensor: Tensor, record: Dict[str, Any]) -> Tensor:
 
 
 def save_quantized(qmodel: nn.Module, path: Union[str, Path], meta: Dict[str, Any],
-                   pruning: Optional[Dict[str, TablePruning]] = None) -> Path:
-    """Save a quantized model as plain tensors plus a JSON description.
+                   pruning: Optional[Dict[str, TablePruning]] = None,
+                   extras: Optional[Mapping[str, Callable[[Path], Any]]] = None) -> Path:
+    """Save a quantized model as plain tensors plus a JSON description, atomically and sealed.
+
+    Everything is written into a hidden sibling (``.<name>.tmp-<pid>``), sealed (the size and
+    sha256 of every file recorded in ``quantized.json``) and only then renamed to ``path``
+    (an existing export there is replaced whole). A reader sees the complete export or the one
+    before it, never a half-written one: an interrupted save leaves only the hidden sibling,
+    which the next save removes.
 
     Args:
         qmodel (nn.Module): a model returned by ``quantize_model``.
-        path (str | Path): directory to write (created if missing).
+        path (str | Path): the export directory (its parent is created if missing).
         meta (Dict[str, Any]): JSON-serialisable description the ``build_float``
             callable of :func:`load_quantized` needs (model config, tables, features).
         pruning (Optional[Dict[str, TablePruning]]): the pruning ``qmodel`` was quantized with (recorded,
             so reloading rebuilds the same storage; the remappings are saved with the weights).
+        extras (Optional[Mapping[str, Callable[[Path], Any]]]): more files of the export, by name: each
+            callable writes the path it is given (e.g. ``model.ts``, ``contract.json``); they are sealed too.
 
     Returns:
         Path: the directory written.
+
+    Example::
+
+        save_quantized(qm, out / "int4", meta, extras={"model.ts": lambda f: export_torchscript(qm, f)})
     """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     tensors: Dict[str, Tensor] = {}
     records: Dict[str, Dict[str, Any]] = {}
     for key, value in qmodel.state_dict().items():
@@ -97,20 +113,75 @@ def save_quantized(qmodel: nn.Module, path: Union[str, Path], meta: Dict[str, An
     }
     # Write the JSON first: json.dumps fails on non-serialisable meta before any weights land.
     text = json.dumps(sidecar, indent=2, sort_keys=True)
-    torch.save(tensors, path / WEIGHTS_FILE)
-    (path / META_FILE).write_text(text)
+    staging = _staging_dir(path)
+    try:
+        torch.save(tensors, staging / WEIGHTS_FILE)
+        (staging / META_FILE).write_text(text)
+        for name, write in (extras or {}).items():
+            write(staging / name)
+        seal_export(staging)
+        _publish(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # an error or an interrupt: nothing half-written stays
+        raise
     return path
 
 
+def _sibling(path: Path, kind: str, pid: Optional[int] = None) -> Path:
+    """``.<name>.<kind>-<pid>`` beside ``path``: hidden, so no reader of exports ever lists it."""
+    return path.with_name(f".{path.name}.{kind}-{os.getpid() if pid is None else pid}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a leftover of this very process (an earlier save that failed): stale
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _staging_dir(path: Path) -> Path:
+    """A fresh, empty staging directory for ``path``, after removing what killed saves left beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for kind in ("tmp", "old"):
+        for left in path.parent.glob(f".{path.name}.{kind}-*"):
+            pid = left.name.rpartition("-")[2]
+            if not pid.isdigit() or not _pid_alive(int(pid)):  # a save still running elsewhere keeps its own
+                shutil.rmtree(left, ignore_errors=True)
+    staging = _sibling(path, "tmp")
+    staging.mkdir()
+    return staging
+
+
+def _publish(staging: Path, path: Path) -> None:
+    """Rename the finished ``staging`` to ``path``; an export already there is moved aside first, then removed."""
+    old = None
+    if path.exists() or path.is_symlink():
+        old = _sibling(path, "old")
+        os.replace(path, old)
+    os.replace(staging, path)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
+
+
 def seal_export(path: Union[str, Path]) -> None:
-    """Record the size and sha256 of every file of an export (after ``model.ts`` is written) in its JSON.
+    """Record the size and sha256 of every file of an export in its JSON (the seal loading requires).
+
+    :func:`save_quantized` seals what it writes; call this again after adding a file to a saved export.
 
     Args:
         path (str | Path): directory written by :func:`save_quantized` (and :func:`export_torchscript`).
     """
     path = Path(path)
     sidecar = json.loads((path / META_FILE).read_text())
-    sidecar["files"] = file_records(path, exclude=[META_FILE])
+    sidecar["files"] = file_records(path, exclude=[META_FILE, META_FILE + ".tmp"])
     tmp = path / (META_FILE + ".tmp")
     tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True))
     tmp.replace(path / META_FILE)
@@ -123,7 +194,10 @@ def read_quantized_meta(path: Union[str, Path]) -> Dict[str, Any]:
         path (str | Path): directory written by :func:`save_quantized`.
 
     Returns:
-        Dict[str, Any]: keys ``meta``, ``table_dtypes``, ``row_alignment``, ``tensors``.
+        Dict[str, Any]: keys ``meta``, ``table_dtypes``, ``row_alignment``, ``tensors``, ``files``.
+
+    Raises:
+        CheckpointError: no export there, an unreadable or foreign JSON, or an export without its seal.
     """
     meta_file = Path(path) / META_FILE
     if not meta_file.is_file():
@@ -135,6 +209,10 @@ def read_quantized_meta(path: Union[str, Path]) -> Dict[str, Any]:
     if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
         got = sidecar.get("format") if isinstance(sidecar, dict) else type(sidecar).__name__
         raise CheckpointError(f"{meta_file}: format {got!r}, expected {FORMAT!r}; re-run quantize")
+    if not isinstance(sidecar.get("files"), dict) or WEIGHTS_FILE not in sidecar["files"]:
+        # the seal (every file's size and hash) is written last: without it the export is unfinished
+        raise CheckpointError(f"{meta_file}: the export is not sealed (an interrupted or older quantize left it); "
+                              f"re-run quantize to export {Path(path).name} again")
     return sidecar
 
 
@@ -155,7 +233,7 @@ def load_quantized(path: Union[str, Path], build_float: Callable[[Dict[str, Any]
     """
     path = Path(path)
     sidecar = read_quantized_meta(path)
-    verify_files(path, sidecar.get("files", {}), f"re-run quantize to export {path.name} again")
+    verify_files(path, sidecar["files"], f"re-run quantize to export {path.name} again")
     dtypes: Dict[str, str] = sidecar["table_dtypes"]
     float_model = build_float(sidecar["meta"])
     built = set(float_tables(float_model))

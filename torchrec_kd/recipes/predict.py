@@ -3,9 +3,10 @@
 ``--input`` names any file, folder or glob in the format the model was trained on (its input
 contract, ``contract.json``): labels optional, every row scored, chosen columns passed
 through to join on. Without ``--input`` the configured ``val`` / ``test`` split is scored,
-every row. Rows are read and scored in chunks (memory stays bounded); each rank scores a
-contiguous share of every chunk and rank 0 writes them in input order, so 1 process and N
-ranks write the same file.
+every row. Without ``--config`` the config the model was trained with (recorded in the export)
+is used. The destination is checked (created, writable) before any row is scored. Rows are
+read and scored in chunks (memory stays bounded); each rank scores a contiguous share of
+every chunk and rank 0 writes them in input order, so 1 process and N ranks write the same file.
 
 Output columns: ``row`` (0-based position among the input's rows; a row the training rules
 reject leaves a gap, a line that is no row at all is not counted), the passed-through
@@ -22,16 +23,19 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 import torch.distributed as dist
+import yaml
 
-from torchrec_kd.config import RunConfig
+from torchrec_kd.config import RunConfig, load_config
 from torchrec_kd.core.console import progress_bar
 from torchrec_kd.core.layout import EXPORT_META_FILE
+from torchrec_kd.core.plugins import load_plugins
 from torchrec_kd.data import build_data
 from torchrec_kd.data.bad_rows import BadRowLog
 from torchrec_kd.data.contract import CHUNK_ROWS
@@ -39,6 +43,7 @@ from torchrec_kd.data.rows import RowBlock
 from torchrec_kd.distributed.env import DistEnv, init_distributed
 from torchrec_kd.errors import ConfigError, DataError
 from torchrec_kd.models.dlrm import check_fits_data
+from torchrec_kd.quant.export import read_quantized_meta
 from torchrec_kd.serving.served_model import ServedModel, load_model
 
 logger = logging.getLogger(__name__)
@@ -118,7 +123,19 @@ class _Writer:
         self.out, self.tmp = out, out.with_name(out.name + ".tmp")
         self.parquet = out.suffix == ".parquet"
         self.rows, self.started, self._pq = 0, False, None
-        out.parent.mkdir(parents=True, exist_ok=True)
+        # made now, before any row is scored: a destination that cannot be written (a read-only file
+        # system, a parent that is a file, no permission) stops the run before the work, not after it
+        if out.is_dir():
+            raise ConfigError(f"--out {out}: is a directory; name the file to write (e.g. {out / 'scores.csv'})")
+        blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise ConfigError(f"--out {out}: {blocker} is a file, not a folder; choose a writable place")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp.open("wb").close()
+        except OSError as e:
+            raise ConfigError(f"--out {out}: cannot be written ({e.strerror or type(e).__name__}: "
+                              f"{e.filename or out.parent}); choose a writable place") from None
 
     def write(self, frame: pd.DataFrame) -> None:
         if self.parquet:
@@ -146,6 +163,48 @@ class _Writer:
         self.tmp.unlink(missing_ok=True)
 
 
+def _check_model_dir(model_dir: str) -> None:
+    """``--model`` names an export directory (ConfigError otherwise)."""
+    if not (Path(model_dir) / EXPORT_META_FILE).is_file():
+        raise ConfigError(f"--model {model_dir}: no quantized.json there; pass a directory from the quantize step "
+                          f"(e.g. <output_dir>/export/distilled_int4)")
+
+
+def export_config(model_dir: str, overrides: Sequence[str] = ()) -> RunConfig:
+    """The config the export's model was trained with (recorded in its ``quantized.json``), plus ``overrides``.
+
+    What ``predict`` scores with when no ``--config`` is given: the data a split is read from,
+    the batch size and the bad-row policy of the run that made the model, never the defaults.
+
+    Args:
+        model_dir (str): an export directory (``<output_dir>/export/<name>``).
+        overrides (Sequence[str]): ``key=value`` overrides on top (validated like any config's).
+
+    Returns:
+        RunConfig: the validated config.
+
+    Raises:
+        ConfigError: not an export, or one that records no config (then pass ``--config``).
+        CheckpointError: the export is unfinished or damaged.
+    """
+    _check_model_dir(model_dir)
+    meta = read_quantized_meta(model_dir)["meta"]
+    recorded = meta.get("config")
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"--model {model_dir}: the export does not record the config its model was trained with; "
+                          "pass that config with --config")
+    load_plugins(meta.get("plugins") or [])  # the recorded config may name a plugin's model builder
+    # through the one config loader (validation, overrides, messages); the message names the export, not a temp file
+    with tempfile.TemporaryDirectory() as tmp:
+        f = Path(tmp) / "config.yaml"
+        f.write_text(yaml.safe_dump(recorded, sort_keys=False))
+        try:
+            return load_config(f, overrides)
+        except ConfigError as e:
+            where = f"{Path(model_dir) / EXPORT_META_FILE} (the config recorded with the export)"
+            raise ConfigError(str(e).replace(str(f), where)) from None
+
+
 def run(cfg: RunConfig, model_dir: str, split: str, out: str, input_path: Optional[str] = None,
         columns: Sequence[str] = (), chunk_rows: int = CHUNK_ROWS) -> Path:
     """Score traffic (``input_path``) or the configured ``split`` with the export in ``model_dir``.
@@ -162,9 +221,7 @@ def run(cfg: RunConfig, model_dir: str, split: str, out: str, input_path: Option
     Returns:
         Path: the file written (on rank 0).
     """
-    if not (Path(model_dir) / EXPORT_META_FILE).is_file():
-        raise ConfigError(f"--model {model_dir}: no quantized.json there; pass a directory from the quantize step "
-                          f"(e.g. <output_dir>/export/distilled_int4)")
+    _check_model_dir(model_dir)
     if out.endswith(".parquet"):
         try:
             import pyarrow  # noqa: F401  (only checks it is installed)
@@ -173,14 +230,14 @@ def run(cfg: RunConfig, model_dir: str, split: str, out: str, input_path: Option
     if columns and not input_path:
         raise ConfigError("--columns passes input columns through; it needs --input (a split has no raw columns)")
     env = init_distributed(cfg.distributed)
-    served = load_model(model_dir)
-    bad_rows = BadRowLog(cfg.data.on_bad_row, verbose=env.is_main)
-    chunks = (_file_chunks(served, input_path, columns, bad_rows, chunk_rows) if input_path
-              else _split_chunks(cfg, served, split, f"--model {model_dir}", chunk_rows))
     path = Path(out)
-    writer = _Writer(path) if env.is_main else None
+    writer = _Writer(path) if env.is_main else None  # the destination is checked before any work
     bar = None
     try:
+        served = load_model(model_dir)
+        bad_rows = BadRowLog(cfg.data.on_bad_row, verbose=env.is_main)
+        chunks = (_file_chunks(served, input_path, columns, bad_rows, chunk_rows) if input_path
+                  else _split_chunks(cfg, served, split, f"--model {model_dir}", chunk_rows))
         for chunk in chunks:
             # the bar starts with the first rows: errors while opening the input come before it
             if bar is None:  # (not `bar or …`: a tqdm without a total has no truth value)

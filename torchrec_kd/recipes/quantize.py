@@ -6,7 +6,8 @@ same collective ``RecMetricModule`` path as training. Rank 0 writes
 ``metrics.json`` entries ``<source>_<dtype>`` and the exports under ``export/``:
 ``weights.pt`` + ``quantized.json`` (plain tensors, loads with ``weights_only=True``),
 ``contract.json`` (the input contract: raw columns in, features out) and a TorchScript
-program ``model.ts`` returning logits and probabilities.
+program ``model.ts`` returning logits and probabilities. Each export is written into a hidden
+sibling (``export/.<name>.tmp-<pid>``), sealed and renamed into place when complete.
 
 Example::
 
@@ -37,7 +38,7 @@ from torchrec_kd.errors import ConfigError
 from torchrec_kd.models.build import io_from_meta
 from torchrec_kd.models.saved import load_float_model
 from torchrec_kd.quant.embeddings import embedding_storage_bytes, quantize_model
-from torchrec_kd.quant.export import export_torchscript, save_quantized, seal_export
+from torchrec_kd.quant.export import export_torchscript, save_quantized
 from torchrec_kd.quant.plan import REFERENCE, apply_plan, check_budget, choice_from_json, plan_table, plan_tables
 from torchrec_kd.quant.pruning import TablePruning, id_counts, keep_rows, prune_plan, pruning_table, table_configs
 from torchrec_kd.quant.scoring_head import ScoringHead
@@ -146,14 +147,17 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
             entry["train_samples_per_s"] = base.get("train_samples_per_s")
             entry["best_step"] = base.get("best_step")  # quantized from the source's kept checkpoint
             target = layout.export(name)
-            save_quantized(qm, target, {**meta, "export_fingerprint": fp}, pruning=pruning)
-            (target / CONTRACT_FILE).write_text(json.dumps(contract, indent=2))
-            if plan is not None:
-                (target / PLAN_FILE).write_text(json.dumps(plan, indent=2))
             # the program returns {"logit", "probability"} with no autograd (ScoringHead); a model with
             # its own call adapter is exported as it is (load_model scores it through the adapter)
-            export_torchscript(ScoringHead(qm, io.output) if io.call is None else qm, target / TORCHSCRIPT_FILE)
-            seal_export(target)  # sizes and hashes of every file but quantized.json, checked on every load
+            program = ScoringHead(qm, io.output) if io.call is None else qm
+            extras: Dict[str, Callable[[Path], Any]] = {
+                CONTRACT_FILE: lambda f: f.write_text(json.dumps(contract, indent=2)),
+                TORCHSCRIPT_FILE: lambda f: export_torchscript(program, f)}
+            if plan is not None:
+                extras[PLAN_FILE] = lambda f: f.write_text(json.dumps(plan, indent=2))
+            # written beside export/<name>, sealed (sizes and hashes, checked on every load), then renamed
+            # into place: a killed quantize leaves no export that loads
+            save_quantized(qm, target, {**meta, "export_fingerprint": fp}, pruning=pruning, extras=extras)
             entry["export"] = str(target)
             table = metrics_table(update_metrics(out, name, entry))
             logger.info("%s: test auc %.4f, %s embedding bytes; exported to %s", name, entry["auc"],
