@@ -1,30 +1,34 @@
 """Recipe: measure inference latency of every model of the run, then write the report.
 
-Rank 0 rebuilds each model unsharded on CPU (float checkpoints and quantized exports),
-times it at batch 1 and 1024 on test rows, merges the latencies into ``metrics.json``
-and writes ``report.md``, ``report.png`` and TensorBoard events. Other ranks wait.
+Rank 0 keeps the models of this config's lineage (``reporting.lineage``: the others are
+named and left out), rebuilds each unsharded on CPU (float checkpoints and quantized
+exports), times it at batch 1 and 1024 on test rows, merges the latencies into
+``metrics.json`` and writes ``report.md``, ``report.png`` and TensorBoard events. A
+directory holding no model of this config's lineage is refused. Other ranks wait.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.distributed as dist
 from torchrec.datasets.utils import Batch
 
+from torchrec_kd.checkpoint.model_io import read_meta
 from torchrec_kd.config import RunConfig
 from torchrec_kd.core.console import FILE_ONLY
 from torchrec_kd.core.layout import RunLayout
 from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import init_distributed
+from torchrec_kd.errors import CheckpointError, ConfigError, UserError
 from torchrec_kd.models.build import build_model_from_meta, io_from_meta
 from torchrec_kd.models.saved import load_float_model
 from torchrec_kd.quant.export import load_quantized, read_quantized_meta
 from torchrec_kd.reporting.latency import latency_ms
-from torchrec_kd.reporting.metrics_file import update_metrics
+from torchrec_kd.reporting.lineage import Lineage, split_lineage
+from torchrec_kd.reporting.metrics_file import read_metrics, update_metrics
 from torchrec_kd.reporting.report import write_report
 
 logger = logging.getLogger(__name__)
@@ -43,31 +47,61 @@ def _scorer(layout: RunLayout, name: str) -> Callable[[Batch], torch.Tensor]:
 
 
 def run(cfg: RunConfig) -> Dict[str, Any]:
-    """Add latencies to ``metrics.json`` and write the report (rank 0).
+    """Add latencies to ``metrics.json`` and write the report of this config's lineage (rank 0).
 
     Args:
-        cfg (RunConfig): the run (output dir, data for the timing rows).
+        cfg (RunConfig): the run (output dir, data for the timing rows; its fingerprints pick the lineage).
 
     Returns:
-        Dict[str, Any]: the metrics with latencies (on rank 0; empty elsewhere).
+        Dict[str, Any]: the reported metrics with latencies (on rank 0; empty elsewhere).
+
+    Raises:
+        ConfigError: the directory's models were all made by another config.
+        CheckpointError: ``metrics.json`` is missing or damaged.
     """
     env = init_distributed(cfg.distributed)
     out = cfg.out_dir
     layout = RunLayout(out)
     metrics: Dict[str, Any] = {}
     if env.is_main:
-        metrics = json.loads(layout.metrics.read_text())
+        lineage = _lineage(cfg)
+        metrics = lineage.current
         data = build_data(cfg.data, cfg.seed)
         rows = next(iter(data.batches("test", _timing_batch(cfg), num_batches=1)))
-        for name in metrics:
+        for name in list(metrics):
             if layout.model_meta(name).is_file() or layout.export_meta(name).is_file():
                 lat = latency_ms(_scorer(layout, name), rows, (1, LATENCY_ROWS))
-                metrics = update_metrics(out, name, {**metrics[name], **lat})
+                metrics[name] = update_metrics(out, name, {**metrics[name], **lat})[name]
                 logger.info("%s: %s", name, ", ".join(f"{k} {v:.3f}" for k, v in lat.items()), extra=FILE_ONLY)
-        paths = write_report(metrics, out, cfg.run_name)
+        paths = write_report(metrics, out, cfg.run_name, left_out=lineage.left_out)
         logger.info("%s\nwrote %s", layout.report_md.read_text().rstrip(), ", ".join(str(p) for p in paths))
     dist.barrier()
     return metrics
+
+
+def _lineage(cfg: RunConfig) -> Lineage:
+    """The run's ``metrics.json`` split by lineage; refused when nothing in it is of this config's lineage."""
+    layout = RunLayout(cfg.out_dir)
+    all_metrics = read_metrics(layout.metrics)
+    if not all_metrics:
+        raise CheckpointError(f"{layout.metrics} not found or empty: nothing to report in {layout.root}; "
+                              "run experiment (or train-teacher, train-student, distill) first")
+    lineage = split_lineage(all_metrics, cfg, layout.root)
+    if not lineage.current:
+        first, why = next(iter(lineage.left_out.items()))
+        made_by = next((n for n in (_recorded_run_name(layout, m) for m in lineage.left_out) if n), None)
+        raise ConfigError(f"report: no model in {layout.root} is of this config's lineage (run_name {cfg.run_name!r}): "
+                          f"they were made by another config{f' (run_name {made_by!r})' if made_by else ''}; "
+                          f"{first}: {why}. Report with the config that made them, or run experiment with this one")
+    return lineage
+
+
+def _recorded_run_name(layout: RunLayout, name: str) -> Optional[str]:
+    """The run_name in the config a trained model's checkpoint recorded (None when there is none)."""
+    try:
+        return (read_meta(layout.model(name)).get("config") or {}).get("run_name")
+    except UserError:
+        return None
 
 
 def _timing_batch(cfg: RunConfig) -> int:

@@ -9,8 +9,34 @@ from pathlib import Path
 from typing import Any, Dict
 
 from torchrec_kd.core.layout import METRICS_FILE
+from torchrec_kd.errors import CheckpointError
 
 FIELDS = ("auc", "ne", "logloss", "params", "embedding_bytes", "train_samples_per_s")
+
+
+def read_metrics(path: Path) -> Dict[str, Dict[str, Any]]:
+    """A ``metrics.json``'s content ({} when the file does not exist).
+
+    Args:
+        path (Path): the file.
+
+    Returns:
+        Dict[str, dict]: one entry per model.
+
+    Raises:
+        CheckpointError: the file is damaged (not JSON, e.g. truncated, or not a mapping of entries).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    fix = "restore it from a copy, or delete it and run experiment again (its steps re-run)"
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{path} is damaged (not valid JSON: {e}); {fix}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise CheckpointError(f"{path} is damaged (not a mapping of model entries); {fix}")
+    return data
 
 
 def update_metrics(out_dir: Path, model_name: str, entry: Dict[str, Any]) -> Dict[str, Any]:
@@ -27,7 +53,7 @@ def update_metrics(out_dir: Path, model_name: str, entry: Dict[str, Any]) -> Dic
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     f = out_dir / METRICS_FILE
-    data = json.loads(f.read_text()) if f.is_file() else {}
+    data = read_metrics(f)
     data[model_name] = entry
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".metrics.", suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
@@ -46,8 +72,7 @@ def read_entry(out_dir: Path, model_name: str) -> Dict[str, Any]:
     Returns:
         Dict[str, Any]: the entry.
     """
-    f = out_dir / METRICS_FILE
-    return json.loads(f.read_text()).get(model_name, {}) if f.is_file() else {}
+    return read_metrics(Path(out_dir) / METRICS_FILE).get(model_name, {})
 
 
 def _fmt(v: Any) -> str:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from torchrec_kd.reporting.summary import signed
+
 Box = Tuple[float, float, float, float]  # x0, y0, x1, y1 in display pixels (y up)
 
 FIGSIZE = (14.0, 5.0)
@@ -421,7 +423,7 @@ def _draw_gain_panel(ax: Any, summary: Mapping[str, Any]) -> None:
         ci = [finite(v) for v in ci] if isinstance(ci, (list, tuple)) and len(ci) == 2 else [None, None]
         yerr = [[mean - ci[0]], [ci[1] - mean]] if None not in ci else None
         ax.errorbar([i], [mean], yerr=yerr, fmt="o", color=colour, ms=8, capsize=7, lw=2, zorder=3)
-        ax.annotate(f"{mean:+.4f}", (i, mean), xytext=(-9, 0), textcoords="offset points", ha="right",
+        ax.annotate(signed(mean), (i, mean), xytext=(-9, 0), textcoords="offset points", ha="right",
                     va="center", fontsize=LABEL_FONT)
         seeds = [v for v in (finite(d) for d in diff.get("per_seed") or []) if v is not None]
         offsets = [0.22 + 0.05 * (j - (len(seeds) - 1) / 2) for j in range(len(seeds))]  # side by side, not stacked
@@ -439,7 +441,7 @@ def _draw_gain_panel(ax: Any, summary: Mapping[str, Any]) -> None:
 
 def build_figure(metrics: Mapping[str, Mapping[str, Any]], names: Sequence[str],
                  summary: Optional[Mapping[str, Any]] = None, title: Optional[str] = None,
-                 curves_label: Optional[str] = None) -> Any:
+                 curves_label: Optional[str] = None, left_out: Sequence[str] = ()) -> Any:
     """The report figure: AUC against bytes, validation curves and (≥ 2 seeds) the KD gain panel.
 
     Call it inside ``matplotlib.rc_context(RC)`` (``draw_report`` does) for the report's font sizes.
@@ -451,6 +453,7 @@ def build_figure(metrics: Mapping[str, Mapping[str, Any]], names: Sequence[str],
             are the seeds' means and the KD gain panel is drawn.
         title (Optional[str]): the figure's heading (the run name).
         curves_label (Optional[str]): which run the curves come from (e.g. ``"seed 0"``).
+        left_out (Sequence[str]): models of another lineage, drawn nowhere and named under the panels.
 
     Returns:
         matplotlib.figure.Figure: laid out, labels placed, on an Agg canvas.
@@ -471,6 +474,9 @@ def build_figure(metrics: Mapping[str, Mapping[str, Any]], names: Sequence[str],
         _draw_gain_panel(axes[2], summary)  # type: ignore[arg-type]
     if title:
         fig.suptitle(title, fontweight="bold")
+    if left_out:  # said in the picture too, so a copied PNG does not pass for the whole directory
+        fig.supxlabel("not drawn (another lineage, see report.md): " + ", ".join(left_out), fontsize=LABEL_FONT,
+                      color="0.35", x=0.01, ha="left")
     fig.canvas.draw()  # run the layout once, then freeze it: labels are placed in final pixels
     fig.set_layout_engine("none")
     _place_point_labels(fig, labels)
@@ -479,7 +485,7 @@ def build_figure(metrics: Mapping[str, Mapping[str, Any]], names: Sequence[str],
 
 def draw_report(metrics: Mapping[str, Mapping[str, Any]], names: Sequence[str], path: Path,
                 summary: Optional[Mapping[str, Any]] = None, title: Optional[str] = None,
-                curves_label: Optional[str] = None) -> Path:
+                curves_label: Optional[str] = None, left_out: Sequence[str] = ()) -> Path:
     """Write ``report.png`` (``build_figure``, at the report's font sizes and ``DPI``).
 
     Args:
@@ -489,6 +495,7 @@ def draw_report(metrics: Mapping[str, Mapping[str, Any]], names: Sequence[str], 
         summary (Optional[Mapping[str, Any]]): ``summary.json`` content, if any.
         title (Optional[str]): the figure's heading.
         curves_label (Optional[str]): which run the curves come from.
+        left_out (Sequence[str]): models of another lineage (not drawn; named under the panels).
 
     Returns:
         Path: ``path``.
@@ -496,6 +503,6 @@ def draw_report(metrics: Mapping[str, Mapping[str, Any]], names: Sequence[str], 
     import matplotlib
 
     with matplotlib.rc_context(RC):
-        fig = build_figure(metrics, names, summary=summary, title=title, curves_label=curves_label)
+        fig = build_figure(metrics, names, summary=summary, title=title, curves_label=curves_label, left_out=left_out)
         fig.savefig(path, dpi=DPI)
     return Path(path)

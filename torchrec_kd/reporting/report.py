@@ -12,7 +12,18 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from torchrec_kd.core.layout import REPORT_MD, REPORT_PNG, TENSORBOARD_DIR
-from torchrec_kd.reporting.summary import budget_warning, comparable, consistency_notes, gain_sentence, summarize, teacher_warning
+from torchrec_kd.reporting.summary import (
+    base_rate_notes,
+    budget_warning,
+    comparable,
+    consistency_notes,
+    gain_sentence,
+    signed,
+    stale_exports,
+    summarize,
+    teacher_warning,
+    validated,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +39,13 @@ def _ordered(metrics: Dict[str, Dict[str, Any]]) -> List[str]:
     return known + sorted(m for m in metrics if m not in known)
 
 
-def _cell(key: str, value: Any) -> str:
+def _cell(key: str, value: Any, entry: Mapping[str, Any]) -> str:
+    if key == "train_samples_per_s" and ("source" in entry or "source_fingerprint" in entry):
+        return "–"  # a quantized export is not trained: its source's figure is not its own
     if value is None:
         return "–"
+    if key == "ne" and value > 1:
+        return f"{value:.4f} (> 1: worse than the base rate)"
     if key in ("auc", "ne", "logloss"):
         return f"{value:.4f}"
     if key.startswith("latency"):
@@ -38,12 +53,29 @@ def _cell(key: str, value: Any) -> str:
     return f"{value:,.0f}"
 
 
+def lineage_note(left_out: Optional[Mapping[str, str]]) -> Optional[str]:
+    """The report's first sentence when models of another lineage are left out (None when none are).
+
+    Args:
+        left_out (Optional[Mapping[str, str]]): model -> why it is not of this config's lineage.
+
+    Returns:
+        Optional[str]: the sentence.
+    """
+    if not left_out:
+        return None
+    why = "; ".join(f"{name} ({reason})" for name, reason in left_out.items())
+    return f"Left out of this report (its table, picture and every figure) as not of this config's lineage: {why}."
+
+
 def kd_summary(metrics: Dict[str, Dict[str, Any]]) -> str:
     """What distillation and quantization bought, from the numbers, honestly qualified.
 
     The first sentence is the distilled − student-alone difference (on one run: no
-    interval, said so); then which step each model was kept at, a warning when the
-    teacher is not better than the student alone, and what quantization cost.
+    interval, said so; without validation: said first); then which step each model was
+    kept at, models worse than the base rate, a warning when the teacher does not score
+    above the student alone, and what quantization cost. ``metrics`` must hold only models
+    of one lineage (``reporting.lineage``): every figure here is computed from them.
     """
     parts = []
     if {"student", "distilled"} <= metrics.keys():
@@ -53,45 +85,54 @@ def kd_summary(metrics: Dict[str, Dict[str, Any]]) -> str:
             parts.append(f"Test AUC {s['auc']:.4f} alone ({_kept(s)}) and {d['auc']:.4f} distilled ({_kept(d)}), "
                          "with the same data and maximum budget.")
     parts += consistency_notes(metrics)
+    parts += base_rate_notes(metrics)
     for warning in (teacher_warning(metrics), budget_warning(metrics)):
         if warning:
             parts.append(warning)
-    quant = [m for m in ("distilled_int4", "distilled_int8") if m in metrics]
+    stale = stale_exports(metrics)  # never a figure from a stale export (lineage-split metrics have none)
+    quant = [m for m in ("distilled_int4", "distilled_int8") if m in metrics and m not in stale
+             and metrics[m].get("source", "distilled") == "distilled"]
     if quant and "teacher" in metrics and "distilled" in metrics:
         q = quant[0]
         ratio = metrics["teacher"]["embedding_bytes"] / max(1, metrics[q]["embedding_bytes"])
         parts.append(f"Its {q.split('_')[1]} tables hold {metrics[q]['embedding_bytes']:,} bytes, {ratio:.0f}x less than "
-                     f"the teacher's, for {metrics[q]['auc'] - metrics['distilled']['auc']:+.4f} AUC against fp32.")
+                     f"the teacher's, for {signed(metrics[q]['auc'] - metrics['distilled']['auc'])} AUC against fp32.")
     return " ".join(parts) if parts else "Not enough models in metrics.json yet to compare."
 
 
 def _kept(entry: Dict[str, Any]) -> str:
     """'best at step 1200 of 1500 trained, stopped early; max 3000' for a metrics entry."""
     best, steps, cap = entry.get("best_step"), entry.get("steps"), entry.get("max_steps")
-    if best is None:
-        return f"{steps} steps"
+    if not validated(entry):
+        return f"its last step, {steps if steps is not None else best}, never validated"
     return f"best at step {best} of {steps} trained{', stopped early' if entry.get('stopped_early') else ''}; max {cap}"
 
 
-def write_markdown(metrics: Dict[str, Dict[str, Any]], out_dir: Path, title: str) -> Path:
-    """``report.md``: the comparison table and the summary sentence.
+def write_markdown(metrics: Dict[str, Dict[str, Any]], out_dir: Path, title: str,
+                   left_out: Optional[Mapping[str, str]] = None) -> Path:
+    """``report.md``: what is left out (first), the summary sentences and the comparison table.
 
     Args:
-        metrics (Dict[str, dict]): ``metrics.json`` content.
+        metrics (Dict[str, dict]): the ``metrics.json`` entries of one lineage.
         out_dir (Path): the run's output directory.
         title (str): heading (the run name).
+        left_out (Optional[Mapping[str, str]]): the other entries and why they are left out.
 
     Returns:
         Path: the file written.
     """
-    lines = [f"# {title}", "", kd_summary(metrics), "",
-             "| model | " + " | ".join(label for _, label in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 1) + "|"]
+    note = lineage_note(left_out)
+    lines = [f"# {title}", ""] + ([note, ""] if note else []) + [
+        kd_summary(metrics), "",
+        "| model | " + " | ".join(label for _, label in COLUMNS) + " |",
+        "|---" * (len(COLUMNS) + 1) + "|"]
     for name in _ordered(metrics):
-        lines.append(f"| {name} | " + " | ".join(_cell(k, metrics[name].get(k)) for k, _ in COLUMNS) + " |")
-    lines += ["", "AUC, NE (normalized entropy) and log loss on the test split (TorchRec RecMetrics); "
-              "latency: median single-thread CPU forward of the unsharded model; embedding bytes: table storage "
-              "(quantized: fbgemm rows incl. scale/bias).", "",
+        lines.append(f"| {name} | " + " | ".join(_cell(k, metrics[name].get(k), metrics[name]) for k, _ in COLUMNS)
+                     + " |")
+    lines += ["", "AUC, NE (normalized entropy) and log loss on the test split (TorchRec RecMetrics); NE above 1 is "
+              "worse than always predicting the base rate; latency: median single-thread CPU forward of the unsharded "
+              "model; embedding bytes: table storage (quantized: fbgemm rows incl. scale/bias); train samples/s: "
+              "training throughput (– for a quantized export, which is not trained).", "",
               f"![AUC against model bytes and validation curves]({REPORT_PNG})", ""]
     path = Path(out_dir) / REPORT_MD
     path.write_text("\n".join(lines))
@@ -99,18 +140,20 @@ def write_markdown(metrics: Dict[str, Dict[str, Any]], out_dir: Path, title: str
 
 
 def write_plot(metrics: Dict[str, Dict[str, Any]], out_dir: Path, summary: Optional[Mapping[str, Any]] = None,
-               title: Optional[str] = None, curves_label: Optional[str] = None) -> Optional[Path]:
+               title: Optional[str] = None, curves_label: Optional[str] = None,
+               left_out: Optional[Mapping[str, str]] = None) -> Optional[Path]:
     """``report.png``: AUC against embedding bytes with the Pareto front, validation curves, and the KD gain.
 
     The KD gain panel (distilled − student alone, 95% interval, per-seed dots) is drawn when
     ``summary`` has ≥ 2 seeds; the AUCs are then the seeds' means. See ``reporting.plot``.
 
     Args:
-        metrics (Dict[str, dict]): ``metrics.json`` content (one run or seed).
+        metrics (Dict[str, dict]): the ``metrics.json`` entries of one lineage (one run or seed).
         out_dir (Path): the run's output directory.
         summary (Optional[Mapping[str, Any]]): ``summary.json`` content (``summarize()``), if any.
         title (Optional[str]): the figure's heading (the run name).
         curves_label (Optional[str]): which run the curves come from (e.g. ``"seed 0"``).
+        left_out (Optional[Mapping[str, str]]): models not drawn (another lineage), named under the figure.
 
     Returns:
         Optional[Path]: the file written.
@@ -118,7 +161,7 @@ def write_plot(metrics: Dict[str, Dict[str, Any]], out_dir: Path, summary: Optio
     from torchrec_kd.reporting.plot import draw_report  # matplotlib only when a picture is drawn
 
     return draw_report(metrics, _ordered(metrics), Path(out_dir) / REPORT_PNG, summary=summary, title=title,
-                       curves_label=curves_label)
+                       curves_label=curves_label, left_out=sorted(left_out or {}))
 
 
 def write_experiment_plot(summary: Mapping[str, Any], per_seed: Mapping[int, Dict[str, Dict[str, Any]]],
@@ -139,7 +182,9 @@ def write_experiment_plot(summary: Mapping[str, Any], per_seed: Mapping[int, Dic
         return None
     seed = seeds[0]
     metrics = per_seed[seed] if seed in per_seed else per_seed[str(seed)]  # type: ignore[index]
-    return write_plot(metrics, out_dir, summary=summary, title=title, curves_label=f"seed {seed}")
+    left_out = sorted({n for why in (summary.get("left_out") or {}).values() for n in why})
+    return write_plot(metrics, out_dir, summary=summary, title=title, curves_label=f"seed {seed}",
+                      left_out=dict.fromkeys(left_out, ""))
 
 
 def write_tensorboard(metrics: Dict[str, Dict[str, Any]], out_dir: Path) -> Path:
@@ -164,21 +209,24 @@ def write_tensorboard(metrics: Dict[str, Dict[str, Any]], out_dir: Path) -> Path
 
 
 def write_report(metrics: Dict[str, Dict[str, Any]], out_dir: Path, title: str,
-                 summary: Optional[Mapping[str, Any]] = None) -> List[Path]:
+                 summary: Optional[Mapping[str, Any]] = None, left_out: Optional[Mapping[str, str]] = None) -> List[Path]:
     """Write report.md, report.png and TensorBoard events; return the paths.
 
     Args:
-        metrics (Dict[str, dict]): ``metrics.json`` content.
+        metrics (Dict[str, dict]): the ``metrics.json`` entries of one lineage
+            (``reporting.lineage.split_lineage``); every figure is computed from them alone.
         out_dir (Path): the run's output directory.
         title (str): heading (the run name).
         summary (Optional[Mapping[str, Any]]): ``summary.json`` content: with ≥ 2 seeds the
             picture shows the mean AUCs and the KD gain with its interval.
+        left_out (Optional[Mapping[str, str]]): the models of other lineages and why: named
+            first in report.md and under the picture, drawn nowhere.
 
     Returns:
         List[Path]: report.md, report.png, the TensorBoard directory.
     """
-    paths = [write_markdown(metrics, out_dir, title)]
-    plot = write_plot(metrics, out_dir, summary=summary, title=title)
+    paths = [write_markdown(metrics, out_dir, title, left_out)]
+    plot = write_plot(metrics, out_dir, summary=summary, title=title, left_out=left_out)
     if plot:
         paths.append(plot)
     paths.append(write_tensorboard(metrics, out_dir))

@@ -14,7 +14,7 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 # two-sided 95% quantiles of Student's t, by degrees of freedom 1..30
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -54,27 +54,108 @@ def paired_interval(diffs: Sequence[float]) -> Tuple[float, Optional[Tuple[float
     return mean, (mean - half, mean + half)
 
 
-def _best_val_auc(entry: Mapping[str, Any]) -> Optional[float]:
-    best = entry.get("best_val") or {}
-    return best.get("auc")
+# One seed: a teacher − student alone difference smaller than this is a tie. The benchmarks'
+# per-seed spread of one model's test AUC is 0.002-0.004 (docs/benchmarks.md), so the
+# difference of two models varies by about √2 times that from seed to seed.
+TIE_AUC = 0.005
+
+
+def signed(value: float, digits: int = 4) -> str:
+    """``value`` with its sign, never a negative zero: ``+0.0031``, ``-0.0120``, ``+0.0000``.
+
+    Args:
+        value (float): a difference.
+        digits (int): decimals.
+
+    Returns:
+        str: the formatted number.
+    """
+    text = f"{value:+.{digits}f}"
+    return "+" + text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def validated(entry: Mapping[str, Any]) -> bool:
+    """True when the model was kept at its best validation step (False: its last step, never validated)."""
+    return bool(entry.get("best_val"))
+
+
+def _teacher_student_auc(metrics: Mapping[str, Mapping[str, Any]]) -> Optional[Tuple[float, float, str]]:
+    """The teacher's and the student alone's AUC and on what: best validation, else test (no validation)."""
+    t, s = metrics["teacher"], metrics["student"]
+    if validated(t) and validated(s) and t["best_val"].get("auc") is not None and s["best_val"].get("auc") is not None:
+        return t["best_val"]["auc"], s["best_val"]["auc"], "validation AUC"
+    if t.get("auc") is not None and s.get("auc") is not None:
+        return t["auc"], s["auc"], "test AUC (no validation)"
+    return None
 
 
 def teacher_warning(metrics: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
-    """The warning to print when the teacher is not better than the student alone on validation.
+    """The warning to print when the teacher does not score above the student alone (one run).
+
+    On the best validation AUCs, or the test AUCs when either model had no validation. One
+    seed cannot tell a small difference from noise: the teacher is called *below* only when
+    it trails by more than ``TIE_AUC``, else the two are *tied*. Neither claims distillation
+    cannot help: soft labels can help a student even from an equal teacher.
 
     Args:
         metrics (Mapping[str, dict]): one run's ``metrics.json`` (needs ``teacher`` and ``student``).
 
     Returns:
-        Optional[str]: the sentence, or None when the teacher is better (or a model is missing).
+        Optional[str]: the sentence, or None when the teacher scores above the student alone
+        (or a model or its AUC is missing).
     """
     if not {"teacher", "student"} <= metrics.keys():
         return None
-    t, s = _best_val_auc(metrics["teacher"]), _best_val_auc(metrics["student"])
-    if t is None or s is None or t > s:
+    found = _teacher_student_auc(metrics)
+    if found is None or found[0] > found[1]:
         return None
-    return (f"This teacher scores below the student alone (validation AUC {t:.4f} against {s:.4f}): "
-            "distillation cannot help here; train a better teacher first.")
+    t, s, what = found
+    if s - t > TIE_AUC:
+        return (f"This teacher scores below the student alone ({what} {t:.4f} against {s:.4f} on one seed, a gap "
+                f"larger than the {TIE_AUC} that seeds alone can make): distillation from it may gain little; "
+                "train a better teacher first.")
+    return (f"The teacher and the student alone are tied ({what} {t:.4f} against {s:.4f} on one seed, within the "
+            f"{TIE_AUC} that seeds alone can make): soft labels can still help the student, but a better teacher "
+            "usually helps more.")
+
+
+_ANNOUNCED: Set[str] = set()
+
+
+def announce_once(text: str) -> bool:
+    """True the first time this process is asked to print ``text``, False after.
+
+    One ``experiment`` meets the same teacher warning in ``distill``, ``distill-qat`` and the
+    report: the report states it, and the steps before print nothing.
+
+    Args:
+        text (str): the warning.
+
+    Returns:
+        bool: whether to print it now.
+    """
+    if text in _ANNOUNCED:
+        return False
+    _ANNOUNCED.add(text)
+    return True
+
+
+def base_rate_notes(metrics: Mapping[str, Mapping[str, Any]]) -> List[str]:
+    """A sentence for each model whose test NE is above 1: worse than predicting the base rate.
+
+    NE (normalized entropy) is the log loss divided by that of always predicting the
+    training click rate, so above 1 the model's scores are worse than that constant.
+
+    Args:
+        metrics (Mapping[str, dict]): one run's ``metrics.json``.
+
+    Returns:
+        List[str]: one sentence per such model.
+    """
+    worse = [f"{n} (NE {e['ne']:.4f})" for n, e in metrics.items() if isinstance(e.get("ne"), (int, float)) and e["ne"] > 1]
+    if not worse:
+        return []
+    return [f"Worse than predicting the base rate (test NE above 1): {', '.join(worse)}."]
 
 
 def budget_warning(metrics: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
@@ -117,12 +198,27 @@ def consistency_notes(metrics: Mapping[str, Mapping[str, Any]]) -> List[str]:
     if s.get("base") and d.get("base") and s["base"] != d["base"]:
         notes.append("The student alone and the distilled student were trained with different data, student, seed or "
                      "budget (their fingerprints differ), so they are not compared: re-run the older one.")
+    for name, source in stale_exports(metrics).items():
+        notes.append(f"{name} was exported from an earlier {source} model: re-run quantize (--source {source}).")
+    return notes
+
+
+def stale_exports(metrics: Mapping[str, Mapping[str, Any]]) -> Dict[str, str]:
+    """The exports in ``metrics`` made from an earlier version of their source model, with that source.
+
+    Args:
+        metrics (Mapping[str, dict]): one run's ``metrics.json``.
+
+    Returns:
+        Dict[str, str]: export name -> source name.
+    """
+    stale = {}
     for name, e in metrics.items():
         source = e.get("source") or name.rpartition("_")[0]  # exports record their source (older ones: by name)
         if e.get("source_fingerprint") and source in metrics and \
                 metrics[source].get("fingerprint") != e["source_fingerprint"]:
-            notes.append(f"{name} was exported from an earlier {source} model: re-run quantize (--source {source}).")
-    return notes
+            stale[name] = source
+    return stale
 
 
 def comparable(metrics: Mapping[str, Mapping[str, Any]]) -> bool:
@@ -131,19 +227,24 @@ def comparable(metrics: Mapping[str, Mapping[str, Any]]) -> bool:
     return not (s.get("base") and d.get("base") and s["base"] != d["base"])
 
 
-def summarize(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> Dict[str, Any]:
+def summarize(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]],
+              left_out: Optional[Mapping[int, Mapping[str, str]]] = None) -> Dict[str, Any]:
     """``summary.json`` of a multi-seed experiment.
 
     Args:
-        per_seed (Mapping[int, dict]): each seed's ``metrics.json``.
+        per_seed (Mapping[int, dict]): each seed's ``metrics.json`` — only the models of the
+            config's lineage (``reporting.lineage.split_lineage``).
+        left_out (Optional[Mapping[int, Mapping[str, str]]]): per seed, the models left out and why.
 
     Returns:
         Dict[str, Any]: ``seeds``; ``models``: per model present in every seed ``auc_mean``,
         ``auc_std``, ``ne_mean``, ``ne_std``, ``auc`` (per seed), ``best_step`` (per seed);
         ``kd_gain``: distilled − student alone test AUC, ``auc_mean``, ``auc_ci95`` (None for
         one seed), ``significant``, ``per_seed``, and NE likewise; ``teacher_gap``: teacher −
-        student alone the same way; ``teacher_not_better``: seeds whose teacher did not beat the
-        student alone on validation.
+        student alone the same way; ``teacher_not_better``: seeds whose teacher did not score
+        above the student alone (``teacher_warning``); ``teacher_note``: the warning for the
+        whole experiment, if any; ``unvalidated``: seeds where a compared model had no
+        validation; ``left_out``: per seed, the models not of this lineage and why.
     """
     seeds = sorted(per_seed)
     runs = [per_seed[s] for s in seeds]
@@ -164,8 +265,29 @@ def summarize(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> Dict[s
         if "kd_gain" in out and out["teacher_gap"]["auc_mean"] > 0:
             out["kd_gain"]["gap_recovered"] = out["kd_gain"]["auc_mean"] / out["teacher_gap"]["auc_mean"]
     out["teacher_not_better"] = [s for s, r in zip(seeds, runs) if teacher_warning(r)]
+    out["teacher_note"] = teacher_warning(runs[0]) if len(runs) == 1 else _teacher_gap_warning(out)
     out["budget_reached"] = [s for s, r in zip(seeds, runs) if budget_warning(r)]
+    out["unvalidated"] = [s for s, r in zip(seeds, runs)
+                          if any(m in r and not validated(r[m]) for m in ("student", "distilled"))]
+    out["left_out"] = {s: dict(v) for s, v in (left_out or {}).items() if v}
     return out
+
+
+def _teacher_gap_warning(summary: Mapping[str, Any]) -> Optional[str]:
+    """Across seeds: a warning when the paired interval of teacher − student alone does not lie above 0."""
+    gap = summary.get("teacher_gap")
+    if not gap or gap["auc_ci95"] is None:
+        return None
+    lo, hi = gap["auc_ci95"]
+    span = (f"teacher − student alone {signed(gap['auc_mean'])} test AUC, 95% CI {signed(lo)} to {signed(hi)}, "
+            f"{len(summary['seeds'])} seeds")
+    if hi < 0:
+        return (f"The teacher scores below the student alone ({span}): distillation from it may gain little; "
+                "train a better teacher first.")
+    if lo <= 0:
+        return (f"The teacher is not shown to score above the student alone ({span}, the interval includes 0): "
+                "soft labels can still help the student, but a better teacher usually helps more.")
+    return None
 
 
 def _difference(runs: List[Mapping[str, Mapping[str, Any]]], a: str, b: str) -> Dict[str, Any]:
@@ -179,7 +301,11 @@ def _difference(runs: List[Mapping[str, Mapping[str, Any]]], a: str, b: str) -> 
 
 
 def gain_sentence(summary: Mapping[str, Any]) -> str:
-    """The report's first sentence: distilled − student alone with its interval, and whether it is significant."""
+    """The report's first sentence(s): distilled − student alone with its interval, and whether it is significant.
+
+    A comparison where the student alone or the distilled student had no validation says so
+    first: each such model is its last step, not its best.
+    """
     gain = summary.get("kd_gain")
     if summary.get("not_comparable"):
         return (f"No comparison: on seed(s) {summary['not_comparable']} the student alone and the distilled student "
@@ -187,28 +313,43 @@ def gain_sentence(summary: Mapping[str, Any]) -> str:
     if gain is None:
         return "No comparison yet: the student alone and the distilled student are both needed."
     n = len(summary["seeds"])
+    unvalidated = summary.get("unvalidated") or []
+    kept = "each model at its best validation step"
+    caveat = ""
+    if unvalidated:
+        where = "" if n == 1 else f" on seed(s) {unvalidated}"
+        caveat = (f"No validation{where}: the student alone or the distilled student is its last training step, not "
+                  "its best, so this comparison may reflect the budget rather than distillation (set "
+                  "train.eval_every). ")
+        kept = "models at their last step where not validated"
     if gain["auc_ci95"] is None:
-        return (f"Distilled − student alone: {gain['auc_mean']:+.4f} test AUC on one seed, each at its best "
-                "validation step — one seed has no interval, so this alone is not a result to act on "
-                "(experiment.seeds=[0,1,2] gives one).")
+        return (f"{caveat}Distilled − student alone: {signed(gain['auc_mean'])} test AUC on one seed, {kept} — one "
+                "seed has no interval, so this alone is not a result to act on (experiment.seeds=[0,1,2] gives one).")
     lo, hi = gain["auc_ci95"]
     verdict = ("significant" if gain["significant"] else "not significant (the interval includes 0)")
-    text = (f"Distilled − student alone: {gain['auc_mean']:+.4f} test AUC (95% CI {lo:+.4f} to {hi:+.4f}, "
-            f"{n} seeds, each model at its best validation step): {verdict}.")
+    text = (f"{caveat}Distilled − student alone: {signed(gain['auc_mean'])} test AUC (95% CI {signed(lo)} to "
+            f"{signed(hi)}, {n} seeds, {kept}): {verdict}.")
     if gain.get("gap_recovered") is not None and gain["significant"] and gain["auc_mean"] > 0:
-        text += f" It recovers {gain['gap_recovered']:.0%} of the teacher's lead of {summary['teacher_gap']['auc_mean']:+.4f}."
+        text += f" It recovers {gain['gap_recovered']:.0%} of the teacher's lead of {signed(summary['teacher_gap']['auc_mean'])}."
     return text
 
 
 def summary_markdown(summary: Mapping[str, Any], title: str) -> str:
-    """``summary.md`` / the multi-seed ``report.md``: the sentence, a warning if any, and the table."""
-    lines = [f"# {title}", "", gain_sentence(summary), ""]
-    if summary.get("teacher_not_better"):
-        lines += [f"Warning: on seed(s) {summary['teacher_not_better']} the teacher scores below the student alone "
-                  "on validation: distillation cannot help there.", ""]
+    """``summary.md`` / the multi-seed ``report.md``: what is left out, the sentence, warnings, and the table."""
+    lines = [f"# {title}", ""]
+    for seed, why in (summary.get("left_out") or {}).items():
+        lines += [f"Left out on seed {seed}, as not of this config's lineage: "
+                  + "; ".join(f"{n} ({r})" for n, r in why.items()) + ".", ""]
+    lines += [gain_sentence(summary), ""]
+    if summary.get("teacher_note"):
+        lines += [f"Warning: {summary['teacher_note']}", ""]
     if summary.get("budget_reached"):
         lines += [f"Warning: on seed(s) {summary['budget_reached']} a model's best validation was the last step of its "
                   "maximum budget: it may not be at its best (see that seed's report.md).", ""]
+    worse = {m: v["ne_mean"] for m, v in summary["models"].items() if v.get("ne_mean") is not None and v["ne_mean"] > 1}
+    if worse:
+        lines += [f"Warning: {', '.join(f'{m} (mean NE {ne:.4f})' for m, ne in worse.items())}: worse than predicting "
+                  "the base rate (test NE above 1).", ""]
     lines += ["| model | test AUC mean | std | NE mean | std | best step per seed |", "|---|---|---|---|---|---|"]
     for m, v in summary["models"].items():
         sd = lambda x: "–" if x is None else f"{x:.4f}"  # noqa: E731
@@ -217,10 +358,10 @@ def summary_markdown(summary: Mapping[str, Any], title: str) -> str:
     for key, label in (("kd_gain", "distilled − student alone"), ("teacher_gap", "teacher − student alone")):
         if key in summary:
             g = summary[key]
-            ci = "–" if g["auc_ci95"] is None else f"[{g['auc_ci95'][0]:+.4f}, {g['auc_ci95'][1]:+.4f}]"
+            ci = "–" if g["auc_ci95"] is None else f"[{signed(g['auc_ci95'][0])}, {signed(g['auc_ci95'][1])}]"
             lines.append("")
-            lines.append(f"{label}: AUC {g['auc_mean']:+.4f}, 95% CI {ci}; per seed "
-                         + ", ".join(f"{d:+.4f}" for d in g["per_seed"]))
+            lines.append(f"{label}: AUC {signed(g['auc_mean'])}, 95% CI {ci}; per seed "
+                         + ", ".join(signed(d) for d in g["per_seed"]))
     lines += ["", f"Seeds: {summary['seeds']}; each seed's own report is in seed_<s>/report.md."
               if len(summary["seeds"]) > 1 else ""]
     return "\n".join(lines).rstrip() + "\n"

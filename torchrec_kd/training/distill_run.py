@@ -20,7 +20,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -46,8 +45,8 @@ from torchrec_kd.models.dlrm import MODEL_PREFIX, count_params, embedding_bytes,
 from torchrec_kd.models.init import init_weights
 from torchrec_kd.models.inputs import model_inputs
 from torchrec_kd.quant.qat import set_fake_quant_step, use_fake_quant
-from torchrec_kd.reporting.metrics_file import metrics_table, update_metrics
-from torchrec_kd.reporting.summary import teacher_warning
+from torchrec_kd.reporting.metrics_file import metrics_table, read_metrics, update_metrics
+from torchrec_kd.reporting.summary import announce_once, teacher_warning
 from torchrec_kd.training.pipelined_run import PipelinedRun
 
 logger = logging.getLogger(__name__)
@@ -64,12 +63,12 @@ def warn_if_teacher_not_better(cfg: RunConfig, teacher_checkpoint: Path) -> Opti
         Optional[str]: the warning, or None (teacher better, or nothing to compare yet).
     """
     metrics_file = RunLayout(cfg.out_dir).metrics
-    student = json.loads(metrics_file.read_text()).get("student") if metrics_file.is_file() else None
+    student = read_metrics(metrics_file).get("student")
     teacher = (read_meta(teacher_checkpoint).get("selection") or {})
     if not student or not teacher.get("best_val"):
         return None
     warning = teacher_warning({"teacher": teacher, "student": student})
-    if warning:
+    if warning and announce_once(warning):  # experiment's report states it: not printed there a second time
         logger.warning("distill: %s", warning)
     return warning
 

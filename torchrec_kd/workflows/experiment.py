@@ -31,41 +31,22 @@ import torch.distributed as dist
 
 from torchrec_kd.config import RunConfig
 from torchrec_kd.core.console import FILE_ONLY
-from torchrec_kd.core.fingerprint import describe_change, step_fingerprint
-from torchrec_kd.core.layout import META_FILE, RunLayout
-from torchrec_kd.distill.teachers import teacher_digest
+from torchrec_kd.core.fingerprint import describe_change
+from torchrec_kd.core.layout import RunLayout
 from torchrec_kd.distributed.env import init_distributed
 from torchrec_kd.recipes import distill, quantize, report, train_model
+from torchrec_kd.reporting.lineage import expected_fingerprints, split_lineage
+from torchrec_kd.reporting.metrics_file import read_metrics
 from torchrec_kd.reporting.report import write_experiment_plot
-from torchrec_kd.reporting.summary import summarize, summary_markdown, teacher_warning
+from torchrec_kd.reporting.summary import announce_once, summarize, summary_markdown, teacher_warning
 
 logger = logging.getLogger(__name__)
-
-
-def expected_fingerprints(cfg: RunConfig) -> Dict[str, Dict[str, Any]]:
-    """The fingerprint each step's artifact must record to count as done for ``cfg``.
-
-    Computed from the config alone (and the recorded fingerprints of teachers this
-    experiment does not train), so every stale step is known before anything runs.
-    """
-    exp = {"teacher": step_fingerprint(cfg, "teacher"), "student": step_fingerprint(cfg, "student")}
-    external = [e.checkpoint for e in cfg.distill.teachers] or (
-        [cfg.distill.teacher_checkpoint] if cfg.distill.teacher_checkpoint else [])
-    teachers = exp["teacher"]["digest"]
-    if external:  # not trained here: what distill will record of them (missing: it will stop with an error)
-        teachers = ",".join(teacher_digest(Path(p)) if (Path(p) / META_FILE).is_file() else "missing"
-                            for p in external)
-    for name in ("distilled", "distilled_qat"):
-        exp[name] = step_fingerprint(cfg, name, {"teachers": teachers})
-        for dtype in ("int8", "int4", "int2", "fp16"):
-            exp[f"{name}_{dtype}"] = step_fingerprint(cfg, f"{name}_{dtype}", {"source": exp[name]["digest"]})
-    return exp
 
 
 def _stale(out: Path, entries: List[str], expected: Dict[str, Dict[str, Any]]) -> Optional[str]:
     """Why the step that writes ``entries`` must run (None: every entry is there and up to date)."""
     layout = RunLayout(out)
-    metrics = json.loads(layout.metrics.read_text()) if layout.metrics.is_file() else {}
+    metrics = read_metrics(layout.metrics)
     for e in entries:
         if e not in metrics:
             return f"{e} not done yet"
@@ -127,19 +108,23 @@ def run_one(cfg: RunConfig) -> Dict[str, Any]:
         if decision[0] is None:
             logger.info("experiment: %s already done in %s (same config and inputs), skipping", name, out)
             continue
+        if name.startswith("distill") and env.is_main:
+            # the report (the last step) states the teacher warning: distill and distill-qat do not print it too
+            warning = teacher_warning(read_metrics(metrics_file))
+            if warning:
+                announce_once(warning)
         logger.info("experiment: %s (seed %d): %s", name, cfg.seed, decision[0])
         step()
         gc.collect()  # free the previous step's sharded model before the next one is built
         dist.barrier()
-        if name == "student" and env.is_main:
-            warning = teacher_warning(json.loads(metrics_file.read_text()))
-            if warning:
-                logger.warning("experiment: %s", warning)
-    return json.loads(metrics_file.read_text()) if env.is_main else {}
+    return read_metrics(metrics_file) if env.is_main else {}
 
 
 def run(cfg: RunConfig) -> Dict[str, Any]:
     """Run every seed's steps that are not done yet, then write ``summary.json`` and ``summary.md``.
+
+    The summary, like each report, holds only the models of this config's lineage; the others
+    are named in it (``reporting.lineage``).
 
     Args:
         cfg (RunConfig): the run config; ``output_dir`` holds what earlier launches produced.
@@ -148,16 +133,22 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
         Dict[str, Any]: the summary (rank 0; {} elsewhere).
     """
     env = init_distributed(cfg.distributed)
-    per_seed = {seed: run_one(c) for seed, c in seed_configs(cfg).items()}
+    configs = seed_configs(cfg)
+    for c in configs.values():  # a damaged metrics.json stops every rank with one line, before any work
+        read_metrics(RunLayout(c.out_dir).metrics)
+    per_seed = {seed: run_one(c) for seed, c in configs.items()}
     summary: Dict[str, Any] = {}
     if env.is_main:
         layout = RunLayout(cfg.out_dir)
-        summary = summarize(per_seed)
+        lineages = {seed: split_lineage(per_seed[seed], c, Path(c.out_dir)) for seed, c in configs.items()}
+        summary = summarize({s: lin.current for s, lin in lineages.items()},
+                            {s: lin.left_out for s, lin in lineages.items()})
         layout.summary_json.write_text(json.dumps(summary, indent=2))
         text = summary_markdown(summary, cfg.run_name)
         layout.summary_md.write_text(text)
         if cfg.experiment.seeds:  # the top-level report is the summary; each seed has its own
-            plot = write_experiment_plot(summary, per_seed, layout.root, title=cfg.run_name)
+            plot = write_experiment_plot(summary, {s: lin.current for s, lin in lineages.items()}, layout.root,
+                                         title=cfg.run_name)
             layout.report_md.write_text(text + (f"\n![AUC against size, validation curves, the gain]({plot.name})\n"
                                                 if plot else ""))
         # one seed: report.md, just printed, says it all; across seeds the summary is the final table
