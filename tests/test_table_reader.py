@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from torchrec_kd.config import ConfigError, SparseColumnConfig, TableDataConfig, load_config
+from torchrec_kd.config import ConfigError, DataConfig, SparseColumnConfig, TableDataConfig, load_config
 from torchrec_kd.data import build_data
 from torchrec_kd.data.ids import hash_strings
 from torchrec_kd.data.table import TableClickLog
@@ -67,6 +67,44 @@ def test_parquet_round_trips_with_list_cells(tmp_path):
     frame.to_parquet(tmp_path / "log.parquet")
     log = TableClickLog(TableDataConfig(path=str(tmp_path / "log.parquet"), **SCHEMA), verbose=False)
     _check_round_trip(log, FRAME)
+
+
+def test_parquet_is_read_in_chunks_and_a_damaged_file_is_one_data_error(tmp_path):
+    pytest.importorskip("pyarrow")
+    from torchrec_kd.data.contract import RawRows, input_contract
+    from torchrec_kd.data.table import parquet_chunks
+
+    FRAME.to_parquet(tmp_path / "log.parquet")
+    chunks = list(parquet_chunks(tmp_path / "log.parquet", chunk_rows=4))
+    assert [len(df) for df, _, _ in chunks] == [4, 2] and [list(lines) for _, lines, _ in chunks] == [[1, 2, 3, 4], [5, 6]]
+    assert pd.concat([df for df, _, _ in chunks], ignore_index=True).equals(pd.read_parquet(tmp_path / "log.parquet"))
+    (tmp_path / "text.parquet").write_text("clicked,price\n1,2\n")  # a CSV under a Parquet name
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    (tmp_path / "cut.parquet").write_bytes((tmp_path / "log.parquet").read_bytes()[:-40])
+    cfg = TableDataConfig(**{**SCHEMA, "path": str(tmp_path / "log.parquet")})
+    contract = input_contract(DataConfig(source="table", table=cfg), ["price", "count"], ["user", "city", "tags"],
+                              [100, 50, 20])
+    for name in ["text", "empty", "cut"]:
+        f = tmp_path / f"{name}.parquet"
+        # training (and inspect-data) and predict --input read Parquet the same way: one DataError, one line
+        for read in (lambda p: TableClickLog(TableDataConfig(**{**SCHEMA, "path": str(p)}), verbose=False),
+                     lambda p: list(RawRows(contract).read(str(p)))):
+            with pytest.raises(DataError, match=rf"{name}.parquet: not a readable Parquet file \(.+\); check the file") as e:
+                read(f)
+            assert "\n" not in str(e.value)
+
+
+def test_a_text_file_named_parquet_stops_train_and_inspect_data_with_one_line(tmp_path, capsys):
+    from torchrec_kd.cli import main
+
+    (tmp_path / "clicks.parquet").write_text("event,price\nclick,2\n")
+    table = str(REPO / "configs" / "table_example.yaml")
+    for argv in (["train-teacher", "--config", table, "--output-dir", str(tmp_path / "out"),
+                  f"data.table.path={tmp_path / 'clicks.parquet'}"],
+                 ["inspect-data", "--config", table, "--format", "table", "--path", str(tmp_path / "clicks.parquet")]):
+        assert main(argv) == 2  # caught as a user error: no traceback
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "clicks.parquet: not a readable Parquet file" in errors[0], errors
 
 
 def test_labels_declared_values_threshold_and_errors(tmp_path):
