@@ -343,3 +343,38 @@ def test_real_ml_latest_small():
     early = {" ".join(t["tag"].split()).lower() for t in tags if int(t["timestamp"]) <= cutoff}
     later = {" ".join(t["tag"].split()).lower() for t in tags} - early
     assert log.num_embeddings[3] == len(early) and len(later) > 100  # the vocabulary holds no later tag
+
+
+def write_fake_ml_latest(root: Path, users: int = 60, items: int = 90, ratings: int = 3000, seed: int = 0) -> Path:
+    """An ml-latest folder with a learnable signal (user and item biases), half stars, genres and tags."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    ub, ib = rng.normal(0, 1, users + 1), rng.normal(0, 1, items + 1)
+    u, i = rng.integers(1, users + 1, ratings), rng.integers(1, items + 1, ratings)
+    r = np.clip(np.round((3.3 + ub[u] + ib[i] + rng.normal(0, 0.6, ratings)) * 2) / 2, 0.5, 5.0)
+    t = T + np.sort(rng.integers(0, 10**7, ratings))
+    (root / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "".join(
+        f"{a},{b},{c:g},{d}\n" for a, b, c, d in zip(u, i, r, t)))
+    genres = ["Action", "Comedy", "Drama", "Horror", "Romance"]
+    (root / "movies.csv").write_text("movieId,title,genres\n" + "".join(
+        f'{k},"Movie {k}, The ({1950 + k % 50})",{"|".join(g for j, g in enumerate(genres) if (k + j) % 3 == 0)}\n'
+        for k in range(1, items + 1)))
+    (root / "tags.csv").write_text("userId,movieId,tag,timestamp\n" + "".join(
+        f"{k % users + 1},{k},{'good' if ib[k] > 0 else 'bad'},{T + k * 10**5}\n" for k in range(1, items + 1)))
+    return root
+
+
+@pytest.mark.slow
+def test_latest_small_config_runs_train_teacher_on_a_fake_folder(tmp_path, capsys):
+    from torchrec_kd.cli import main
+
+    cfg = load_config(REPO / "configs" / "movielens_latest_small.yaml")
+    ml = cfg.data.movielens
+    assert (cfg.data.source, ml.path, ml.split) == ("movielens", "../shared/data/ml-latest-small", "chronological")
+    assert cfg.train.epochs and cfg.train.eval_every and cfg.student.embedding_dim == 8
+    data = write_fake_ml_latest(tmp_path / "ml")
+    code = main(["train-teacher", "--config", str(REPO / "configs" / "movielens_latest_small.yaml"), "--output-dir",
+                 str(tmp_path / "out"), f"data.movielens.path={data}", "data.batch_size=128", "train.epochs=1"])
+    assert code == 0, capsys.readouterr().err[-3000:]
+    entry = json.loads((tmp_path / "out" / "metrics.json").read_text())["teacher"]
+    assert entry["steps"] == 18 and 0.5 < entry["auc"] <= 1.0  # 2,400 train rows; the biases are learnable
