@@ -74,8 +74,8 @@ def test_3_report_does_not_compare_models_of_different_configs(run, tmp_path):
              "student.dense_arch_layer_sizes=[16,4]"))
     _ok(_cli("report", "--config", str(TINY), "--output-dir", str(out), *FAST))
     report = (out / "report.md").read_text()
-    assert "No comparison: on seed(s) [0] the student alone and the distilled student were trained with different" in report
-    assert "they are not compared" in report and "same data and maximum budget" not in report
+    assert "No comparison: the student alone in this directory is not of this config's lineage" in report
+    assert "student (made by another config" in report.splitlines()[2] and "same data and maximum budget" not in report
 
 
 @pytest.mark.slow

@@ -113,7 +113,8 @@ def test_report_with_a_config_whose_lineage_is_absent_is_refused_in_one_line(tmp
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
     assert "run_name 'tiny_synthetic'" in errors[0] and "made by another config" in errors[0]
-    assert "seed: 0 -> 1" in errors[0] and "Report with the config that made them" in errors[0]
+    assert "seed: 0 -> 1" in errors[0] and "(its -> this config's)" in errors[0]
+    assert "Report with the config that made them" in errors[0]
 
 
 @pytest.mark.parametrize("command", ["report", "experiment"])
@@ -197,3 +198,16 @@ def test_deltas_have_no_negative_zero_and_exports_no_borrowed_training_speed(tmp
     int4 = next(line for line in md.splitlines() if line.startswith("| distilled_int4 "))
     distilled = next(line for line in md.splitlines() if line.startswith("| distilled "))
     assert int4.rstrip(" |").endswith("–") and distilled.rstrip(" |").endswith("317")
+
+
+def test_a_student_retrained_with_another_config_is_left_out_and_nothing_is_compared(tmp_path):
+    metrics = _experiment(tmp_path, {}, OLD)
+    _train(tmp_path, metrics, load_config(TINY, ["distill.qat=int4", "student.embedding_dim=4",
+                                                 "student.dense_arch_layer_sizes=[16,4]"]), "student")
+    lineage = split_lineage(metrics, OLD, tmp_path)
+    assert lineage.left_out == {"student": "made by another config (its -> this config's): "
+                                           "student.dense_arch_layer_sizes: [16, 4] -> [16, 8]; "
+                                           "student.embedding_dim: 4 -> 8"}
+    md = write_markdown(lineage.current, tmp_path, "run", lineage.left_out).read_text()
+    assert "No comparison: the student alone in this directory is not of this config's lineage" in md
+    assert "Distilled − student alone" not in md and "| student |" not in md

@@ -108,7 +108,7 @@ def _trained_reason(out_dir: Path, name: str, expected: Mapping[str, Any]) -> st
         new = expected["inputs"]
     change = describe_change(old, new, limit=2) if old else []
     return (("distilled from another teacher and " if other_teacher else "") + "made by another config"
-            + (f": {'; '.join(change)}" if change else " or from other inputs"))
+            + (f" (its -> this config's): {'; '.join(change)}" if change else " or from other inputs"))
 
 
 def split_lineage(metrics: Mapping[str, Mapping[str, Any]], cfg: RunConfig, out_dir: Path) -> Lineage:

@@ -34,6 +34,10 @@ COLUMNS = (("auc", "AUC"), ("ne", "NE"), ("logloss", "log loss"), ("embedding_by
            ("train_samples_per_s", "train samples/s"))
 
 
+NAMES = {"student": "student alone", "distilled": "distilled student"}
+STEPS = {"student": "train-student", "distilled": "distill"}
+
+
 def _ordered(metrics: Dict[str, Dict[str, Any]]) -> List[str]:
     known = [m for m in ORDER if m in metrics]
     return known + sorted(m for m in metrics if m not in known)
@@ -68,7 +72,7 @@ def lineage_note(left_out: Optional[Mapping[str, str]]) -> Optional[str]:
     return f"Left out of this report (its table, picture and every figure) as not of this config's lineage: {why}."
 
 
-def kd_summary(metrics: Dict[str, Dict[str, Any]]) -> str:
+def kd_summary(metrics: Dict[str, Dict[str, Any]], left_out: Optional[Mapping[str, str]] = None) -> str:
     """What distillation and quantization bought, from the numbers, honestly qualified.
 
     The first sentence is the distilled − student-alone difference (on one run: no
@@ -76,9 +80,21 @@ def kd_summary(metrics: Dict[str, Dict[str, Any]]) -> str:
     kept at, models worse than the base rate, a warning when the teacher does not score
     above the student alone, and what quantization cost. ``metrics`` must hold only models
     of one lineage (``reporting.lineage``): every figure here is computed from them.
+
+    Args:
+        metrics (Dict[str, dict]): the ``metrics.json`` entries of one lineage.
+        left_out (Optional[Mapping[str, str]]): the entries of other lineages and why.
+
+    Returns:
+        str: the sentences.
     """
     parts = []
-    if {"student", "distilled"} <= metrics.keys():
+    gone = [m for m in ("student", "distilled") if m in (left_out or {})]
+    if gone:
+        parts.append(f"No comparison: the {' and the '.join(NAMES[m] for m in gone)} in this directory "
+                     f"{'is' if len(gone) == 1 else 'are'} not of this config's lineage (see above): run "
+                     f"{' and '.join(STEPS[m] for m in gone)} with this config.")
+    elif {"student", "distilled"} <= metrics.keys():
         parts.append(gain_sentence(summarize({0: metrics})))
         s, d = metrics["student"], metrics["distilled"]
         if comparable(metrics):
@@ -123,7 +139,7 @@ def write_markdown(metrics: Dict[str, Dict[str, Any]], out_dir: Path, title: str
     """
     note = lineage_note(left_out)
     lines = [f"# {title}", ""] + ([note, ""] if note else []) + [
-        kd_summary(metrics), "",
+        kd_summary(metrics, left_out), "",
         "| model | " + " | ".join(label for _, label in COLUMNS) + " |",
         "|---" * (len(COLUMNS) + 1) + "|"]
     for name in _ordered(metrics):
