@@ -52,7 +52,8 @@ def test_fixture_yields_the_expected_features_and_labels():
     log = MovieLensClickLog(cfg, seed=0)
     assert log.sparse_names == SPARSE_NAMES and log.dense_names == ["release_year", "user_count", "item_count"]
     assert log.num_embeddings == [5, 7, 19, 2, 7, 21, 4]  # max id + 1, 19 genres, 2 genders, 7 ages, 21 jobs, 4 zips
-    assert log.bad_rows.count == 0
+    assert log.bad_rows.count == 0 and log.tag_cutoff is None  # no tags in ml-100k
+    assert log.times["train"].tolist() == [r[3] for r in RATINGS[:6]]
     train = RATINGS[:6]
     user_n = {u: sum(r[0] == u for r in train) for u in USERS}
     item_n = {i: sum(r[1] == i for r in train) for i in ITEMS}
@@ -267,6 +268,9 @@ def test_ml_latest_layout_features_labels_and_leak_free_tags(tmp_path):
             assert row["dense"] == pytest.approx([year, math.log1p(user_n[u]), math.log1p(item_n[i])])
     # a later split does not move the vocabulary: "boring" (T + 501) is in no bag and has no row
     assert log.num_embeddings[3] == 4
+    # the rating times ride along row for row (time windows are cut by them)
+    assert log.tag_cutoff == T + 500
+    assert {s: log.times[s].tolist() for s in ("val", "test")} == {"val": [T + 600, T + 700], "test": [T + 800, T + 900]}
 
 
 def test_ml_latest_tags_follow_the_train_period(tmp_path):

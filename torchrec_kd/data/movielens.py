@@ -315,6 +315,13 @@ class MovieLensClickLog(InMemoryClickLog):
         seed (int): run seed (train shuffling per epoch; the split uses ``cfg.split_seed``).
         on_bad_row (str): "skip" (count and drop malformed lines) or "error".
         verbose (bool): log the bad-row summary and the data shape (rank 0).
+
+    Attributes:
+        layout (Layout): the detected release layout; ``sparse_names`` is its feature list.
+        split_rows (Dict[str, np.ndarray]): each split's rows of the ratings file (good rows, file order).
+        times (Dict[str, np.ndarray]): each split's rating times (Unix seconds), row for row.
+        tag_cutoff (Optional[int]): ml-latest: tags applied after this Unix time are in no bag
+            (the train split's last rating); None for layouts without tags.
     """
 
     def __init__(self, cfg: MovieLensDataConfig, seed: int = 0, on_bad_row: str = "skip", verbose: bool = True) -> None:
@@ -343,10 +350,12 @@ class MovieLensClickLog(InMemoryClickLog):
         order = np.argsort(ratings.time, kind="stable") if cfg.split == "chronological" else None
         self.split_rows = fraction_split(len(ratings.user), cfg.val_fraction, cfg.test_fraction, cfg.split_seed, order)
         train = self.split_rows["train"]
+        self.times: Dict[str, np.ndarray] = {split: ratings.time[idx] for split, idx in self.split_rows.items()}
+        self.tag_cutoff: Optional[int] = None
         if "tags" in self.sparse_names:
             # tags written after the train period would leak val / test into the features
-            cutoff = int(ratings.time[train].max()) if len(train) else -1
-            _tag_meta(root, meta, cutoff, self.bad_rows, verbose)
+            self.tag_cutoff = int(ratings.time[train].max()) if len(train) else -1
+            _tag_meta(root, meta, self.tag_cutoff, self.bad_rows, verbose)
         sizes = {"user_id": int(max(ratings.user.max(), max(meta.gender, default=0))) + 1,
                  "item_id": int(max(ratings.item.max(), max(meta.genres, default=0))) + 1, **meta.sizes}
         sizes.update(cfg.num_embeddings)
