@@ -138,7 +138,8 @@ def load_model(path: Union[str, Path]) -> ServedModel:
         ServedModel: ``.score(frame)`` scores raw rows; ``.model`` is the quantized module.
 
     Raises:
-        CheckpointError: the export is missing, damaged or altered (named, with what to do).
+        CheckpointError: the export is missing, unfinished (no seal: a quantize was interrupted),
+            damaged or altered (named, with what to do).
     """
     sidecar = read_quantized_meta(path)
     meta = sidecar["meta"]
