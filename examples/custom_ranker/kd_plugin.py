@@ -49,13 +49,17 @@ class MLPRanker(nn.Module):
             width = size
         self.mlp = nn.Sequential(*layers)
         self.head = nn.Linear(width, 1, device=device)
+        # the pooled features by name, in the tables' order: a sharded collection returns them grouped by
+        # rank, so taking .values() as they come would read another order once sharded on several ranks
+        self.features = [f for c in ebc.embedding_bag_configs() for f in c.feature_names]
         columns = torch.tensor(dense_columns if dense_columns is not None else range(dense_in), dtype=torch.long)
         self.register_buffer("dense_columns", columns, persistent=False)
 
     def forward(self, dense: Tensor, sparse: KeyedJaggedTensor) -> Tensor:
         """Logits [B, 1]."""
-        pooled = self.ebc(sparse).values()  # [B, F * D]
-        return self.head(self.mlp(torch.cat([dense.index_select(1, self.dense_columns), pooled], dim=1)))
+        pooled = self.ebc(sparse).to_dict()  # {feature: [B, D]}, as TorchRec's DLRM reads its SparseArch
+        parts = [dense.index_select(1, self.dense_columns)] + [pooled[f] for f in self.features]
+        return self.head(self.mlp(torch.cat(parts, dim=1)))  # [B, 1]
 
 
 @dataclass
