@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, SHARED
+from tests.conftest import CRITEO_SAMPLE, REPO
 from torchrec_kd.cli import main
 
-SAMPLE = SHARED / "data" / "criteo_sample.tsv"
+SAMPLE = CRITEO_SAMPLE
 FIXTURE = REPO / "tests" / "fixtures" / "ml-100k-tiny"
 
 
@@ -54,7 +54,7 @@ def test_inspect_counts_bad_rows_and_names_their_lines(capsys, tmp_path):
 
 
 def test_preprocess_then_inspect_the_npy(capsys, tmp_path):
-    code, _, err = _run(capsys, "preprocess", "--out", str(tmp_path), f"data.criteo.path={SHARED / 'data'}",
+    code, _, err = _run(capsys, "preprocess", "--out", str(tmp_path), f"data.criteo.path={SAMPLE.parent}",
                         "data.criteo.train=[criteo_sample.tsv]", "data.criteo.val=[]", "data.criteo.test=[]")
     assert code == 0, err
     assert (tmp_path / "criteo_sample_dense.npy").is_file()

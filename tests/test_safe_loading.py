@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import shlex
 
 import pytest
 import torch
@@ -12,8 +13,13 @@ from torchrec_kd.errors import UnsafeCheckpointError
 
 
 class _Payload:
+    """Unpickling this runs a shell command that creates ``marker``: the proof an unpickler ran it."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, ("touch /tmp/torchrec_kd_pwned",))
+        return (os.system, (f"touch {shlex.quote(self.marker)}",))
 
 
 def test_real_metadata_loads(tmp_path):
@@ -24,10 +30,13 @@ def test_real_metadata_loads(tmp_path):
 
 
 def test_malicious_metadata_is_refused_not_run(tmp_path):
-    (tmp_path / ".metadata").write_bytes(pickle.dumps(_Payload()))
+    marker = tmp_path / "pwned"  # this test's own path: no other run's file can make it pass or fail
+    (tmp_path / ".metadata").write_bytes(pickle.dumps(_Payload(str(marker))))
     with pytest.raises(UnsafeCheckpointError, match="refusing to load checkpoint metadata that builds posix.system"):
         SafeFileSystemReader(str(tmp_path)).read_metadata()
-    assert not os.path.exists("/tmp/torchrec_kd_pwned")
+    assert not marker.exists()
+    pickle.loads((tmp_path / ".metadata").read_bytes())  # the payload is live: plain unpickling runs it
+    assert marker.exists()
 
 
 def test_truncated_metadata_is_refused(tmp_path):
