@@ -3,11 +3,13 @@ distillation gain's interval, and a second launch that skips finished steps."""
 
 import json
 
+import pytest
 from torchx import specs
 from torchx.runner import get_runner
 
 from components import kd
 from tests.conftest import TINY
+from torchrec_kd.reporting.summary import paired_interval
 
 
 def _run(app, tmp_path):
@@ -45,8 +47,14 @@ def test_experiment_two_seeds_writes_summary_and_reports_then_skips_done_steps(t
         assert {"auc_mean", "auc_std", "ne_mean", "ne_std"} <= summary["models"][m].keys()
     gain = summary["kd_gain"]
     per_seed = [json.loads((out / f"seed_{s}" / "metrics.json").read_text()) for s in (0, 1)]
-    assert gain["per_seed"] == [m["distilled"]["auc"] - m["student"]["auc"] for m in per_seed]
-    assert len(gain["auc_ci95"]) == 2 and isinstance(gain["significant"], bool)
+    diffs = [m["distilled"]["auc"] - m["student"]["auc"] for m in per_seed]
+    assert gain["per_seed"] == diffs
+    # the interval is the paired Student-t one of these two differences: mean ± t(0.975, 1) · |d0 − d1| / 2
+    mean, half = sum(diffs) / 2, 12.706 * abs(diffs[0] - diffs[1]) / 2
+    assert gain["auc_mean"] == pytest.approx(mean, abs=1e-12)
+    assert gain["auc_ci95"] == pytest.approx([mean - half, mean + half], abs=1e-9)
+    assert gain["auc_ci95"] == pytest.approx(list(paired_interval(diffs)[1]), abs=1e-12)
+    assert gain["significant"] == (mean - half > 0 or mean + half < 0)
     top = (out / "report.md").read_text()
     assert "95% CI" in top.splitlines()[2] and "2 seeds" in top.splitlines()[2]
 

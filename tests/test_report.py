@@ -127,6 +127,10 @@ def test_figure_panels_and_labels_do_not_overlap(summary):
     boxes = _label_boxes(fig)
     assert len(boxes) == 4  # every model with AUC and bytes is labelled
     assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
+    front = size_ax.get_lines()[0]  # the Pareto step line: no label sits on it
+    drawn = front.get_transform().transform_path(front.get_path())
+    assert len(drawn.vertices) > 2 and not any(drawn.intersects_bbox(b, filled=False) for b in boxes)
+    assert all(b.x1 <= size_ax.get_window_extent().x1 for b in boxes)  # nothing runs past the panel's right edge
     # validation curves of the trained models only, and a star at the distilled model's best step
     curve_labels = [line.get_label() for line in curves_ax.get_lines() if not line.get_label().startswith("_")]
     assert curve_labels == ["distilled"]

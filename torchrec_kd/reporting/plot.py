@@ -43,7 +43,7 @@ OTHER_COLOURS = ("#d62728", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf
 GAIN_COLOUR, GAP_COLOUR = BASE_COLOURS["distilled"], "#888888"
 # label candidates: 8 directions around the point, at growing distances (pixels)
 DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1))
-GAPS = (7.0, 16.0, 28.0, 44.0, 64.0)
+GAPS = (7.0, 16.0, 28.0, 44.0, 64.0, 90.0, 120.0)
 LEADER_MIN_PX = 14.0  # labels farther than this from their point get a thin leader line
 
 
@@ -281,8 +281,9 @@ def _bytes_axis(ax: Any, lo: float, hi: float) -> None:
 
 
 def _draw_size_panel(ax: Any, points: Dict[str, Tuple[float, float, Optional[float]]], colours: Dict[str, str],
-                     n_seeds: int) -> List[_Label]:
-    """AUC against bytes, the Pareto front, hollow dominated points; returns the labels to place."""
+                     n_seeds: int) -> Tuple[List[_Label], List[Tuple[float, float]]]:
+    """AUC against bytes, the Pareto front, hollow dominated points; returns the labels to place and the
+    front's step line (its corners, data coordinates), which labels keep clear of."""
     from matplotlib.ticker import FormatStrFormatter
 
     ax.set_title("test AUC against embedding size" + (f" (mean ± std, {n_seeds} seeds)" if n_seeds > 1 else "")
@@ -292,7 +293,7 @@ def _draw_size_panel(ax: Any, points: Dict[str, Tuple[float, float, Optional[flo
     ax.grid(True, which="major", alpha=0.3)
     if not points:
         _message(ax, "no model with both test AUC and embedding bytes yet")
-        return []
+        return [], []
     front = pareto_front({n: (b, a) for n, (b, a, _) in points.items()})
     sizes = [b for b, _, _ in points.values()]
     lows = [a - (s or 0) for _, a, s in points.values()]
@@ -314,11 +315,20 @@ def _draw_size_panel(ax: Any, points: Dict[str, Tuple[float, float, Optional[flo
         ax.scatter([size], [auc], s=64, marker="D" if "_" in name else "o", zorder=3, linewidths=1.8,
                    facecolors=colour if on_front else "white", edgecolors=colour)
         labels.append(_Label(ax, size, auc, f"{name}  {auc:.4f}", colour, std))
-    return labels
+    corners = [c for x0, y0, x1 in zip(xs, ys, xs[1:]) for c in ((x0, y0), (x1, y0))] + [(xs[-1], ys[-1])]
+    return labels, corners
 
 
-def _place_point_labels(fig: Any, labels: List[_Label]) -> None:
-    """Put each label where it overlaps no other label and no marker (the layout is final by now)."""
+def _line_boxes(ax: Any, corners: Sequence[Tuple[float, float]], width: float) -> List[Box]:
+    """Thin pixel boxes covering a polyline of axis-parallel segments (the Pareto step line)."""
+    pixels = [tuple(ax.transData.transform(c)) for c in corners]
+    return [(min(x0, x1) - width, min(y0, y1) - width, max(x0, x1) + width, max(y0, y1) + width)
+            for (x0, y0), (x1, y1) in zip(pixels, pixels[1:])]
+
+
+def _place_point_labels(fig: Any, labels: List[_Label], corners: Sequence[Tuple[float, float]] = ()) -> None:
+    """Put each label where it overlaps no other label, no marker, error bar or the front's line (the layout is
+    final by now)."""
     if not labels:
         return
     renderer = fig.canvas.get_renderer()
@@ -338,6 +348,7 @@ def _place_point_labels(fig: Any, labels: List[_Label]) -> None:
         if label.std:
             low, high = (label.ax.transData.transform((label.x, label.y + d))[1] for d in (-label.std, label.std))
             obstacles.append((x - cap, low, x + cap, high))
+    obstacles += _line_boxes(labels[0].ax, corners, 1.5 * fig.dpi / 72)
     frame = labels[0].ax.get_window_extent(renderer)
     bounds = (frame.x0 + 2, frame.y0 + 2, frame.x1 - 2, frame.y1 - 2)
     boxes = place_labels(anchors, [(w + 2 * pad_px, h + 2 * pad_px) for w, h in text_sizes], bounds, obstacles)
@@ -398,12 +409,20 @@ def _draw_curves_panel(ax: Any, metrics: Mapping[str, Mapping[str, Any]], names:
             ax.plot([best[0]], [best[1]], marker="*", ms=15, color=colour, mec="black", mew=0.8, ls="none", zorder=5)
     handles.append(Line2D([], [], marker="*", ms=12, color="0.5", mec="black", mew=0.8, ls="none",
                           label="kept checkpoint"))
-    ax.legend(handles=handles, loc="lower right", framealpha=0.9)
+    ax.margins(x=0.05)  # a star at the last step is drawn whole, not cut by the frame
+    ax.legend(handles=handles, loc="best", framealpha=0.9)  # where it hides the fewest curve points
+
+
+def _decimals(ticks: Sequence[float]) -> int:
+    """The decimals that show each of evenly spaced ``ticks`` exactly (their spacing's)."""
+    ticks = sorted(ticks)
+    step = min((b - a for a, b in zip(ticks, ticks[1:]) if b > a), default=1.0)
+    return max(0, -math.floor(math.log10(step) + 1e-9))
 
 
 def _draw_gain_panel(ax: Any, summary: Mapping[str, Any]) -> None:
     """Distilled − student alone test AUC: mean, 95% interval, per-seed dots; teacher − student beside it."""
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     n = len(summary.get("seeds") or [])
     gain = summary.get("kd_gain")
@@ -434,7 +453,9 @@ def _draw_gain_panel(ax: Any, summary: Mapping[str, Any]) -> None:
     ax.set_ylim(min(values) - 0.12 * span, max(values) + 0.12 * span)
     ax.set_xlim(-0.75, len(items) - 0.35)
     ax.set_xticks(range(len(items)), [label for label, _, _ in items])
-    ax.yaxis.set_major_formatter(FormatStrFormatter("%+.3f"))
+    # round steps (1, 2, 5 × 10^k) so three decimals show every tick exactly, and no "-0.000"
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=7, steps=[1, 2, 5, 10]))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: signed(v, max(3, _decimals(ax.get_yticks())))))
     ax.set_ylabel("test AUC difference")
     ax.grid(True, axis="y", alpha=0.3)
 
@@ -468,7 +489,7 @@ def build_figure(metrics: Mapping[str, Mapping[str, Any]], names: Sequence[str],
     FigureCanvasAgg(fig)  # Agg without pyplot: no display needed, no global figure state
     axes = fig.subplots(1, 3 if multi else 2, gridspec_kw={"width_ratios": [1.3, 1.25, 0.7] if multi else [1, 1]})
     n_seeds = len(summary["seeds"]) if multi else 1  # type: ignore[index]
-    labels = _draw_size_panel(axes[0], size_points(metrics, names, summary), colours, n_seeds)
+    labels, corners = _draw_size_panel(axes[0], size_points(metrics, names, summary), colours, n_seeds)
     _draw_curves_panel(axes[1], metrics, names, colours, curves_label)
     if multi:
         _draw_gain_panel(axes[2], summary)  # type: ignore[arg-type]
@@ -479,7 +500,7 @@ def build_figure(metrics: Mapping[str, Mapping[str, Any]], names: Sequence[str],
                       color="0.35", x=0.01, ha="left")
     fig.canvas.draw()  # run the layout once, then freeze it: labels are placed in final pixels
     fig.set_layout_engine("none")
-    _place_point_labels(fig, labels)
+    _place_point_labels(fig, labels, corners)
     return fig
 
 
