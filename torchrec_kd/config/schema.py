@@ -107,6 +107,10 @@ class TrainConfig:
     resume: bool = True
     # A NaN/Inf loss: "stop" the run (no checkpoint of those weights) or "skip" the step.
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    # A saved model (a train-teacher / train-student / distill output, i.e. <run>/<role>) whose
+    # weights initialise the model before step 0, tables matched by name; its digest enters the
+    # step's fingerprint. Null: initialised from the seed. (``continual`` sets it per window.)
+    warm_start: Optional[str] = None
 
 
 @dataclass
@@ -247,6 +251,21 @@ class ExperimentConfig:
 
 
 @dataclass
+class ContinualConfig:
+    """What ``continual`` trains per window of ``data.windows`` (see ``workflows/continual.py``)."""
+
+    # The teacher each window: retrain from scratch on the history so far, fine_tune its previous
+    # version on the history (warm start), or fixed: train it once (on first_window's history) and keep it.
+    teacher: Literal["retrain", "fine_tune", "fixed"] = "retrain"
+    # Windows before this one are history only (trained on, never trained as a window of their own).
+    first_window: int = 0
+    # Also train the costly reference: the student from scratch on all history, every window.
+    scratch: bool = True
+    # Dtypes exported per window; the delta against the previous window's export is the first one's.
+    export: List[QuantDtypeName] = field(default_factory=lambda: ["int8"])
+
+
+@dataclass
 class DistributedConfig:
     """Process-group settings; the same code runs 1 process, N gloo ranks or N GPUs."""
 
@@ -271,6 +290,7 @@ class RunConfig:
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    continual: ContinualConfig = field(default_factory=ContinualConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     @property

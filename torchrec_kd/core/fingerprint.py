@@ -24,11 +24,11 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from torchrec_kd.config import RunConfig
 from torchrec_kd.core.budget import budget_spec
-from torchrec_kd.core.layout import PLAN_FILE
+from torchrec_kd.core.layout import META_FILE, PLAN_FILE
 from torchrec_kd.core.plugins import loaded_plugins, plugin_digests
 
-# train keys that cannot change what a run computes
-_TRAIN_IGNORED = ("log_every", "checkpoint_every", "keep_checkpoints", "resume")
+# train keys that cannot change what a run computes (warm_start is a path: its contents enter instead)
+_TRAIN_IGNORED = ("log_every", "checkpoint_every", "keep_checkpoints", "resume", "warm_start")
 # distill keys naming where inputs live (their contents are fingerprinted instead)
 _DISTILL_PATHS = ("teacher_checkpoint", "teachers", "teacher_scores")
 
@@ -71,10 +71,38 @@ def data_identity(cfg: RunConfig) -> Dict[str, Any]:
     return out
 
 
+def warm_start_digest(path: Optional[str]) -> Optional[str]:
+    """What a step warm-started from the saved model at ``path`` records of it: the sha256 of its ``meta.json``.
+
+    The meta records the model's own fingerprint and every shard file's sha256, so the digest
+    changes whenever the checkpoint is remade (retrained, resumed into other weights, replaced),
+    and not when it is only moved: the run directory may be renamed.
+
+    Args:
+        path (Optional[str]): the checkpoint directory (``train.warm_start``), or None.
+
+    Returns:
+        Optional[str]: the hex digest (16 characters), ``"missing"`` when there is no checkpoint there
+        (the step stops with an error when it runs), None without a warm start.
+    """
+    if not path:
+        return None
+    meta = Path(path) / META_FILE
+    return hashlib.sha256(meta.read_bytes()).hexdigest()[:16] if meta.is_file() else "missing"
+
+
 def _training(cfg: RunConfig, role: str) -> Dict[str, Any]:
     train = {k: v for k, v in dataclasses.asdict(cfg.train).items()
              if k not in _TRAIN_IGNORED and k not in ("steps", "teacher_steps", "epochs", "teacher_epochs")}
-    return {"seed": cfg.seed, "train": train, "budget": budget_spec(cfg.train, role)}
+    out = {"seed": cfg.seed, "train": train, "budget": budget_spec(cfg.train, role)}
+    if cfg.train.warm_start:  # recorded only when set: runs without one keep their fingerprints
+        out["warm_started"] = True  # (which checkpoint is the step's own input, not part of the base)
+    return out
+
+
+def _warm_start(cfg: RunConfig) -> Dict[str, Any]:
+    """The warm-start checkpoint's digest as a step input (nothing without a warm start)."""
+    return {"warm_start": warm_start_digest(cfg.train.warm_start)} if cfg.train.warm_start else {}
 
 
 def base_inputs(cfg: RunConfig) -> Dict[str, Any]:
@@ -102,18 +130,19 @@ def step_fingerprint(cfg: RunConfig, step: str, upstream: Optional[Mapping[str, 
     plugins = {"plugins": plugin_digests()} if loaded_plugins() else {}
     if step == "teacher":
         inputs = {"step": "teacher", "data": data_identity(cfg), "teacher": dataclasses.asdict(cfg.teacher),
-                  **_training(cfg, "teacher"), **plugins}
+                  **_training(cfg, "teacher"), **_warm_start(cfg), **plugins}
         return {"digest": digest(inputs), "inputs": inputs, "base": None}
     base = base_inputs(cfg)
     if step == "student":
-        inputs = {"step": "student", **base, **plugins}
+        inputs = {"step": "student", **base, **_warm_start(cfg), **plugins}
     elif step in ("distilled", "distilled_qat"):
         distill = {k: v for k, v in dataclasses.asdict(cfg.distill).items() if k not in _DISTILL_PATHS}
         distill["qat"] = cfg.distill.qat if step == "distilled_qat" else None
         if step == "distilled":
             distill.pop("qat_start")
         distill["teacher_weights"] = [t.weight for t in cfg.distill.teachers]
-        inputs = {"step": step, **base, "distill": distill, "teachers": upstream.get("teachers"), **plugins}
+        inputs = {"step": step, **base, "distill": distill, "teachers": upstream.get("teachers"), **_warm_start(cfg),
+                  **plugins}
     else:
         kind = step.rpartition("_")[2]
         inputs = {"step": step, "source": upstream.get("source"),
@@ -133,21 +162,67 @@ def step_fingerprint(cfg: RunConfig, step: str, upstream: Optional[Mapping[str, 
 
 
 def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
+    """``{"a.b[1].c": value}``: mappings and lists of mappings opened key by key; other lists stay values."""
     if isinstance(tree, Mapping):
         out: Dict[str, Any] = {}
         for k, v in tree.items():
             out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
+    if isinstance(tree, (list, tuple)) and any(isinstance(v, Mapping) for v in tree):
+        out = {}
+        for i, v in enumerate(tree):  # distill.losses[1].temperature, not the whole list of losses
+            out.update(_flatten(v, f"{prefix}[{i}]"))
+        return out
     return {prefix: tree}
 
 
+def short_value(value: Any, width: int = 40) -> str:
+    """A value for a one-line message: as written, cut to ``width`` characters (a list of files, a digest).
+
+    Args:
+        value (Any): a config value or a recorded input.
+        width (int): the most characters to show.
+
+    Returns:
+        str: e.g. ``3.0``, ``[32, 16]``, ``[['/data/a.parquet', 120, 17…`` .
+    """
+    text = json.dumps(value, default=str) if isinstance(value, (list, tuple, dict)) else str(value)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def more(items: List[str], limit: int) -> List[str]:
+    """The first ``limit`` items, then ``and N more`` when there were more.
+
+    Args:
+        items (List[str]): what to name.
+        limit (int): how many to name.
+
+    Returns:
+        List[str]: at most ``limit + 1`` strings.
+    """
+    return items[:limit] + ([f"and {len(items) - limit} more"] if len(items) > limit else [])
+
+
 def describe_change(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 4) -> List[str]:
-    """The keys whose values differ, as ``key: old -> new`` (at most ``limit``, then ``…``)."""
+    """The keys whose values differ, as ``key: old -> new``.
+
+    Lists of sections are opened (``distill.losses[1].temperature: 1.0 -> 3.0``) and long
+    values cut, so the line names what changed rather than repeating whole sections.
+
+    Args:
+        old (Mapping[str, Any]): the recorded inputs.
+        new (Mapping[str, Any]): the inputs this config gives.
+        limit (int): how many keys to name; the rest are counted (``and 3 more``).
+
+    Returns:
+        List[str]: one string per key named, then ``and N more`` if any were left out.
+    """
     a, b = _flatten(old), _flatten(new)
-    names = {"teachers": "the teacher checkpoint(s) (retrained)"}
-    changed = [f"{names.get(k, k.replace('train.train.', 'train.'))}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}"
-               for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    return changed[:limit] + (["…"] if len(changed) > limit else [])
+    names = {"teachers": "the teacher checkpoint(s) (retrained)", "warm_start": "the warm-start checkpoint (remade)"}
+    changed = [f"{names.get(k, k.replace('train.train.', 'train.'))}: "
+               f"{short_value(a[k]) if k in a else '(none)'} -> {short_value(b[k]) if k in b else '(none)'}"
+               for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) or (k in a) != (k in b)]
+    return more(changed, limit)
 
 
 def read_recorded(meta: Mapping[str, Any]) -> Optional[Dict[str, Any]]:

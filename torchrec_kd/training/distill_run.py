@@ -4,7 +4,7 @@ Setup builds the teacher(s) and the student on ``meta``, wraps them in one
 ``DistillationModel``, freezes the teachers' tables (stateless fused SGD, left out of
 the optimizer), shards everything with one ``DistributedModelParallel``, loads each
 teacher checkpoint (resharded to this plan) and initialises the student exactly as
-``train-student`` does, so "student alone" and "distilled" differ only in the loss.
+``train-student`` does (from ``train.warm_start`` when set), so "student alone" and "distilled" differ only in the loss.
 Offline, no teacher is built: its stored outputs ride with each batch. With QAT the
 student's embedding bag collections are :class:`~torchrec_kd.quant.qat.FakeQuantEmbeddingBagCollection` s.
 Teachers and student are any registered architectures, called through their own forward;
@@ -48,6 +48,7 @@ from torchrec_kd.quant.qat import set_fake_quant_step, use_fake_quant
 from torchrec_kd.reporting.metrics_file import metrics_table, read_metrics, update_metrics
 from torchrec_kd.reporting.summary import announce_once, teacher_warning
 from torchrec_kd.training.pipelined_run import PipelinedRun
+from torchrec_kd.training.warm_start import warm_start
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +146,11 @@ class DistillRun(PipelinedRun):
         self.model = shard(module, env, self.local_batch, constraints)
         freeze_sharded(self.model, TEACHERS)
         init_weights(self.model, cfg.seed, prefix=STUDENT)
+        if cfg.train.warm_start and self.qat is not None:
+            raise ConfigError("train.warm_start: a quantization-aware student cannot be warm-started yet; "
+                              "warm-start `distill` (without QAT) or leave train.warm_start out")
+        warm_start(self.model, cfg.train.warm_start, cfg.student, self.student_tables, self.inputs.dense_in_features,
+                   model_prefix=STUDENT)
         for i, spec in enumerate(online):
             load_module(self.model, spec.checkpoint, model_prefix=f"{TEACHERS}{i}.", ckpt_prefix=MODEL_PREFIX)
         if online:

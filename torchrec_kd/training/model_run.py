@@ -28,6 +28,7 @@ from torchrec_kd.models.inputs import model_inputs
 from torchrec_kd.models.train import RankerTrain
 from torchrec_kd.reporting.metrics_file import metrics_table, update_metrics
 from torchrec_kd.training.pipelined_run import PipelinedRun
+from torchrec_kd.training.warm_start import warm_start
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class TrainModelRun(PipelinedRun):
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        """Process group, data, model on meta, sharding plan, optimizers, pipeline."""
+        """Process group, data, model on meta, sharding plan, initial (or warm-start) weights, optimizers, pipeline."""
         cfg = self.cfg
         env = self.setup_run()
         self.fingerprint = step_fingerprint(cfg, self.role)
@@ -67,6 +68,7 @@ class TrainModelRun(PipelinedRun):
         add_fused_embedding_optimizer(module, cfg.train)
         self.model = shard(module, env, self.local_batch, planner_constraints(cfg.sharding, self.tables, env.device.type))
         init_weights(self.model, cfg.seed, prefix=MODEL_PREFIX)
+        warm_start(self.model, cfg.train.warm_start, self.model_cfg, self.tables, self.inputs.dense_in_features)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.make_pipeline()
 
