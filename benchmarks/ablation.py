@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from launch import command_line  # noqa: E402
 from launch import run_cli as _run  # noqa: E402
 
 from torchrec_kd.reporting.summary import paired_interval  # noqa: E402
@@ -115,7 +116,10 @@ def table(rows: Dict[str, dict]) -> str:
         for c in cols:
             v = r.get(c)
             cells.append("" if v is None else (f"{v:,.0f}" if c in ("samples_per_s", "best_step") else f"{v:.4f}"))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name}{' (reused)' if r.get('reused') else ''} | " + " | ".join(cells) + " |")
+    lines += ["", "(reused): made by an earlier launch or another run, not timed by this one. peak_rss_gib: "
+              "the training process's peak resident set on rank 0 as its run recorded it (a model trained "
+              "inside `experiment` shares that process with the steps before it)."]
     summary = across_seeds(rows)
     if summary:
         lines += ["", "| method | seeds | mean test AUC | − student alone | 95% CI |", "|---|---|---|---|---|"]
@@ -157,12 +161,14 @@ def main() -> None:
         teacher = base / f"teacher_run{suffix}"
         if a.reuse_from:
             teacher = _reuse(a, seed, rows, suffix)
+        teacher_wall: Optional[float] = None  # None: made by an earlier launch (its time is not this one's)
         if not (teacher / "teacher" / "meta.json").is_file():
-            _run("train-teacher", a.config, teacher, a.nproc, ov)
+            teacher_wall = _run("train-teacher", a.config, teacher, a.nproc, ov)
         dcn = base / f"teacher_dcn_run{suffix}"
         if (not a.only or "multi_teacher" in a.only) and not (dcn / "teacher" / "meta.json").is_file():
             _run("train-teacher", a.config, dcn, a.nproc, [*ov, "teacher.arch=dlrm_dcn", "teacher.table_prefix=t2_"])
-        rows[f"teacher{suffix}"] = _row(_entry(teacher, "teacher"), {}, 0.0, "train-teacher", [])
+        rows[f"teacher{suffix}"] = _row(_entry(teacher, "teacher"), {}, teacher_wall, "train-teacher",
+                                        ["(reused)"] if teacher_wall is None else [])
         for name, (command, extra) in METHODS.items():
             if a.only and name not in a.only or (a.reuse_from and name in ("student_alone", "soft_kd")):
                 continue
@@ -179,7 +185,7 @@ def _method(a: argparse.Namespace, base: Path, name: str, command: str, ov: List
     source = {"train-student": "student", "distill": "distilled", "distill-qat": "distilled_qat"}[command]
     if not a.rerun and _entry(out, source).get("fingerprint") and _entry(out, f"{source}_int4"):
         # measured before with this row's config (its outputs record their fingerprint): reuse
-        return _row(_entry(out, source), _entry(out, f"{source}_int4"), 0.0, command, extra,
+        return _row(_entry(out, source), _entry(out, f"{source}_int4"), None, command, extra,
                     _entry(out, f"{source}_int2").get("auc"))
     teacher_ckpt = f"distill.teacher_checkpoint={teacher / 'teacher'}"
     overrides = [*ov, teacher_ckpt, *extra]
@@ -221,17 +227,33 @@ def _reuse(a: argparse.Namespace, seed: int, rows: Dict[str, dict], suffix: str)
         diff = [k for k in SAME_RUN_SECTIONS if have.get(k) != want.get(k)]
         if diff or have["distill"]["losses"] != want["distill"]["losses"]:
             raise SystemExit(f"--reuse-from {run}: its {model} was trained with other {diff or ['distill.losses']}")
-    rows[f"student_alone{suffix}"] = _row(_entry(run, "student"), {}, 0.0, "train-student", ["(reused)"])
-    rows[f"soft_kd{suffix}"] = _row(_entry(run, "distilled"), _entry(run, "distilled_int4"), 0.0, "distill", ["(reused)"])
+    rows[f"student_alone{suffix}"] = _row(_entry(run, "student"), {}, None, "train-student", ["(reused)"])
+    rows[f"soft_kd{suffix}"] = _row(_entry(run, "distilled"), _entry(run, "distilled_int4"), None, "distill", ["(reused)"])
     return run
 
 
-def _row(e: dict, q: dict, wall: float, command: str, extra: List[str], int2: Optional[float] = None) -> dict:
+def _row(e: dict, q: dict, wall: Optional[float], command: str, extra: List[str], int2: Optional[float] = None) -> dict:
+    """One table row from a model's metrics entry.
+
+    Args:
+        e (dict): the model's ``metrics.json`` entry.
+        q (dict): its int4 export's entry.
+        wall (Optional[float]): seconds this launch spent training it; None when it was made by an
+            earlier launch or another run (``reused``: no time of this launch is its).
+        command (str): the CLI command that trained it.
+        extra (List[str]): its overrides.
+        int2 (Optional[float]): its int2 export's test AUC.
+
+    Returns:
+        dict: the row. ``peak_rss_gib`` is the entry's: the training process's peak resident set
+        (rank 0), as recorded by the run that trained it.
+    """
     return {"auc": e.get("auc"), "ne": e.get("ne"), "int4_auc": q.get("auc"), "int2_auc": int2,
             "best_step": e.get("best_step"), "steps": e.get("steps"), "stopped_early": e.get("stopped_early"),
             "val_auc": (e.get("best_val") or {}).get("auc"),
             "samples_per_s": e.get("train_samples_per_s"), "peak_rss_gib": e.get("peak_rss_gib"),
-            "wall_s": round(wall, 1), "command": command, "overrides": extra}
+            "wall_s": None if wall is None else round(wall, 1), "reused": wall is None,
+            "command": command, "overrides": extra}
 
 
 def baseline_of(name: str) -> str:
@@ -264,7 +286,7 @@ def across_seeds(rows: Dict[str, dict]) -> Dict[str, Dict[str, Any]]:
 
 def _write(rows: Dict[str, dict], a: argparse.Namespace) -> str:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    result = {"config": a.config, "nproc": a.nproc, "overrides": a.overrides, "rows": rows,
+    result = {"command": command_line(), "config": a.config, "nproc": a.nproc, "overrides": a.overrides, "rows": rows,
               "across_seeds": across_seeds(rows),
               "targets": {k: {"value": v, "met": ok} for k, (v, ok) in targets(rows).items()}}
     text = json.dumps(result, indent=2)

@@ -9,8 +9,10 @@ model at its best validation step, over several seeds, in three scenarios:
 
 Each scenario is one ``experiment`` launch on ``--nproc`` ranks with ``experiment.seeds``;
 its ``summary.json`` gives per-model means and the distilled − student-alone difference with
-its 95% interval. Writes ``benchmarks/results/distillation.{json,md}`` (and a dated copy)
-with the targets checked::
+its 95% interval. ``experiment`` skips models already made with the same config: a launch that
+reused any records ``wall_s: null`` and the models in ``reused`` (its partial time as ``launch_s``),
+and its time target is not judged. Writes ``benchmarks/results/distillation.{json,md}`` (and a
+dated copy) with the targets checked and the command as run::
 
     python benchmarks/distillation.py [--only equal_data adult] [--seeds 0 1 2] [--nproc 2]
 """
@@ -22,10 +24,10 @@ import json
 import sys
 from datetime import date
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from launch import run_cli  # noqa: E402
+from launch import command_line, run_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -40,9 +42,39 @@ SCENARIOS: Dict[str, Tuple[str, List[str]]] = {
 COMMON = ["distill.qat=null", "quantize.dtypes=[int8,int4]"]
 
 
-def targets(name: str, s: Dict[str, Any], wall_s: float) -> Dict[str, Tuple[Any, bool]]:
-    """The honest-distillation targets of one scenario, each with its measured value and verdict."""
-    out: Dict[str, Tuple[Any, bool]] = {}
+# what a step writes when it runs (timings differ on every run); `report` adds latency fields
+# to every entry on each launch, so the whole entry would change even for a model it skipped
+MADE_BY_STEP = ("fingerprint", "train_samples_per_s", "eval_samples_per_s", "loss_curve", "auc", "export")
+
+
+def _entries(out: Path) -> Dict[str, str]:
+    """Every model entry under an experiment's directory (``seed_<s>/metrics.json``): what its step wrote."""
+    found = {}
+    for f in sorted(out.glob("**/metrics.json")):
+        for model, entry in json.loads(f.read_text()).items():
+            found[f"{f.parent.relative_to(out)}/{model}"] = json.dumps({k: entry.get(k) for k in MADE_BY_STEP},
+                                                                       sort_keys=True)
+    return found
+
+
+def reused_models(before: Dict[str, str], after: Dict[str, str]) -> List[str]:
+    """Models ``experiment`` skipped: their entries were there before the launch and are unchanged."""
+    return sorted(k for k, v in after.items() if before.get(k) == v)
+
+
+def targets(name: str, s: Dict[str, Any], wall_s: Optional[float]) -> Dict[str, Tuple[Any, Optional[bool]]]:
+    """The honest-distillation targets of one scenario, each with its measured value and verdict.
+
+    Args:
+        name (str): the scenario.
+        s (Dict[str, Any]): its ``summary.json``.
+        wall_s (Optional[float]): the launch's wall seconds; None when it reused models made
+            earlier (the time target is then not judged: it would time only what was left).
+
+    Returns:
+        Dict[str, Tuple[Any, Optional[bool]]]: target -> (value, met); met None: not judged.
+    """
+    out: Dict[str, Tuple[Any, Optional[bool]]] = {}
     gain, gap = s.get("kd_gain"), s.get("teacher_gap")
     models = s["models"]
     if name == "equal_data":
@@ -56,7 +88,8 @@ def targets(name: str, s: Dict[str, Any], wall_s: float) -> Dict[str, Tuple[Any,
             if gain.get("gap_recovered") is not None:
                 out["(stretch) recovers >= 50% of the teacher's lead"] = (round(gain["gap_recovered"], 2),
                                                                           gain["gap_recovered"] >= 0.5)
-        out["3-seed benchmark <= 30 min on 2 ranks"] = (round(wall_s / 60, 1), wall_s <= 1800)
+        out["3-seed benchmark <= 30 min on 2 ranks"] = ((None, None) if wall_s is None else
+                                                       (round(wall_s / 60, 1), wall_s <= 1800))
     elif gain:
         verdict = "significant gain" if gain["significant"] and gain["auc_mean"] > 0 else (
             "significant loss" if gain["significant"] else "not significant")
@@ -85,6 +118,10 @@ def scenario_table(s: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _verdict(met: Optional[bool]) -> str:
+    return "not judged (models reused from an earlier launch)" if met is None else ("met" if met else "NOT met")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="+", choices=list(SCENARIOS), help="run only these scenarios")
@@ -100,10 +137,15 @@ def main() -> None:
         out = REPO / a.out / name
         seeds = "experiment.seeds=[" + ",".join(map(str, a.seeds)) + "]"
         overrides = [*COMMON, *extra, seeds, *a.overrides]
-        wall = run_cli("experiment", config, out, a.nproc, overrides)
+        before = _entries(out)
+        launch = run_cli("experiment", config, out, a.nproc, overrides)
         summary = json.loads((out / "summary.json").read_text())
-        results[name] = {"config": config, "overrides": overrides, "nproc": a.nproc, "wall_s": round(wall, 1),
-                         "command": f"python benchmarks/distillation.py --only {name}", "summary": summary,
+        # experiment skips models already made with this config: their time is not in this launch
+        reused = reused_models(before, _entries(out))
+        wall = None if reused else round(launch, 1)
+        results[name] = {"config": config, "overrides": overrides, "nproc": a.nproc, "wall_s": wall,
+                         "launch_s": round(launch, 1), "reused": reused, "date": date.today().isoformat(),
+                         "command": command_line(), "summary": summary,
                          "targets": {k: {"value": v, "met": ok} for k, (v, ok) in targets(name, summary, wall).items()}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"scenarios": results}, indent=2)
@@ -111,9 +153,11 @@ def main() -> None:
     (RESULTS / f"distillation-{date.today().isoformat()}.json").write_text(text)
     md = []
     for name, r in results.items():
-        md += [f"## {name} (`{r['config']}`, seeds {r['summary']['seeds']}, {r['nproc']} ranks, "
-               f"{r['wall_s'] / 60:.1f} min)", "", scenario_table(r["summary"]), ""]
-        md += [f"- {k}: {t['value']} — {'met' if t['met'] else 'NOT met'}" for k, t in r["targets"].items()] + [""]
+        took = (f"{r['wall_s'] / 60:.1f} min" if r.get("wall_s") is not None else
+                f"reused {len(r.get('reused', []))} models made earlier, launch {r.get('launch_s', 0) / 60:.1f} min")
+        md += [f"## {name} (`{r['config']}`, seeds {r['summary']['seeds']}, {r['nproc']} ranks, {took})", "",
+               f"`{r['command']}`", "", scenario_table(r["summary"]), ""]
+        md += [f"- {k}: {t['value']} — {_verdict(t['met'])}" for k, t in r["targets"].items()] + [""]
     (RESULTS / "distillation.md").write_text("\n".join(md))
     print("\n".join(md))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 import time
@@ -30,3 +31,8 @@ def run_cli(command: str, config: str, out: Path, nproc: int, overrides: Sequenc
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=REPO, check=True)
     return time.perf_counter() - t0
+
+
+def command_line() -> str:
+    """The command this process was started with, as run (``python`` and ``sys.argv``), for a results file."""
+    return shlex.join(["python", *sys.argv])

@@ -4,7 +4,9 @@ Runs ``training.py`` (throughput and memory of student / online KD / offline KD 
 with a profile of the online-KD step), ``inference_memory.py`` (latency and samples/s at
 batch 1, 64, 2048; bytes per row against each format's floor) and ``scale.py`` (1 M → 50 M
 rows on 2 ranks, and a batch-size sweep), then writes ``benchmarks/results/latest.json``,
-a dated copy and ``latest.md``. ``--quick`` stops the scale runs at 10 M rows::
+a dated copy and ``latest.md``, with the command as run, its whole wall time and which sections
+it measured; ``--skip`` sections are taken from their last results file and recorded as reused
+(with that file's date), never timed. ``--quick`` stops the scale runs at 10 M rows::
 
     python benchmarks/suite.py [--quick]          # or: python -m torchrec_kd.cli bench
 """
@@ -20,12 +22,20 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Dict, List
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from launch import command_line  # noqa: E402
+from targets import INT4_SPEEDUP, INT4_SPEEDUP_TARGET  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+SECTIONS = {"training": "training.json", "inference": "inference_memory.json", "scale": "scale.json"}
 
 
-def _run(script: str, *args: str) -> None:
+def _run(script: str, *args: str) -> float:
+    """Run one benchmark script; return its wall seconds."""
+    t0 = time.perf_counter()
     subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO, check=True)
+    return round(time.perf_counter() - t0, 1)
 
 
 def _load(name: str) -> Dict[str, Any]:
@@ -37,7 +47,7 @@ def targets(r: Dict[str, Any]) -> List[List[Any]]:
     out = [[k, v["value"], v["met"]] for k, v in r["training_targets"].items()]
     inf = r["inference"]
     ratio = inf["student_int4"]["b2048"]["samples_per_s"] / inf["teacher_fp32"]["b2048"]["samples_per_s"]
-    out.append(["int4 student / teacher samples/s at batch 2048 >= 5", round(ratio, 2), ratio >= 5])
+    out.append([INT4_SPEEDUP_TARGET, round(ratio, 2), ratio >= INT4_SPEEDUP])
     worst = max(v["bytes_per_row"] / v["floor_bytes_per_row"] for dims in r["memory_per_row"].values()
                 for d, v in dims.items() if int(d[1:]) >= 32)
     out.append(["bytes per row / floor (d >= 32, every dtype) <= 1.10", round(worst, 3), worst <= 1.10])
@@ -60,7 +70,13 @@ def targets(r: Dict[str, Any]) -> List[List[Any]]:
 
 def markdown(r: Dict[str, Any]) -> str:
     t, m = r["train"], r["memory"]
-    lines = ["## Training (samples/s, 2 ranks, configs/perf_criteo_shaped_synthetic.yaml)", "",
+    sections = r.get("sections", {})
+    ran = [k for k, v in sections.items() if v["ran"]]
+    reused = [f"{k} (from {v['file']}, {v.get('reused_date') or 'undated'})" for k, v in sections.items() if not v["ran"]]
+    lines = [f"`{r.get('command', 'python benchmarks/suite.py')}` on {r['date']}: measured "
+             f"{', '.join(ran) or 'nothing'} in {r['wall_s']:,.0f} s"
+             + (f"; reused {', '.join(reused)}" if reused else "") + ".", "",
+             "## Training (samples/s, 2 ranks, configs/perf_criteo_shaped_synthetic.yaml)", "",
              "| student | online KD | offline KD | teacher forward | teacher train |", "|---|---|---|---|---|",
              f"| {t['student_samples_per_s']:,.0f} | {t['online_kd_samples_per_s']:,.0f} | {t['offline_kd_samples_per_s']:,.0f} "
              f"| {t['teacher_forward_samples_per_s']:,.0f} | {t['teacher_train_samples_per_s']:,.0f} |", "",
@@ -123,15 +139,23 @@ def main() -> None:
                    help="reuse these sections' last results")
     a = p.parse_args()
     t0 = time.perf_counter()
-    if "training" not in a.skip:
-        _run("training.py", "--profile")
-    if "inference" not in a.skip:
-        _run("inference_memory.py")
-    if "scale" not in a.skip:
-        _run("scale.py", *(["--rows", "1000000", "10000000", "--batches", "1024", "4096"] if a.quick else []))
+    command = command_line()
+    args = {"training": ("training.py", "--profile"), "inference": ("inference_memory.py",),
+            "scale": ("scale.py", *(["--rows", "1000000", "10000000", "--batches", "1024", "4096"] if a.quick else []))}
+    # which sections this command measured, and which it took from an earlier run's results file
+    sections: Dict[str, Dict[str, Any]] = {}
+    for name, (script, *extra) in args.items():
+        if name in a.skip:
+            earlier = _load(SECTIONS[name])
+            sections[name] = {"ran": False, "reused": True, "wall_s": None, "file": SECTIONS[name],
+                              "reused_date": earlier.get("date"), "reused_command": earlier.get("command")}
+        else:
+            sections[name] = {"ran": True, "reused": False, "wall_s": _run(script, *extra), "file": SECTIONS[name]}
     training, inference, scale = _load("training.json"), _load("inference_memory.json"), _load("scale.json")
     result: Dict[str, Any] = {
         "date": date.today().isoformat(),
+        "command": command,
+        "sections": sections,
         "train": training["train"],
         # memory.<dtype>.{bytes_per_row, floor_bytes_per_row} at the teacher's dim 64; all dims below
         "memory": {**training["memory"], **{d: v["d64"] for d, v in inference["memory"].items()}},
@@ -143,7 +167,8 @@ def main() -> None:
         "harness": {"training": training["harness"], "scale": scale["harness"]},
     }
     result["targets"] = targets(result)
-    result["wall_s"] = time.perf_counter() - t0
+    # the whole command; with sections skipped it covers only what ran (see "sections")
+    result["wall_s"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(result, indent=2)
     (RESULTS / "latest.json").write_text(text)
     (RESULTS / f"bench-{result['date']}.json").write_text(text)

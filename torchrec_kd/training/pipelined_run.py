@@ -41,17 +41,32 @@ logger = logging.getLogger(__name__)
 
 
 
+def reset_peak_rss() -> None:
+    """Restart this process's peak-RSS counter (Linux >= 4.0: ``VmHWM``), so that a model trained
+    after others in the same process (``experiment``) records its own peak, not theirs."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # not Linux: the peak stays the process's since it started
+        pass
+
+
 def peak_rss_gib(device: torch.device = torch.device("cpu")) -> float:
-    """Largest peak resident memory of any rank's process so far, in GiB (a collective).
+    """Largest peak resident memory of any rank's process since :func:`reset_peak_rss`, in GiB (a collective).
+
+    Memory the process still holds from earlier steps counts; their own peaks do not.
 
     Args:
         device (torch.device): the process group's device (nccl reduces CUDA tensors).
+
+    Returns:
+        float: GiB, the maximum over ranks.
     """
     import resource
 
     import torch.distributed as dist
 
-    peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20], device=device)  # Linux: KiB
+    # ru_maxrss (KiB) follows the counter clear_refs resets while the process lives
+    peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20], device=device)
     if dist.is_initialized():
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     return round(float(peak), 3)
@@ -94,6 +109,7 @@ class PipelinedRun:
     def setup_run(self) -> DistEnv:
         """Process group, seed, data source and per-rank batch size: the first steps of every ``setup``."""
         self.env = init_distributed(self.cfg.distributed)
+        reset_peak_rss()  # this model's peak_rss_gib: not that of a step before it in the same process
         torch.manual_seed(self.cfg.seed)
         self.data = build_data(self.cfg.data, self.cfg.seed, self.data_role)
         self.local_batch = self.cfg.data.batch_size // self.env.world_size
