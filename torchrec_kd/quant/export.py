@@ -127,6 +127,35 @@ def save_quantized(qmodel: nn.Module, path: Union[str, Path], meta: Dict[str, An
     return path
 
 
+def write_dir_atomically(path: Union[str, Path], fill: Callable[[Path], Any]) -> Path:
+    """Write a directory the way exports are written: into a hidden sibling, then renamed into ``path``.
+
+    ``fill`` writes every file into the staging directory it is given (sealing included); only
+    when it returns is the directory renamed to ``path`` (one there is replaced whole). An error
+    or an interrupt removes the staging directory: readers see the old directory or the new one.
+
+    Args:
+        path (str | Path): the directory to (re)place.
+        fill (Callable[[Path], Any]): writes the directory's content into the path it is given.
+
+    Returns:
+        Path: ``path``.
+
+    Example::
+
+        write_dir_atomically(out / "delta", lambda d: (d / "delta.json").write_text("{}"))
+    """
+    path = Path(path)
+    staging = _staging_dir(path)
+    try:
+        fill(staging)
+        _publish(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
 def _sibling(path: Path, kind: str, pid: Optional[int] = None) -> Path:
     """``.<name>.<kind>-<pid>`` beside ``path``: hidden, so no reader of exports ever lists it."""
     return path.with_name(f".{path.name}.{kind}-{os.getpid() if pid is None else pid}")
