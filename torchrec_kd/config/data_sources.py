@@ -7,10 +7,125 @@ layer so a config is checked whole before any reader (or torch) is imported.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional, Union
 
 from torchrec_kd.errors import ConfigError
+
+
+@dataclass
+class DriftConfig:
+    """A drifting synthetic world cut into time windows (``data.synthetic.drift``; see ``data/drift.py``).
+
+    Window ``w`` holds ``rows_per_window`` rows. Each window, on every feature in ``features``:
+    ``new_ids_per_window`` of the table's ids appear for the first time (inserted at random places of
+    the popularity ranking), the ranking rotates (its top ``popularity_shift`` share falls to the
+    tail, every other id moves up), and on every feature ``concept_shift`` of the per-id biases of the
+    oracle are redrawn. All of it is drawn from ``world_seed``: planted and reproducible.
+    """
+
+    windows: int = 12
+    rows_per_window: int = 16_384
+    # Fraction of each drifting table's ids that first appear in each window (window 0 holds the rest).
+    new_ids_per_window: float = 0.02
+    # Share of the Zipf ranking that rotates per window (the most popular ids fade to the tail).
+    popularity_shift: float = 0.02
+    # Fraction of the oracle's per-id biases redrawn per window (every feature).
+    concept_shift: float = 0.05
+    # Features with new ids and popularity drift (the "users / items"); the rest keep the static world's.
+    features: List[str] = field(default_factory=lambda: ["cat_0", "cat_1"])
+
+    def __post_init__(self) -> None:
+        for name in ("new_ids_per_window", "popularity_shift", "concept_shift"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                raise ConfigError(f"data.synthetic.drift.{name} must be in [0, 1), got {v}")
+        if self.windows < 2:
+            raise ConfigError(f"data.synthetic.drift.windows must be >= 2 (a window to train on, one to test), "
+                              f"got {self.windows}")
+        if self.rows_per_window < 1:
+            raise ConfigError(f"data.synthetic.drift.rows_per_window must be positive, got {self.rows_per_window}")
+        if self.new_ids_per_window * (self.windows - 1) >= 1.0:
+            raise ConfigError(f"data.synthetic.drift.new_ids_per_window={self.new_ids_per_window} over "
+                              f"{self.windows} windows leaves no ids for window 0; lower it below "
+                              f"{1.0 / (self.windows - 1):.4g}")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration_seconds(text: str, where: str = "data.windows.size") -> float:
+    """``"90d"``, ``"7d"``, ``"12h"``, ``"30m"``, ``"2w"``, ``"45s"`` -> seconds (ConfigError naming ``where``)."""
+    m = _DURATION.match(str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"{where}={text!r} is not a duration; write a positive number and a unit s, m, h, d or w "
+                          "(e.g. 90d, 7d, 12h)")
+    return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
+@dataclass
+class WindowsConfig:
+    """Consecutive time windows of a time-ordered source (``data.windows``; see ``data/windows.py``).
+
+    A windowed run's splits: train = window ``index``'s rows minus its val slice (with ``history``:
+    the train parts of windows 0..index); val = the last ``val_fraction`` of window ``index`` by
+    time; test = all rows of window ``index + 1`` (scored before anything trained on them).
+    """
+
+    # time: the source's time column (MovieLens timestamp, data.table.time_column, the drifting
+    # synthetic world's window number); rows: the stored order.
+    by: Literal["time", "rows"] = "time"
+    # Exactly one of: count (equal-row-count consecutive windows in time order) or size (a duration
+    # such as "90d", "7d", "12h"; by: time on a source with real times).
+    count: Optional[int] = None
+    size: Optional[str] = None
+    # With size: window 0 holds every row before this date or Unix time (a warm-up history) and
+    # the windows of `size` follow from it; null: windows start at the first row's time.
+    start: Optional[Union[str, int]] = None
+    # With size: a window with fewer rows than this is merged into the next one (the last into the
+    # one before), so a bursty log still gives windows worth training on; 0: no merging.
+    min_rows: int = 0
+    # The held-out slice of window `index` used for model selection (its last rows by time).
+    val_fraction: float = 0.1
+    # The window this run trains on; null: all windows but the last (history), the last is test.
+    index: Optional[int] = None
+    # true: train on the train parts of windows 0..index (teacher retrain, from-scratch reference).
+    history: bool = False
+    # Sparse features whose ids are users / items: remapped (new ids get their own rows, unseen
+    # ids row 0) and used for the cold-start slices. Empty: the source's default (MovieLens
+    # [user_id, item_id], drifting synthetic its drift.features; data.table must name them).
+    entities: List[str] = field(default_factory=list)
+    # An id seen fewer than this many times in the trained rows is "rare".
+    rare_below: int = 5
+
+    def __post_init__(self) -> None:
+        if (self.count is None) == (self.size is None):
+            raise ConfigError("data.windows: set exactly one of count (equal-row windows) or size (a duration "
+                              f"such as 90d), got count={self.count} and size={self.size}")
+        if self.count is not None and self.count < 2:
+            raise ConfigError(f"data.windows.count must be >= 2 (a window to train on, one to test), got {self.count}")
+        if self.size is not None:
+            if self.by != "time":
+                raise ConfigError(f"data.windows.size={self.size!r} needs by: time (a duration cuts a time column); "
+                                  "with by: rows use data.windows.count")
+            duration_seconds(self.size)
+        if self.min_rows < 0:
+            raise ConfigError(f"data.windows.min_rows must be >= 0, got {self.min_rows}")
+        if (self.start is not None or self.min_rows) and self.size is None:
+            raise ConfigError("data.windows.start and min_rows need data.windows.size (count windows split the rows "
+                              "evenly)")
+        if self.start is not None and self.size is None:
+            raise ConfigError("data.windows.start needs data.windows.size (count windows split the rows evenly)")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.windows.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.index is not None and self.index < 0:
+            raise ConfigError(f"data.windows.index must be >= 0 or null, got {self.index}")
+        if self.rare_below < 1:
+            raise ConfigError(f"data.windows.rare_below must be >= 1, got {self.rare_below}")
+        if len(set(self.entities)) != len(self.entities):
+            raise ConfigError(f"data.windows.entities repeats a feature: {self.entities}")
 
 
 @dataclass
@@ -52,6 +167,8 @@ class SyntheticDataConfig:
     # this-many rows of the train split, by epochs: the recent window of a teacher that
     # read the long stream. Null: the same train split as the teacher.
     student_train_rows: Optional[int] = None
+    # A drifting world in time windows (new ids, popularity and concept shifts); null: the static world.
+    drift: Optional[DriftConfig] = None
 
 
 def _check_fraction_pair(where: str, val: float, test: float) -> None:
@@ -221,3 +338,5 @@ class DataConfig:
     criteo: CriteoDataConfig = field(default_factory=CriteoDataConfig)
     movielens: MovieLensDataConfig = field(default_factory=MovieLensDataConfig)
     table: TableDataConfig = field(default_factory=TableDataConfig)
+    # Consecutive time windows (continual training); null: the source's own splits.
+    windows: Optional[WindowsConfig] = None

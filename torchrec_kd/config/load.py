@@ -157,6 +157,8 @@ RANGES: Dict[str, tuple] = {
     "data.criteo.chunk_bytes": (1024, 1 << 30), "data.movielens.split_seed": (0, 2**32 - 1),
     "data.movielens.zip_prefix_len": (1, 5), "data.table.split_seed": (0, 2**32 - 1),
     "data.table.sparse[].num_embeddings": (1, _MAX_ROWS), "data.table.sparse[].max_length": (1, 1 << 20),
+    "data.windows.count": (2, 10**6), "data.windows.index": (0, 10**6), "data.windows.rare_below": (1, 10**9),
+    "data.synthetic.drift.windows": (2, 10**5), "data.synthetic.drift.rows_per_window": (1, 10**10),
     "teacher.embedding_dim": (1, 4096), "student.embedding_dim": (1, 4096),
     "teacher.dense_arch_layer_sizes[]": (1, 1 << 16), "student.dense_arch_layer_sizes[]": (1, 1 << 16),
     "teacher.over_arch_layer_sizes[]": (1, 1 << 16), "student.over_arch_layer_sizes[]": (1, 1 << 16),
@@ -225,6 +227,7 @@ def _check_semantics(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: output_dir (--output-dir) is empty; name a directory, or leave it out for "
                           f"outputs/{cfg.run_name}")
     _check_quantize(cfg, where)
+    _check_windows(cfg, where)
     if len(set(cfg.experiment.seeds)) != len(cfg.experiment.seeds):
         raise ConfigError(f"{where}: experiment.seeds repeats a seed: {cfg.experiment.seeds}")
     if (syn.train_rows is not None and syn.student_train_rows is not None
@@ -252,6 +255,36 @@ def _check_semantics(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: teacher.table_prefix and student.table_prefix must differ "
                           f"(both '{cfg.student.table_prefix}'): "
                           "both models share one DistributedModelParallel")
+
+
+def _check_windows(cfg: RunConfig, where: str) -> None:
+    """``data.windows`` and ``data.synthetic.drift`` against the source (data-dependent rules: data/windows.py)."""
+    data, win = cfg.data, cfg.data.windows
+    drift = data.synthetic.drift if data.source == "synthetic" else None
+    if drift is not None:
+        names = [f"cat_{i}" for i in range(data.synthetic.num_sparse)]
+        unknown = [f for f in drift.features if f not in names]
+        if unknown:
+            raise ConfigError(f"{where}: data.synthetic.drift.features names {unknown}, not sparse features of this "
+                              f"world (cat_0 .. cat_{data.synthetic.num_sparse - 1})")
+    if win is None:
+        return
+    if data.source in ("criteo_tsv", "criteo_npy"):
+        raise ConfigError(f"{where}: data.windows is not supported for data.source={data.source} yet; window a "
+                          "Criteo log by giving each run its days in data.criteo.train / val / test")
+    if data.source == "synthetic":
+        if drift is None:
+            raise ConfigError(f"{where}: data.windows on the synthetic source needs data.synthetic.drift (the static "
+                              "world has no time order); set data.synthetic.drift: {windows: 12}")
+        if win.size is not None:
+            raise ConfigError(f"{where}: data.windows.size={win.size!r}: the drifting synthetic world's time is its "
+                              f"window number; use data.windows.count (e.g. {drift.windows})")
+    if data.source == "table" and win.by == "time" and not data.table.time_column:
+        raise ConfigError(f"{where}: data.windows.by: time needs data.table.time_column (or by: rows for the stored "
+                          "order)")
+    if win.count is not None and win.index is not None and win.index > win.count - 2:
+        raise ConfigError(f"{where}: data.windows.index={win.index} is out of range: {win.count} windows, and window "
+                          f"index + 1 is the test window, so index must be in 0..{win.count - 2}")
 
 
 def _check_quantize(cfg: RunConfig, where: str) -> None:

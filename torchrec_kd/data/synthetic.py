@@ -28,7 +28,7 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_kd.config import SyntheticDataConfig
+from torchrec_kd.config.data_sources import DriftConfig
 from torchrec_kd.data.rows import RowBlock
 from torchrec_kd.errors import ConfigError
 
@@ -44,6 +45,10 @@ _PERM_PRIME = 1_000_000_007
 _MASK32 = (1 << 32) - 1
 # The endless train stream is shuffled (per run seed) within chunks of this many batches.
 STREAM_CHUNK_BATCHES = 64
+# World block "split" code of drift window w is _DRIFT_SPLIT + w (apart from train / val / test).
+_DRIFT_SPLIT = 100
+# Rows generated at a time for a drift window (large: the oracle's cost is mostly per call).
+_DRIFT_BLOCK_ROWS = 4096
 
 
 def dense_feature_names(n: int) -> List[str]:
@@ -71,6 +76,70 @@ def _hash32(x: torch.Tensor, salt: int) -> torch.Tensor:
 
 def _block_seed(seed: int, split: int, block: int) -> int:
     return int(np.random.SeedSequence([seed, split, block]).generate_state(1)[0])
+
+
+def drift_rankings(drift: DriftConfig, names: List[str], sizes: List[int], offsets: List[int],
+                   seed: int) -> Dict[int, List[torch.Tensor]]:
+    """Each drifting feature's popularity ranking (rank -> id) in every window.
+
+    The table's ids, in the static world's scatter order, enter in cohorts: window 0 the first
+    ``n - (W-1)k`` ids, each later window ``k = round(new_ids_per_window * n)`` more. Window
+    ``w``'s ranking is window ``w-1``'s rotated by ``round(popularity_shift * len)`` (the top ids
+    fall to the tail, the others move up) with the window's new ids inserted at random ranks.
+
+    Args:
+        drift (DriftConfig): the drift section.
+        names (List[str]): sparse feature names.
+        sizes (List[int]): rows per table.
+        offsets (List[int]): the world's per-feature scatter offsets.
+        seed (int): the world seed.
+
+    Returns:
+        Dict[int, List[torch.Tensor]]: by feature index, one int64 ranking per window.
+    """
+    out: Dict[int, List[torch.Tensor]] = {}
+    W = drift.windows
+    for name in drift.features:
+        f = names.index(name)
+        n = sizes[f]
+        k = int(round(drift.new_ids_per_window * n))
+        n0 = n - (W - 1) * k
+        if n0 < 1:
+            raise ConfigError(f"data.synthetic.drift: {name} has {n} ids, too few for {k} new ids in each of "
+                              f"{W - 1} windows; raise its num_embeddings or lower new_ids_per_window")
+        order = (np.arange(n, dtype=np.int64) * _PERM_PRIME + offsets[f]) % n  # the static world's scatter
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0xD21F7, f]))
+        ranking = order[:n0]
+        rankings = [torch.from_numpy(ranking.copy())]
+        for w in range(1, W):
+            ranking = np.roll(ranking, -int(round(drift.popularity_shift * len(ranking))))
+            new = order[n0 + (w - 1) * k:n0 + w * k]
+            ranking = np.insert(ranking, np.sort(rng.integers(0, len(ranking) + 1, size=len(new))), new)
+            rankings.append(torch.from_numpy(ranking.copy()))
+        out[f] = rankings
+    return out
+
+
+def drifted_bias_hash(h: torch.Tensor, key: torch.Tensor, seed: int, window: int, concept_shift: float) -> torch.Tensor:
+    """The hash that draws each id's oracle bias in ``window``: redrawn for ``concept_shift`` of ids per window.
+
+    Args:
+        h (torch.Tensor): the static world's hash of each (id, feature).
+        key (torch.Tensor): ``id * 131 + feature``.
+        seed (int): the world seed.
+        window (int): the window.
+        concept_shift (float): fraction of ids whose bias is redrawn at each window change.
+
+    Returns:
+        torch.Tensor: ``h`` where no redraw happened up to ``window``, a fresh hash per redraw count elsewhere.
+    """
+    if window == 0 or concept_shift <= 0:
+        return h
+    cut = int(concept_shift * 2**32)
+    redraws = torch.zeros_like(h)
+    for w in range(1, window + 1):
+        redraws += (_hash32(key, salt=(seed + 0x51ED27 * w) & 0xFFFF) < cut).long()
+    return torch.where(redraws > 0, _hash32(h ^ (redraws * 0x27D4EB2F), salt=0xB1A5), h)
 
 
 class SyntheticClickLog:
@@ -116,6 +185,15 @@ class SyntheticClickLog:
         self._offsets = torch.randint(0, 1 << 30, (F,), generator=g)
         self._n = torch.tensor(self.num_embeddings, dtype=torch.int64)
         self._scale, self._bias = 1.0, 0.0
+        # drift (data.synthetic.drift): per drifting feature, its popularity ranking in each window
+        self._window = 0
+        self._rankings: Optional[Dict[int, List[torch.Tensor]]] = None
+        if cfg.drift is not None:
+            self._rankings = drift_rankings(cfg.drift, self.sparse_names, self.num_embeddings,
+                                            [int(o) for o in self._offsets], self.seed)
+            self._window_sizes = [torch.tensor([len(self._rankings[f][w]) if f in self._rankings else n
+                                                for f, n in enumerate(self.num_embeddings)], dtype=torch.int64)
+                                  for w in range(cfg.drift.windows)]
         self._calibrate()
 
     # ----------------------------------------------------------------- rows
@@ -134,11 +212,17 @@ class SyntheticClickLog:
         if max(self.pooling) > 1:
             feat = feat.repeat_interleave(flat_len)
         u = torch.rand(feat.numel(), generator=g, dtype=torch.float64)
-        n = self._n[feat].double()
+        # a drifting world samples each drifting feature's ids from the window's popularity ranking
+        sizes = self._n if self._rankings is None else self._window_sizes[self._window]
+        n = sizes[feat].double()
         s = 1.0 - cfg.zipf_exponent
         rank = ((n.pow(s) - 1.0) * u + 1.0).pow(1.0 / s).floor().long() - 1
-        rank = torch.minimum(rank.clamp_min(0), self._n[feat] - 1)
+        rank = torch.minimum(rank.clamp_min(0), sizes[feat] - 1)
         ids = (rank * _PERM_PRIME + self._offsets[feat]) % self._n[feat]
+        if self._rankings is not None:
+            for f, ranking in self._rankings.items():
+                mine = feat == f
+                ids[mine] = ranking[self._window][rank[mine]]
         return z, lengths, ids, torch.rand(R, generator=g)
 
     def _logits(self, z: torch.Tensor, lengths: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -150,9 +234,11 @@ class SyntheticClickLog:
         feat = torch.arange(F).repeat(R) if one_hot else torch.arange(F).repeat(R).repeat_interleave(flat_len)
         h = _hash32(ids * 131 + feat, salt=self.seed)
         cluster = h % cfg.num_clusters
+        hb = h if self._rankings is None else drifted_bias_hash(h, ids * 131 + feat, self.seed, self._window,
+                                                                 cfg.drift.concept_shift)
         # per-id bias: Box-Muller on two hashed uniforms
-        u1 = (h.double() + 1.0) / (2.0**32 + 2.0)
-        u2 = (_hash32(h, salt=7).double() + 0.5) / 2.0**32
+        u1 = (hb.double() + 1.0) / (2.0**32 + 2.0)
+        u2 = (_hash32(hb, salt=7).double() + 0.5) / 2.0**32
         bias = (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)).float()
         vec = self._codebook[feat, cluster]
         if not one_hot:  # mean-pool each bag
@@ -242,7 +328,12 @@ class SyntheticClickLog:
             per_batch = batch_size // self.cfg.block_rows
             blocks = np.arange(index * per_batch, (index + 1) * per_batch)
         mine = blocks[rank * blocks_per_rank:(rank + 1) * blocks_per_rank]
-        parts = [self._rows(SPLITS[split], int(b)) for b in mine]
+        batch, prob = self._assemble([self._rows(SPLITS[split], int(b)) for b in mine])
+        return (batch, prob) if with_oracle else batch
+
+    def _assemble(self, parts: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+                  ) -> Tuple[Batch, torch.Tensor]:
+        """Generated blocks -> (Batch, oracle probabilities)."""
         z = torch.cat([p[0] for p in parts])
         lengths = torch.cat([p[1] for p in parts])
         ids = torch.cat([p[2] for p in parts])
@@ -259,8 +350,7 @@ class SyntheticClickLog:
             key = (torch.arange(F).repeat(R) * R + torch.arange(R).repeat_interleave(F)).repeat_interleave(lengths.flatten())
             values = ids[torch.argsort(key, stable=True)]
         kjt = KeyedJaggedTensor.from_lengths_sync(keys=self.sparse_names, values=values, lengths=lengths.T.flatten().int())
-        batch = Batch(dense_features=dense, sparse_features=kjt, labels=labels)
-        return (batch, prob) if with_oracle else batch
+        return Batch(dense_features=dense, sparse_features=kjt, labels=labels), prob
 
     def batches(self, split: str, batch_size: int, rank: int = 0, world_size: int = 1,
                 num_batches: Optional[int] = None, start: int = 0) -> Iterator[Batch]:
@@ -301,6 +391,39 @@ class SyntheticClickLog:
         block = self.cfg.block_rows
         for i in range(self.split_rows[split] // block):
             yield RowBlock.from_batch(self.batch(split, i, block))
+
+    def drift_timeline(self) -> Tuple[RowBlock, np.ndarray]:
+        """Every row of the drifting world in time order, and each row's window number.
+
+        Window ``w``'s rows are world blocks ``(w, 0), (w, 1), …`` of a fixed size (``rows_per_window``
+        rows, the last block cut short), so they are a function of the world seed and ``w`` only
+        (not of ``block_rows``, which only shapes the batches of the static world).
+
+        Returns:
+            Tuple[RowBlock, np.ndarray]: the rows (ids are table rows) and their int64 window numbers.
+
+        Raises:
+            ConfigError: ``data.synthetic.drift`` is not set.
+        """
+        drift = self.cfg.drift
+        if drift is None:
+            raise ConfigError("data.synthetic.drift is not set: the static synthetic world has no time order")
+        blocks: List[RowBlock] = []
+        block = _DRIFT_BLOCK_ROWS
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # small ops: threads cost more than they give (5x slower on a busy host)
+        try:
+            for w in range(drift.windows):
+                self._window = w
+                for b in range(-(-drift.rows_per_window // block)):
+                    rows = min(block, drift.rows_per_window - b * block)
+                    batch, _ = self._assemble([self._rows(_DRIFT_SPLIT + w, b, rows=rows)])
+                    blocks.append(RowBlock.from_batch(batch))
+        finally:
+            self._window = 0
+            torch.set_num_threads(threads)
+        times = np.repeat(np.arange(drift.windows, dtype=np.int64), drift.rows_per_window)
+        return RowBlock.concat(blocks), times
 
     def oracle_auc(self, split: str = "test", batch_size: int = 4096, num_batches: int = 8) -> float:
         """AUC of the oracle's own probabilities against the drawn labels: the ceiling for any model.
