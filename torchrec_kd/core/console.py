@@ -6,9 +6,12 @@ Each command calls :func:`setup_console` once. Then:
   every rank's errors and real warnings;
 * third-party INFO records (TorchRec's planner, fbgemm's kernel arguments, the
   pipeline's notes) and known-harmless warnings (``FutureWarning``/``DeprecationWarning``
-  and the few listed in ``HARMLESS``) go only to ``<output_dir>/run.log``, with every
-  rank's records, each line marked with its rank;
-* ``--verbose`` or ``LOGLEVEL=INFO`` (or ``DEBUG``) puts all of it back on the console.
+  and the few listed in ``HARMLESS``, e.g. DCP's "overwriting" and torch.fx's
+  ``is_fx_tracing``) go only to ``<output_dir>/run.log``, with every rank's records, each
+  line marked with its rank; the loggers of ``FILE_LEVELS`` that log in a loop (the
+  partitioner's every candidate plan) only from WARNING;
+* ``--verbose`` or ``LOGLEVEL=INFO`` (or ``DEBUG``) puts all of it back on the console,
+  and all of it in the file.
 
 Example::
 
@@ -53,7 +56,12 @@ HARMLESS = re.compile("|".join([
     r"torch\.distributed is disabled, unavailable or uninitialized",  # DCP loading one unsharded model per rank
     r"TorchScript type system doesn't support instance-level annotations",
     r"TorchScript will treat type annotations of Tensor dtype-specific subtypes",
+    r"Detected an existing checkpoint in .*, overwriting",  # DCP: a re-run replaces its own model directory
 ]))
+# Third-party loggers whose INFO records flood run.log, and the level the file keeps of them
+# unless verbose: TorchRec's partitioner logs every candidate plan it tries (thousands of lines
+# for a few tables, 97% of a distill run's log); the plan chosen is in the log from the planner's stats.
+FILE_LEVELS = {"torchrec.distributed.planner.partitioners": logging.WARNING}
 
 
 def _level_from_env() -> Optional[int]:
@@ -89,6 +97,22 @@ class _ConsoleFilter(logging.Filter):
             if category in ("FutureWarning", "DeprecationWarning"):
                 return False
         return not HARMLESS.search(text)
+
+
+class _FileFilter(logging.Filter):
+    """Keeps the chatty third-party loggers of ``FILE_LEVELS`` out of run.log below their level (unless verbose)."""
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.verbose:
+            return True
+        for name, level in FILE_LEVELS.items():
+            if record.name == name or record.name.startswith(name + "."):
+                return record.levelno >= level
+        return True
 
 
 class _TqdmHandler(logging.StreamHandler):
@@ -147,6 +171,7 @@ def setup_console(verbose: bool = False, log_dir: Optional[Path] = None) -> Opti
             return None  # an unwritable output directory is reported by the run lock, in one line
         handler.setFormatter(logging.Formatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
         handler.setLevel(logging.INFO if not (env_level and env_level < logging.INFO) else env_level)
+        handler.addFilter(_FileFilter(verbose))
         root.addHandler(handler)
     return log_file
 
