@@ -121,8 +121,8 @@ def test_distill_refuses_a_mismatched_teacher(tmp_path):
     assert _cli("train-teacher", *common).returncode == 0
     out = _cli("distill", *common, "teacher.dense_arch_layer_sizes=[64,16]")
     assert out.returncode != 0
-    assert ("was trained with teacher dense_arch_layer_sizes=[32, 16] but this config says "
-            "dense_arch_layer_sizes=[64, 16]") in out.stderr
+    assert ("was trained for another teacher or data (checkpoint -> this config): "
+            "dense_arch_layer_sizes: [32, 16] -> [64, 16]; use the data and teacher config") in out.stderr
 
 
 # Each documented bad input and the words its error promises (docs/configuration.md, "Bad input").

@@ -104,3 +104,63 @@ def test_predict_names_a_model_trained_on_other_features(run, tmp_path):
     _user_error(_cli("predict", "--config", str(table), "--model", str(run / "export" / "distilled_int8"),
                      "--out", str(tmp_path / "p.csv")), "was trained on 4 dense features but this data has 2")
     assert not (tmp_path / "p.csv").exists()
+
+
+def _teacher_meta(out, teacher, feats, rows):
+    from torchrec_kd.config import config_to_dict
+    from torchrec_kd.models.dlrm import make_tables
+
+    out.mkdir(parents=True)
+    meta = {"role": "teacher", "tables": [t.name for t in make_tables(teacher, feats, rows)], "num_embeddings": rows,
+            "config": {"teacher": config_to_dict(teacher)}}
+    (out / "meta.json").write_text(json.dumps(meta))
+    return out
+
+
+def test_a_teacher_checkpoint_of_another_config_is_refused_naming_what_differs(tmp_path):
+    import dataclasses
+
+    from torchrec_kd.config import ModelConfig
+    from torchrec_kd.distill.teachers import check_teacher_checkpoint
+    from torchrec_kd.errors import CheckpointError
+    from torchrec_kd.models.dlrm import make_tables
+
+    trained = ModelConfig(embedding_dim=64, dense_arch_layer_sizes=[32, 64])
+    feats = [f"cat_{i}" for i in range(8)]
+    ckpt = _teacher_meta(tmp_path / "teacher", trained, feats, [1000] * 8)
+    this = dataclasses.replace(trained, embedding_dim=16, dense_arch_layer_sizes=[32, 16])
+    # four features fewer (the first three the same: the old message showed two identical lists), t_cat_0 smaller
+    with pytest.raises(CheckpointError) as e:
+        check_teacher_checkpoint(ckpt, this, make_tables(this, feats[:4], [500, 1000, 1000, 1000]))
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "tables only in the checkpoint: t_cat_4, t_cat_5, t_cat_6, t_cat_7" in msg, msg
+    assert "tables only in the config" not in msg
+    assert "rows of t_cat_0: 1000 -> 500" in msg and "embedding_dim: 64 -> 16" in msg, msg
+    assert "dense_arch_layer_sizes: [32, 64] -> [32, 16]" in msg, msg
+    # another table prefix: every table differs; a few are named, the rest counted
+    other = dataclasses.replace(trained, table_prefix="x_")
+    with pytest.raises(CheckpointError) as e:
+        check_teacher_checkpoint(ckpt, other, make_tables(other, feats, [1000] * 8))
+    msg = str(e.value)
+    assert ("tables only in the checkpoint: t_cat_0, t_cat_1, t_cat_2, t_cat_3 and 4 more; "
+            "tables only in the config: x_cat_0, x_cat_1, x_cat_2, x_cat_3 and 4 more") in msg, msg
+    assert "table_prefix: t_ -> x_" in msg and len(msg.replace(str(ckpt), "")) < 400, msg
+    check_teacher_checkpoint(ckpt, trained, make_tables(trained, feats, [1000] * 8))  # the same: accepted
+
+
+def test_another_config_is_named_by_the_keys_that_differ_not_whole_sections():
+    from torchrec_kd.config import load_config
+    from torchrec_kd.core.fingerprint import describe_change, step_fingerprint
+
+    losses = "distill.losses=[{name: hard_bce, weight: 0.5}, {name: soft_bce, weight: 0.5, temperature: %s}]"
+    old = step_fingerprint(load_config(TINY, [losses % "1.0"]), "distilled", {"teachers": "a"})["inputs"]
+    new = step_fingerprint(load_config(TINY, [losses % "3.0", "seed=1", "train.dense_lr=0.5", "train.eps=0.1",
+                                              "data.batch_size=64"]), "distilled", {"teachers": "a"})["inputs"]
+    change = describe_change(old, new, limit=2)
+    assert "distill.losses[1].temperature: 1.0 -> 3.0" in describe_change(old, new, limit=10)
+    assert len(change) == 3 and change[-1].startswith("and ") and change[-1].endswith(" more"), change
+    line = "distilled was made by another config (" + "; ".join(change) + ")"
+    assert len(line) < 200, line  # was 1,027 characters: the whole list of losses, twice
+    files = describe_change({"data": {"files": [["/d/a.parquet", 1, 2]] * 3}}, {"data": {"files": [["/d/a.parquet", 1, 3]]}})
+    assert files == ["the data files (names, sizes or times): 3 -> 1 files"]

@@ -219,9 +219,15 @@ def describe_change(old: Mapping[str, Any], new: Mapping[str, Any], limit: int =
     """
     a, b = _flatten(old), _flatten(new)
     names = {"teachers": "the teacher checkpoint(s) (retrained)", "warm_start": "the warm-start checkpoint (remade)"}
-    changed = [f"{names.get(k, k.replace('train.train.', 'train.'))}: "
-               f"{short_value(a[k]) if k in a else '(none)'} -> {short_value(b[k]) if k in b else '(none)'}"
-               for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) or (k in a) != (k in b)]
+    changed = []
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) == b.get(k) and (k in a) == (k in b):
+            continue
+        if k == "data.files":  # (path, bytes, mtime) of up to 10,000 files: say what kind of change
+            changed.append(f"the data files (names, sizes or times): {len(a.get(k) or [])} -> {len(b.get(k) or [])} files")
+            continue
+        changed.append(f"{names.get(k, k.replace('train.train.', 'train.'))}: "
+                       f"{short_value(a[k]) if k in a else '(none)'} -> {short_value(b[k]) if k in b else '(none)'}")
     return more(changed, limit)
 
 

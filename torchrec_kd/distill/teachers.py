@@ -21,7 +21,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from torchrec_kd.checkpoint.model_io import checkpoint_fingerprint, read_meta
 from torchrec_kd.config import ModelConfig, RunConfig, config_to_dict
-from torchrec_kd.core.fingerprint import read_recorded
+from torchrec_kd.core.fingerprint import more, read_recorded, short_value
 from torchrec_kd.core.layout import TEACHER, RunLayout
 from torchrec_kd.errors import CheckpointError, ConfigError
 from torchrec_kd.models.build import model_config_from_meta
@@ -33,7 +33,7 @@ TEACHERS, STUDENT = "teachers.", "student."
 
 
 def check_teacher_checkpoint(path: Path, teacher: ModelConfig, tables: List[EmbeddingBagConfig]) -> None:
-    """Refuse a teacher checkpoint that does not match the configured teacher.
+    """Refuse a teacher checkpoint that does not match the configured teacher, saying everything that differs.
 
     Args:
         path (Path): teacher checkpoint directory (``train-teacher``'s output).
@@ -41,26 +41,55 @@ def check_teacher_checkpoint(path: Path, teacher: ModelConfig, tables: List[Embe
         tables (List[EmbeddingBagConfig]): the teacher tables this run builds.
 
     Raises:
-        ConfigError: naming what differs (tables or architecture fields).
+        CheckpointError: one line naming what differs, checkpoint -> config: the tables only one
+            side has, a table's rows, and the teacher's fields (``embedding_dim: 64 -> 16``).
     """
     meta = read_meta(path)
     if meta.get("role") != "teacher":
         raise CheckpointError(f"distill.teacher_checkpoint: {path} holds a {meta.get('role')!r} model, not a teacher")
-    saved, wanted = meta.get("tables", []), [t.name for t in tables]
-    if saved != wanted:
-        raise CheckpointError(f"distill.teacher_checkpoint: {path} has tables {saved[:3]}… but the teacher config builds "
-                         f"{wanted[:3]}…; use the data/teacher config that trained it")
-    saved_rows, wanted_rows = meta.get("num_embeddings"), [t.num_embeddings for t in tables]
-    if saved_rows is not None and saved_rows != wanted_rows:
-        diff = [(t.name, a, b) for t, a, b in zip(tables, saved_rows, wanted_rows) if a != b]
-        raise CheckpointError(f"distill.teacher_checkpoint: {path} has table rows {diff[:3]} (table, saved, configured); "
-                          "use the data config the teacher was trained with")
-    saved_cfg, wanted_cfg = meta.get("config", {}).get("teacher", {}), config_to_dict(teacher)
-    diff = [k for k in wanted_cfg if k in saved_cfg and saved_cfg[k] != wanted_cfg[k]]
+    diff = teacher_checkpoint_difference(meta, teacher, tables)
     if diff:
-        raise CheckpointError(f"distill.teacher_checkpoint: {path} was trained with teacher "
-                         + ", ".join(f"{k}={saved_cfg[k]}" for k in diff) + " but this config says "
-                         + ", ".join(f"{k}={wanted_cfg[k]}" for k in diff))
+        raise CheckpointError(f"distill.teacher_checkpoint: {path} was trained for another teacher or data "
+                              f"(checkpoint -> this config): {'; '.join(diff)}; use the data and teacher config "
+                              "that trained it, or train a teacher for this one")
+
+
+def _names(items: List[str], limit: int) -> str:
+    """``a, b, c and 5 more``."""
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def teacher_checkpoint_difference(meta: dict, teacher: ModelConfig, tables: List[EmbeddingBagConfig],
+                                  limit: int = 4) -> List[str]:
+    """What differs between a teacher checkpoint's ``meta.json`` and the teacher this config builds.
+
+    Args:
+        meta (dict): the checkpoint's meta.
+        teacher (ModelConfig): the ``teacher`` section of this run.
+        tables (List[EmbeddingBagConfig]): the teacher tables this run builds.
+        limit (int): how many names to give in each list before ``and N more``.
+
+    Returns:
+        List[str]: e.g. ``["tables only in the checkpoint: t_cat_4, t_cat_5", "rows of t_cat_0: 1000 -> 500",
+        "embedding_dim: 64 -> 16"]``; empty when they match.
+    """
+    saved, wanted = list(meta.get("tables", [])), [t.name for t in tables]
+    out = []
+    only_saved, only_wanted = [t for t in saved if t not in wanted], [t for t in wanted if t not in saved]
+    if only_saved:
+        out.append(f"tables only in the checkpoint: {_names(only_saved, limit)}")
+    if only_wanted:
+        out.append(f"tables only in the config: {_names(only_wanted, limit)}")
+    if not only_saved and not only_wanted and saved != wanted:
+        out.append(f"the same tables in another order: {_names(saved, limit)}")
+    saved_rows = dict(zip(saved, meta.get("num_embeddings") or []))
+    rows = [f"rows of {t.name}: {saved_rows[t.name]} -> {t.num_embeddings}" for t in tables
+            if t.name in saved_rows and saved_rows[t.name] != t.num_embeddings]
+    out += more(rows, limit)
+    saved_cfg, wanted_cfg = meta.get("config", {}).get("teacher", {}), config_to_dict(teacher)
+    fields = [f"{k}: {short_value(saved_cfg[k])} -> {short_value(wanted_cfg[k])}" for k in wanted_cfg
+              if k in saved_cfg and saved_cfg[k] != wanted_cfg[k]]
+    return out + more(fields, limit)
 
 
 class TeacherSpec:
