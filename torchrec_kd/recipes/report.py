@@ -33,6 +33,7 @@ from torchrec_kd.reporting.report import write_report
 
 logger = logging.getLogger(__name__)
 LATENCY_ROWS = 1024
+ROOTS = ("teacher", "student", "distilled", "distilled_qat")  # trained models, upstream first
 
 
 def _scorer(layout: RunLayout, name: str) -> Callable[[Batch], torch.Tensor]:
@@ -88,11 +89,13 @@ def _lineage(cfg: RunConfig) -> Lineage:
                               "run experiment (or train-teacher, train-student, distill) first")
     lineage = split_lineage(all_metrics, cfg, layout.root)
     if not lineage.current:
-        first, why = next(iter(lineage.left_out.items()))
-        made_by = next((n for n in (_recorded_run_name(layout, m) for m in lineage.left_out) if n), None)
+        # the first model of the chain says what differs at the root (the teacher's change, not its effect)
+        first = min(lineage.left_out, key=lambda n: (ROOTS.index(n) if n in ROOTS else len(ROOTS), n))
+        made_by = next((n for n in (_recorded_run_name(layout, m) for m in ROOTS) if n), None)
+        other = f" (run_name {made_by!r})" if made_by and made_by != cfg.run_name else ""
         raise ConfigError(f"report: no model in {layout.root} is of this config's lineage (run_name {cfg.run_name!r}): "
-                          f"they were made by another config{f' (run_name {made_by!r})' if made_by else ''}; "
-                          f"{first}: {why}. Report with the config that made them, or run experiment with this one")
+                          f"they were made by another config{other}; {first}: {lineage.left_out[first]}. Report "
+                          "with the config that made them, or run experiment with this one")
     return lineage
 
 
