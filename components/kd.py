@@ -8,10 +8,21 @@ Run them by path; the scheduler picks where::
 
 (``--workspace ""``: run the image as it is; without it TorchX first builds a new image of this
 directory with docker.)
+
+Bad input ends ``torchx run`` here, before anything launches: the component checks the config,
+the overrides and the plugins as the CLI would, prints one ``error:`` line and raises
+``SystemExit(2)``. It checks what this machine has: with a named ``--image`` whose config path
+does not exist here, only the ranks check it (then TorchX ends the job, see docs/launching.md).
+
+Each component spells out its parameters because TorchX reads them from this file's source
+(``torchx.specs.file_linter`` wants every parameter of the ``def`` annotated) and its ``--help``
+from the docstring. Everything they share is done once, in :func:`_job`.
 """
 
+import logging
 import sys
-from typing import Dict, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torchx
 from torchx import specs
@@ -24,6 +35,7 @@ DEFAULT_CONFIG = "configs/dlrm_teacher_synthetic.yaml"
 # typical 8-GPU training host gives each one (12 of 96 cores, 128 of 1024 GB).
 CPU_ONLY_CPUS, CPU_ONLY_MEM_MB = 2, 8192
 CPUS_PER_GPU, MEM_MB_PER_GPU = 12, 131072
+USER_ERROR = 2  # the CLI's exit code for bad input
 
 
 def resources(gpu: int, cpu: Optional[int], memMB: Optional[int]) -> tuple:
@@ -42,39 +54,148 @@ def resources(gpu: int, cpu: Optional[int], memMB: Optional[int]) -> tuple:
     return (int(cpu) if cpu is not None else default_cpu), (int(memMB) if memMB is not None else default_mem)
 
 
-def _launch(command: str, script_args: tuple, config: str, output_dir: Optional[str], j: str, image: str,
-            python: str, cpu: Optional[int], memMB: Optional[int], gpu: int, h: Optional[str], max_retries: int,
-            env: Optional[Dict[str, str]], name: Optional[str], options: tuple = (),
-            plugin: Optional[List[str]] = None) -> specs.AppDef:
+class _Shared(NamedTuple):
+    """The parameters every component has, as TorchX parsed them."""
+
+    script_args: Tuple[str, ...]
+    config: str
+    output_dir: Optional[str]
+    j: str
+    image: str
+    python: str
+    cpu: Optional[int]
+    memMB: Optional[int]
+    gpu: int
+    h: Optional[str]
+    max_retries: int
+    env: Optional[Dict[str, str]]
+    name: Optional[str]
+    plugin: Optional[List[str]]
+
+
+def _refuse(message: str) -> None:
+    """End ``torchx run`` as the CLI ends on bad input: one ``error:`` line, exit code 2, nothing launched.
+
+    Args:
+        message (str): what was wrong and what to do.
+
+    Raises:
+        SystemExit: always, with code 2 (TorchX's own exit path prints a traceback for anything else).
+    """
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(USER_ERROR)
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be imported here (without importing it; its parent packages are)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_input(config: str, overrides: Sequence[str], plugins: Sequence[str], image_only: bool = False) -> None:
+    """What the CLI checks before any work, done where ``torchx run`` runs.
+
+    Args:
+        config (str): the run config's path (relative to the working directory).
+        overrides (Sequence[str]): ``key=value`` overrides, ``output_dir=…`` included.
+        plugins (Sequence[str]): modules the ranks import first.
+        image_only (bool): the job runs in a named image, which may hold a config or plugin
+            this machine lacks: those are left to the ranks.
+
+    Raises:
+        torchrec_kd.errors.UserError: the config, an override, a plugin, or a model's or loss
+            term's name or args is bad (the CLI's message).
+    """
+    if image_only and not Path(config).exists():
+        return
+    from torchrec_kd.config import config_source, load_config
+    from torchrec_kd.core.plugins import load_plugins
+
+    cfg = load_config(config, overrides)
+    if image_only and not all(_importable(m) for m in plugins):
+        return  # a plugin that only the image holds: the ranks check the names it registers
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)  # fbgemm logs a line per kernel library it loads, at INFO on the root logger
+    try:
+        load_plugins(plugins)
+        from torchrec_kd.losses import check_loss_names
+        from torchrec_kd.models.build import check_models
+    finally:
+        logging.disable(previous)
+    check_models(cfg, config_source(config, overrides))
+    check_loss_names(cfg.distill.losses, config_source(config, overrides))
+
+
+def _job(command: str, params: Mapping[str, Any], flags: Sequence[str] = (),
+         overrides: Sequence[str] = ()) -> specs.AppDef:
     """``dist.ddp`` running the CLI, with torchrun started as ``<python> -m torchrec_kd.launch``.
 
     dist.ddp calls a bare ``torchrun`` that is only on PATH inside an activated venv;
     running it through the interpreter works wherever that interpreter is.
-    ``torchrec_kd.launch`` is torchrun itself, except that bad input ends the job with
-    rank 0's one-line error and exit code 2 instead of torchrun's failure report.
+    ``torchrec_kd.launch`` is torchrun itself, except that bad input found in the ranks ends
+    the job with rank 0's one-line error and exit code 2 instead of torchrun's failure report.
+
+    Args:
+        command (str): the CLI command.
+        params (Mapping[str, Any]): the component's arguments (its ``locals()``); the shared ones are read.
+        flags (Sequence[str]): the command's own flags, before the overrides.
+        overrides (Sequence[str]): ``key=value`` words the component adds after the user's.
+
+    Returns:
+        specs.AppDef: the job.
     """
-    nproc = j.split("x")[-1]
-    if gpu > 0 and nproc.isdigit() and int(nproc) != gpu:
-        raise ValueError(f"-j {j} starts {nproc} processes per node but --gpu {gpu} gives each node {gpu} GPUs; "
-                         f"run one process per GPU, e.g. -j {j.split('x')[0] if 'x' in j else 1}x{gpu}")
-    cpu, memMB = resources(gpu, cpu, memMB)
-    args = [command, "--config", config]
-    for module in plugin or []:  # the same modules imported on every rank
+    p = _Shared(**{k: params[k] for k in _Shared._fields})
+    nproc = p.j.split("x")[-1]
+    if p.gpu > 0 and nproc.isdigit() and int(nproc) != p.gpu:
+        _refuse(f"-j {p.j} starts {nproc} processes per node but --gpu {p.gpu} gives each node {p.gpu} GPUs; "
+                f"run one process per GPU, e.g. -j {p.j.split('x')[0] if 'x' in p.j else 1}x{p.gpu}")
+    script_args = [*p.script_args, *overrides]
+    from torchrec_kd.errors import UserError
+
+    try:
+        check_input(p.config, [*script_args, *([f"output_dir={p.output_dir}"] if p.output_dir else [])],
+                    p.plugin or [], image_only=p.image != torchx.IMAGE)
+    except UserError as e:
+        _refuse(str(e))
+    cpu, memMB = resources(p.gpu, p.cpu, p.memMB)
+    args = [command, "--config", p.config]
+    for module in p.plugin or []:  # the same modules imported on every rank
         args += ["--plugin", module]
-    if output_dir:
-        args += ["--output-dir", output_dir]
-    args += [*options, *script_args]
-    app = dist.ddp(*args, m="torchrec_kd.cli", j=j, image=image, cpu=cpu, gpu=gpu, memMB=memMB, h=h,
-                   max_retries=max_retries, env=env, name=name or command)
+    if p.output_dir:
+        args += ["--output-dir", p.output_dir]
+    args += [*flags, *script_args]
+    app = dist.ddp(*args, m="torchrec_kd.cli", j=p.j, image=p.image, cpu=cpu, gpu=p.gpu, memMB=memMB, h=p.h,
+                   max_retries=p.max_retries, env=p.env, name=p.name or command)
     role = app.roles[0]
     shell, cmd = role.args
     if not cmd.startswith("torchrun "):
         raise RuntimeError(f"unexpected dist.ddp command: {cmd!r}")
-    role.args = [shell, f"{python} -m torchrec_kd.launch " + cmd[len("torchrun "):]]
+    role.args = [shell, f"{p.python} -m torchrec_kd.launch " + cmd[len("torchrun "):]]
     return app
 
 
-_ARGS_DOC = """
+def train_teacher(
+    *script_args: str,
+    config: str = DEFAULT_CONFIG,
+    output_dir: Optional[str] = None,
+    j: str = "1x2",
+    image: str = torchx.IMAGE,
+    python: str = sys.executable,
+    cpu: Optional[int] = None,
+    memMB: Optional[int] = None,
+    gpu: int = 0,
+    h: Optional[str] = None,
+    max_retries: int = 0,
+    env: Optional[Dict[str, str]] = None,
+    name: Optional[str] = None,
+    plugin: Optional[List[str]] = None,
+) -> specs.AppDef:
+    """Train the sharded DLRM teacher through TorchRec's TrainPipelineSparseDist.
+
     Args:
         script_args: config overrides, dotted key=value (e.g. train.steps=100); optional,
             whatever the "(required)" TorchX prints after this says
@@ -96,27 +217,8 @@ _ARGS_DOC = """
 
     Returns:
         specs.AppDef: the job.
-"""
-
-
-def train_teacher(
-    *script_args: str,
-    config: str = DEFAULT_CONFIG,
-    output_dir: Optional[str] = None,
-    j: str = "1x2",
-    image: str = torchx.IMAGE,
-    python: str = sys.executable,
-    cpu: Optional[int] = None,
-    memMB: Optional[int] = None,
-    gpu: int = 0,
-    h: Optional[str] = None,
-    max_retries: int = 0,
-    env: Optional[Dict[str, str]] = None,
-    name: Optional[str] = None,
-    plugin: Optional[List[str]] = None,
-) -> specs.AppDef:
-    return _launch("train-teacher", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name, plugin=plugin)
+    """
+    return _job("train-teacher", locals())
 
 
 def train_student(
@@ -135,8 +237,31 @@ def train_student(
     name: Optional[str] = None,
     plugin: Optional[List[str]] = None,
 ) -> specs.AppDef:
-    return _launch("train-student", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name, plugin=plugin)
+    """Train the student alone: the baseline distillation must beat.
+
+    Args:
+        script_args: config overrides, dotted key=value (e.g. train.steps=100); optional,
+            whatever the "(required)" TorchX prints after this says
+        config: YAML run config, relative to the job's working directory
+        output_dir: where results go (default outputs/<run_name>)
+        j: {nnodes}x{nproc_per_node}: 1x2 is two processes on one host
+        image: container image (ignored by local_cwd, which runs in this directory)
+        python: interpreter on the hosts that runs torchrun; the default is the one running torchx
+            (right for local_cwd); use "python" for images
+        cpu: CPUs per node (default 2 without GPUs, 12 per GPU with them)
+        memMB: memory per node in MB (default 8192 without GPUs, 131072 per GPU with them)
+        gpu: GPUs per node, one process each (-j 1x8 with --gpu 8); the job then uses nccl
+        h: a registered named resource (overrides cpu/gpu/memMB)
+        max_retries: scheduler restarts on failure
+        env: extra environment variables, e.g. LOGLEVEL=INFO
+        name: job name (default: the command)
+        plugin: modules to import first, comma-separated (e.g. my_pkg.kd): they register model builders
+            and loss terms the config names (--plugin on the CLI)
+
+    Returns:
+        specs.AppDef: the job.
+    """
+    return _job("train-student", locals())
 
 
 def distill(
@@ -155,8 +280,33 @@ def distill(
     name: Optional[str] = None,
     plugin: Optional[List[str]] = None,
 ) -> specs.AppDef:
-    return _launch("distill", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name, plugin=plugin)
+    """Distill the trained teacher(s) into the slim student inside TrainPipelineSparseDist.
+
+    distill.offline=true: from score_teacher's stored outputs.
+
+    Args:
+        script_args: config overrides, dotted key=value (e.g. train.steps=100); optional,
+            whatever the "(required)" TorchX prints after this says
+        config: YAML run config, relative to the job's working directory
+        output_dir: where results go (default outputs/<run_name>)
+        j: {nnodes}x{nproc_per_node}: 1x2 is two processes on one host
+        image: container image (ignored by local_cwd, which runs in this directory)
+        python: interpreter on the hosts that runs torchrun; the default is the one running torchx
+            (right for local_cwd); use "python" for images
+        cpu: CPUs per node (default 2 without GPUs, 12 per GPU with them)
+        memMB: memory per node in MB (default 8192 without GPUs, 131072 per GPU with them)
+        gpu: GPUs per node, one process each (-j 1x8 with --gpu 8); the job then uses nccl
+        h: a registered named resource (overrides cpu/gpu/memMB)
+        max_retries: scheduler restarts on failure
+        env: extra environment variables, e.g. LOGLEVEL=INFO
+        name: job name (default: the command)
+        plugin: modules to import first, comma-separated (e.g. my_pkg.kd): they register model builders
+            and loss terms the config names (--plugin on the CLI)
+
+    Returns:
+        specs.AppDef: the job.
+    """
+    return _job("distill", locals())
 
 
 def distill_qat(
@@ -175,8 +325,33 @@ def distill_qat(
     name: Optional[str] = None,
     plugin: Optional[List[str]] = None,
 ) -> specs.AppDef:
-    return _launch("distill-qat", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name, plugin=plugin)
+    """Quantization-aware distillation, saved as distilled_qat.
+
+    The student's rows are fake-quantized as distill.qat (int4 by default) while it learns.
+
+    Args:
+        script_args: config overrides, dotted key=value (e.g. train.steps=100); optional,
+            whatever the "(required)" TorchX prints after this says
+        config: YAML run config, relative to the job's working directory
+        output_dir: where results go (default outputs/<run_name>)
+        j: {nnodes}x{nproc_per_node}: 1x2 is two processes on one host
+        image: container image (ignored by local_cwd, which runs in this directory)
+        python: interpreter on the hosts that runs torchrun; the default is the one running torchx
+            (right for local_cwd); use "python" for images
+        cpu: CPUs per node (default 2 without GPUs, 12 per GPU with them)
+        memMB: memory per node in MB (default 8192 without GPUs, 131072 per GPU with them)
+        gpu: GPUs per node, one process each (-j 1x8 with --gpu 8); the job then uses nccl
+        h: a registered named resource (overrides cpu/gpu/memMB)
+        max_retries: scheduler restarts on failure
+        env: extra environment variables, e.g. LOGLEVEL=INFO
+        name: job name (default: the command)
+        plugin: modules to import first, comma-separated (e.g. my_pkg.kd): they register model builders
+            and loss terms the config names (--plugin on the CLI)
+
+    Returns:
+        specs.AppDef: the job.
+    """
+    return _job("distill-qat", locals())
 
 
 def score_teacher(
@@ -195,8 +370,33 @@ def score_teacher(
     name: Optional[str] = None,
     plugin: Optional[List[str]] = None,
 ) -> specs.AppDef:
-    return _launch("score-teacher", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name, plugin=plugin)
+    """Score the training stream with the frozen teacher(s) once and store the outputs for offline distillation.
+
+    Then distill with distill.offline=true.
+
+    Args:
+        script_args: config overrides, dotted key=value (e.g. train.steps=100); optional,
+            whatever the "(required)" TorchX prints after this says
+        config: YAML run config, relative to the job's working directory
+        output_dir: where results go (default outputs/<run_name>)
+        j: {nnodes}x{nproc_per_node}: 1x2 is two processes on one host
+        image: container image (ignored by local_cwd, which runs in this directory)
+        python: interpreter on the hosts that runs torchrun; the default is the one running torchx
+            (right for local_cwd); use "python" for images
+        cpu: CPUs per node (default 2 without GPUs, 12 per GPU with them)
+        memMB: memory per node in MB (default 8192 without GPUs, 131072 per GPU with them)
+        gpu: GPUs per node, one process each (-j 1x8 with --gpu 8); the job then uses nccl
+        h: a registered named resource (overrides cpu/gpu/memMB)
+        max_retries: scheduler restarts on failure
+        env: extra environment variables, e.g. LOGLEVEL=INFO
+        name: job name (default: the command)
+        plugin: modules to import first, comma-separated (e.g. my_pkg.kd): they register model builders
+            and loss terms the config names (--plugin on the CLI)
+
+    Returns:
+        specs.AppDef: the job.
+    """
+    return _job("score-teacher", locals())
 
 
 def quantize(
@@ -215,8 +415,31 @@ def quantize(
     name: Optional[str] = None,
     plugin: Optional[List[str]] = None,
 ) -> specs.AppDef:
-    return _launch("quantize", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name, plugin=plugin)
+    """Quantize the distilled student's tables (quantize.dtypes), evaluate each, export for serving.
+
+    Args:
+        script_args: config overrides, dotted key=value (e.g. train.steps=100); optional,
+            whatever the "(required)" TorchX prints after this says
+        config: YAML run config, relative to the job's working directory
+        output_dir: where results go (default outputs/<run_name>)
+        j: {nnodes}x{nproc_per_node}: 1x2 is two processes on one host
+        image: container image (ignored by local_cwd, which runs in this directory)
+        python: interpreter on the hosts that runs torchrun; the default is the one running torchx
+            (right for local_cwd); use "python" for images
+        cpu: CPUs per node (default 2 without GPUs, 12 per GPU with them)
+        memMB: memory per node in MB (default 8192 without GPUs, 131072 per GPU with them)
+        gpu: GPUs per node, one process each (-j 1x8 with --gpu 8); the job then uses nccl
+        h: a registered named resource (overrides cpu/gpu/memMB)
+        max_retries: scheduler restarts on failure
+        env: extra environment variables, e.g. LOGLEVEL=INFO
+        name: job name (default: the command)
+        plugin: modules to import first, comma-separated (e.g. my_pkg.kd): they register model builders
+            and loss terms the config names (--plugin on the CLI)
+
+    Returns:
+        specs.AppDef: the job.
+    """
+    return _job("quantize", locals())
 
 
 def experiment(
@@ -236,10 +459,36 @@ def experiment(
     plugin: Optional[List[str]] = None,
     seeds: Optional[str] = None,
 ) -> specs.AppDef:
-    if seeds:  # the same as the override experiment.seeds=[...]
-        script_args = (*script_args, f"experiment.seeds=[{seeds}]")
-    return _launch("experiment", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name, plugin=plugin)
+    """The whole job: teacher -> student alone -> distillation -> quantization -> report.
+
+    Each model at its best validation step, skipping steps whose outputs exist; with seeds, one
+    replicate per seed and summary.json with the distillation gain's 95% interval.
+
+    Args:
+        script_args: config overrides, dotted key=value (e.g. train.steps=100); optional,
+            whatever the "(required)" TorchX prints after this says
+        config: YAML run config, relative to the job's working directory
+        output_dir: where results go (default outputs/<run_name>)
+        j: {nnodes}x{nproc_per_node}: 1x2 is two processes on one host
+        image: container image (ignored by local_cwd, which runs in this directory)
+        python: interpreter on the hosts that runs torchrun; the default is the one running torchx
+            (right for local_cwd); use "python" for images
+        cpu: CPUs per node (default 2 without GPUs, 12 per GPU with them)
+        memMB: memory per node in MB (default 8192 without GPUs, 131072 per GPU with them)
+        gpu: GPUs per node, one process each (-j 1x8 with --gpu 8); the job then uses nccl
+        h: a registered named resource (overrides cpu/gpu/memMB)
+        max_retries: scheduler restarts on failure
+        env: extra environment variables, e.g. LOGLEVEL=INFO
+        name: job name (default: the command)
+        plugin: modules to import first, comma-separated (e.g. my_pkg.kd): they register model builders
+            and loss terms the config names (--plugin on the CLI)
+        seeds: comma-separated run seeds, e.g. 0,1,2 (experiment.seeds)
+
+    Returns:
+        specs.AppDef: the job.
+    """
+    # the same as the override experiment.seeds=[...], after the user's
+    return _job("experiment", locals(), overrides=[f"experiment.seeds=[{seeds}]"] if seeds else [])
 
 
 def report(
@@ -258,8 +507,31 @@ def report(
     name: Optional[str] = None,
     plugin: Optional[List[str]] = None,
 ) -> specs.AppDef:
-    return _launch("report", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name, plugin=plugin)
+    """Time every model of the run and write report.md, report.png and TensorBoard events.
+
+    Args:
+        script_args: config overrides, dotted key=value (e.g. train.steps=100); optional,
+            whatever the "(required)" TorchX prints after this says
+        config: YAML run config, relative to the job's working directory
+        output_dir: where results go (default outputs/<run_name>)
+        j: {nnodes}x{nproc_per_node}: 1x2 is two processes on one host
+        image: container image (ignored by local_cwd, which runs in this directory)
+        python: interpreter on the hosts that runs torchrun; the default is the one running torchx
+            (right for local_cwd); use "python" for images
+        cpu: CPUs per node (default 2 without GPUs, 12 per GPU with them)
+        memMB: memory per node in MB (default 8192 without GPUs, 131072 per GPU with them)
+        gpu: GPUs per node, one process each (-j 1x8 with --gpu 8); the job then uses nccl
+        h: a registered named resource (overrides cpu/gpu/memMB)
+        max_retries: scheduler restarts on failure
+        env: extra environment variables, e.g. LOGLEVEL=INFO
+        name: job name (default: the command)
+        plugin: modules to import first, comma-separated (e.g. my_pkg.kd): they register model builders
+            and loss terms the config names (--plugin on the CLI)
+
+    Returns:
+        specs.AppDef: the job.
+    """
+    return _job("report", locals())
 
 
 def export(
@@ -279,8 +551,34 @@ def export(
     name: Optional[str] = None,
     plugin: Optional[List[str]] = None,
 ) -> specs.AppDef:
-    return _launch("quantize", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name or "export", ("--source", source), plugin=plugin)
+    """Quantize a trained student (source: distilled or student) to quantize.dtypes, evaluate and export each.
+
+    Each export holds weights.pt + quantized.json and model.ts.
+
+    Args:
+        script_args: config overrides, dotted key=value (e.g. train.steps=100); optional,
+            whatever the "(required)" TorchX prints after this says
+        config: YAML run config, relative to the job's working directory
+        output_dir: where results go (default outputs/<run_name>)
+        source: which checkpoint: distilled or student
+        j: {nnodes}x{nproc_per_node}: 1x2 is two processes on one host
+        image: container image (ignored by local_cwd, which runs in this directory)
+        python: interpreter on the hosts that runs torchrun; the default is the one running torchx
+            (right for local_cwd); use "python" for images
+        cpu: CPUs per node (default 2 without GPUs, 12 per GPU with them)
+        memMB: memory per node in MB (default 8192 without GPUs, 131072 per GPU with them)
+        gpu: GPUs per node, one process each (-j 1x8 with --gpu 8); the job then uses nccl
+        h: a registered named resource (overrides cpu/gpu/memMB)
+        max_retries: scheduler restarts on failure
+        env: extra environment variables, e.g. LOGLEVEL=INFO
+        name: job name (default: export)
+        plugin: modules to import first, comma-separated (e.g. my_pkg.kd): they register model builders
+            and loss terms the config names (--plugin on the CLI)
+
+    Returns:
+        specs.AppDef: the job.
+    """
+    return _job("quantize", {**locals(), "name": name or "export"}, flags=["--source", source])
 
 
 def evaluate(
@@ -301,8 +599,33 @@ def evaluate(
     name: Optional[str] = None,
     plugin: Optional[List[str]] = None,
 ) -> specs.AppDef:
-    return _launch("evaluate", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name, ("--source", source, "--split", split), plugin=plugin)
+    """Evaluate a saved model of the run (checkpoint or export) on a split.
+
+    Args:
+        script_args: config overrides, dotted key=value (e.g. train.steps=100); optional,
+            whatever the "(required)" TorchX prints after this says
+        source: teacher, student, distilled, or an export such as distilled_int4
+        split: val or test
+        config: YAML run config, relative to the job's working directory
+        output_dir: where results go (default outputs/<run_name>)
+        j: {nnodes}x{nproc_per_node}: 1x2 is two processes on one host
+        image: container image (ignored by local_cwd, which runs in this directory)
+        python: interpreter on the hosts that runs torchrun; the default is the one running torchx
+            (right for local_cwd); use "python" for images
+        cpu: CPUs per node (default 2 without GPUs, 12 per GPU with them)
+        memMB: memory per node in MB (default 8192 without GPUs, 131072 per GPU with them)
+        gpu: GPUs per node, one process each (-j 1x8 with --gpu 8); the job then uses nccl
+        h: a registered named resource (overrides cpu/gpu/memMB)
+        max_retries: scheduler restarts on failure
+        env: extra environment variables, e.g. LOGLEVEL=INFO
+        name: job name (default: the command)
+        plugin: modules to import first, comma-separated (e.g. my_pkg.kd): they register model builders
+            and loss terms the config names (--plugin on the CLI)
+
+    Returns:
+        specs.AppDef: the job.
+    """
+    return _job("evaluate", locals(), flags=["--source", source, "--split", split])
 
 
 def predict(
@@ -326,38 +649,35 @@ def predict(
     name: Optional[str] = None,
     plugin: Optional[List[str]] = None,
 ) -> specs.AppDef:
-    # --input: traffic (file, folder or glob in the model's input format); --columns: ids passed through
-    flags = ("--model", model, "--out", out, "--split", split, *(("--input", input) if input else ()),
-             *(("--columns", columns) if columns else ()))
-    return _launch("predict", script_args, config, output_dir, j, image, python, cpu, memMB, gpu, h,
-                   max_retries, env, name, flags, plugin=plugin)
+    """Score traffic (or a configured split) with an export; write CSV (or Parquet).
 
+    Args:
+        script_args: config overrides, dotted key=value (e.g. train.steps=100); optional,
+            whatever the "(required)" TorchX prints after this says
+        model: exported model directory (<output_dir>/export/<name>)
+        out: output file, .csv or .parquet
+        split: val or test (when no input is given)
+        input: traffic to score: a file, folder or glob in the model's input format, labels optional
+        columns: comma-separated input columns copied to the output (ids to join on)
+        config: YAML run config, relative to the job's working directory
+        output_dir: where results go (default outputs/<run_name>)
+        j: {nnodes}x{nproc_per_node}: 1x2 is two processes on one host
+        image: container image (ignored by local_cwd, which runs in this directory)
+        python: interpreter on the hosts that runs torchrun; the default is the one running torchx
+            (right for local_cwd); use "python" for images
+        cpu: CPUs per node (default 2 without GPUs, 12 per GPU with them)
+        memMB: memory per node in MB (default 8192 without GPUs, 131072 per GPU with them)
+        gpu: GPUs per node, one process each (-j 1x8 with --gpu 8); the job then uses nccl
+        h: a registered named resource (overrides cpu/gpu/memMB)
+        max_retries: scheduler restarts on failure
+        env: extra environment variables, e.g. LOGLEVEL=INFO
+        name: job name (default: the command)
+        plugin: modules to import first, comma-separated (e.g. my_pkg.kd): they register model builders
+            and loss terms the config names (--plugin on the CLI)
 
-# TorchX renders a component's docstring as its --help; the arguments are shared.
-train_teacher.__doc__ = "Train the sharded DLRM teacher through TorchRec's TrainPipelineSparseDist.\n" + _ARGS_DOC
-train_student.__doc__ = "Train the student alone: the baseline distillation must beat.\n" + _ARGS_DOC
-distill.__doc__ = ("Distill the trained teacher(s) into the slim student inside TrainPipelineSparseDist "
-                   "(distill.offline=true: from score_teacher's stored outputs).\n" + _ARGS_DOC)
-distill_qat.__doc__ = ("Quantization-aware distillation: the student's rows are fake-quantized as distill.qat "
-                       "(int4 by default) while it learns; saved as distilled_qat.\n" + _ARGS_DOC)
-score_teacher.__doc__ = ("Score the training stream with the frozen teacher(s) once and store the outputs for "
-                         "offline distillation (distill with distill.offline=true).\n" + _ARGS_DOC)
-quantize.__doc__ = "Quantize the distilled student's tables (quantize.dtypes), evaluate each, export for serving.\n" + _ARGS_DOC
-experiment.__doc__ = ("The whole job: teacher -> student alone -> distillation -> quantization -> report, each "
-                      "model at its best validation step, skipping steps whose outputs exist; with seeds, one "
-                      "replicate per seed and summary.json with the distillation gain's 95% interval.\n"
-                      + _ARGS_DOC.replace("        name: job name (default: the command)\n",
-                                          "        name: job name (default: the command)\n"
-                                          "        seeds: comma-separated run seeds, e.g. 0,1,2 (experiment.seeds)\n"))
-report.__doc__ = "Time every model of the run and write report.md, report.png and TensorBoard events.\n" + _ARGS_DOC
-export.__doc__ = ("Quantize a trained student (source: distilled or student) to quantize.dtypes, evaluate and "
-                  "export each (weights.pt + quantized.json, model.ts).\n" + _ARGS_DOC.replace(
-                      "        j:", "        source: which checkpoint: distilled or student\n        j:"))
-evaluate.__doc__ = "Evaluate a saved model of the run (checkpoint or export) on a split.\n" + _ARGS_DOC.replace(
-    "        config:", "        source: teacher, student, distilled, or an export such as distilled_int4\n"
-    "        split: val or test\n        config:")
-predict.__doc__ = "Score traffic (or a configured split) with an export; write CSV (or Parquet).\n" + _ARGS_DOC.replace(
-    "        config:", "        model: exported model directory (<output_dir>/export/<name>)\n"
-    "        out: output file, .csv or .parquet\n        split: val or test (when no input is given)\n"
-    "        input: traffic to score: a file, folder or glob in the model's input format, labels optional\n"
-    "        columns: comma-separated input columns copied to the output (ids to join on)\n        config:")
+    Returns:
+        specs.AppDef: the job.
+    """
+    flags = ["--model", model, "--out", out, "--split", split, *(["--input", input] if input else []),
+             *(["--columns", columns] if columns else [])]
+    return _job("predict", locals(), flags=flags)
