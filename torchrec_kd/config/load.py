@@ -58,6 +58,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {value!r} is not accepted; use one of {_type_name(tp)}")
         return value
     if origin in (Union, types.UnionType):
+        sections = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(sections) == 1:  # an optional section: its own error, not "not a X or null"
+            return _coerce(value, sections[0], where)
         errors = []
         for arg in typing.get_args(tp):
             try:

@@ -17,9 +17,11 @@ from torchrec_kd.data.criteo import CriteoNpyLog, CriteoTsvLog
 from torchrec_kd.data.movielens import MovieLensClickLog
 from torchrec_kd.data.synthetic import SyntheticClickLog
 from torchrec_kd.data.table import TableClickLog
+from torchrec_kd.data.timelines import windowed_log
+from torchrec_kd.data.windows import WindowedClickLog, window_slices
 from torchrec_kd.errors import DataError
 
-ClickLog = Union[SyntheticClickLog, CriteoTsvLog, CriteoNpyLog, MovieLensClickLog, TableClickLog]
+ClickLog = Union[SyntheticClickLog, CriteoTsvLog, CriteoNpyLog, MovieLensClickLog, TableClickLog, WindowedClickLog]
 
 
 def build_data(cfg: DataConfig, seed: int, role: str = "teacher") -> ClickLog:
@@ -29,7 +31,8 @@ def build_data(cfg: DataConfig, seed: int, role: str = "teacher") -> ClickLog:
         cfg (DataConfig): the ``data`` section.
         seed (int): the run's seed (synthetic train order; per-epoch shuffling of in-memory train splits).
         role (str): "teacher" or "student": the student's synthetic train split is its window
-            (``data.synthetic.student_train_rows``) when one is set.
+            (``data.synthetic.student_train_rows``) when one is set. A windowed log
+            (``data.windows``, or a drifting synthetic world) is the same for every role.
 
     Returns:
         ClickLog: exposes feature names, table sizes and per-rank batch streams.
@@ -40,6 +43,9 @@ def build_data(cfg: DataConfig, seed: int, role: str = "teacher") -> ClickLog:
     """
     # only rank 0 logs load summaries (bad rows, split sizes); every rank counts the same rows
     verbose = os.environ.get("RANK", "0") == "0"
+    if cfg.windows is not None or (cfg.source == "synthetic" and cfg.synthetic.drift is not None):
+        # one window of a time-ordered log (data.windows): the same for every role
+        return windowed_log(cfg, seed, verbose=verbose)
     if cfg.source == "synthetic":
         syn = cfg.synthetic
         rows = syn.student_train_rows if role == "student" and syn.student_train_rows is not None else syn.train_rows
@@ -57,4 +63,4 @@ def build_data(cfg: DataConfig, seed: int, role: str = "teacher") -> ClickLog:
 
 
 __all__ = ["BadRowLog", "ClickLog", "CriteoNpyLog", "CriteoTsvLog", "DataError", "MovieLensClickLog",
-           "SyntheticClickLog", "TableClickLog", "build_data"]
+           "SyntheticClickLog", "TableClickLog", "WindowedClickLog", "build_data", "window_slices"]

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
@@ -344,6 +344,7 @@ class MovieLensClickLog(InMemoryClickLog):
         if len(ratings.user) == 0:
             raise DataError(f"{root / self.layout.ratings}: no usable ratings ({self.bad_rows.summary()})")
         meta = load_meta(root, self.layout, cfg, self.bad_rows)
+        self.ratings, self.meta = ratings, meta  # kept for time windows (rows_for)
         self.dense_names = list(DENSE_NAMES)
         self.sparse_names = list(self.layout.sparse)
 
@@ -371,6 +372,23 @@ class MovieLensClickLog(InMemoryClickLog):
             logger.info("%s (%s): %s rows, %s split; tables %s", root, self.layout.name,
                         {s: len(b) for s, b in self.splits.items()}, cfg.split,
                         dict(zip(self.sparse_names, self.num_embeddings)))
+
+    def rows_for(self, idx: np.ndarray, past: np.ndarray, tags: Optional[Dict[int, List[int]]] = None) -> RowBlock:
+        """Ratings ``idx`` (file rows, in that order) as rows whose counts see only ratings ``past`` (time windows).
+
+        Args:
+            idx (np.ndarray): rows of the ratings file.
+            past (np.ndarray): the ratings ``user_count`` / ``item_count`` may count.
+            tags (Optional[Dict[int, List[int]]]): ml-latest: each movie's tag bag to use; None: the reader's own.
+
+        Returns:
+            RowBlock: the rows, ids taken into ``num_embeddings`` as in the splits.
+        """
+        r = self.ratings
+        user_count = np.bincount(r.user[past], minlength=int(r.user.max()) + 1)
+        item_count = np.bincount(r.item[past], minlength=int(r.item.max()) + 1)
+        meta = self.meta if tags is None else replace(self.meta, tags=tags)
+        return self._rows(r, meta, idx, user_count, item_count)
 
     def _rows(self, r: Ratings, meta: Meta, idx: np.ndarray, user_count: np.ndarray, item_count: np.ndarray) -> RowBlock:
         user, item = r.user[idx], r.item[idx]

@@ -170,7 +170,7 @@ class SyntheticClickLog:
         self.num_embeddings = _per_feature(cfg.num_embeddings, cfg.num_sparse)
         self.pooling = _per_feature(cfg.pooling, cfg.num_sparse)
         F, k, D = cfg.num_sparse, cfg.latent_dim, cfg.num_dense
-        g = torch.Generator().manual_seed(_block_seed(seed, 99, 0))
+        g = torch.Generator().manual_seed(_block_seed(self.seed, 99, 0))
         vocab_scale = (cfg.interaction_vocab / torch.tensor(self.num_embeddings, dtype=torch.float)).sqrt().clamp(max=1.0)
         self._codebook = torch.randn(F, cfg.num_clusters, k, generator=g) / math.sqrt(k) * vocab_scale[:, None, None]
         pair_mask = torch.rand(F, F, generator=g) < cfg.interaction_density

@@ -401,6 +401,8 @@ class TableClickLog(InMemoryClickLog):
                 blocks.append(block)
                 times.append(t)
         rows = RowBlock.concat(blocks)
+        # each row's time_column key in file order (time windows, data/timelines.py); None without one
+        self.row_times = np.concatenate(times) if cfg.time_column else None
         if len(rows) == 0:
             raise DataError(f"data.table.path={cfg.path}: no usable rows in {', '.join(map(str, self.files))} "
                             f"({self.bad_rows.summary()})")
