@@ -167,3 +167,87 @@ def test_scoring_in_small_chunks_writes_the_same_file(run, traffic, tmp_path):
     assert a.drop(columns="probability").equals(b.drop(columns="probability"))  # logits to the bit
     # torch's vectorised sigmoid may round a batch's tail elements one ulp apart
     assert np.allclose(a["probability"], b["probability"], rtol=0, atol=1e-7)
+
+
+# ---------------------------------------------------------------- a windowed run's id remap, served
+
+REMAP_ROWS = 50
+
+
+@pytest.fixture(scope="module")
+def remapped_export(tmp_path_factory):
+    """An int8 export whose contract carries entity remaps (cat_0, cat_1: raw ids far beyond the table)."""
+    import dataclasses
+
+    from torchrec_kd.config import DataConfig
+    from torchrec_kd.config.schema import ModelConfig
+    from torchrec_kd.data.contract import contract_files, input_contract
+    from torchrec_kd.data.id_remap import IdRemap
+    from torchrec_kd.models.build import build_model_from_meta, io_from_meta
+    from torchrec_kd.quant.embeddings import quantize_model
+    from torchrec_kd.quant.export import export_torchscript, save_quantized
+    from torchrec_kd.quant.scoring_head import ScoringHead
+
+    torch.manual_seed(0)
+    sparse, dense = [f"cat_{i}" for i in range(3)], [f"int_{i}" for i in range(2)]
+    cfg = ModelConfig(embedding_dim=8, dense_arch_layer_sizes=[8, 8], over_arch_layer_sizes=[8, 1], table_prefix="s_")
+    meta = {"model": dataclasses.asdict(cfg), "dense_in_features": len(dense), "sparse_features": sparse,
+            "num_embeddings": [REMAP_ROWS] * 3, "plugins": []}
+    qm = quantize_model(build_model_from_meta(meta), "int8")
+    remaps = {name: IdRemap(name, REMAP_ROWS) for name in sparse[:2]}
+    remaps["cat_0"].extend(np.array([10**12 + 5, 77, 10**12 + 5, 31]))  # rows 1, 2, 3 in order of first appearance
+    remaps["cat_1"].extend(np.array([9, 8]))
+    contract = input_contract(DataConfig(), dense, sparse, meta["num_embeddings"], remaps=remaps)
+    head = ScoringHead(qm, io_from_meta(meta).output)
+    out = tmp_path_factory.mktemp("remap") / "export"
+    save_quantized(qm, out, meta, extras={**contract_files(contract, remaps), "model.ts": lambda f: export_torchscript(head, f)})
+    return out, qm, remaps, sparse, dense
+
+
+def test_a_served_export_maps_raw_ids_as_training_did_and_unseen_ids_to_the_fallback_row(remapped_export):
+    import torchrec_kd
+    from torchrec_kd.data.id_remap import apply_remaps
+    from torchrec_kd.data.rows import Jagged, RowBlock
+    from torchrec_kd.quant.scoring_head import ScoringHead
+
+    path, qm, remaps, sparse, dense = remapped_export
+    contract = json.loads((path / "contract.json").read_text())
+    assert contract["id_remap"]["file"] == "id_remap.json"
+    assert contract["id_remap"]["features"] == {"cat_0": {"ids": 3, "capacity": REMAP_ROWS},
+                                                "cat_1": {"ids": 2, "capacity": REMAP_ROWS}}
+    assert "id_remap.json" in json.loads((path / "quantized.json").read_text())["files"]  # sealed with the export
+    served = torchrec_kd.load_model(path)
+    raw0 = [10**12 + 5, 31, 77, 10**12 + 6, 5]  # trained: rows 1, 3, 2; never trained on: the fallback row 0
+    raw1 = [8, 9, 123, 8, 9]
+    raw2 = [1, 2, 3, REMAP_ROWS + 4, 0]  # not an entity: modulo the table as before
+    frame = pd.DataFrame({"int_0": [0.5, -1.0, 2.0, 0.0, 1.0], "int_1": [1.0, 0.0, 0.5, 3.0, -2.0],
+                          "cat_0": raw0, "cat_1": raw1, "cat_2": raw2})
+    rows = served.convert(frame).rows
+    assert rows.sparse[0].values.tolist() == [1, 3, 2, 0, 0]
+    assert rows.sparse[1].values.tolist() == [2, 1, 0, 2, 1]
+    assert rows.sparse[2].values.tolist() == [1, 2, 3, 4, 0]
+    # the scores are the in-process model's on the rows training would have fed it (the same remap)
+    raw = RowBlock(frame[dense].to_numpy(np.float32), np.zeros(len(frame), np.float32),
+                   [Jagged.from_ids(np.asarray(frame[n].to_numpy() % (REMAP_ROWS if n == "cat_2" else 1 << 62), np.int64))
+                    for n in sparse])
+    block = RowBlock(raw.dense, raw.labels, apply_remaps(remaps, sparse, raw.sparse))
+    batch = block.to_batch(sparse)
+    with torch.inference_mode():
+        want = ScoringHead(qm)(batch.dense_features, batch.sparse_features)["logit"]
+    got = served.score(frame)["logit"].to_numpy()
+    assert np.array_equal(got, want.numpy())
+    assert got[3] != got[0]  # an unseen id does not score as the trained one
+
+
+def test_a_contract_with_a_remap_refuses_to_convert_without_it_or_with_another(remapped_export):
+    from torchrec_kd.data.contract import RawRows
+    from torchrec_kd.data.id_remap import IdRemap
+    from torchrec_kd.errors import DataError
+
+    path, _, remaps, _, _ = remapped_export
+    contract = json.loads((path / "contract.json").read_text())
+    with pytest.raises(DataError, match="id_remap.json"):
+        RawRows(contract)
+    other = {**remaps, "cat_1": IdRemap("cat_1", REMAP_ROWS)}
+    with pytest.raises(DataError, match="another export"):
+        RawRows(contract, other)

@@ -18,10 +18,18 @@ readers themselves run, never a re-implementation:
 
 A label is optional: traffic has none; rows whose label is there are scored with it.
 
+A windowed run's entity features (users, items: ``data.windows.entities``) are not taken modulo
+their table: training read their raw ids (integers as they are, text hashed into ``[0, 2**62)``)
+and mapped them through an :class:`~torchrec_kd.data.id_remap.IdRemap` (an id trained on -> its
+own row, any other -> the fallback row 0). The contract then names the remap (``id_remap``: the
+file ``id_remap.json`` of the export, sealed with it, and how many ids each feature holds), and
+:class:`RawRows` applies it after the same conversion, so serving maps raw ids exactly as training did.
+
 Example::
 
-    contract = input_contract(cfg.data, data)          # written as contract.json by quantize
-    rows = RawRows(contract)
+    contract = input_contract(cfg.data, dense, sparse, sizes, remaps=data.remaps)   # windowed: with remaps
+    files = contract_files(contract, data.remaps)     # {contract.json, id_remap.json}: export extras
+    rows = RawRows(contract, remaps)                   # remaps: load_remaps(export / "id_remap.json")
     block, good, bad = rows.convert(frame)             # RowBlock of the good rows, their mask
     batch = block.to_batch(rows.sparse_names)
 """
@@ -29,15 +37,18 @@ Example::
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
 from torchrec_kd.config import DataConfig, SparseColumnConfig, TableDataConfig
+from torchrec_kd.core.layout import CONTRACT_FILE
 from torchrec_kd.data.criteo_parse import NUM_DENSE, NUM_FIELDS, NUM_SPARSE, parse_block
+from torchrec_kd.data.id_remap import FALLBACK_ROW, REMAP_FILE, IdRemap, apply_remaps, save_remaps
 from torchrec_kd.data.rows import Jagged, RowBlock
 from torchrec_kd.data.table import TableColumns, csv_chunks, file_format, parquet_chunks, sparse_column, table_files
 from torchrec_kd.errors import DataError
@@ -52,7 +63,7 @@ Bad = Tuple[int, str, str]  # (line, reason, start of the row)
 
 
 def input_contract(cfg: DataConfig, dense_names: Sequence[str], sparse_names: Sequence[str],
-                   num_embeddings: Sequence[int]) -> Dict[str, Any]:
+                   num_embeddings: Sequence[int], remaps: Optional[Mapping[str, IdRemap]] = None) -> Dict[str, Any]:
     """The contract of a run's data: raw columns in, the model's features out.
 
     Args:
@@ -60,9 +71,14 @@ def input_contract(cfg: DataConfig, dense_names: Sequence[str], sparse_names: Se
         dense_names (Sequence[str]): the model's dense features, in order.
         sparse_names (Sequence[str]): the model's sparse features (KJT keys), in order.
         num_embeddings (Sequence[int]): rows of each sparse feature's table.
+        remaps (Optional[Mapping[str, IdRemap]]): a windowed run's entity remaps (its data's ``remaps``);
+            the contract then names ``id_remap.json``, which :func:`contract_files` writes beside it.
 
     Returns:
         Dict[str, Any]: JSON-able; ``format`` says which rules apply, ``features`` the model's inputs.
+
+    Raises:
+        ValueError: a remap for a feature the model does not read.
     """
     contract: Dict[str, Any] = {"contract": CONTRACT_FORMAT,
                                 "features": {"dense": list(dense_names), "sparse": list(sparse_names),
@@ -80,7 +96,43 @@ def input_contract(cfg: DataConfig, dense_names: Sequence[str], sparse_names: Se
     else:
         contract.update(format="features", label="label", separator=FEATURE_SEPARATOR,
                         sparse_rule="integers modulo num_embeddings, other values hashed; empty -> empty bag")
+    if remaps:
+        from torchrec_kd.data.timelines import RAW_ID_SPACE  # the raw ids the windowed readers gave the remaps
+
+        unknown = sorted(set(remaps) - set(sparse_names))
+        if unknown:
+            raise ValueError(f"id remaps for {unknown}, which are not sparse features of the model {list(sparse_names)}")
+        contract["id_remap"] = {
+            "file": REMAP_FILE, "fallback_row": FALLBACK_ROW, "raw_id_space": RAW_ID_SPACE,
+            "rule": "entity features: integers as they are, other values hashed (modulo raw_id_space), then "
+                    "mapped through the remap: an id trained on -> its row, any other id -> fallback_row",
+            "features": {name: {"ids": len(r), "capacity": r.capacity} for name, r in sorted(remaps.items())}}
     return contract
+
+
+def contract_files(contract: Dict[str, Any], remaps: Optional[Mapping[str, IdRemap]] = None
+                   ) -> Dict[str, Callable[[Path], Any]]:
+    """The export files that carry a contract: ``contract.json`` and, with remaps, ``id_remap.json``.
+
+    Pass them to ``save_quantized(..., extras=...)``: they are written in the export's staging
+    directory and sealed with the weights.
+
+    Args:
+        contract (Dict[str, Any]): from :func:`input_contract`.
+        remaps (Optional[Mapping[str, IdRemap]]): the remaps the contract names (required when it names them).
+
+    Returns:
+        Dict[str, Callable[[Path], Any]]: ``{file name: writer of that path}``.
+
+    Raises:
+        ValueError: the contract names remaps that were not given (or the other way round).
+    """
+    if bool(contract.get("id_remap")) != bool(remaps):
+        raise ValueError("the contract and the remaps disagree: pass the remaps given to input_contract")
+    files: Dict[str, Callable[[Path], Any]] = {CONTRACT_FILE: lambda f: f.write_text(json.dumps(contract, indent=2))}
+    if remaps:
+        files[REMAP_FILE] = lambda f: save_remaps(dict(remaps), f)
+    return files
 
 
 @dataclass
@@ -105,12 +157,20 @@ class RawRows:
 
     Args:
         contract (Dict[str, Any]): from :func:`input_contract` (an export's ``contract.json``).
+        remaps (Optional[Mapping[str, IdRemap]]): the remaps the contract names (an export's
+            ``id_remap.json``, :func:`~torchrec_kd.data.id_remap.load_remaps`); required when it names them.
+
+    Raises:
+        DataError: a foreign contract, or remaps missing or not the ones the contract was made with.
     """
 
-    def __init__(self, contract: Dict[str, Any]) -> None:
+    def __init__(self, contract: Dict[str, Any], remaps: Optional[Mapping[str, IdRemap]] = None) -> None:
         if contract.get("contract") != CONTRACT_FORMAT:
             raise DataError(f"input contract {contract.get('contract')!r} is not {CONTRACT_FORMAT!r}; re-run quantize")
         self.contract = contract
+        self.remaps = _checked_remaps(contract.get("id_remap"), remaps)
+        # entity ids are read raw (as the windowed readers read them: the contract says into what space), then remapped
+        self.raw_id_space: int = int(contract["id_remap"]["raw_id_space"]) if self.remaps else 0
         self.format: str = contract["format"]
         features = contract["features"]
         self.dense_names: List[str] = list(features["dense"])
@@ -120,7 +180,10 @@ class RawRows:
         self.table: Optional[TableDataConfig] = None
         if self.format == "table":
             schema = dict(contract["table"])
-            schema["sparse"] = [SparseColumnConfig(**s) for s in schema["sparse"]]
+            # entity columns are read as raw ids (what the windowed reader gave the remap), then remapped
+            schema["sparse"] = [SparseColumnConfig(**{**s, "num_embeddings": self.raw_id_space})
+                                if (s.get("name") or s["column"]) in self.remaps else SparseColumnConfig(**s)
+                                for s in schema["sparse"]]
             self.table = TableDataConfig(**schema)
 
     @property
@@ -154,10 +217,14 @@ class RawRows:
             raise DataError(f"{where}: column(s) {missing} the model reads are missing; found {list(frame.columns)}")
         labeled = self.label in frame.columns
         if self.format == "table":
-            return self._convert_table(frame, lines, where, labeled)
-        if self.format == "criteo_tsv":
-            return self._convert_criteo(frame, lines, labeled)
-        return self._convert_features(frame, lines, labeled)
+            out = self._convert_table(frame, lines, where, labeled)
+        elif self.format == "criteo_tsv":
+            out = self._convert_criteo(frame, lines, labeled)
+        else:
+            out = self._convert_features(frame, lines, labeled)
+        if self.remaps:  # raw entity ids -> their trained rows, unseen ids -> the fallback row
+            out.rows = RowBlock(out.rows.dense, out.rows.labels, apply_remaps(self.remaps, self.sparse_names, out.rows.sparse))
+        return out
 
     def _convert_table(self, frame: pd.DataFrame, lines: np.ndarray, where: str, labeled: bool) -> Converted:
         assert self.table is not None
@@ -200,6 +267,7 @@ class RawRows:
             labels = np.where(wrong, 0.0, lab).astype(np.float32)
         sparse = []
         for name, n in zip(self.sparse_names, self.num_embeddings):
+            n = self.raw_id_space if name in self.remaps else n  # entity ids stay raw until remapped
             spec = SparseColumnConfig(column=name, num_embeddings=n, separator=FEATURE_SEPARATOR)
             sparse.append(sparse_column(frame[name].astype(object), spec))
         block = RowBlock(dense, labels, sparse).take(np.flatnonzero(good))
@@ -227,6 +295,24 @@ class RawRows:
             else:
                 for df, lines, bad in csv_chunks(f, reader, chunk_rows):
                     yield df, lines, bad, f
+
+
+def _checked_remaps(spec: Optional[Dict[str, Any]], remaps: Optional[Mapping[str, IdRemap]]) -> Dict[str, IdRemap]:
+    """The remaps a contract's ``id_remap`` names, checked to be the ones it was made with."""
+    if not spec:
+        return {}
+    if remaps is None:
+        raise DataError(f"the input contract maps {sorted(spec['features'])} through {spec['file']}, which was not "
+                        "given; load the export with torchrec_kd.load_model(dir) (it reads the file)")
+    out: Dict[str, IdRemap] = {}
+    for name, rec in spec["features"].items():
+        r = remaps.get(name)
+        if r is None or len(r) != rec["ids"] or r.capacity != rec["capacity"]:
+            got = "none" if r is None else f"{len(r)} ids of {r.capacity} rows"
+            raise DataError(f"{spec['file']}: feature {name!r} holds {got}, the contract {rec['ids']} ids of "
+                            f"{rec['capacity']} rows; the remap is from another export: export again")
+        out[name] = r
+    return out
 
 
 def _criteo_chunks(path: Path, chunk_rows: int) -> Iterator[Tuple[pd.DataFrame, np.ndarray, List[Bad], Path]]:

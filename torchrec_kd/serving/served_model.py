@@ -1,9 +1,11 @@
 """An export, loaded for inference: raw rows in, logits and probabilities out.
 
 ``load_model(dir)`` reads what the quantize step wrote (``weights.pt``, ``quantized.json``,
-``contract.json``), rebuilds the quantized student (no unpickling), and pairs it with its
-input contract, so a caller hands over raw columns exactly as they sit in the training
-data and gets scores computed exactly as ``predict`` computes them.
+``contract.json``, and a windowed run's ``id_remap.json``), rebuilds the quantized student (no
+unpickling), and pairs it with its input contract, so a caller hands over raw columns exactly as
+they sit in the training data and gets scores computed exactly as ``predict`` computes them. Raw
+user / item ids of a windowed run read the rows training gave them; an id never trained on reads
+the fallback row 0.
 
 Example::
 
@@ -26,6 +28,7 @@ from torch import Tensor, nn
 from torchrec_kd.core.layout import CONTRACT_FILE
 from torchrec_kd.core.plugins import load_plugins
 from torchrec_kd.data.contract import Converted, RawRows
+from torchrec_kd.data.id_remap import IdRemap, load_remaps
 from torchrec_kd.data.rows import RowBlock
 from torchrec_kd.errors import CheckpointError, DataError
 from torchrec_kd.models.build import build_model_from_meta, io_from_meta
@@ -42,15 +45,22 @@ class ServedModel:
         io (ModelIO): how it is called and what it returns.
         contract (Dict[str, Any]): the input contract (``contract.json``).
         sidecar (Dict[str, Any]): the export's ``quantized.json``.
+        remaps (Optional[Dict[str, IdRemap]]): the entity remaps the contract names (``id_remap.json``).
     """
 
-    def __init__(self, model: nn.Module, io: ModelIO, contract: Dict[str, Any], sidecar: Dict[str, Any]) -> None:
+    def __init__(self, model: nn.Module, io: ModelIO, contract: Dict[str, Any], sidecar: Dict[str, Any],
+                 remaps: Optional[Dict[str, IdRemap]] = None) -> None:
         self.model, self.io, self.contract, self.sidecar = model.eval(), io, contract, sidecar
         # a model called as model(dense, kjt) is scored by the same head the TorchScript program holds
         # (which freezes its parameters); one with its own call adapter is frozen here
         self.head: Optional[ScoringHead] = ScoringHead(model, io.output) if io.call is None else None
         model.requires_grad_(False)
-        self.rows = RawRows(contract)
+        self.rows = RawRows(contract, remaps)
+
+    @property
+    def remaps(self) -> Dict[str, IdRemap]:
+        """``{entity feature: IdRemap}``: raw id -> row (empty when the run was not windowed)."""
+        return dict(self.rows.remaps)
 
     @property
     def table_dtypes(self) -> Dict[str, str]:
@@ -146,6 +156,9 @@ def load_model(path: Union[str, Path]) -> ServedModel:
     load_plugins(meta.get("plugins") or [])  # a plugin model is rebuilt by the plugin it was trained with
     # building and quantizing need ordinary tensors, even when the caller is in inference mode
     with torch.inference_mode(False):
-        model = load_quantized(path, build_model_from_meta)
-    return ServedModel(model, io_from_meta(meta), read_contract(path), sidecar)
+        model = load_quantized(path, build_model_from_meta)  # checks every file against the seal first
+    contract = read_contract(path)
+    spec = contract.get("id_remap")
+    remaps = load_remaps(Path(path) / spec["file"]) if spec else None
+    return ServedModel(model, io_from_meta(meta), contract, sidecar, remaps)
 
