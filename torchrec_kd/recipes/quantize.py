@@ -29,9 +29,9 @@ from torch import nn
 from torchrec_kd.config import BudgetConfig, PruneConfig, RunConfig
 from torchrec_kd.core.console import FILE_ONLY, progress_bar
 from torchrec_kd.core.fingerprint import read_recorded, step_fingerprint
-from torchrec_kd.core.layout import CONTRACT_FILE, PLAN_FILE, TORCHSCRIPT_FILE, RunLayout
+from torchrec_kd.core.layout import PLAN_FILE, TORCHSCRIPT_FILE, RunLayout
 from torchrec_kd.data import build_data
-from torchrec_kd.data.contract import input_contract
+from torchrec_kd.data.contract import contract_files, input_contract
 from torchrec_kd.data.rows import RowBlock
 from torchrec_kd.distributed.env import init_distributed
 from torchrec_kd.errors import ConfigError
@@ -107,7 +107,8 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
     float_model, meta = load_float_model(layout.model(source))
     local_batch = cfg.data.batch_size // env.world_size
     io = io_from_meta(meta)
-    contract = input_contract(cfg.data, data.dense_names, data.sparse_names, data.num_embeddings)
+    remaps = getattr(data, "remaps", None)  # a windowed run's entity remaps travel with its exports
+    contract = input_contract(cfg.data, data.dense_names, data.sparse_names, data.num_embeddings, remaps=remaps)
     recorded = read_recorded(meta)
     prune, budget = cfg.quantize.prune, cfg.quantize.budget
     unknown = sorted(set(prune.tables) - set(_sizes(float_model))) if prune is not None else []
@@ -151,8 +152,7 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
             # its own call adapter is exported as it is (load_model scores it through the adapter)
             program = ScoringHead(qm, io.output) if io.call is None else qm
             extras: Dict[str, Callable[[Path], Any]] = {
-                CONTRACT_FILE: lambda f: f.write_text(json.dumps(contract, indent=2)),
-                TORCHSCRIPT_FILE: lambda f: export_torchscript(program, f)}
+                **contract_files(contract, remaps), TORCHSCRIPT_FILE: lambda f: export_torchscript(program, f)}
             if plan is not None:
                 extras[PLAN_FILE] = lambda f: f.write_text(json.dumps(plan, indent=2))
             # written beside export/<name>, sealed (sizes and hashes, checked on every load), then renamed
