@@ -7,16 +7,21 @@ contract's continual.json, and a resumed run continues at the right window.
 
 import dataclasses
 import json
+import logging
 
 import numpy as np
 import pytest
+import yaml
 
 from tests.conftest import TINY
 from torchrec_kd.config import load_config
-from torchrec_kd.core.fingerprint import step_fingerprint
+from torchrec_kd.core.fingerprint import step_fingerprint, warm_start_digest
+from torchrec_kd.data import build_data
 from torchrec_kd.errors import CheckpointError
+from torchrec_kd.reporting.continual import auc
 from torchrec_kd.training.model_run import TrainModelRun
 from torchrec_kd.training.row_scores import split_logits
+from torchrec_kd.workflows import continual
 
 
 def _warm(cfg, path, out):
@@ -81,3 +86,104 @@ def test_warm_start_digest_is_in_the_fingerprint(trained_student, tmp_path):
     remade = step_fingerprint(_warm(cfg, copy, tmp_path / "x"), "student")
     assert remade["digest"] != same["digest"] and remade["base"] == same["base"]
     assert step_fingerprint(_warm(cfg, tmp_path / "none", tmp_path / "x"), "student")["inputs"]["warm_start"] == "missing"
+
+
+# ----------------------------------------------------------------------------- the workflow
+def _drift_config(tmp_path, out, *overrides):
+    """The tiny config on the drifting synthetic world: 4 windows of 1,280 rows (val 256), one epoch per window."""
+    raw = yaml.safe_load(TINY.read_text())
+    raw["data"]["synthetic"]["drift"] = {"windows": 4, "rows_per_window": 1280}
+    raw["data"]["windows"] = {"count": 4, "val_fraction": 0.2}
+    raw["train"] = {"epochs": 1, "log_every": 0}
+    raw["distill"] = {"qat": None}
+    path = tmp_path / "drift.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_config(path, [f"output_dir={out}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def continual_run(tmp_path_factory):
+    """Windows 0..1 (scored on 1..2), then a second launch through window 2: (cfg, out, first doc, doc, log)."""
+    tmp = tmp_path_factory.mktemp("continual")
+    out = tmp / "run"
+    first = continual.run(_drift_config(tmp, out, "continual.last_window=1"))
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("windows/*/*/meta.json")}
+    handler = _Records()
+    logging.getLogger("torchrec_kd").addHandler(handler)
+    try:
+        cfg = _drift_config(tmp, out, "continual.last_window=2")
+        doc = continual.run(cfg)
+    finally:
+        logging.getLogger("torchrec_kd").removeHandler(handler)
+    return cfg, out, first, doc, handler.messages, stamps
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_continual_json_has_the_contract_keys(continual_run):
+    _, out, first, doc, _, _ = continual_run
+    assert [w["window"] for w in first["windows"]] == [1, 2]
+    on_disk = json.loads((out / "continual.json").read_text())
+    assert on_disk["windows"] == doc["windows"] and [w["window"] for w in doc["windows"]] == [1, 2, 3]
+    assert set(doc) >= {"windows", "kd_gain", "cost_ratio"}
+    assert set(doc["kd_gain"]) >= {"auc_mean", "auc_ci95", "significant"}
+    diffs = [w["models"]["distilled"]["auc"] - w["models"]["student"]["auc"] for w in doc["windows"]]
+    assert doc["kd_gain"]["auc_mean"] == pytest.approx(np.mean(diffs))
+    for w in doc["windows"]:
+        assert w["trained_through"] == w["window"] - 1
+        assert set(w) >= {"window", "models", "update_s", "export_bytes", "delta_bytes"}
+        assert set(w["models"]) == {"teacher", "distilled", "student", "scratch"}
+        assert set(w["update_s"]) >= {"distilled", "student", "scratch"}
+        for m in w["models"].values():
+            assert set(m) >= {"auc", "ne", "rows", "slices"} and 0.0 < m["auc"] < 1.0
+            assert set(m["slices"]) == {"new", "rare", "rest"}
+            assert sum(s["rows"] for s in m["slices"].values()) == m["rows"] == 1280
+            assert all(set(s) >= {"auc", "rows"} for s in m["slices"].values())
+        assert w["export_bytes"] > 0
+    assert doc["windows"][0]["delta_bytes"] is None  # no previous export at the first window
+    assert all(0 < w["delta_bytes"] for w in doc["windows"][1:])
+    assert (out / "continual.md").read_text().count("| 3 |") >= 1 and (out / "continual.png").stat().st_size > 0
+
+
+def test_warm_start_loads_the_previous_windows_best_student(continual_run):
+    _, out, _, _, _, _ = continual_run
+    for model in ("student", "distilled"):
+        meta = json.loads((out / "windows" / "2" / model / "meta.json").read_text())
+        prev = out / "windows" / "1" / model
+        assert meta["config"]["train"]["warm_start"] == str(prev)
+        # the previous window's saved (best validated) model, by content
+        assert meta["fingerprint"]["inputs"]["warm_start"] == warm_start_digest(str(prev))
+        assert json.loads((prev / "meta.json").read_text())["selection"]["best_step"] is not None
+    scratch = json.loads((out / "windows" / "2" / "scratch" / "student" / "meta.json").read_text())
+    assert scratch["config"]["train"]["warm_start"] is None and scratch["config"]["data"]["windows"]["history"]
+    # window 0 warms up on the history: nothing before it
+    assert json.loads((out / "windows" / "0" / "student" / "meta.json").read_text())["config"]["train"]["warm_start"] is None
+
+
+def test_progressive_validation_scores_the_next_window(continual_run):
+    """Window 2's entry is the model trained through window 1, scored on window 2's rows (never trained on)."""
+    cfg, out, _, doc, _, _ = continual_run
+    plan = continual.window_plan(cfg, 1)
+    assert plan.student.data.windows.index == 1 and plan.student.out_dir == out / "windows" / "1"
+    again = continual.score_saved(plan.student, out / "windows" / "1" / "student", "student")
+    entry = next(w for w in doc["windows"] if w["window"] == 2)
+    assert entry["models"]["student"]["auc"] == pytest.approx(auc(again.logits, again.labels), abs=1e-6)
+    log = build_data(plan.student.data, cfg.seed)  # its test split is window 2, whole
+    assert log.window == 1 and len(log.splits["test"]) == log.window_rows[2] == len(again.labels)
+    np.testing.assert_array_equal(log.splits["test"].labels, again.labels)
+
+
+def test_resume_continues_at_the_right_window(continual_run):
+    _, out, _, _, messages, stamps = continual_run
+    assert any("window 0 (seed 0) already done" in m for m in messages), messages
+    assert any("window 1 (seed 0) already done" in m for m in messages), messages
+    assert any("window 2, student: student not done yet" in m for m in messages), messages
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing of windows 0..1 was remade
+    assert (out / "windows" / "2" / "distilled" / "meta.json").is_file()

@@ -2,7 +2,7 @@
 
 This is what the TorchX components launch (under torchrun, one process per rank).
 Commands: ``train-teacher``, ``train-student``, ``distill``, ``distill-qat``, ``score-teacher``, ``quantize``,
-``evaluate``, ``experiment``, ``report``, ``predict``, ``bench``;
+``evaluate``, ``experiment``, ``continual``, ``report``, ``predict``, ``bench``;
 data: ``inspect-data``, ``preprocess``.
 """
 
@@ -21,7 +21,7 @@ from torchrec_kd.errors import ConfigError, UserError
 logger = logging.getLogger("torchrec_kd")
 # commands that write into the run's output directory (one run at a time there)
 WRITES_OUTPUT_DIR = {"train-teacher", "train-student", "distill", "distill-qat", "score-teacher", "quantize",
-                     "experiment", "evaluate", "report"}
+                     "experiment", "continual", "evaluate", "report"}
 
 
 def _config_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--source", default="distilled", choices=["distilled", "distilled_qat", "student"],
                    help="which checkpoint to quantize")
     _config_parser(sub.add_parser("experiment", help="teacher -> student -> distill -> quantize -> report, skipping done steps"))
+    _config_parser(sub.add_parser("continual", help="window by window: teacher, warm-started student alone and distilled, "
+                                  "from-scratch reference, export + delta; scored on the next window"))
     ev = _config_parser(sub.add_parser("evaluate", help="evaluate a saved model (checkpoint or export) of the run"))
     ev.add_argument("--source", required=True, help="teacher, student, distilled, or an export such as distilled_int4")
     ev.add_argument("--split", default="test", choices=["val", "test"])
@@ -116,6 +118,10 @@ def _dispatch(args: argparse.Namespace, cfg: RunConfig) -> None:
         from torchrec_kd.workflows.experiment import run as run_experiment
 
         run_experiment(cfg)
+    elif args.command == "continual":
+        from torchrec_kd.workflows.continual import run as run_continual
+
+        run_continual(cfg)
     elif args.command == "evaluate":
         from torchrec_kd.recipes.evaluate import run as run_evaluate
 

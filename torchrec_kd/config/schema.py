@@ -259,6 +259,9 @@ class ContinualConfig:
     teacher: Literal["retrain", "fine_tune", "fixed"] = "retrain"
     # Windows before this one are history only (trained on, never trained as a window of their own).
     first_window: int = 0
+    # The last window trained by this launch (null: every window but the last, which is only scored):
+    # a later launch with a larger value continues from here, as new windows of the log arrive.
+    last_window: Optional[int] = None
     # Also train the costly reference: the student from scratch on all history, every window.
     scratch: bool = True
     # Dtypes exported per window; the delta against the previous window's export is the first one's.
