@@ -8,7 +8,7 @@ negative before the DLRM transform).
 
 Example::
 
-    python -m torchrec_kd.cli inspect-data --format criteo_tsv --path ../shared/data/criteo_sample.tsv
+    python -m torchrec_kd.cli inspect-data --format criteo_tsv --path tests/fixtures/criteo/criteo_sample.tsv
 """
 
 from __future__ import annotations
