@@ -251,3 +251,35 @@ def test_a_contract_with_a_remap_refuses_to_convert_without_it_or_with_another(r
     other = {**remaps, "cat_1": IdRemap("cat_1", REMAP_ROWS)}
     with pytest.raises(DataError, match="another export"):
         RawRows(contract, other)
+
+
+def test_a_windowed_runs_export_scores_raw_traffic_as_training_read_the_window(tmp_path):
+    """End to end: quantize writes the remap, and raw ids of the test window score as the remapped split."""
+    import torchrec_kd
+    from torchrec_kd.cli import main
+    from torchrec_kd.config import load_config
+    from torchrec_kd.data import build_data
+    from torchrec_kd.recipes.predict import run as predict
+
+    window = ["data.synthetic.drift.windows=3", "data.synthetic.drift.rows_per_window=1536", "data.windows.count=3",
+              "data.windows.index=0"]
+    common = ["--config", str(TINY), "--output-dir", str(tmp_path), "train.steps=4", *window]
+    assert main(["train-student", *common]) == 0
+    assert main(["quantize", "--source", "student", *common, "quantize.dtypes=[int8]"]) == 0
+    export = tmp_path / "export" / "student_int8"
+    served = torchrec_kd.load_model(export)
+    log = build_data(load_config(str(TINY), window).data, 0)
+    assert set(served.remaps) == set(log.remaps) == {"cat_0", "cat_1"}
+    test = log.splits["test"]
+    cols = {name: test.dense[:, j] for j, name in enumerate(log.dense_names)}
+    for f, name in enumerate(log.sparse_names):  # what traffic carries: raw ids for users / items
+        jag = log.test_raw[name] if name in log.test_raw else test.sparse[f]
+        cols[name] = ["|".join(map(str, jag.values[jag.offsets[i]:jag.offsets[i + 1]])) for i in range(len(test))]
+    frame = pd.DataFrame(cols)
+    converted = served.convert(frame).rows
+    for f in range(len(log.sparse_names)):
+        assert np.array_equal(converted.sparse[f].values, test.sparse[f].values)
+    assert (converted.sparse[0].values == 0).any()  # the test window's new ids read the fallback row
+    predict(load_config(str(TINY), window), str(export), "test", str(tmp_path / "split.csv"))  # the remapped split
+    split = pd.read_csv(tmp_path / "split.csv", dtype={"logit": np.float32})
+    assert np.array_equal(served.score(frame)["logit"].to_numpy(), split["logit"].to_numpy())
