@@ -491,6 +491,52 @@ def experiment(
     return _job("experiment", locals(), overrides=[f"experiment.seeds=[{seeds}]"] if seeds else [])
 
 
+def continual(
+    *script_args: str,
+    config: str = "configs/continual_synthetic.yaml",
+    output_dir: Optional[str] = None,
+    j: str = "1x2",
+    image: str = torchx.IMAGE,
+    python: str = sys.executable,
+    cpu: Optional[int] = None,
+    memMB: Optional[int] = None,
+    gpu: int = 0,
+    h: Optional[str] = None,
+    max_retries: int = 0,
+    env: Optional[Dict[str, str]] = None,
+    name: Optional[str] = None,
+    plugin: Optional[List[str]] = None,
+    seeds: Optional[str] = None,
+) -> specs.AppDef:
+    """Continual distillation, window by window of data.windows: the teacher, the student alone and
+    the distilled student warm-started from their previous versions, the from-scratch reference,
+    the export and its delta; every model scored on the next window -> continual.json / .md / .png.
+
+    Resumes at the window where it stopped; a changed config re-runs from the first window it affects.
+
+    Args:
+        script_args: config overrides, dotted key=value (e.g. continual.teacher=fine_tune); optional,
+            whatever the "(required)" TorchX prints after this says
+        config: YAML run config with data.windows (default: the drifting synthetic log)
+        output_dir: where results go (default outputs/<run_name>)
+        j: {nnodes}x{nproc_per_node}: 1x2 is two processes on one host
+        image: container image (ignored by local_cwd, which runs in this directory)
+        python: interpreter on the hosts that runs torchrun; the default is the one running torchx
+            (right for local_cwd); use "python" for images
+        cpu: CPUs per node (default 2 without GPUs, 12 per GPU with them)
+        memMB: memory per node in MB (default 8192 without GPUs, 131072 per GPU with them)
+        gpu: GPUs per node, one process each (-j 1x8 with --gpu 8); the job then uses nccl
+        h: a registered named resource (overrides cpu/gpu/memMB)
+        max_retries: scheduler restarts on failure
+        env: extra environment variables, e.g. LOGLEVEL=INFO
+        name: job name (default: the command)
+        plugin: modules to import first, comma-separated (e.g. my_pkg.kd): they register model builders
+            and loss terms the config names (--plugin on the CLI)
+        seeds: comma-separated run seeds, e.g. 0,1,2 (experiment.seeds: one continual run per seed)
+    """
+    return _job("continual", locals(), overrides=[f"experiment.seeds=[{seeds}]"] if seeds else [])
+
+
 def report(
     *script_args: str,
     config: str = DEFAULT_CONFIG,

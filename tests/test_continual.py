@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import TINY
+from tests.conftest import REPO, TINY
 from torchrec_kd.config import load_config
 from torchrec_kd.core.fingerprint import step_fingerprint, warm_start_digest
 from torchrec_kd.data import build_data
@@ -187,3 +187,16 @@ def test_resume_continues_at_the_right_window(continual_run):
     assert any("window 2, student: student not done yet" in m for m in messages), messages
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing of windows 0..1 was remade
     assert (out / "windows" / "2" / "distilled" / "meta.json").is_file()
+
+
+def test_the_continual_component_launches_the_cli_command():
+    from torchx.specs.file_linter import validate
+
+    from components import kd
+
+    app = kd.continual("continual.teacher=fine_tune", j="1x2", python="python3", output_dir="out", seeds="0,1")
+    cmd = app.roles[0].args[1]
+    assert cmd.startswith("python3 -m torchrec_kd.launch ") and "--nproc_per_node 2" in cmd
+    assert cmd.endswith("-m torchrec_kd.cli continual --config configs/continual_synthetic.yaml --output-dir out "
+                        "continual.teacher=fine_tune 'experiment.seeds=[0,1]'")
+    assert not validate(str(REPO / "components" / "kd.py"), "continual")  # TorchX reads its signature
