@@ -211,3 +211,13 @@ def test_bad_windows_for_the_source_are_one_line_errors(tmp_path):
         build_data(_table(csv, "{count: 4, entities: [nope]}").data, seed=0)
     with pytest.raises(ConfigError, match=r"data.windows.index=9 is out of range: the data has 4 windows"):
         build_data(_table(csv, "{size: 100s, entities: [user], index: 9}").data, seed=0)
+
+
+def test_a_saved_remap_maps_raw_ids_as_training_did(drift_logs, tmp_path):
+    from torchrec_kd.data.id_remap import load_remaps, save_remaps
+
+    log = drift_logs[2]
+    back = load_remaps(save_remaps(log.remaps, tmp_path))
+    for name in log.entities:
+        f = log.sparse_names.index(name)
+        assert np.array_equal(back[name].lookup(log.test_raw[name].values), log.splits["test"].sparse[f].values)

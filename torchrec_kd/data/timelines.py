@@ -18,9 +18,10 @@ Example::
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
@@ -31,8 +32,16 @@ from torchrec_kd.data.rows import RowBlock
 from torchrec_kd.data.windows import Timeline, WindowedClickLog
 from torchrec_kd.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 # Raw ids of table entities live in [0, 2^62): integers modulo it (i.e. as they are), text hashed into it.
 RAW_ID_SPACE = 1 << 62
+
+
+def _bad_row_summary(log: Any, verbose: bool) -> None:
+    """The reader's bad-row summary (its own shape line would show the raw-id tables: not logged)."""
+    if verbose and log.bad_rows.count:
+        logger.warning("%s: %s", log.where, log.bad_rows.summary())
 
 
 def synthetic_timeline(cfg: DataConfig, seed: int) -> Timeline:
@@ -90,7 +99,8 @@ def movielens_timeline(cfg: DataConfig, seed: int, entities: List[str], verbose:
     # read once, every rating in one split (the windows split them)
     raw_cfg = replace(ml, split="chronological", val_fraction=0.0, test_fraction=0.0, shuffle=False,
                       num_embeddings={**ml.num_embeddings, **{e: RAW_ID_SPACE for e in raw}})
-    log = MovieLensClickLog(raw_cfg, seed=seed, on_bad_row=cfg.on_bad_row, verbose=verbose)
+    log = MovieLensClickLog(raw_cfg, seed=seed, on_bad_row=cfg.on_bad_row, verbose=False)
+    _bad_row_summary(log, verbose)
     r = log.ratings
     sizes = dict(zip(log.sparse_names, log.num_embeddings))
     for e in raw:  # configured, or every id of the file plus the fallback row 0
@@ -118,7 +128,8 @@ def table_timeline(cfg: DataConfig, seed: int, entities: List[str], by: str, ver
     sparse = [replace(s, num_embeddings=RAW_ID_SPACE) if n in entities else s for s, n in zip(tab.sparse, names)]
     raw_cfg = replace(tab, split="ordered", val_fraction=0.0, test_fraction=0.0, shuffle=False, sparse=sparse,
                       time_column=tab.time_column if by == "time" else None)
-    log = TableClickLog(raw_cfg, seed=seed, on_bad_row=cfg.on_bad_row, verbose=verbose)
+    log = TableClickLog(raw_cfg, seed=seed, on_bad_row=cfg.on_bad_row, verbose=False)
+    _bad_row_summary(log, verbose)
     rows = log.splits["train"]  # every row, in time (or file) order
     times = np.sort(log.row_times, kind="stable") if log.row_times is not None else np.arange(len(rows), dtype=np.float64)
     return Timeline(times=times, real_time=log.row_times is not None, dense_names=log.dense_names,
