@@ -73,10 +73,9 @@ def markdown(r: Dict[str, Any]) -> str:
     sections = r.get("sections", {})
     ran = [k for k, v in sections.items() if v["ran"]]
     reused = [f"{k} (from {v['file']}, {v.get('reused_date') or 'undated'})" for k, v in sections.items() if not v["ran"]]
-    lines = [f"`{r.get('command', 'python benchmarks/suite.py')}` on {r['date']}: measured "
-             f"{', '.join(ran) or 'nothing'} in {r['wall_s']:,.0f} s"
-             + (f"; reused {', '.join(reused)}" if reused else "") + ".", "",
-             "## Training (samples/s, 2 ranks, configs/perf_criteo_shaped_synthetic.yaml)", "",
+    header = [f"`{r['command']}` on {r['date']}: measured {', '.join(ran) or 'nothing'} in {r['wall_s']:,.0f} s"
+              + (f"; reused {', '.join(reused)}" if reused else "") + ".", ""] if sections else []
+    lines = [*header, "## Training (samples/s, 2 ranks, configs/perf_criteo_shaped_synthetic.yaml)", "",
              "| student | online KD | offline KD | teacher forward | teacher train |", "|---|---|---|---|---|",
              f"| {t['student_samples_per_s']:,.0f} | {t['online_kd_samples_per_s']:,.0f} | {t['offline_kd_samples_per_s']:,.0f} "
              f"| {t['teacher_forward_samples_per_s']:,.0f} | {t['teacher_train_samples_per_s']:,.0f} |", "",

@@ -70,3 +70,17 @@ def test_one_int4_speed_target(monkeypatch):
     assert "INT4_SPEEDUP * sps" in source and ">= 8" not in source
     monkeypatch.setattr(sys, "argv", ["benchmarks/production_student.py", "--retime", "--seeds", "0"])
     assert shlex.split(_load("launch").command_line()) == ["python", *sys.argv]  # as run, --retime kept
+
+
+def test_suite_says_which_sections_it_measured():
+    suite = _load("suite")
+    r = json.loads((BENCH / "results" / "latest.json").read_text())
+    r.update({"command": "python benchmarks/suite.py --skip training scale", "wall_s": 61.0,
+              "sections": {"training": {"ran": False, "reused": True, "wall_s": None, "file": "training.json",
+                                        "reused_date": "2026-12-01"},
+                           "inference": {"ran": True, "reused": False, "wall_s": 60.2, "file": "inference_memory.json"},
+                           "scale": {"ran": False, "reused": True, "wall_s": None, "file": "scale.json",
+                                     "reused_date": None}}})
+    first = suite.markdown(r).splitlines()[0]
+    assert first == ("`python benchmarks/suite.py --skip training scale` on 2026-12-01: measured inference in 61 s; "
+                     "reused training (from training.json, 2026-12-01), scale (from scale.json, undated).")
