@@ -45,11 +45,12 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # the performance suite (training, inference, memory, scale -> benchmarks/results/latest.json),
-# then the quality benchmarks: teacher/student/distilled/quantized and the distillation ablation
+# then the quality benchmarks: teacher/student/distilled/quantized, the distillation ablation, continual distillation
 bench: $(STAMP)
 	$(PY) benchmarks/suite.py
 	$(PY) benchmarks/distillation.py
 	$(PY) benchmarks/ablation.py
+	$(PY) benchmarks/continual.py
 
 clean:
 	rm -rf $(VENV) outputs
