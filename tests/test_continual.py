@@ -108,13 +108,16 @@ def continual_run(tmp_path_factory):
     out = tmp / "run"
     first = continual.run(_drift_config(tmp, out, "continual.last_window=1"))
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("windows/*/*/meta.json")}
-    handler = _Records()
-    logging.getLogger("torchrec_kd").addHandler(handler)
+    handler, log = _Records(), logging.getLogger("torchrec_kd")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
     try:
         cfg = _drift_config(tmp, out, "continual.last_window=2")
         doc = continual.run(cfg)
     finally:
-        logging.getLogger("torchrec_kd").removeHandler(handler)
+        log.removeHandler(handler)
+        log.setLevel(level)
     return cfg, out, first, doc, handler.messages, stamps
 
 
@@ -200,3 +203,23 @@ def test_the_continual_component_launches_the_cli_command():
     assert cmd.endswith("-m torchrec_kd.cli continual --config configs/continual_synthetic.yaml --output-dir out "
                         "continual.teacher=fine_tune 'experiment.seeds=[0,1]'")
     assert not validate(str(REPO / "components" / "kd.py"), "continual")  # TorchX reads its signature
+
+
+def test_a_changed_config_reruns_from_the_first_window_it_affects(continual_run, tmp_path):
+    """Fine-tuning the teacher changes nothing at window 0 (no previous teacher) and re-runs window 1 on;
+    the distilled student of window 1 follows its teacher, the student alone stays done."""
+    from torchrec_kd.reporting.lineage import expected_fingerprints
+    from torchrec_kd.workflows.experiment import _stale
+
+    cfg, out, _, _, _, _ = continual_run
+    changed = _drift_config(tmp_path, out, "continual.last_window=2", "continual.teacher=fine_tune")
+
+    def stale(c, entry):
+        return _stale(c.out_dir, [entry], {entry: expected_fingerprints(c)[entry]})
+
+    w0, w1 = continual.window_plan(changed, 0), continual.window_plan(changed, 1)
+    assert stale(w0.teacher, "teacher") is None and stale(w0.distilled, "distilled") is None
+    why = stale(w1.teacher, "teacher")
+    assert why and "made by another config" in why and "warm" in why, why
+    assert stale(w1.student, "student") is None
+    assert w1.distilled.distill.teacher_checkpoint == str(out / "windows" / "1" / "teacher")
