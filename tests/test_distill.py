@@ -3,7 +3,7 @@ teachers' logits; for TorchRec's DLRM, DLRM_DCN, SimpleDeepFMNN and a plugin's n
 
 import pytest
 
-from tests.conftest import TINY
+from tests.conftest import TINY, copy_teacher
 from tests.multiprocess import run_ranks
 from tests.pipelined import assert_pipelined_equals_eager_and_teacher_frozen, pipelined_vs_eager
 from torchrec_kd.config import load_config
@@ -28,6 +28,8 @@ FEATURE_TERMS = ("[{name: hard_bce, weight: 0.5}, {name: soft_bce, weight: 0.5},
 
 def _train_teachers(rank, world_size, out_dir):
     for name, overrides in TEACHERS.items():
+        if name == "dlrm":  # the session's tiny teacher (conftest.tiny_teacher)
+            continue
         r = TrainModelRun(load_config(TINY, _overrides(f"{out_dir}/{name}") + overrides), "teacher")
         r.setup()
         r.train()
@@ -55,8 +57,10 @@ def _distill_pipelined_vs_eager(rank, world_size, out_dir, teachers):
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
+def teacher_dir(tmp_path_factory, tiny_teacher):
+    """<dir>/{dlrm,dcn,deepfm}/teacher: the session's DLRM teacher and two trained here on 2 ranks."""
     out = tmp_path_factory.mktemp("kd")
+    copy_teacher(tiny_teacher, out / "dlrm")
     run_ranks(_train_teachers, 2, out, str(out))
     return out
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.conftest import TINY
+from tests.conftest import TINY, copy_teacher
 from tests.multiprocess import run_ranks
 from torchrec_kd.checkpoint.model_io import read_meta
 from torchrec_kd.config import load_config
@@ -29,17 +29,14 @@ def _train_teacher(rank, world_size, out, *extra):
     r.save({})
 
 
-def _train_teachers(rank, world_size, dlrm, dcn):
-    _train_teacher(rank, world_size, dlrm)
-    _train_teacher(rank, world_size, dcn, "teacher.arch=dlrm_dcn", "teacher.table_prefix=t2_",
-                   "teacher.dcn_num_layers=1", "teacher.dcn_low_rank_dim=4")
-
-
 @pytest.fixture(scope="module")
-def teachers(tmp_path_factory):
-    """A DLRM teacher and a DLRM_DCN teacher (other table prefix), both trained on 2 ranks (one start-up)."""
+def teachers(tmp_path_factory, tiny_teacher):
+    """A DLRM teacher (the session's tiny teacher, trained on one rank) and a DLRM_DCN teacher (other
+    table prefix) trained here on 2 ranks."""
     dlrm, dcn = tmp_path_factory.mktemp("dlrm"), tmp_path_factory.mktemp("dcn")
-    run_ranks(_train_teachers, 2, dlrm, str(dlrm), str(dcn))
+    copy_teacher(tiny_teacher, dlrm)
+    run_ranks(_train_teacher, 2, dcn, str(dcn), "teacher.arch=dlrm_dcn", "teacher.table_prefix=t2_",
+              "teacher.dcn_num_layers=1", "teacher.dcn_low_rank_dim=4")
     return dlrm / "teacher", dcn / "teacher"
 
 
