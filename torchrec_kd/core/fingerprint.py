@@ -218,7 +218,8 @@ def describe_change(old: Mapping[str, Any], new: Mapping[str, Any], limit: int =
         List[str]: one string per key named, then ``and N more`` if any were left out.
     """
     a, b = _flatten(old), _flatten(new)
-    names = {"teachers": "the teacher checkpoint(s) (retrained)", "warm_start": "the warm-start checkpoint (remade)"}
+    names = {"teachers": "the teacher checkpoint(s) (retrained)",
+             "warm_start": "train.warm_start (its checkpoint's digest)", "warm_started": "warm-started"}
     changed = []
     for k in sorted(set(a) | set(b)):
         if a.get(k) == b.get(k) and (k in a) == (k in b):
