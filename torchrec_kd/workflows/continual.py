@@ -58,6 +58,7 @@ from torchrec_kd.reporting.continual import (
     write_continual_plot,
 )
 from torchrec_kd.reporting.lineage import expected_fingerprints
+from torchrec_kd.reporting.metrics_file import read_metrics
 from torchrec_kd.training.distill_run import DistillRun
 from torchrec_kd.training.model_run import TrainModelRun
 from torchrec_kd.training.pipelined_run import PipelinedRun
@@ -190,11 +191,17 @@ def _read_json(path: Path) -> Dict[str, Any]:
         return {}  # a damaged window record is rebuilt (the models themselves are checked by fingerprint)
 
 
+def _from_rank0(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (every rank skips or runs the same steps)."""
+    box = [value if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _decide(cfg: RunConfig, entries: List[str], expected: Dict[str, Dict[str, Any]]) -> Optional[str]:
     """Rank 0's reason to run a step (None: done), the same on every rank."""
-    reason = [_stale(cfg.out_dir, entries, expected) if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(reason, src=0)
-    return reason[0]
+    read_metrics(RunLayout(cfg.out_dir).metrics)  # a damaged metrics.json stops every rank with one line
+    return _from_rank0(_stale(cfg.out_dir, entries, expected) if dist.get_rank() == 0 else None)
 
 
 class WindowRunner:
@@ -217,7 +224,7 @@ class WindowRunner:
                step: Optional[Callable[[], PipelinedRun]], reason: Optional[str]) -> None:
         """Train (``reason`` set) or reuse one model, then record its metrics on window t + 1."""
         old = (self.old.get("models") or {}).get(name) or {}
-        if reason is None and old.get("fingerprint") == fingerprint:
+        if _from_rank0(reason is None and old.get("fingerprint") == fingerprint):  # done and scored: reuse
             self.models[name], self.update_s[name] = old, (self.old.get("update_s") or {}).get(name)
             return
         if reason is not None and step is not None:
