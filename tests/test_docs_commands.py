@@ -8,10 +8,12 @@ scripts must exist.
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import pytest
 
@@ -95,8 +97,7 @@ print(json.dumps(results))
 def dryruns():
     """torchx command -> (exit code, stderr tail), all dry-run in one process."""
     runs = [_env_and_argv(c) for _, c in COMMANDS]
-    runs = [["run", "--dryrun", *a[2:]] for a in runs if a[0].endswith("torchx") and a[1:2] == ["run"]
-            and "--help" not in a]
+    runs = [["run", "--dryrun", *a[2:]] for a in runs if a[0].endswith("torchx") and a[1:2] == ["run"]]
     if not runs:
         return {}
     import json
@@ -113,20 +114,52 @@ def test_the_docs_show_commands():
     assert any("torchx run" in c for _, c in COMMANDS)
 
 
+def _pins() -> Dict[str, str]:
+    """distribution -> version pinned with ``==`` by the package and the CPU shim (a ``-cpu`` build answers for its name)."""
+    pins = {}
+    for path in (REPO / "pyproject.toml", REPO / "tools" / "fbgemm_gpu_shim" / "pyproject.toml"):
+        project = tomllib.loads(path.read_text())["project"]
+        for requirement in project.get("dependencies", []):
+            name, sep, version = (part.strip() for part in requirement.partition("=="))
+            if sep:
+                pins[name] = version
+                pins.setdefault(name.removesuffix("-cpu"), version)
+    return pins
+
+
+def _check_pip_install(where: str, args: List[str]) -> None:
+    """Each ``name==version`` is the version the package pins; each ``-e .[extra]`` names an extra it has."""
+    pins = _pins()
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    options_with_values = {i + 1 for i, a in enumerate(args) if a in ("--index-url", "--extra-index-url")}
+    wanted = [a for i, a in enumerate(args) if not a.startswith("-") and i not in options_with_values]
+    assert wanted, f"{where}: pip install of nothing"
+    for a in wanted:
+        if "==" in a:
+            name, version = a.split("==")
+            assert pins.get(name) == version, f"{where}: {a}, but the package pins {name} {pins.get(name)}"
+        else:
+            match = re.fullmatch(r"\.(?:\[([\w,]+)\])?", a)
+            assert match, f"{where}: pip install {a}: not this package or a pinned requirement"
+            missing = [e for e in (match.group(1) or "").split(",") if e and e not in extras]
+            assert not missing, f"{where}: pyproject.toml has no extra {missing}"
+
+
 @pytest.mark.parametrize("where,command", COMMANDS, ids=[w for w, _ in COMMANDS])
-def test_command_runs_as_shown(where, command, dryruns):
+def test_command_runs_as_shown(where, command, dryruns, capsys):
     argv = _env_and_argv(command)
     head = argv[0]
-    if head.endswith("torchx") and argv[1:2] == ["run"]:
-        if "--help" in argv:
-            return
+    if head.endswith("torchx") and argv[1:2] == ["run"]:  # a --help line too: the component's help, exit 0
         code, stderr = dryruns[shlex.join(argv[2:])]
         assert code == 0, f"{where}: {command}\n{stderr}"
         return
     for prefix in CLI_PREFIXES:
         if tuple(argv[:len(prefix)]) == prefix:
             rest = argv[len(prefix):]
-            if "--help" in rest or "-h" in rest:
+            if "--help" in rest or "-h" in rest:  # the subcommand exists and prints its help
+                with pytest.raises(SystemExit) as exit_:
+                    _parser().parse_args(rest)
+                assert exit_.value.code == 0 and "usage:" in capsys.readouterr().out, f"{where}: {command}"
                 return
             args = _parser().parse_args(rest)
             if getattr(args, "config", None):
@@ -150,7 +183,16 @@ def test_command_runs_as_shown(where, command, dryruns):
         paths = [a.split("::")[0] for i, a in enumerate(rest) if not a.startswith("-") and i not in option_values]
         assert all((REPO / p).exists() for p in paths), f"{where}: {command}"
         return
-    if Path(head).name in ("lint-imports", "ruff", "tensorboard", "pip", "cd", "git", "ls", "cat", "export", "source",
-                           "bash"):
-        return  # tooling and shell plumbing: nothing of ours to check
+    if Path(head).name in ("lint-imports", "ruff", "tensorboard"):  # tools the venv installs
+        assert (REPO / ".venv" / "bin" / Path(head).name).is_file() or shutil.which(head), f"{where}: {head} not installed"
+        logdir = argv[argv.index("--logdir") + 1] if "--logdir" in argv else None
+        if logdir and logdir.startswith("outputs/"):  # outputs/<run_name>/…: the run of a shipped config
+            run_names = {load_config(c).run_name for c in (REPO / "configs").glob("*.yaml")}
+            assert logdir.split("/")[1] in run_names, f"{where}: no shipped config has run_name {logdir.split('/')[1]}"
+        return
+    if Path(head).name == "pip" and argv[1:2] == ["install"]:
+        _check_pip_install(where, argv[2:])
+        return
+    if Path(head).name in ("pip", "cd", "git", "ls", "cat", "export", "source", "bash"):
+        pytest.skip("shell plumbing: nothing of this repository's to check")
     pytest.fail(f"{where}: don't know how to check {command!r}; show it in a ```text block or teach this test")

@@ -148,13 +148,29 @@ def test_ensemble_logits_are_the_weighted_mean_and_offline_reads_the_batch():
         DistillationModel(models[:1], models[2], build_loss([LossTermConfig("rank_listwise", 1.0)]))
 
 
-def test_scored_batch_keeps_teacher_outputs_through_to_and_pin():
+def test_scored_batch_keeps_teacher_outputs_through_to_pin_and_record_stream(monkeypatch):
+    """What TrainPipelineSparseDist does to a batch keeps the teacher outputs with their rows."""
     dense, kjt, labels = _batch()
-    b = ScoredBatch(dense, kjt, labels, teacher_logits=torch.ones(6), teacher_taps={HT.key: torch.zeros(6, 2)})
-    moved = b.to(torch.device("cpu"))
-    assert torch.equal(moved.teacher_logits, b.teacher_logits)
-    assert list(moved.teacher_taps) == [HT.key] and torch.equal(moved.teacher_taps[HT.key], b.teacher_taps[HT.key])
-    assert torch.equal(moved.labels, labels)
+    logits, tap = torch.arange(6.0) + 0.5, torch.arange(12.0).view(6, 2)  # distinct values: a mix-up shows
+    b = ScoredBatch(dense, kjt, labels, teacher_logits=logits, teacher_taps={HT.key: tap})
+    # to(): every tensor moves (to the meta device, a real move on a CPU-only machine)
+    moved = b.to(torch.device("meta"))
+    assert isinstance(moved, ScoredBatch) and list(moved.teacher_taps) == [HT.key]
+    for got, want in ((moved.dense_features, dense), (moved.labels, labels), (moved.teacher_logits, logits),
+                      (moved.teacher_taps[HT.key], tap), (moved.sparse_features.values(), kjt.values())):
+        assert got.device.type == "meta" and got.shape == want.shape
+    # pin_memory() needs an accelerator: a stand-in that copies shows each tensor goes through it, values kept
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: self.clone())
+    pinned = b.pin_memory()
+    assert isinstance(pinned, ScoredBatch) and list(pinned.teacher_taps) == [HT.key]
+    for got, want in ((pinned.dense_features, dense), (pinned.labels, labels), (pinned.teacher_logits, logits),
+                      (pinned.teacher_taps[HT.key], tap), (pinned.sparse_features.values(), kjt.values())):
+        assert torch.equal(got, want) and got.data_ptr() != want.data_ptr()
+    # record_stream(): the teacher outputs are recorded on the stream with the rows
+    recorded = []
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, stream: recorded.append(self.data_ptr()))
+    b.record_stream(object())
+    assert {t.data_ptr() for t in (dense, labels, logits, tap, kjt.values())} <= set(recorded)
 
 
 def test_flat_triu_interaction_equals_torchrecs_values_and_gradients():

@@ -43,7 +43,7 @@ def _kill_after_checkpoint(cmd, ckpt: Path, timeout=240):
             assert time.time() < deadline, "no checkpoint appeared"
             time.sleep(0.02)
         os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, mid-training
-        proc.wait()
+        proc.wait(timeout=60)
 
 
 def _auc(out: Path) -> float:

@@ -225,5 +225,10 @@ def test_example_config_reads_the_example_csv():
     assert (data.rows("train"), data.rows("val"), data.rows("test")) == (840, 180, 180)
     batch = next(iter(data.batches("train", cfg.data.batch_size)))
     assert batch.labels.shape == (60,) and set(batch.labels.tolist()) <= {0.0, 1.0}
-    assert math.isclose(float(batch.dense_features[:, 1].min()), math.log1p(1), rel_tol=1e-6) or \
-        float(batch.dense_features[:, 1].min()) >= math.log1p(1) - 1e-6
+    # every dense value is log1p of a value of its CSV column (an empty price: dense_fill 0, then log1p)
+    raw = pd.read_csv(REPO / "examples" / "data" / "clicks.csv")
+    for col, values in enumerate((raw["price"].fillna(0.0), raw["position"])):
+        allowed = torch.tensor([math.log1p(v) for v in sorted(set(values))])
+        got = batch.dense_features[:, col].double()
+        assert (got[:, None] - allowed[None, :].double()).abs().min(1).values.max() < 1e-5, col
+    assert float(batch.dense_features[:, 1].min()) >= math.log1p(1) - 1e-6  # positions start at 1
