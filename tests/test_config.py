@@ -94,6 +94,8 @@ CLI_ERRORS = [
     (["train.eval_every=-2"], "train.eval_every must be between 0 and"),
     (["--output-dir", ""], "output_dir (--output-dir) is empty; name a directory"),
     (["--output-dir", "  "], "output_dir (--output-dir) is empty"),
+    (["output_dir="], "output_dir (--output-dir) is empty; name a directory"),  # YAML null, not the default
+    (["output_dir=  "], "output_dir (--output-dir) is empty"),
 ]
 
 

@@ -383,6 +383,8 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
         except yaml.YAMLError as e:
             raise ConfigError(f"override '{item}': the value is not valid YAML ({e.problem}); quote it, "
                               "e.g. 'data.criteo.val=[\"day_1[0:1/2]\"]'") from None
+        if key.strip() == "output_dir" and not text.strip():
+            value = text  # YAML would read it as null (the default directory): keep '' so the check refuses it
         _set_dotted(raw, key.strip(), value)
     try:
         cfg = _build(RunConfig, raw, "")
