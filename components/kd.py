@@ -154,18 +154,20 @@ def _job(command: str, params: Mapping[str, Any], flags: Sequence[str] = (),
         _refuse(f"-j {p.j} starts {nproc} processes per node but --gpu {p.gpu} gives each node {p.gpu} GPUs; "
                 f"run one process per GPU, e.g. -j {p.j.split('x')[0] if 'x' in p.j else 1}x{p.gpu}")
     script_args = [*p.script_args, *overrides]
+    from torchrec_kd.config import string_override
     from torchrec_kd.errors import UserError
 
+    # '' too, and as the CLI's --output-dir passes it: the loader refuses it rather than using the default
+    given = [string_override("output_dir", p.output_dir)] if p.output_dir is not None else []
     try:
-        check_input(p.config, [*script_args, *([f"output_dir={p.output_dir}"] if p.output_dir else [])],
-                    p.plugin or [], image_only=p.image != torchx.IMAGE)
+        check_input(p.config, [*script_args, *given], p.plugin or [], image_only=p.image != torchx.IMAGE)
     except UserError as e:
         _refuse(str(e))
     cpu, memMB = resources(p.gpu, p.cpu, p.memMB)
     args = [command, "--config", p.config]
     for module in p.plugin or []:  # the same modules imported on every rank
         args += ["--plugin", module]
-    if p.output_dir:
+    if p.output_dir is not None:
         args += ["--output-dir", p.output_dir]
     args += [*flags, *script_args]
     app = dist.ddp(*args, m="torchrec_kd.cli", j=p.j, image=p.image, cpu=cpu, gpu=p.gpu, memMB=memMB, h=p.h,

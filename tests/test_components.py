@@ -94,11 +94,12 @@ def _torchx_cli(*argv: str, timeout: int = 300) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("argv,error", [
     (["trian.steps=1"], "unknown top-level key 'trian'; did you mean 'train'?"),
     (["--plugin", "nosuch.module"], "--plugin nosuch.module: no module named 'nosuch'"),
-], ids=["bad_key", "missing_plugin"])
+    (["--output_dir", "", "train.steps=1"], "output_dir (--output-dir) is empty; name a directory"),  # not the default
+], ids=["bad_key", "missing_plugin", "empty_output_dir"])
 def test_torchx_run_with_bad_input_ends_with_one_error_line_and_exit_2_before_launching(argv, error, tmp_path):
     out = tmp_path / "never"
-    done = _torchx_cli("components/kd.py:train_teacher", "--config", "configs/tiny_synthetic.yaml",
-                       "--output_dir", str(out), *argv)
+    dest = [] if "--output_dir" in argv else ["--output_dir", str(out)]  # torchx refuses a repeated flag
+    done = _torchx_cli("components/kd.py:train_teacher", "--config", "configs/tiny_synthetic.yaml", *dest, *argv)
     assert done.returncode == 2, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and error in lines[-1], done.stderr[-2000:]
