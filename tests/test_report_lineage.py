@@ -170,6 +170,39 @@ def test_the_teacher_warning_is_printed_once_per_process(tmp_path, caplog):
     assert not announce_once(teacher_warning(pair))  # the experiment's report states it: nothing more
 
 
+def _distill_dir(tmp_path, student_cfg, teacher_best_val):
+    """A run directory as distill meets it: its teacher checkpoint and a student alone made by ``student_cfg``."""
+    from torchrec_kd.training.distill_run import warn_if_teacher_not_better
+
+    run = tmp_path / "run"
+    cfg = load_config(TINY, [f"output_dir={run}"])
+    metrics = {}
+    t_fp = step_fingerprint(cfg, "teacher")
+    s_fp = step_fingerprint(student_cfg, "student")
+    metrics["teacher"] = _entry(t_fp, 0.6537, 256_000, best_val=teacher_best_val)
+    metrics["student"] = _entry(s_fp, 0.6996, 128_000, best_val={"auc": 0.70})
+    (run / "teacher").mkdir(parents=True)
+    (run / "teacher" / "meta.json").write_text(json.dumps(
+        {"fingerprint": t_fp, "selection": {"best_step": 20, "best_val": teacher_best_val, "steps": 20}}))
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return warn_if_teacher_not_better(cfg, run / "teacher")
+
+
+def test_distill_compares_its_teacher_only_with_a_student_of_its_own_lineage(tmp_path):
+    other = load_config(TINY, ["train.steps=10", "student.over_arch_layer_sizes=[8,1]"])  # another config's student
+    assert step_fingerprint(other, "student")["digest"] != step_fingerprint(load_config(TINY), "student")["digest"]
+    assert _distill_dir(tmp_path / "a", other, {"auc": 0.60}) is None  # 0.60 against 0.70: not this lineage's
+    same = _distill_dir(tmp_path / "b", load_config(TINY), {"auc": 0.60})
+    assert same.startswith("This teacher scores below the student alone (validation AUC 0.6000 against 0.7000")
+
+
+def test_distill_falls_back_to_test_aucs_when_the_teacher_had_no_validation(tmp_path):
+    warning = _distill_dir(tmp_path, load_config(TINY), None)
+    assert warning is not None and "test AUC (no validation) 0.6537 against 0.6996" in warning, warning
+    assert warning == teacher_warning({"teacher": {"auc": 0.6537, "best_val": None},
+                                       "student": {"auc": 0.6996, "best_val": {"auc": 0.70}}})
+
+
 def test_no_validation_is_said_first_and_ne_above_one_is_flagged(tmp_path):
     metrics = {"teacher": {"auc": 0.6537, "ne": 1.17, "embedding_bytes": 256_000, "best_val": None},
                "student": {"auc": 0.6996, "ne": 0.95, "embedding_bytes": 128_000, "best_val": None, "steps": 900},

@@ -30,7 +30,7 @@ from torchrec.datasets.utils import Batch
 from torchrec_kd.checkpoint.model_io import load_module, read_meta, save_model
 from torchrec_kd.config import RunConfig, config_to_dict
 from torchrec_kd.core.console import FILE_ONLY
-from torchrec_kd.core.fingerprint import step_fingerprint
+from torchrec_kd.core.fingerprint import read_recorded, step_fingerprint
 from torchrec_kd.core.layout import RunLayout, distilled_name
 from torchrec_kd.distill.dims import run_feature_dims
 from torchrec_kd.distill.freeze import freeze_sharded, freeze_teacher_tables
@@ -45,6 +45,7 @@ from torchrec_kd.models.dlrm import MODEL_PREFIX, count_params, embedding_bytes,
 from torchrec_kd.models.init import init_weights
 from torchrec_kd.models.inputs import model_inputs
 from torchrec_kd.quant.qat import set_fake_quant_step, use_fake_quant
+from torchrec_kd.reporting.lineage import split_lineage
 from torchrec_kd.reporting.metrics_file import metrics_table, read_metrics, update_metrics
 from torchrec_kd.reporting.summary import announce_once, teacher_warning
 from torchrec_kd.training.pipelined_run import PipelinedRun
@@ -54,7 +55,13 @@ logger = logging.getLogger(__name__)
 
 
 def warn_if_teacher_not_better(cfg: RunConfig, teacher_checkpoint: Path) -> Optional[str]:
-    """Log (and return) a warning when the teacher's best validation AUC is not above the student alone's.
+    """Log (and return) a warning when the teacher does not score above the student alone.
+
+    The student alone is taken only from this config's lineage (``split_lineage``: a student
+    left in ``metrics.json`` by another config says nothing about this one). The comparison is
+    the report's own (``teacher_warning``): best validation AUCs, else test AUCs when either
+    model had no validation. The teacher's selection comes from its checkpoint; its test
+    metrics from ``metrics.json`` only when that entry records this very checkpoint.
 
     Args:
         cfg (RunConfig): the run (its ``metrics.json`` may hold the student alone).
@@ -63,10 +70,15 @@ def warn_if_teacher_not_better(cfg: RunConfig, teacher_checkpoint: Path) -> Opti
     Returns:
         Optional[str]: the warning, or None (teacher better, or nothing to compare yet).
     """
-    metrics_file = RunLayout(cfg.out_dir).metrics
-    student = read_metrics(metrics_file).get("student")
-    teacher = (read_meta(teacher_checkpoint).get("selection") or {})
-    if not student or not teacher.get("best_val"):
+    layout = RunLayout(cfg.out_dir)
+    current = split_lineage(read_metrics(layout.metrics), cfg, layout.root).current
+    student = current.get("student")
+    meta = read_meta(teacher_checkpoint)
+    teacher = dict(meta.get("selection") or {})
+    recorded, own = read_recorded(meta), current.get("teacher") or {}
+    if recorded and own.get("fingerprint") == recorded["digest"]:  # this checkpoint's entry: its test metrics too
+        teacher = {**own, **teacher}
+    if not student or not teacher:
         return None
     warning = teacher_warning({"teacher": teacher, "student": student})
     if warning and announce_once(warning):  # experiment's report states it: not printed there a second time
