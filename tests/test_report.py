@@ -12,7 +12,7 @@ from torchrec_kd.config import SyntheticDataConfig
 from torchrec_kd.data.synthetic import SyntheticClickLog
 from torchrec_kd.reporting.latency import latency_ms, take_rows
 from torchrec_kd.reporting.plot import RC, build_figure, finite, format_bytes, model_colours, pareto_front, place_labels
-from torchrec_kd.reporting.report import kd_summary, write_experiment_plot, write_plot, write_report
+from torchrec_kd.reporting.report import kd_summary, write_experiment_plot, write_markdown, write_plot, write_report
 
 METRICS = {
     "teacher": {"auc": 0.80, "ne": 0.78, "logloss": 0.43, "embedding_bytes": 64_000_000, "params": 16_000_000,
@@ -49,6 +49,29 @@ def test_report_files(tmp_path):
     events = list((tmp_path / "tensorboard" / "distilled").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     assert len(paths) == 3
+
+
+class _Pipeline:
+    """Stands in for TrainPipelineSparseDist: each ``progress`` takes a batch and returns a loss."""
+
+    def progress(self, batches):
+        next(batches)
+        return (torch.tensor(0.5),)
+
+
+@pytest.mark.parametrize("steps,timed", [(1, False), (3, False), (4, True), (6, True)])
+def test_a_run_too_short_to_time_records_no_train_speed_and_the_report_prints_a_dash(steps, timed, tmp_path):
+    from torchrec_kd.distributed.env import DistEnv
+    from torchrec_kd.training.loop import WARMUP_STEPS, train
+
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")
+    stats = train(_Pipeline(), iter(range(steps)), steps, env, global_batch_size=32, log_every=0)
+    assert stats.steps == steps
+    assert (stats.samples_per_s is not None and stats.samples_per_s > 0) == timed == (steps > WARMUP_STEPS)
+    metrics = {**METRICS, "teacher": {**METRICS["teacher"], "train_samples_per_s": stats.samples_per_s}}
+    md = write_markdown(metrics, tmp_path, "run").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| teacher "))
+    assert row.rstrip(" |").endswith("–") != timed, row  # never "0": no figure is shown as a speed
 
 
 SUMMARY = {"seeds": [0, 1, 2],

@@ -31,7 +31,7 @@ class TrainStats:
     """What a training run measured."""
 
     steps: int = 0
-    samples_per_s: float = 0.0
+    samples_per_s: Optional[float] = None  # None: no step past the warm-up was timed (a run too short to say)
     losses: List[float] = field(default_factory=list)  # every log_every steps
     loss_steps: List[int] = field(default_factory=list)
     evals: List[Dict[str, float]] = field(default_factory=list)
@@ -78,11 +78,11 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
     disagree; so the loop continues with a new pipeline fed the in-flight batches first.
 
     Returns:
-        TrainStats: throughput, logged losses, evaluations, steps trained and the selection state.
+        TrainStats: throughput (None when no step past the first WARMUP_STEPS ran), logged losses,
+        evaluations, steps trained and the selection state.
     """
     stats = stats or TrainStats()
     bar = progress_bar(steps, desc, env.is_main, initial=start_step)
-    start = time.perf_counter()
     timed_from = None
     paused_seconds = 0.0
     first = start_step + 1
@@ -92,6 +92,7 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
         out = pipeline.progress(batches)
         if step == start_step + WARMUP_STEPS:
             timed_from = time.perf_counter()
+            paused_seconds = 0.0  # a validation during the warm-up is not inside the timed span
         logs = (log_every and step % log_every == 0) or step == steps
         if guard is not None and (logs or (checkpoint_every and step % checkpoint_every == 0)):
             guard.check(step)
@@ -146,9 +147,10 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
         bar.update(1)
     bar.close()
     end = time.perf_counter()
-    run_steps = step - start_step
-    timed_steps = run_steps - WARMUP_STEPS if timed_from is not None else run_steps
-    elapsed = end - (timed_from if timed_from is not None else start) - paused_seconds
+    timed_steps = step - start_step - WARMUP_STEPS
     stats.steps = step
-    stats.samples_per_s = timed_steps * global_batch_size / max(elapsed, 1e-9)
+    if timed_from is not None and timed_steps > 0:
+        stats.samples_per_s = timed_steps * global_batch_size / max(end - timed_from - paused_seconds, 1e-9)
+    # else nothing past the warm-up ran: no figure (not 0, nor one of warm-up steps); a resumed
+    # run keeps the one its earlier part measured
     return stats
