@@ -202,7 +202,7 @@ def test_bad_windows_for_the_source_are_one_line_errors(tmp_path):
         _drift("data.windows={size: 90d}")
     with pytest.raises(ConfigError, match="data.windows on the synthetic source needs data.synthetic.drift"):
         load_config(TINY, ["data.windows={count: 4}"])
-    with pytest.raises(ConfigError, match="data.windows is not supported for data.source=criteo_tsv yet"):
+    with pytest.raises(ConfigError, match="data.windows on Criteo needs data.criteo.days"):  # test_criteo_windows.py
         load_config(TINY, ["data.source=criteo_tsv", "data.windows={count: 4}"])
     csv = _write_table(tmp_path / "log.csv")
     with pytest.raises(ConfigError, match=r"data.windows.entities must name the user / item columns"):

@@ -200,6 +200,12 @@ class CriteoDataConfig:
     train: List[str] = field(default_factory=lambda: ["train.txt[0:6/7]"])
     val: List[str] = field(default_factory=lambda: ["train.txt[6/7:13/14]"])
     test: List[str] = field(default_factory=lambda: ["train.txt[13/14:1]"])
+    # The day files cut into windows when data.windows is set (continual training): file specs as
+    # above, each matched file one window, in the listed order (a glob's matches in natural order),
+    # e.g. ["day_*"] or ["day_0", "day_1[0:1/2]"]. Window t's splits replace train / val / test:
+    # train its first 1 - data.windows.val_fraction rows (history: those of windows 0..t), val the
+    # rest, test all of window t + 1 (data/timelines.py: criteo_window_data).
+    days: List[str] = field(default_factory=list)
     # Rows per table (one int for all 26, or one per feature); a category's 64-bit value is
     # taken modulo its table's size (TorchRec's convention).
     num_embeddings: Union[int, List[int]] = 100_000

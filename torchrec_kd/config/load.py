@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import glob
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -273,8 +275,7 @@ def _check_windows(cfg: RunConfig, where: str) -> None:
     if win is None:
         return
     if data.source in ("criteo_tsv", "criteo_npy"):
-        raise ConfigError(f"{where}: data.windows is not supported for data.source={data.source} yet; window a "
-                          "Criteo log by giving each run its days in data.criteo.train / val / test")
+        _check_criteo_windows(cfg, where)
     if data.source == "synthetic":
         if drift is None:
             raise ConfigError(f"{where}: data.windows on the synthetic source needs data.synthetic.drift (the static "
@@ -288,6 +289,26 @@ def _check_windows(cfg: RunConfig, where: str) -> None:
     if win.count is not None and win.index is not None and win.index > win.count - 2:
         raise ConfigError(f"{where}: data.windows.index={win.index} is out of range: {win.count} windows, and window "
                           f"index + 1 is the test window, so index must be in 0..{win.count - 2}")
+
+
+def _check_criteo_windows(cfg: RunConfig, where: str) -> None:
+    """Criteo's windows are its day files (``data.criteo.days``); no entities, no ``size`` (data/timelines.py)."""
+    win, days = cfg.data.windows, cfg.data.criteo.days
+    if win.entities:
+        raise ConfigError(f"{where}: data.windows.entities={win.entities} must be empty for data.source="
+                          f"{cfg.data.source}: Criteo's categories are hashed values, not user / item ids, so there "
+                          "is no id remap and no cold-start slice; remove it")
+    if not days:
+        raise ConfigError(f"{where}: data.windows on Criteo needs data.criteo.days, the day files in time order "
+                          "(one window each), e.g. [day_0, day_1, day_2] or ['day_*']")
+    if win.size is not None:
+        raise ConfigError(f"{where}: data.windows.size={win.size!r}: Criteo's windows are its day files; use "
+                          "data.windows.count (the number of day files in data.criteo.days)")
+    # a glob's matches are only known once the folder is read (checked then); a row range is not a glob
+    names = [re.sub(r"\[[^\[\]:]*:[^\[\]:]*\]\s*$", "", d.strip()) for d in days]
+    if not any(glob.has_magic(n) for n in names) and win.count != len(days):
+        raise ConfigError(f"{where}: data.windows.count={win.count} but data.criteo.days names {len(days)} day "
+                          f"files (one window each); set data.windows.count={len(days)}")
 
 
 def _check_quantize(cfg: RunConfig, where: str) -> None:

@@ -41,7 +41,7 @@ from torchrec_kd.core.console import progress_bar
 from torchrec_kd.data.bad_rows import BadRowLog
 from torchrec_kd.data.criteo import NPY_PARTS, criteo_table_sizes, need_dir, split_specs
 from torchrec_kd.data.criteo_parse import NUM_DENSE, NUM_SPARSE, parse_block
-from torchrec_kd.data.files import raw_stem, read_line_blocks, resolve
+from torchrec_kd.data.files import parse_spec, raw_stem, read_line_blocks, resolve
 from torchrec_kd.data.rows import SPLITS
 from torchrec_kd.errors import ConfigError
 
@@ -179,13 +179,15 @@ def _worker(args: Tuple[Path, Path, List[int], int, str, bool]) -> FileResult:
 
 
 def raw_files(cfg: DataConfig) -> List[Path]:
-    """Every raw file the config's splits name (whole files, first appearance order)."""
+    """Every raw file the config's splits (a windowed config: its days) name (whole files, first appearance order)."""
     root = need_dir(cfg.criteo.path, "data.criteo.path", "the raw Criteo TSV files (train.txt, or day_0 … day_23)")
     seen: Dict[str, Path] = {}
-    for split in SPLITS:
-        for spec in split_specs(cfg.criteo, split):
-            for f in resolve(root, spec.name, f"data.criteo.{split}"):
-                seen.setdefault(str(f), f)
+    named = [(f"data.criteo.{split}", spec) for split in SPLITS for spec in split_specs(cfg.criteo, split)]
+    if cfg.windows is not None:  # a windowed config reads its day files (data.criteo.days), not train / val / test
+        named = [("data.criteo.days", parse_spec(d, "data.criteo.days")) for d in cfg.criteo.days]
+    for key, spec in named:
+        for f in resolve(root, spec.name, key):
+            seen.setdefault(str(f), f)
     if not seen:
         raise ConfigError("data.criteo.train, val and test name no files; nothing to preprocess")
     return list(seen.values())

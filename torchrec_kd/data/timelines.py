@@ -9,7 +9,12 @@
   a tag keeps its id (and its embedding row) from window to window.
 * table: time = ``time_column`` (``by: rows``: the file order); entities must be named; their
   raw values (integers, or text hashed to 62 bits) are remapped instead of taken modulo.
-* Criteo: not windowed yet (refused when the config is loaded).
+* Criteo (``criteo_tsv``, ``criteo_npy``): not a timeline. Its windows are its day files
+  (``data.criteo.days``, one window per matched file, in order), and window t is rewritten into
+  an ordinary Criteo config whose train / val / test are row ranges of those files
+  (:func:`criteo_window_data`), so the streaming readers serve it unchanged and a window is
+  never held in memory (a Terabyte day is ~200M rows). No id remap, no cold-start slices:
+  Criteo's categories are hashed values, not user / item ids.
 
 Example::
 
@@ -20,14 +25,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple, Union
 
 import numpy as np
 
 from torchrec_kd.config import DataConfig
 from torchrec_kd.config.data_sources import WindowsConfig
 from torchrec_kd.data.bad_rows import BadRowLog
+from torchrec_kd.data.files import FileSpec, parse_spec, raw_stem, resolve
 from torchrec_kd.data.rows import RowBlock
 from torchrec_kd.data.windows import Timeline, WindowedClickLog
 from torchrec_kd.errors import ConfigError
@@ -138,8 +145,104 @@ def table_timeline(cfg: DataConfig, seed: int, entities: List[str], by: str, ver
                     shuffle=tab.shuffle)
 
 
-def windowed_log(cfg: DataConfig, seed: int, verbose: bool = True) -> WindowedClickLog:
+def spec_text(spec: FileSpec) -> str:
+    """A file spec as ``data.criteo`` writes it: ``name`` or ``name[lo:hi]`` (exact fractions)."""
+    return spec.name if spec.whole else f"{spec.name}[{spec.lo}:{spec.hi}]"
+
+
+def criteo_days(cfg: DataConfig) -> List[FileSpec]:
+    """Criteo's windows: ``data.criteo.days`` resolved in its folder, one spec per matched file, in order.
+
+    Args:
+        cfg (DataConfig): the data section (``criteo_npy`` resolves the preprocessed stems in ``npy_path``).
+
+    Returns:
+        List[FileSpec]: each window's file (relative to the folder) and row range.
+
+    Raises:
+        ConfigError: no days, or two windows sharing rows; DataError: a missing folder or file.
+    """
+    from torchrec_kd.data.criteo import need_dir
+
+    crit, npy = cfg.criteo, cfg.source == "criteo_npy"
+    root = (need_dir(crit.npy_path, "data.criteo.npy_path", "the preprocessed day_N_{dense,sparse,labels}.npy files")
+            if npy else need_dir(crit.path, "data.criteo.path", "the Criteo day files (day_0 … day_23)"))
+    if not crit.days:
+        raise ConfigError("data.windows on Criteo needs data.criteo.days, the day files in time order (one window "
+                          "each), e.g. [day_0, day_1, day_2] or ['day_*']")
+    out: List[FileSpec] = []
+    for text in crit.days:
+        spec = parse_spec(text, "data.criteo.days")
+        if npy:
+            found = resolve(root, raw_stem(spec.name), "data.criteo.days", suffix="_dense.npy")
+            names = [str(f.relative_to(root))[: -len("_dense.npy")] for f in found]
+        else:
+            names = [str(f.relative_to(root)) for f in resolve(root, spec.name, "data.criteo.days")]
+        out += [FileSpec(name, spec.lo, spec.hi) for name in names]
+    seen: Dict[str, List[FileSpec]] = {}
+    for w, spec in enumerate(out):  # windows partition the rows: two windows never share one
+        for other in seen.setdefault(spec.name, []):
+            if spec.lo < other.hi and other.lo < spec.hi:
+                raise ConfigError(f"data.criteo.days: window {w} ({spec_text(spec)}) shares rows with an earlier "
+                                  f"window ({spec_text(other)}); list each day (or row range) once")
+        seen[spec.name].append(spec)
+    return out
+
+
+def criteo_window_data(cfg: DataConfig, verbose: bool = False) -> DataConfig:
+    """Window ``data.windows.index`` of a Criteo log as an ordinary (unwindowed) Criteo data section.
+
+    With the days' specs ``d_0 .. d_{W-1}`` and ``f = 1 - val_fraction``: train is ``d_t[0:f]`` (with
+    ``history: true`` the same first part of every day 0..t, in order), val ``d_t[f:1]``, test the
+    whole ``d_{t+1}`` (ranges relative to each day's own range). The streaming readers then read
+    exactly those rows, so window t's rows are never in an earlier window.
+
+    Args:
+        cfg (DataConfig): a Criteo data section with ``windows`` and ``criteo.days``.
+        verbose (bool): log the window's files (rank 0).
+
+    Returns:
+        DataConfig: ``windows`` null, ``criteo.train / val / test`` the window's row ranges.
+
+    Raises:
+        ConfigError: entities set, a count that is not the number of days, an index out of range.
+    """
+    win = cfg.windows
+    assert win is not None
+    if win.entities:
+        raise ConfigError(f"data.windows.entities={win.entities} must be empty for data.source={cfg.source}: "
+                          "Criteo's categories are hashed values, not user / item ids, so there is no id remap "
+                          "and no cold-start slice; remove it")
+    days = criteo_days(cfg)
+    W = len(days)
+    if win.count != W:
+        raise ConfigError(f"data.windows.count={win.count} but data.criteo.days matches {W} day files "
+                          f"({spec_text(days[0])} … {spec_text(days[-1])}; one window each); set "
+                          f"data.windows.count={W}")
+    t = W - 2 if win.index is None else win.index
+    if not 0 <= t <= W - 2:
+        raise ConfigError(f"data.windows.index={win.index} is out of range: data.criteo.days gives {W} windows and "
+                          f"window index + 1 is the test window, so index must be in 0..{W - 2}")
+    keep = 1 - Fraction(repr(win.val_fraction))  # exact: 0.1 -> 1/10, so the cut is the same on every rank
+
+    def cut(spec: FileSpec) -> Fraction:
+        return spec.lo + (spec.hi - spec.lo) * keep
+
+    train = [FileSpec(d.name, d.lo, cut(d)) for d in days[:t + 1]]
+    splits = {"train": train if win.history else train[-1:], "val": [FileSpec(days[t].name, cut(days[t]), days[t].hi)],
+              "test": [days[t + 1]]}
+    texts = {split: [spec_text(s) for s in specs] for split, specs in splits.items()}
+    if verbose:
+        logger.info("data.criteo.days: %d windows; window %d trains on %s, val %s, test (window %d) %s", W, t,
+                    texts["train"], texts["val"], t + 1, texts["test"])
+    return replace(cfg, windows=None, criteo=replace(cfg.criteo, **texts))
+
+
+def windowed_log(cfg: DataConfig, seed: int, verbose: bool = True) -> Union[WindowedClickLog, Any]:
     """The windowed log of ``cfg`` (``data.windows``; a drifting synthetic world without it: its own windows).
+
+    A Criteo source gives its streaming reader over window ``index``'s row ranges
+    (:func:`criteo_window_data`), not an in-memory :class:`WindowedClickLog`.
 
     Args:
         cfg (DataConfig): the data section.
@@ -147,7 +250,8 @@ def windowed_log(cfg: DataConfig, seed: int, verbose: bool = True) -> WindowedCl
         verbose (bool): log the windows (rank 0).
 
     Returns:
-        WindowedClickLog: window ``data.windows.index``'s train / val / test.
+        Union[WindowedClickLog, Any]: window ``data.windows.index``'s train / val / test (Criteo:
+        a ``CriteoTsvLog`` / ``CriteoNpyLog``).
 
     Raises:
         ConfigError: a source that cannot be windowed, bad entities or index; DataError: too few rows.
@@ -156,6 +260,12 @@ def windowed_log(cfg: DataConfig, seed: int, verbose: bool = True) -> WindowedCl
     if win is None:  # a drifting world read without windows: its own windows, the last one is test
         win = WindowsConfig(count=cfg.synthetic.drift.windows)
     entities = list(win.entities)
+    if cfg.source in ("criteo_tsv", "criteo_npy"):
+        from torchrec_kd.data.criteo import CriteoNpyLog, CriteoTsvLog
+
+        plain = criteo_window_data(cfg, verbose)
+        reader = CriteoNpyLog if cfg.source == "criteo_npy" else CriteoTsvLog
+        return reader(plain.criteo, on_bad_row=cfg.on_bad_row)
     if cfg.source == "synthetic":
         timeline = synthetic_timeline(replace(cfg, windows=win), seed)
     elif cfg.source == "movielens":
@@ -166,10 +276,9 @@ def windowed_log(cfg: DataConfig, seed: int, verbose: bool = True) -> WindowedCl
                               "[user_id, item_id]); they get their own rows and the cold-start slices")
         timeline = table_timeline(cfg, seed, entities, win.by, verbose)
     else:
-        raise ConfigError(f"data.windows is not supported for data.source={cfg.source} yet; window a Criteo log "
-                          "by giving each run its days in data.criteo.train / val / test")
+        raise ConfigError(f"data.windows is not supported for data.source={cfg.source}")
     return WindowedClickLog(timeline, win, seed=seed, verbose=verbose)
 
 
-__all__ = ["RAW_ID_SPACE", "movielens_timeline", "stable_tag_bags", "synthetic_timeline",
-           "table_timeline", "windowed_log"]
+__all__ = ["RAW_ID_SPACE", "criteo_days", "criteo_window_data", "movielens_timeline", "spec_text", "stable_tag_bags",
+           "synthetic_timeline", "table_timeline", "windowed_log"]

@@ -63,19 +63,23 @@ def ne(logits: np.ndarray, labels: np.ndarray) -> Optional[float]:
     return float(loss / -(p * math.log(p) + (1 - p) * math.log(1 - p)))
 
 
-def model_metrics(logits: np.ndarray, labels: np.ndarray, slices: np.ndarray) -> Dict[str, Any]:
+def model_metrics(logits: np.ndarray, labels: np.ndarray, slices: Optional[np.ndarray]) -> Dict[str, Any]:
     """One model's entry of a window: AUC, NE, rows overall and per cold-start slice.
 
     Args:
         logits (np.ndarray): per test row, stored order.
         labels (np.ndarray): 0/1 per test row.
-        slices (np.ndarray): per test row, 0 new / 1 rare / 2 rest (``data.windows.window_slices``).
+        slices (Optional[np.ndarray]): per test row, 0 new / 1 rare / 2 rest (``data.windows.window_slices``);
+            None for a source without entities (Criteo): ``"slices"`` is then None.
 
     Returns:
         Dict[str, Any]: ``{"auc", "ne", "rows", "slices": {"new" | "rare" | "rest": {"auc", "ne", "rows"}}}``
         (a slice with one class only has AUC and NE None).
     """
     out: Dict[str, Any] = {"auc": auc(logits, labels), "ne": ne(logits, labels), "rows": int(len(labels)), "slices": {}}
+    if slices is None:
+        out["slices"] = None
+        return out
     for code, name in SLICES.items():
         m = slices == code
         out["slices"][name] = {"auc": auc(logits[m], labels[m]), "ne": ne(logits[m], labels[m]), "rows": int(m.sum())}
@@ -139,15 +143,18 @@ def continual_markdown(doc: Mapping[str, Any], title: str = "continual") -> str:
         times = " / ".join(_f(up.get(m), 1) for m in ("distilled", "student", "scratch"))
         lines.append("| " + (f"{w.get('seed')} | " if several else "") + f"{w['window']} | " + " | ".join(cells)
                      + f" | {times} | {_mb(w.get('export_bytes'))} | {_mb(w.get('delta_bytes'))} |")
-    lines += ["", "## Cold-start slices (AUC, rows)", "",
-              "new: the test row's user or item was never in the trained rows; rare: seen fewer than "
-              "`data.windows.rare_below` times; rest: the others.", "",
-              "| " + ("seed | " if several else "") + "window | model | new | rare | rest |",
-              "|" + "---|" * (5 + several)]
+    lines += ["", "## Cold-start slices (AUC, rows)", ""]
+    if not any((e or {}).get("slices") for w in windows for e in w["models"].values()):
+        lines.append("None: this source has no user / item entities (Criteo's categories are hashed values).")
+    else:
+        lines += ["new: the test row's user or item was never in the trained rows; rare: seen fewer than "
+                  "`data.windows.rare_below` times; rest: the others.", "",
+                  "| " + ("seed | " if several else "") + "window | model | new | rare | rest |",
+                  "|" + "---|" * (5 + several)]
     for w in windows:
         for m in MODELS:
             entry = w["models"].get(m)
-            if not entry:
+            if not entry or not entry.get("slices"):  # no slices: a source without entities (Criteo)
                 continue
             cells = [f"{_f(s.get('auc'))} ({s.get('rows', 0)})" for s in (entry["slices"].get(k, {}) for k in SLICES.values())]
             lines.append("| " + (f"{w.get('seed')} | " if several else "") + f"{w['window']} | {LABELS[m]} | "

@@ -46,7 +46,7 @@ import torch.distributed as dist
 from torchrec_kd.config import RunConfig
 from torchrec_kd.config.data_sources import WindowsConfig
 from torchrec_kd.core.layout import RunLayout
-from torchrec_kd.data import build_data, window_slices
+from torchrec_kd.data import WindowedClickLog, build_data, window_slices
 from torchrec_kd.distributed.env import init_distributed
 from torchrec_kd.errors import ConfigError
 from torchrec_kd.recipes import quantize
@@ -236,7 +236,8 @@ class WindowRunner:
         gc.collect()  # free this model's shards before the next one is built
         dist.barrier()
         if dist.get_rank() == 0:
-            self.models[name] = {**model_metrics(outcome.logits, outcome.labels, self.slices[:len(outcome.labels)]),
+            slices = None if self.slices is None else self.slices[:len(outcome.labels)]
+            self.models[name] = {**model_metrics(outcome.logits, outcome.labels, slices),
                                  "fingerprint": fingerprint, "checkpoint": str(checkpoint)}
             self.update_s[name] = outcome.update_s if outcome.update_s is not None else \
                 (self.old.get("update_s") or {}).get(name)
@@ -245,7 +246,8 @@ class WindowRunner:
         """Every step of the window; returns its entry (rank 0; {} elsewhere)."""
         plan, cfg = self.plan, self.cfg
         test_log = build_data(plan.student.data, plan.student.seed, role="student")
-        self.slices = window_slices(test_log)
+        # Criteo's windows (its streaming reader) have no entities, hence no cold-start slices: "slices" is null
+        self.slices = window_slices(test_log) if isinstance(test_log, WindowedClickLog) else None
         if plan.teacher is not None:
             exp = expected_fingerprints(plan.teacher)["teacher"]
             reason = _decide(plan.teacher, ["teacher"], {"teacher": exp})
@@ -274,7 +276,8 @@ class WindowRunner:
                      "models": {m: self.models[m] for m in MODELS if m in self.models},
                      "update_s": {m: self.update_s.get(m) for m in ("distilled", "student", "scratch", "teacher")},
                      "export_bytes": export_bytes, "delta_bytes": delta.get("delta_bytes"),
-                     "delta": delta or None, "test_rows": int(len(self.slices)),
+                     "delta": delta or None, "test_rows": (int(len(self.slices)) if self.slices is not None
+                                                               else self.models["teacher"]["rows"]),
                      "new_ids": (test_log.window_info()[plan.t + 1].get("new_ids")
                                  if hasattr(test_log, "window_info") else None)}
             plan.root.mkdir(parents=True, exist_ok=True)
