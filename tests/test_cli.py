@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, copy_teacher
 
 
 def test_train_teacher_cli_writes_metrics(tmp_path):
@@ -73,10 +73,11 @@ PLUGIN_STUDENT = ["student.arch=mlp_ranker", "student.args={hidden: [16, 8]}",
                   "args: {gamma: 0.5}}, {name: hint_mse, weight: 0.05, args: {student: mlp, teacher: over_arch.model.0}}]"]
 
 
-def test_teacher_student_distill_quantize_chain_with_a_plugin_student(tmp_path):
+def test_teacher_student_distill_quantize_chain_with_a_plugin_student(tiny_teacher, tmp_path):
     common = [*PLUGIN, "--config", str(TINY), "--output-dir", str(tmp_path), "train.steps=8", "train.log_every=4",
               *PLUGIN_STUDENT]
-    for command in ("train-teacher", "train-student", "distill"):
+    copy_teacher(tiny_teacher, tmp_path)  # the session's tiny teacher stands in for `train-teacher`
+    for command in ("train-student", "distill"):
         out = _cli(command, *common)
         assert out.returncode == 0, (command, out.stderr[-3000:])
     assert json.loads((tmp_path / "distilled" / "meta.json").read_text())["model"]["arch"] == "mlp_ranker"
@@ -116,11 +117,11 @@ def test_teacher_student_distill_quantize_chain_with_a_plugin_student(tmp_path):
     assert abs(auc - metrics["distilled_int4"]["auc"]) < 1e-3
 
 
-def test_distill_refuses_a_mismatched_teacher(tmp_path):
-    common = ["--config", str(TINY), "--output-dir", str(tmp_path), "train.steps=2"]
-    assert _cli("train-teacher", *common).returncode == 0
+def test_distill_refuses_a_mismatched_teacher(tiny_teacher, tmp_path):
+    common = ["--config", str(TINY), "--output-dir", str(copy_teacher(tiny_teacher, tmp_path)), "train.steps=2"]
     out = _cli("distill", *common, "teacher.dense_arch_layer_sizes=[64,16]")
-    assert out.returncode != 0
+    assert out.returncode == 2, out.stderr[-3000:]  # a user error: one line, no traceback
+    assert "Traceback" not in out.stderr
     assert ("was trained for another teacher or data (checkpoint -> this config): "
             "dense_arch_layer_sizes: [32, 16] -> [64, 16]; use the data and teacher config") in out.stderr
 

@@ -10,6 +10,7 @@ from torchx.runner import get_runner
 
 from components import kd
 from tests.conftest import REPO, TINY
+from tests.multiprocess import wait_app
 
 COMPONENTS = {"train_teacher": "train-teacher", "train_student": "train-student", "distill": "distill",
               "distill_qat": "distill-qat", "score_teacher": "score-teacher",
@@ -67,7 +68,7 @@ def _torchx(app, tmp_path):
     runner = get_runner()
     try:
         handle = runner.run(app, scheduler="local_cwd", cfg={"log_dir": str(tmp_path / "logs")})
-        status = runner.wait(handle, wait_interval=1)
+        status = wait_app(runner, handle)  # with a deadline, unlike runner.wait
     finally:
         runner.close()
     return status

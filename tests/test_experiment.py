@@ -9,6 +9,7 @@ from torchx.runner import get_runner
 
 from components import kd
 from tests.conftest import TINY
+from tests.multiprocess import wait_app
 from torchrec_kd.reporting.summary import paired_interval
 
 
@@ -16,7 +17,7 @@ def _run(app, tmp_path):
     runner = get_runner()
     try:
         handle = runner.run(app, scheduler="local_cwd", cfg={"log_dir": str(tmp_path / "logs")})
-        return runner.wait(handle, wait_interval=1)
+        return wait_app(runner, handle)  # with a deadline, unlike runner.wait
     finally:
         runner.close()
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, copy_teacher
 
 FAST = ["train.steps=6", "train.eval_every=3", "distill.qat=null", "quantize.dtypes=[int8]"]
 
@@ -35,10 +35,15 @@ def _user_error(done, *needles):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A finished tiny experiment (teacher, student, distilled, int8) in one process."""
-    out = tmp_path_factory.mktemp("exp") / "run"
-    _ok(_cli("experiment", "--config", str(TINY), "--output-dir", str(out), *FAST))
+def run(tmp_path_factory, tiny_teacher):
+    """A finished tiny experiment (teacher, student, distilled, int8) in one process.
+
+    The session's tiny teacher was trained with the teacher settings of ``FAST``, so the experiment
+    finds it done and trains the rest."""
+    out = copy_teacher(tiny_teacher, tmp_path_factory.mktemp("exp") / "run")
+    done = _ok(_cli("experiment", "--config", str(TINY), "--output-dir", str(out), *FAST))
+    assert "teacher already done" in done.stderr, ("the shared teacher (conftest.TEACHER_OVERRIDES) no longer has "
+                                                   "FAST's teacher settings: " + done.stderr[-3000:])
     return out
 
 
