@@ -33,7 +33,7 @@ from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import DistEnv, init_distributed
 from torchrec_kd.errors import ConfigError
 from torchrec_kd.training.evaluate import evaluate
-from torchrec_kd.training.guard import NonFiniteGuard
+from torchrec_kd.training.guard import NonFiniteGuard, nonfinite_entry
 from torchrec_kd.training.loop import TrainStats, train
 from torchrec_kd.training.selection import ModelSelector
 
@@ -283,7 +283,8 @@ class PipelinedRun:
     def entry(self, metrics: Dict[str, float], params: int, embedding_bytes: int) -> Dict[str, Any]:
         """The ``metrics.json`` entry of this run."""
         assert self.env is not None
-        return {**metrics, "fingerprint": self.fingerprint.get("digest"), "base": self.fingerprint.get("base"),
+        flags = nonfinite_entry(self.name, metrics, self.guard)
+        return {**metrics, **flags, "fingerprint": self.fingerprint.get("digest"), "base": self.fingerprint.get("base"),
                 "params": params, "embedding_bytes": embedding_bytes, "peak_rss_gib": peak_rss_gib(self.env.device),
                 "train_samples_per_s": self.stats.samples_per_s, "world_size": self.env.world_size,
                 **self.selection(), "loss_curve": list(zip(self.stats.loss_steps, self.stats.losses)),

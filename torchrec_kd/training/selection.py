@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Optional
 
@@ -62,9 +63,11 @@ class ModelSelector:
         return self.cfg.metric
 
     def improves(self, value: float) -> bool:
-        """True when ``value`` beats the best so far by more than ``min_delta``."""
+        """True when ``value`` beats the best so far by more than ``min_delta`` (a NaN/Inf value never does)."""
+        if not math.isfinite(value):
+            return False  # a model with NaN/Inf validation metrics is never the one kept
         best = self.state.best.get(self.metric)
-        if best is None:
+        if best is None or not math.isfinite(best):  # a non-finite best: from a state saved before this rule
             return True
         gain = value - best if HIGHER_IS_BETTER[self.metric] else best - value
         return gain > self.cfg.min_delta
@@ -77,9 +80,11 @@ class ModelSelector:
             metrics (Dict[str, float]): its validation metrics (must hold ``metric``).
 
         Returns:
-            bool: True when this step is the new best (keep a copy of the model).
+            bool: True when this step is the new best (keep a copy of the model); never when
+            any of its metrics (auc, ne, logloss) is NaN/Inf: such a model is broken.
         """
-        if self.improves(float(metrics[self.metric])):
+        finite = all(math.isfinite(float(v)) for k, v in metrics.items() if k in HIGHER_IS_BETTER)
+        if finite and self.improves(float(metrics[self.metric])):
             self.state.best_step = step
             self.state.best = {k: float(v) for k, v in metrics.items() if k in HIGHER_IS_BETTER}
             self.state.evals_since_best = 0
