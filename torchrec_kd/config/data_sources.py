@@ -99,6 +99,11 @@ class WindowsConfig:
     entities: List[str] = field(default_factory=list)
     # An id seen fewer than this many times in the trained rows is "rare".
     rare_below: int = 5
+    # Not for users: set by the `continual` workflow to the digest of the rows window `index`
+    # reads (windows 0..index+1; Criteo: those days' files), so a window's fingerprint depends on
+    # its rows only and data arriving later re-runs nothing already done. A run that reads other
+    # rows than this digest stops (data/timelines.py: window_rows_digest). Null: not set.
+    rows_digest: Optional[str] = None
 
     def __post_init__(self) -> None:
         if (self.count is None) == (self.size is None):

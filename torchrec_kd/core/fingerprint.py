@@ -53,13 +53,36 @@ def _files_identity(pattern: Optional[str]) -> List[List[Any]]:
 
 
 def data_identity(cfg: RunConfig) -> Dict[str, Any]:
-    """The data section plus, for file sources, the files it reads (names, sizes, modification times)."""
+    """The data section plus, for file sources, the files it reads (names, sizes, modification times).
+
+    A window of a growing log (``data.windows.rows_digest`` set, by the ``continual`` workflow) is
+    identified by the digest of the rows it reads (windows 0..index+1; Criteo: those day files)
+    instead of the files, and without the keys that only say how many windows follow
+    (``data.windows.count``, ``data.synthetic.drift.windows``, ``data.criteo.days``): data that
+    arrives later re-runs no window that does not read it. Other runs are identified as before.
+
+    Args:
+        cfg (RunConfig): the run config.
+
+    Returns:
+        Dict[str, Any]: the identity (JSON-able).
+    """
     data = dataclasses.asdict(cfg.data)
     source = cfg.data.source
     keep = {"synthetic": "synthetic", "criteo_tsv": "criteo", "criteo_npy": "criteo", "movielens": "movielens",
             "table": "table"}[source]
     out = {k: v for k, v in data.items() if k not in ("synthetic", "criteo", "movielens", "table")}
     out[keep] = data[keep]
+    if out.get("windows") is not None:
+        rows = out["windows"].pop("rows_digest")  # absent when unset: manual windowed runs keep their fingerprints
+        if rows is not None:
+            out["windows"].pop("count")  # (the digest holds the cut of windows 0..index+1)
+            out["windows"]["rows_digest"] = rows
+            if source == "synthetic" and out["synthetic"]["drift"] is not None:
+                out["synthetic"]["drift"].pop("windows")
+            if keep == "criteo":
+                out["criteo"].pop("days")
+            return out
     if source == "table":
         out["files"] = _files_identity(cfg.data.table.path)
     elif source == "criteo_tsv":
@@ -223,6 +246,9 @@ def describe_change(old: Mapping[str, Any], new: Mapping[str, Any], limit: int =
     changed = []
     for k in sorted(set(a) | set(b)):
         if a.get(k) == b.get(k) and (k in a) == (k in b):
+            continue
+        if k == "data.windows.rows_digest":  # one digest of many rows: say what it stands for
+            changed.append(f"the rows this window reads (windows 0..index+1): {a.get(k)} -> {b.get(k)}")
             continue
         if k == "data.files":  # (path, bytes, mtime) of up to 10,000 files: say what kind of change
             changed.append(f"the data files (names, sizes or times): {len(a.get(k) or [])} -> {len(b.get(k) or [])} files")

@@ -16,6 +16,10 @@
   never held in memory (a Terabyte day is ~200M rows). No id remap, no cold-start slices:
   Criteo's categories are hashed values, not user / item ids.
 
+What window t reads is windows 0..t+1 only; :func:`window_rows_digest` is a digest of exactly
+that (the rows, or Criteo's day files), which the ``continual`` workflow records as
+``data.windows.rows_digest`` so data arriving later changes no earlier window's fingerprint.
+
 Example::
 
     log = windowed_log(cfg.data, seed=0)      # window data.windows.index of the configured source
@@ -23,6 +27,8 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import replace
 from fractions import Fraction
@@ -37,7 +43,7 @@ from torchrec_kd.data.bad_rows import BadRowLog
 from torchrec_kd.data.files import FileSpec, parse_spec, raw_stem, resolve
 from torchrec_kd.data.rows import RowBlock
 from torchrec_kd.data.windows import Timeline, WindowedClickLog
-from torchrec_kd.errors import ConfigError
+from torchrec_kd.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +244,67 @@ def criteo_window_data(cfg: DataConfig, verbose: bool = False) -> DataConfig:
     return replace(cfg, windows=None, criteo=replace(cfg.criteo, **texts))
 
 
+def criteo_window_digest(cfg: DataConfig) -> str:
+    """The identity of the day files window ``data.windows.index`` reads: days 0..index+1 only.
+
+    Each day's spec and its files' sizes and modification times (the whole-folder identity of an
+    unwindowed run, cut to these days), so a day file added later changes no earlier window.
+
+    Args:
+        cfg (DataConfig): a Criteo data section with ``windows`` and ``criteo.days``.
+
+    Returns:
+        str: a sha256 (16 hex characters).
+    """
+    from torchrec_kd.data.criteo import need_dir
+
+    npy = cfg.source == "criteo_npy"
+    root = need_dir(cfg.criteo.npy_path if npy else cfg.criteo.path, "data.criteo.npy_path" if npy else
+                    "data.criteo.path", "the Criteo day files")
+    days = criteo_days(cfg)
+    win = cfg.windows
+    assert win is not None
+    t = len(days) - 2 if win.index is None else win.index
+    stamp = []
+    for spec in days[:t + 2]:
+        files = [root / (spec.name + s) for s in ("_dense.npy", "_sparse.npy", "_labels.npy")] if npy else \
+            [root / spec.name]
+        stamp.append([spec_text(spec), [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files
+                                        if f.is_file()]])
+    return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
+
+
+def window_rows_digest(cfg: DataConfig, log: Any = None, seed: int = 0) -> str:
+    """What window ``data.windows.index`` reads, as ``data.windows.rows_digest`` records it.
+
+    In-memory sources: the digest of the rows of windows 0..index+1 (:func:`~torchrec_kd.data.windows.rows_digest`);
+    Criteo: of the day files 0..index+1 (:func:`criteo_window_digest`). Either way, rows or days that
+    arrive after window index + 1 leave it unchanged.
+
+    Args:
+        cfg (DataConfig): a windowed data section (``windows.index`` set).
+        log (Any): the window's log if already built (:func:`windowed_log` of ``cfg``), else built here.
+        seed (int): run seed, to build the log.
+
+    Returns:
+        str: the digest.
+    """
+    if cfg.source in ("criteo_tsv", "criteo_npy"):
+        return criteo_window_digest(cfg)
+    if log is None:
+        log = windowed_log(cfg, seed, verbose=False)
+    return str(log.rows_digest)
+
+
+def _check_rows_digest(cfg: DataConfig, digest: str) -> None:
+    """A run whose config records other rows than it reads would record a false fingerprint: stop it."""
+    recorded = cfg.windows.rows_digest if cfg.windows is not None else None
+    if recorded is not None and recorded != digest:
+        raise DataError(f"data.windows.rows_digest={recorded} but window {cfg.windows.index} now reads other rows "
+                        f"(digest {digest}): its data changed since the config was written; remove the key (the "
+                        "continual workflow sets it) or run continual again")
+
+
 def windowed_log(cfg: DataConfig, seed: int, verbose: bool = True) -> Union[WindowedClickLog, Any]:
     """The windowed log of ``cfg`` (``data.windows``; a drifting synthetic world without it: its own windows).
 
@@ -264,6 +331,8 @@ def windowed_log(cfg: DataConfig, seed: int, verbose: bool = True) -> Union[Wind
         from torchrec_kd.data.criteo import CriteoNpyLog, CriteoTsvLog
 
         plain = criteo_window_data(cfg, verbose)
+        if win.rows_digest is not None:
+            _check_rows_digest(cfg, criteo_window_digest(cfg))
         reader = CriteoNpyLog if cfg.source == "criteo_npy" else CriteoTsvLog
         return reader(plain.criteo, on_bad_row=cfg.on_bad_row)
     if cfg.source == "synthetic":
@@ -277,8 +346,10 @@ def windowed_log(cfg: DataConfig, seed: int, verbose: bool = True) -> Union[Wind
         timeline = table_timeline(cfg, seed, entities, win.by, verbose)
     else:
         raise ConfigError(f"data.windows is not supported for data.source={cfg.source}")
-    return WindowedClickLog(timeline, win, seed=seed, verbose=verbose)
+    log = WindowedClickLog(timeline, win, seed=seed, verbose=verbose)
+    _check_rows_digest(replace(cfg, windows=win), log.rows_digest)
+    return log
 
 
-__all__ = ["RAW_ID_SPACE", "criteo_days", "criteo_window_data", "movielens_timeline", "spec_text", "stable_tag_bags",
-           "synthetic_timeline", "table_timeline", "windowed_log"]
+__all__ = ["RAW_ID_SPACE", "criteo_days", "criteo_window_data", "criteo_window_digest", "movielens_timeline",
+           "spec_text", "stable_tag_bags", "synthetic_timeline", "table_timeline", "window_rows_digest", "windowed_log"]

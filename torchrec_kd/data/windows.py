@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Callable, Dict, List
@@ -145,6 +146,29 @@ def _bag_min(values_count: np.ndarray, jag: Jagged) -> np.ndarray:
     return out
 
 
+def rows_digest(block: RowBlock, window_rows: List[int], num_embeddings: List[int], sparse_names: List[str]) -> str:
+    """A sha256 (16 hex characters) of the rows a window reads: its run's data identity (``data.windows.rows_digest``).
+
+    Args:
+        block (RowBlock): the rows of windows 0..t+1 in time order (raw entity ids, past-dependent
+            features as window t sees them).
+        window_rows (List[int]): rows of each of those windows (where the block is cut).
+        num_embeddings (List[int]): the table sizes (a MovieLens table is sized from the whole file).
+        sparse_names (List[str]): the sparse features, in the block's order.
+
+    Returns:
+        str: the digest; equal for equal rows however many windows follow them.
+    """
+    h = hashlib.sha256()
+    h.update(repr((window_rows, [int(n) for n in num_embeddings], list(sparse_names))).encode())
+    bags = [(j.values[j.offsets[0]:j.offsets[-1]], j.lengths) for j in block.sparse]
+    for arr in (block.dense, block.labels, *(a for bag in bags for a in bag)):
+        a = np.ascontiguousarray(arr)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
 class WindowedClickLog(InMemoryClickLog):
     """Window ``t`` of a timeline: train / val / test as the module docstring says, entity ids remapped.
 
@@ -163,6 +187,7 @@ class WindowedClickLog(InMemoryClickLog):
         trained_counts (Dict[str, tuple]): per entity, (sorted raw ids, times seen in trained rows 0..t).
         test_raw (Dict[str, Jagged]): per entity, the test rows' raw ids (stored order).
         new_ids (List[Dict[str, int]]): for windows 0..t+1, ids first seen in that window per entity.
+        rows_digest (str): the digest of what this window reads (:func:`rows_digest`): windows 0..t+1 only.
     """
 
     def __init__(self, timeline: Timeline, cfg: WindowsConfig, seed: int = 0, verbose: bool = True) -> None:
@@ -216,6 +241,9 @@ class WindowedClickLog(InMemoryClickLog):
                 remap.extend(block.sparse[f].take(pos[part]).values)
             self.remaps[name] = remap
             self.trained_counts[name] = np.unique(trained_block.sparse[f].values, return_counts=True)
+        # what this window reads, whatever arrives later: rows of windows 0..t+1 in order, their cut, table sizes
+        self.rows_digest = rows_digest(block, [len(w) for w in self.windows[:t + 2]], self.num_embeddings,
+                                       self.sparse_names)
         test_block = block.take(pos[test])
         self.test_raw = {name: test_block.sparse[f] for name, f in idx.items()}
         self.new_ids = self._new_ids(block, [pos[w] for w in self.windows[:t + 2]], idx)
@@ -277,4 +305,5 @@ def window_slices(log: WindowedClickLog) -> np.ndarray:
     return out
 
 
-__all__ = ["NEW", "RARE", "REST", "SLICE_NAMES", "Timeline", "WindowedClickLog", "cut_windows", "window_slices"]
+__all__ = ["NEW", "RARE", "REST", "SLICE_NAMES", "Timeline", "WindowedClickLog", "cut_windows", "rows_digest",
+           "window_slices"]

@@ -47,6 +47,7 @@ from torchrec_kd.config import RunConfig
 from torchrec_kd.config.data_sources import WindowsConfig
 from torchrec_kd.core.layout import RunLayout
 from torchrec_kd.data import WindowedClickLog, build_data, window_slices
+from torchrec_kd.data.timelines import window_rows_digest
 from torchrec_kd.distributed.env import init_distributed
 from torchrec_kd.errors import ConfigError
 from torchrec_kd.recipes import quantize
@@ -88,8 +89,8 @@ def windows_config(cfg: RunConfig) -> WindowsConfig:
                       "synthetic source, data.synthetic.drift")
 
 
-def _data(cfg: RunConfig, t: int, history: bool) -> Any:
-    win = dataclasses.replace(windows_config(cfg), index=t, history=history)
+def _data(cfg: RunConfig, t: int, history: bool, rows_digest: Optional[str] = None) -> Any:
+    win = dataclasses.replace(windows_config(cfg), index=t, history=history, rows_digest=rows_digest)
     return dataclasses.replace(cfg.data, windows=win)
 
 
@@ -110,6 +111,7 @@ class WindowPlan:
         scratch (Optional[RunConfig]): the from-scratch reference's (None: ``continual.scratch`` off, or the
             first window, whose student is that model).
         warm (bool): the students are warm-started (every window after the first).
+        log (Any): window t's data (the student's view), built once for the digest and the slices.
     """
 
     t: int
@@ -120,17 +122,26 @@ class WindowPlan:
     distilled: RunConfig
     scratch: Optional[RunConfig]
     warm: bool
+    log: Any = None
 
 
 def window_plan(cfg: RunConfig, t: int) -> WindowPlan:
-    """The per-window configs of window ``t`` (``dataclasses.replace`` of the run's config)."""
+    """The per-window configs of window ``t`` (``dataclasses.replace`` of the run's config).
+
+    Window t's data is built here once: the digest of the rows it reads (windows 0..t+1) goes into
+    every step's config as ``data.windows.rows_digest``, so its fingerprints depend on those rows
+    only and data arriving later (a new day, appended rows, more drift windows) re-runs no window
+    that does not read it.
+    """
     cont = cfg.continual
     windows = cfg.out_dir / WINDOWS_DIR
     root, prev = windows / str(t), windows / str(t - 1)
     first = t == cont.first_window
-    base = dataclasses.replace(cfg, output_dir=str(root), data=_data(cfg, t, history=False),
+    log = build_data(_data(cfg, t, history=False), cfg.seed, role="student")
+    rows = window_rows_digest(_data(cfg, t, history=False), log, cfg.seed)
+    base = dataclasses.replace(cfg, output_dir=str(root), data=_data(cfg, t, history=False, rows_digest=rows),
                                experiment=dataclasses.replace(cfg.experiment, seeds=[]))
-    history = dataclasses.replace(base, data=_data(cfg, t, history=True))
+    history = dataclasses.replace(base, data=_data(cfg, t, history=True, rows_digest=rows))
     if cont.teacher == "fixed":
         teacher = history if first else None
         teacher_path = windows / str(cont.first_window) / "teacher"
@@ -146,7 +157,7 @@ def window_plan(cfg: RunConfig, t: int) -> WindowPlan:
         quantize=dataclasses.replace(cfg.quantize, dtypes=list(cont.export), prune=None, budget=None))
     # (at the first window the student is that model already)
     scratch = dataclasses.replace(history, output_dir=str(root / SCRATCH_DIR)) if cont.scratch and not first else None
-    return WindowPlan(t, root, teacher, teacher_path, student, distilled, scratch, warm=not first)
+    return WindowPlan(t, root, teacher, teacher_path, student, distilled, scratch, warm=not first, log=log)
 
 
 # ----------------------------------------------------------------------------- steps
@@ -245,7 +256,8 @@ class WindowRunner:
     def run(self) -> Dict[str, Any]:
         """Every step of the window; returns its entry (rank 0; {} elsewhere)."""
         plan, cfg = self.plan, self.cfg
-        test_log = build_data(plan.student.data, plan.student.seed, role="student")
+        test_log = plan.log if plan.log is not None else build_data(plan.student.data, plan.student.seed,
+                                                                    role="student")
         # Criteo's windows (its streaming reader) have no entities, hence no cold-start slices: "slices" is null
         self.slices = window_slices(test_log) if isinstance(test_log, WindowedClickLog) else None
         if plan.teacher is not None:
