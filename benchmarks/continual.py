@@ -215,7 +215,7 @@ def targets(doc: Mapping[str, Any], chosen: Sequence[Mapping[str, Any]], last: i
                 "" if len(seeds) == BENCH_SEEDS else f"{len(seeds)} seed(s) launched, the target is the "
                                                      f"{BENCH_SEEDS}-seed benchmark")
     out[f"continual benchmark on one data set <= {WALL_S / 60:.0f} min ({BENCH_SEEDS} seeds)"] = (
-        None if wall_s is None else f"{wall_s / 60:.1f} min", None if wall_why else wall_s <= WALL_S, wall_why)
+        "–" if wall_s is None else f"{wall_s / 60:.1f} min", None if wall_why else wall_s <= WALL_S, wall_why)
     return out
 
 
