@@ -29,7 +29,8 @@ def test_train_teacher_cli_writes_metrics(tmp_path):
     # the console: our lines only; TorchRec's planner and the rest in the run's log file
     log = (tmp_path / "run.log").read_text()
     assert f"details in {tmp_path / 'run.log'}" in out.stderr.splitlines()[0]
-    assert "GreedyPerfPartitioner" in log and "GreedyPerfPartitioner" not in out.stderr
+    # the partitioner's per-plan INFO lines (97% of a run's log) are kept out of both unless -v
+    assert "GreedyPerfPartitioner" not in out.stderr and "GreedyPerfPartitioner" not in log
     assert "sharding plan:" in log and "sharding plan:" not in out.stderr
     assert "teacher step 10/10 loss" in out.stderr and "FutureWarning" not in out.stderr
     assert len(out.stderr.splitlines()) < 20, out.stderr
