@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from launch import command_line  # noqa: E402
 from launch import run_cli as _run  # noqa: E402
 
-from torchrec_kd.reporting.summary import paired_interval  # noqa: E402
+from torchrec_kd.reporting.summary import paired_interval, signed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -124,8 +124,8 @@ def table(rows: Dict[str, dict]) -> str:
     if summary:
         lines += ["", "| method | seeds | mean test AUC | − student alone | 95% CI |", "|---|---|---|---|---|"]
         for name, m in summary.items():
-            d = "" if m["vs_student_alone"] is None else f"{m['vs_student_alone']:+.4f}"
-            ci = "" if m["ci95"] is None else (f"[{m['ci95'][0]:+.4f}, {m['ci95'][1]:+.4f}]"
+            d = "" if m["vs_student_alone"] is None else signed(m['vs_student_alone'])
+            ci = "" if m["ci95"] is None else (f"[{signed(m['ci95'][0])}, {signed(m['ci95'][1])}]"
                                                + ("" if m["significant"] else " n.s."))
             lines.append(f"| {name} | {len(m['seeds'])} | {m['auc_mean']:.4f} | {d} | {ci} |")
     return "\n".join(lines)

@@ -29,6 +29,8 @@ from typing import Any, Dict, List, Optional, Tuple
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from launch import command_line, run_cli  # noqa: E402
 
+from torchrec_kd.reporting.summary import signed  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 ADULT = REPO.parent / "shared" / "data" / "adult" / "adult.csv"
@@ -111,10 +113,10 @@ def scenario_table(s: Dict[str, Any]) -> str:
     for key, label in (("teacher_gap", "teacher − student alone"), ("kd_gain", "distilled − student alone")):
         g = s.get(key)
         if g:
-            ci = "no interval" if g["auc_ci95"] is None else f"95% CI [{g['auc_ci95'][0]:+.4f}, {g['auc_ci95'][1]:+.4f}]"
+            ci = "no interval" if g["auc_ci95"] is None else f"95% CI [{signed(g['auc_ci95'][0])}, {signed(g['auc_ci95'][1])}]"
             sig = "significant" if g["significant"] else "not significant"
-            lines.append(f"\n{label}: {g['auc_mean']:+.4f} AUC, {ci} ({sig}); per seed "
-                         + ", ".join(f"{d:+.4f}" for d in g["per_seed"]))
+            lines.append(f"\n{label}: {signed(g['auc_mean'])} AUC, {ci} ({sig}); per seed "
+                         + ", ".join(signed(d) for d in g["per_seed"]))
     return "\n".join(lines)
 
 

@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from launch import command_line, run_cli  # noqa: E402
 from targets import INT4_SPEEDUP  # noqa: E402
 
+from torchrec_kd.reporting.summary import signed  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 CONFIG = "configs/dlrm_teacher_synthetic.yaml"
@@ -128,7 +130,7 @@ def _interval(diffs: List[float]) -> Dict[str, Any]:
 
 def _fmt(d: Dict[str, Any]) -> str:
     ci = d["ci95"]
-    text = f"{d['mean']:+.4f}" + (f" ({ci[0]:+.4f}, {ci[1]:+.4f})" if ci else "")
+    text = signed(d['mean']) + (f" ({signed(ci[0])}, {signed(ci[1])})" if ci else "")
     return text + ("" if d["significant"] else ", not significant")
 
 
