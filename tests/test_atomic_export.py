@@ -11,6 +11,7 @@ line each (exit 2, no traceback).
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -87,12 +88,14 @@ def test_a_killed_quantize_leaves_nothing_that_loads(run, tmp_path, capsys):
     assert not (exports / "student_int8").exists()  # the export's place is empty: nothing was renamed into it
     left = [d for d in exports.iterdir() if d.is_dir()]
     assert [d.name for d in left] == [f".student_int8.tmp-{proc.pid}"]
+    # the kill may land before, during or after quantized.json is written: unsealed or half-written, it is refused
+    refused = "(not sealed|unreadable).*re-run quantize"
     for d in left:  # not even the leftover loads, when named by hand
-        with pytest.raises(CheckpointError, match="not sealed.*re-run quantize"):
+        with pytest.raises(CheckpointError, match=refused):
             torchrec_kd.load_model(d)
     capsys.readouterr()
     assert main(["predict", "--config", str(TINY), "--model", str(left[0]), "--out", str(tmp_path / "p.csv")]) == 2
-    _user_error(2, capsys.readouterr().err, "not sealed", "re-run quantize")
+    assert re.search(refused, _user_error(2, capsys.readouterr().err, "re-run quantize"))
     assert not (tmp_path / "p.csv").exists()
     # the next quantize removes the leftover and publishes a whole, sealed export
     assert main(args) == 0
