@@ -223,3 +223,14 @@ def test_a_changed_config_reruns_from_the_first_window_it_affects(continual_run,
     assert why and "made by another config" in why and "warm" in why, why
     assert stale(w1.student, "student") is None
     assert w1.distilled.distill.teacher_checkpoint == str(out / "windows" / "1" / "teacher")
+
+
+def test_warm_epochs_bound_both_warm_updates_alike(tmp_path):
+    """continual.warm_epochs is the warm updates' budget (alone and distilled alike); the reference keeps its own."""
+    cfg = _drift_config(tmp_path, tmp_path / "run", "train.epochs=3", "continual.warm_epochs=1")
+    first, warm = continual.window_plan(cfg, 0), continual.window_plan(cfg, 1)
+    assert first.student.train.epochs == first.distilled.train.epochs == 3  # the warm-up is no warm update
+    assert warm.student.train.epochs == warm.distilled.train.epochs == 1
+    assert warm.scratch.train.epochs == warm.teacher.train.epochs == 3
+    unset = continual.window_plan(_drift_config(tmp_path, tmp_path / "run2", "train.epochs=3"), 1)
+    assert unset.student.train.epochs == unset.distilled.train.epochs == 3

@@ -264,6 +264,10 @@ class ContinualConfig:
     last_window: Optional[int] = None
     # Also train the costly reference: the student from scratch on all history, every window.
     scratch: bool = True
+    # The maximum budget of a warm-started update, in epochs over the window, the same for the
+    # student alone and the distilled student (null: train.epochs). The warm-up window, the
+    # teacher and the from-scratch reference keep train.epochs / teacher_epochs.
+    warm_epochs: Optional[int] = None
     # Dtypes exported per window; the delta against the previous window's export is the first one's.
     export: List[QuantDtypeName] = field(default_factory=lambda: ["int8"])
 

@@ -94,8 +94,9 @@ def _data(cfg: RunConfig, t: int, history: bool, rows_digest: Optional[str] = No
     return dataclasses.replace(cfg.data, windows=win)
 
 
-def _train(cfg: RunConfig, warm_start: Optional[Path]) -> Any:
-    return dataclasses.replace(cfg.train, warm_start=str(warm_start) if warm_start else None)
+def _train(cfg: RunConfig, warm_start: Optional[Path], epochs: Optional[int] = None) -> Any:
+    train = dataclasses.replace(cfg.train, warm_start=str(warm_start) if warm_start else None)
+    return train if epochs is None else dataclasses.replace(train, epochs=epochs)
 
 
 @dataclasses.dataclass
@@ -150,8 +151,10 @@ def window_plan(cfg: RunConfig, t: int) -> WindowPlan:
         teacher = dataclasses.replace(history, train=_train(history, prev / "teacher" if fine else None))
         teacher_path = root / "teacher"
     # the first window has no previous version: the students warm up on the history so far
-    student = history if first else dataclasses.replace(base, train=_train(base, prev / "student"))
-    dist_base = history if first else dataclasses.replace(base, train=_train(base, prev / "distilled"))
+    # a warm update: the same maximum budget (continual.warm_epochs) for the student alone and the distilled one
+    warm_epochs = cont.warm_epochs
+    student = history if first else dataclasses.replace(base, train=_train(base, prev / "student", warm_epochs))
+    dist_base = history if first else dataclasses.replace(base, train=_train(base, prev / "distilled", warm_epochs))
     distilled = dataclasses.replace(dist_base, distill=dataclasses.replace(
         cfg.distill, teacher_checkpoint=str(teacher_path), teachers=[], qat=None, offline=False),
         quantize=dataclasses.replace(cfg.quantize, dtypes=list(cont.export), prune=None, budget=None))
