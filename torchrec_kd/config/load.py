@@ -234,6 +234,7 @@ def _check_semantics(cfg: RunConfig, where: str) -> None:
                           f"outputs/{cfg.run_name}")
     _check_quantize(cfg, where)
     _check_windows(cfg, where)
+    _check_tasks(cfg, where)
     if len(set(cfg.experiment.seeds)) != len(cfg.experiment.seeds):
         raise ConfigError(f"{where}: experiment.seeds repeats a seed: {cfg.experiment.seeds}")
     if (syn.train_rows is not None and syn.student_train_rows is not None
@@ -261,6 +262,47 @@ def _check_semantics(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: teacher.table_prefix and student.table_prefix must differ "
                           f"(both '{cfg.student.table_prefix}'): "
                           "both models share one DistributedModelParallel")
+
+
+def _check_tasks(cfg: RunConfig, where: str) -> None:
+    """``tasks``: unique names; spaces name another binary task; every reference to a task names one."""
+    names = [t.name for t in cfg.tasks]
+
+    def known(name: str, key: str) -> None:
+        if name not in names:
+            near = difflib.get_close_matches(str(name), names, n=1)
+            hint = f"did you mean '{near[0]}'?" if near else (f"the tasks are: {', '.join(names)}" if names else
+                                                              "this run lists no tasks (set tasks: [...])")
+            raise ConfigError(f"{where}: {key}: no task named '{name}'; {hint}")
+
+    for i, t in enumerate(cfg.tasks):
+        key = f"tasks[{i}]"
+        if not t.name or names.count(t.name) > 1:
+            raise ConfigError(f"{where}: {key}.name '{t.name}' is empty or repeated; give every task its own name")
+        if t.type == "regression" and (t.at_least is not None or t.positive):
+            raise ConfigError(f"{where}: {key} ({t.name}) is a regression task; at_least and positive make binary "
+                              "labels: drop them or set type: binary")
+        if t.at_least is not None and t.positive:
+            raise ConfigError(f"{where}: {key} ({t.name}) sets both at_least and positive; keep one")
+        if t.weight < 0:
+            raise ConfigError(f"{where}: {key}.weight must be >= 0, got {t.weight}")
+        if t.only_where is not None:
+            known(t.only_where, f"{key}.only_where")
+            other = cfg.tasks[names.index(t.only_where)]
+            if other.name == t.name or other.type != "binary" or other.only_where is not None:
+                raise ConfigError(f"{where}: {key}.only_where must name another binary task observed on every row "
+                                  f"(e.g. conversion only where click), got '{t.only_where}'")
+    stop_task = cfg.train.early_stopping.task
+    if stop_task is not None and stop_task != "mean":
+        known(stop_task, "train.early_stopping.task")
+    for i, term in enumerate(cfg.distill.losses):
+        if term.task is not None:
+            known(term.task, f"distill.losses[{i}].task")
+        if term.in_space_weight < 0 or term.out_space_weight < 0:
+            raise ConfigError(f"{where}: distill.losses[{i}]: in_space_weight and out_space_weight must be >= 0")
+    for i, entry in enumerate(cfg.distill.teachers):
+        for name in entry.tasks or []:
+            known(name, f"distill.teachers[{i}].tasks")
 
 
 def _check_windows(cfg: RunConfig, where: str) -> None:

@@ -60,6 +60,9 @@ class EarlyStoppingConfig:
 
     # What picks the best checkpoint: auc (higher is better), ne or logloss (lower is better).
     metric: Literal["auc", "ne", "logloss"] = "auc"
+    # Multi-task runs (``tasks`` of two or more): the task whose validation metric picks the
+    # checkpoint (null: the first task), or "mean": the task-weighted mean over the binary tasks.
+    task: Optional[str] = None
     # Stop after this many validations in a row without an improvement of more than
     # min_delta (0: never stop early; the best checkpoint is still the one kept).
     patience: int = 5
@@ -145,6 +148,35 @@ class LossTermConfig:
     # The term's own keys (checked against what it declares), e.g. hint_mse:
     # {student: inter_arch, teacher: over_arch.model.0}: the modules whose outputs it reads.
     args: Dict[str, Any] = field(default_factory=dict)
+    # Multi-task runs: the task this term distils (null: every task, each in its own space).
+    task: Optional[str] = None
+    # The term's weight on rows inside / outside its task's space (the rows where the task's
+    # only_where label holds; every row when it has none): e.g. conversion distilled on clicked
+    # rows only (1 / 0, the default), or on every row with another weight (1 / 0.1).
+    in_space_weight: float = 1.0
+    out_space_weight: float = 0.0
+
+
+@dataclass
+class TaskConfig:
+    """One prediction task of a multi-task run (``tasks``): a label column and its head."""
+
+    name: str = "label"
+    # binary: the head is a logit, the label 0/1 (AUC / NE); regression: the head is a value (MSE).
+    type: Literal["binary", "regression"] = "binary"
+    # The source's column holding the label (null: the source's usual label for the first task,
+    # the task's name otherwise). Table sources read it by name; MovieLens names "rating";
+    # the synthetic multi-task world names its own tasks.
+    column: Optional[str] = None
+    # A binary task from a numeric column: label = value >= at_least (e.g. like = rating >= 4).
+    at_least: Optional[float] = None
+    # A binary task from a text column: the values that are 1 (every other value is 0).
+    positive: List[str] = field(default_factory=list)
+    # The task is observed only where this other binary task's label is 1 (conversion only on
+    # clicks): its loss, metrics and default distillation space are those rows.
+    only_where: Optional[str] = None
+    # Its weight in the training loss (and in early_stopping.task: mean).
+    weight: float = 1.0
 
 
 @dataclass
@@ -155,6 +187,9 @@ class TeacherEntryConfig:
     checkpoint: str = ""
     # Relative weight of this teacher's logits in the ensemble (normalised to sum to 1).
     weight: float = 1.0
+    # Multi-task runs: the tasks this teacher teaches (null: every task it has); a student task
+    # is taught by the teachers naming it (by task name, whatever their column order).
+    tasks: Optional[List[str]] = None
 
 
 QuantDtypeName = Literal["int8", "int4", "int2", "fp16"]
@@ -289,6 +324,9 @@ class RunConfig:
     output_dir: Optional[str] = None
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
+    # The prediction tasks (empty: one binary task, the source's label, exactly as before). Two
+    # or more make a multi-task run: labels [B, T], models with one head per task, per-task metrics.
+    tasks: List[TaskConfig] = field(default_factory=list)
     teacher: ModelConfig = field(default_factory=ModelConfig)
     student: ModelConfig = field(default_factory=lambda: ModelConfig(
         embedding_dim=16, dense_arch_layer_sizes=[64, 16], over_arch_layer_sizes=[64, 1], table_prefix="s_"))
