@@ -87,3 +87,28 @@ def test_export_from_the_loop_loads_and_scores_as_the_trained_model(tmp_path, ru
     # the TorchScript program in the export scores the same
     program = torch.jit.load(str(out / "model.ts"))
     assert torch.equal(program(batch.dense_features, batch.sparse_features)["logit"], logits)
+
+
+def test_export_from_the_loop_carries_the_id_remaps(tmp_path, run):
+    """A windowed run's remaps travel with an own-loop export: serving maps raw ids as training did."""
+    import numpy as np
+
+    from torchrec_kd.data.contract import input_contract
+    from torchrec_kd.data.id_remap import IdRemap
+    from torchrec_kd.models.build import model_meta
+
+    data = run.data
+    feature, rows = data.sparse_names[0], data.num_embeddings[0]
+    remap = IdRemap(feature, rows)
+    remap.extend(np.array([1000, 7, 42]))
+    meta = model_meta(run.model_cfg, run.tables, run.inputs.dense_in_features, run.inputs.dense_columns)
+    contract = input_contract(run.cfg.data, data.dense_names, data.sparse_names, data.num_embeddings,
+                              remaps={feature: remap})
+    with pytest.raises(ValueError, match="disagree"):  # a contract naming remaps that are not given is refused
+        torchrec_kd.export_for_serving(run.pipeline, tmp_path / "export" / "bad", meta, contract)
+    out = torchrec_kd.export_for_serving(run.pipeline, tmp_path / "export" / "mine_int8", meta, contract,
+                                         remaps={feature: remap})
+    served = torchrec_kd.load_model(out)
+    assert (out / "id_remap.json").is_file()
+    assert served.remaps[feature].lookup(np.array([1000, 7, 42, 5])).tolist() == \
+        remap.lookup(np.array([1000, 7, 42, 5])).tolist()

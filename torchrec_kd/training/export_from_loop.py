@@ -24,11 +24,10 @@ Example::
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -36,9 +35,9 @@ from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
 
 from torchrec_kd.checkpoint.model_io import save_model
-from torchrec_kd.core.layout import CONTRACT_FILE, TORCHSCRIPT_FILE
+from torchrec_kd.core.layout import TORCHSCRIPT_FILE
 from torchrec_kd.core.table_keys import ebc_layout_key
-from torchrec_kd.data.contract import CONTRACT_FORMAT, FEATURE_SEPARATOR
+from torchrec_kd.data.contract import CONTRACT_FORMAT, FEATURE_SEPARATOR, contract_files
 from torchrec_kd.data.synthetic import dense_feature_names
 from torchrec_kd.distill.model import DistillationModel
 from torchrec_kd.errors import CheckpointError
@@ -136,7 +135,8 @@ def _first_problem(e: RuntimeError) -> str:
 
 def export_for_serving(target: Any, out_dir: Union[str, Path], meta: Dict[str, Any],
                        contract: Optional[Dict[str, Any]] = None, dtype: str = "int8",
-                       per_table: Optional[Dict[str, str]] = None) -> Path:
+                       per_table: Optional[Dict[str, str]] = None,
+                       remaps: Optional[Mapping[str, Any]] = None) -> Path:
     """Quantize a trained model of one's own loop and write an export ``load_model`` / ``predict`` accept.
 
     Collective when ``target`` is sharded: every rank calls it; rank 0 writes. ``out_dir``'s
@@ -152,6 +152,9 @@ def export_for_serving(target: Any, out_dir: Union[str, Path], meta: Dict[str, A
             library data source); None: :func:`features_contract` of ``meta``.
         dtype (str): table storage (``int8``, ``int4``, ``int2``, ``fp16``, ``fp32``).
         per_table (Optional[Dict[str, str]]): dtypes of single tables, by table name.
+        remaps (Optional[Mapping[str, IdRemap]]): a windowed run's entity remaps (``data.remaps``), the ones
+            ``input_contract(..., remaps=...)`` was given: written beside the contract, so serving maps raw ids
+            as training did.
 
     Returns:
         Path: ``out_dir``.
@@ -177,8 +180,7 @@ def export_for_serving(target: Any, out_dir: Union[str, Path], meta: Dict[str, A
         # the program the quantize recipe exports: {"logit", "probability"}, no autograd
         program = ScoringHead(qm, io.output_kind(qm)) if io.call is None else qm
         save_quantized(qm, out_dir, meta, extras={
-            CONTRACT_FILE: lambda f: f.write_text(json.dumps(contract, indent=2)),
-            TORCHSCRIPT_FILE: lambda f: export_torchscript(program, f)})
+            **contract_files(contract, remaps), TORCHSCRIPT_FILE: lambda f: export_torchscript(program, f)})
     if dist.is_initialized() and isinstance(model, DistributedModelParallel):
         dist.barrier()  # the export exists on every rank's return
     return out_dir
