@@ -74,6 +74,7 @@ class _HintLoss(KDLoss):
 
     name = "hint"
     args = TapArgs
+    per_task = False  # reads tapped outputs, not a task's logits
 
     def __init__(self, student_hint: int, teacher_hint: int, temperature: float = 1.0,
                  student_tap: Tap = Tap("student", "inter_arch", "hint"),
@@ -126,6 +127,7 @@ class _EmbeddingLoss(KDLoss):
 
     name = "embedding"
     args = TapArgs
+    per_task = False
 
     def __init__(self, student_features: list, teacher_features: list, student_dim: int, teacher_dim: int,
                  temperature: float = 1.0, student_tap: Tap = Tap("student", "sparse_arch", "embeddings"),

@@ -10,9 +10,16 @@ picks them by name::
            weight_schedule: {kind: warmup, steps: 100}}
         - {name: hint_mse, weight: 0.05}
 
-and ``build_loss(cfg.distill.losses, dims)`` returns one module computing the weighted sum.
-Logit terms see ``(student, teacher, labels)``; feature terms (hint, embedding, ranking)
-see a :class:`KDInputs` with the intermediate outputs they declare in ``requires``.
+and ``build_loss(cfg.distill.losses, dims, tasks)`` returns one module computing the weighted
+sum. Logit terms see ``(student, teacher, labels)``; feature terms (hint, embedding, ranking)
+see a :class:`KDInputs` with the intermediate outputs they declare in ``requires``. In a
+multi-task run a logit term reads one task's column, or each task's in turn, weighting rows
+by the task's space (:mod:`torchrec_kd.losses.task_terms`).
+
+The schedules' step comes from outside: the training loop passes it in
+(:meth:`WeightedKDLoss.set_step`) and each term computes with the temperature scheduled for
+that step (:attr:`KDLoss.temperature`); nothing is rewritten per forward. A caller that never
+sets the step (an own loop) gets one step per training-mode forward.
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ import torch
 from torch import Tensor, nn
 
 from torchrec_kd.config import LossTermConfig, ScheduleConfig, build_section
+from torchrec_kd.core.tasks import Task, column
 from torchrec_kd.errors import ConfigError
-from torchrec_kd.losses.schedules import check_schedule, schedule_value
+from torchrec_kd.losses.schedules import ScheduleClock, check_schedule, schedule_value
 from torchrec_kd.losses.taps import FeatureDims, Tap
+from torchrec_kd.losses.task_terms import TermTarget, single_binary, task_value, term_targets
 
 # What a term may ask for besides logits, labels and its taps.
 FEATURES = ("groups",)
@@ -40,9 +49,9 @@ class KDInputs:
     """Everything a term may read for one batch.
 
     Args:
-        student (Tensor): student logits [B].
-        teacher (Tensor): teacher logits [B] (an ensemble's weighted mean).
-        labels (Tensor): [B] 0/1 labels.
+        student (Tensor): student logits [B] ([B, T] in a multi-task run).
+        teacher (Tensor): teacher logits, the same shape (an ensemble's weighted mean).
+        labels (Tensor): [B] 0/1 labels ([B, T]).
         student_taps (Dict[str, Any]): the student's tapped outputs by :attr:`Tap.key` (``hint:inter_arch``).
         teacher_taps (Dict[str, Any]): the (first) teacher's, the same way.
         groups (Optional[Tensor]): [B] int64 group id of each row (rank_* terms).
@@ -55,6 +64,11 @@ class KDInputs:
     teacher_taps: Dict[str, Any] = field(default_factory=dict)
     groups: Optional[Tensor] = None
 
+    def task_column(self, tasks: Sequence[Task], j: int) -> "KDInputs":
+        """These inputs with logits and labels narrowed to task ``j``'s column ``[B]`` (taps and groups kept)."""
+        return KDInputs(column(self.student, tasks, j), column(self.teacher, tasks, j), column(self.labels, tasks, j),
+                        self.student_taps, self.teacher_taps, self.groups)
+
 
 class KDLoss(nn.Module):
     """Base class of one distillation term.
@@ -66,17 +80,59 @@ class KDLoss(nn.Module):
     ``{name: x, args: {...}}``, checked with "did you mean"); terms with learned parts or
     args override :meth:`build`.
 
+    In a multi-task run a term with ``per_task`` (logit terms) reads one task column at a
+    time; one that can give a value per row (:meth:`rows`) can be restricted to a task's
+    space. ``binary_only`` terms refuse a regression task.
+
     Args:
         temperature (float): softening temperature; terms that do not soften ignore it.
     """
 
     requires: FrozenSet[str] = frozenset()
     args: Optional[type] = None
+    per_task: bool = True
+    binary_only: bool = False
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
-        self.temperature = float(temperature)
+        self._temperature = float(temperature)
+        self._temperature_schedule: Optional[ScheduleConfig] = None
+        self._clock: Optional[ScheduleClock] = None
         self.taps: List[Tap] = []
+
+    @property
+    def temperature(self) -> float:
+        """The temperature at the current step of its schedule (the configured one without a schedule)."""
+        if self._clock is None or self._temperature_schedule is None:
+            return self._temperature
+        return schedule_value(self._temperature_schedule, self._temperature, self._clock.step)
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self._temperature = float(value)
+
+    def follow(self, schedule: ScheduleConfig, clock: ScheduleClock) -> None:
+        """Take the temperature from ``schedule`` at ``clock``'s step (set once, when the sum is built).
+
+        Args:
+            schedule (ScheduleConfig): the temperature schedule (its end is the configured temperature).
+            clock (ScheduleClock): the step the training loop passes in.
+        """
+        self._temperature_schedule = None if schedule.kind == "constant" else schedule
+        self._clock = clock
+
+    @property
+    def has_rows(self) -> bool:
+        """Whether :meth:`rows` gives per-row values (a term overriding it or :meth:`per_row`)."""
+        return type(self).rows is not KDLoss.rows or type(self).per_row is not KDLoss.per_row
+
+    def per_row(self, student: Tensor, teacher: Tensor, labels: Tensor) -> Tensor:
+        """The term's value on each row [B], whose mean is :meth:`forward` (logit terms that can say so)."""
+        raise NotImplementedError(f"{type(self).__qualname__} gives a batch value only")
+
+    def rows(self, x: "KDInputs") -> Tensor:
+        """Per-row values [B] on a batch's :class:`KDInputs` (multi-task space weighting reads them)."""
+        return self.per_row(x.student, x.teacher, x.labels)
 
     @classmethod
     def build(cls, temperature: float, dims: Optional[FeatureDims], args: Any = None) -> "KDLoss":
@@ -110,7 +166,7 @@ class KDLoss(nn.Module):
         return self(x.student, x.teacher, x.labels)
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"
+        return f"temperature={self._temperature}"
 
 
 LOSSES: Dict[str, Type[KDLoss]] = {}
@@ -141,29 +197,55 @@ def register_loss(name: str) -> Callable[[Type[KDLoss]], Type[KDLoss]]:
 class WeightedKDLoss(nn.Module):
     """Weighted sum of distillation terms, with per-term weight and temperature schedules.
 
-    The schedules advance one step per training-mode ``forward`` (one optimizer step);
-    ``step`` can be set when a run resumes.
+    The schedules read a :class:`ScheduleClock`: the training loop puts it at each step
+    (:meth:`set_step`); left alone it advances one step per training-mode ``forward``.
+    ``step`` can also be set when a run resumes.
 
     Args:
         terms (Sequence[Tuple[str, KDLoss, float]]): ``(key, term, weight)`` triples; keys
             name the terms in ``components`` and must be unique.
         weight_schedules (Optional[Sequence[ScheduleConfig]]): one per term (default constant).
         temperature_schedules (Optional[Sequence[ScheduleConfig]]): one per term (default constant).
+        tasks (Optional[Sequence[Task]]): the run's tasks (None: one binary task, ``[B]`` logits).
+        targets (Optional[Sequence[Optional[TermTarget]]]): per term, the task columns it reads
+            and its row weights (multi-task runs; default: every task, each in its space).
     """
 
     def __init__(self, terms: Sequence[Tuple[str, KDLoss, float]],
                  weight_schedules: Optional[Sequence[ScheduleConfig]] = None,
-                 temperature_schedules: Optional[Sequence[ScheduleConfig]] = None) -> None:
+                 temperature_schedules: Optional[Sequence[ScheduleConfig]] = None,
+                 tasks: Optional[Sequence[Task]] = None,
+                 targets: Optional[Sequence[Optional[TermTarget]]] = None) -> None:
         super().__init__()
         self.names: List[str] = [key for key, _, _ in terms]
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"WeightedKDLoss: term keys must be unique, got {self.names}")
         self.terms = nn.ModuleList(term for _, term, _ in terms)
         self.weights: List[float] = [float(w) for _, _, w in terms]
-        self.temperatures: List[float] = [term.temperature for _, term, _ in terms]
         self.weight_schedules = list(weight_schedules or [ScheduleConfig() for _ in terms])
         self.temperature_schedules = list(temperature_schedules or [ScheduleConfig() for _ in terms])
-        self.step = 0
+        self.clock = ScheduleClock()
+        for term, schedule in zip(self.terms, self.temperature_schedules):
+            term.follow(schedule, self.clock)
+        # one binary task: every term reads [B] logits exactly as it always did
+        self.tasks: Optional[List[Task]] = None if single_binary(tasks) else list(tasks or [])
+        self.targets: List[Optional[TermTarget]] = list(targets or [None] * len(self.names))
+        if self.tasks is not None and targets is None:
+            every = TermTarget(tuple(range(len(self.tasks))), task_weighted=True)
+            self.targets = [every if term.per_task else None for term in self.terms]
+
+    @property
+    def step(self) -> int:
+        """The optimizer step the schedules are at."""
+        return self.clock.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.clock.step = int(value)
+
+    def set_step(self, step: int) -> None:
+        """The training loop's step (0-based): weights and temperatures follow it from now on."""
+        self.clock.set(step)
 
     @property
     def requires(self) -> FrozenSet[str]:
@@ -177,16 +259,23 @@ class WeightedKDLoss(nn.Module):
 
     def current(self) -> List[Tuple[float, float]]:
         """``(weight, temperature)`` of each term at the current step."""
-        return [(schedule_value(ws, w, self.step), schedule_value(ts, t, self.step))
-                for w, t, ws, ts in zip(self.weights, self.temperatures, self.weight_schedules, self.temperature_schedules)]
+        return [(schedule_value(ws, w, self.step), term.temperature)
+                for w, ws, term in zip(self.weights, self.weight_schedules, self.terms)]
+
+    def _value(self, i: int, term: KDLoss, x: KDInputs) -> Tensor:
+        """Term ``i`` on the batch: as it always was, or per task column (multi-task runs)."""
+        target = self.targets[i]
+        if self.tasks is None or target is None:
+            return term.compute(x)
+        return task_value(term, target, x, self.tasks)
 
     def forward(self, student: Tensor, teacher: Tensor, labels: Tensor, **features: Any) -> Tensor:
         """Sum of ``weight * term`` at the current step of the schedules.
 
         Args:
-            student (Tensor): student logits, [B] or [B, C].
+            student (Tensor): student logits, [B] or [B, C] ([B, T] in a multi-task run).
             teacher (Tensor): teacher logits, same shape as ``student``.
-            labels (Tensor): [B] labels.
+            labels (Tensor): [B] labels ([B, T]).
             **features: the other :class:`KDInputs` fields (``student_taps``, ``teacher_taps``, ``groups``).
 
         Returns:
@@ -194,15 +283,15 @@ class WeightedKDLoss(nn.Module):
         """
         x = KDInputs(student, teacher, labels, **features)
         parts = []
-        for term, (w, t) in zip(self.terms, self.current()):
+        for i, (term, w, ws) in enumerate(zip(self.terms, self.weights, self.weight_schedules)):
+            w = schedule_value(ws, w, self.clock.step)
             # A zero weight skips a parameter-free term (weights are host floats: no sync);
             # a term with learned parts always runs, so DDP sees the same graph every step.
             if w == 0.0 and not any(True for _ in term.parameters()):
                 continue
-            term.temperature = t
-            parts.append(w * term.compute(x))
-        if self.training:
-            self.step += 1
+            parts.append(w * self._value(i, term, x))
+        if self.training and not self.clock.driven:
+            self.clock.step += 1
         if not parts:
             # Every weight is zero: still return a zero connected to the graph so backward() works.
             return student.sum() * 0.0
@@ -213,20 +302,16 @@ class WeightedKDLoss(nn.Module):
         """Each term's unweighted value (zero-weight terms included), for logging.
 
         Args:
-            student (Tensor): student logits, [B] or [B, C].
+            student (Tensor): student logits, [B] or [B, C] ([B, T]).
             teacher (Tensor): teacher logits, same shape as ``student``.
-            labels (Tensor): [B] labels.
+            labels (Tensor): [B] labels ([B, T]).
             **features (Optional[Tensor]): as in :meth:`forward`.
 
         Returns:
             Dict[str, Tensor]: detached scalars keyed by term name.
         """
         x = KDInputs(student, teacher, labels, **features)
-        out = {}
-        for key, term, (_, t) in zip(self.names, self.terms, self.current()):
-            term.temperature = t
-            out[key] = term.compute(x)
-        return out
+        return {key: self._value(i, term, x) for i, (key, term) in enumerate(zip(self.names, self.terms))}
 
     def extra_repr(self) -> str:
         return ", ".join(f"{key}={w:g}" for key, w in zip(self.names, self.weights))
@@ -269,7 +354,8 @@ def term_args(term: LossTermConfig, where: str) -> Any:
     return build_section(cls.args, dict(term.args), f"{where}.args")
 
 
-def build_loss(terms: Sequence[LossTermConfig], dims: Optional[FeatureDims] = None) -> WeightedKDLoss:
+def build_loss(terms: Sequence[LossTermConfig], dims: Optional[FeatureDims] = None,
+               tasks: Optional[Sequence[Task]] = None) -> WeightedKDLoss:
     """Build the weighted distillation objective from config entries.
 
     A name used more than once (e.g. ``soft_bce`` at two temperatures) gets keys
@@ -279,6 +365,8 @@ def build_loss(terms: Sequence[LossTermConfig], dims: Optional[FeatureDims] = No
         terms (Sequence[LossTermConfig]): name, weight, temperature and schedules of each term.
         dims (Optional[FeatureDims]): the models' tapped shapes; needed by terms with
             projections (hint_*, embedding_*).
+        tasks (Optional[Sequence[Task]]): the run's tasks (``core.tasks.run_tasks``); None or
+            one binary task: every term as it always was.
 
     Returns:
         WeightedKDLoss: the module computing ``sum(weight * term)``.
@@ -287,6 +375,8 @@ def build_loss(terms: Sequence[LossTermConfig], dims: Optional[FeatureDims] = No
         ValueError: empty list, unknown name (nearest name suggested), temperature not
             finite and > 0, weight negative or not finite, a bad schedule, or a feature
             term built without ``dims``.
+        ConfigError: a term's task is unknown, or a binary-only term meets a regression task
+            (``distill.losses[i] (...)``: one line).
     """
     if not terms:
         raise ValueError(f"no loss terms given; list at least one of: {', '.join(sorted(LOSSES))}")
@@ -314,4 +404,6 @@ def build_loss(terms: Sequence[LossTermConfig], dims: Optional[FeatureDims] = No
         except ConfigError as e:
             raise ValueError(str(e)) from None
         built.append((key, LOSSES[t.name].build(t.temperature, dims, args), t.weight))
-    return WeightedKDLoss(built, [t.weight_schedule for t in terms], [t.temperature_schedule for t in terms])
+    targets = None if single_binary(tasks) else term_targets(terms, [b[1] for b in built], list(tasks or []))
+    return WeightedKDLoss(built, [t.weight_schedule for t in terms], [t.temperature_schedule for t in terms],
+                          tasks, targets)

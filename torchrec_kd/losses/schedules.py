@@ -23,7 +23,26 @@ import math
 
 from torchrec_kd.config import ScheduleConfig
 
-__all__ = ["ScheduleConfig", "check_schedule", "schedule_value"]
+__all__ = ["ScheduleClock", "ScheduleConfig", "check_schedule", "schedule_value"]
+
+
+class ScheduleClock:
+    """The optimizer step a loss's schedules are at, shared by the weighted sum and its terms.
+
+    The training loop sets it before each step (``driven``); a caller that never does
+    (an own loop) has it advanced by one per training-mode forward of the sum.
+    """
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.driven = False
+
+    def set(self, step: int) -> None:
+        """Put the schedules at ``step`` (0-based optimizer step) and stop advancing on forwards."""
+        if step < 0:
+            raise ValueError(f"schedule step must be >= 0, got {step}")
+        self.step = int(step)
+        self.driven = True
 
 
 def check_schedule(cfg: ScheduleConfig, where: str) -> None:
