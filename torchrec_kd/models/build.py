@@ -6,6 +6,7 @@ Example::
     model = build_model(cfg.student, tables, dense_in)         # on meta
     io = model_io(cfg.student)                                 # how to call it, logits out
     model = build_model_from_meta(read_meta(ckpt))             # a saved model, on CPU
+    model = build_model(cfg.student, tables, dense_in, tasks=run_tasks(cfg))   # [B, T] when T >= 2
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
-import torchrec_kd.models.builtin  # noqa: F401  (registers dlrm, dlrm_dcn, dlrm_projection, deepfm)
+import torchrec_kd.models.builtin  # noqa: F401  (registers dlrm, dlrm_dcn, dlrm_projection, deepfm, shared_bottom, mmoe)
 from torchrec_kd.config import ModelConfig, RunConfig, build_section
 from torchrec_kd.core.plugins import loaded_plugins
+from torchrec_kd.core.tasks import DEFAULT_TASK, Task, run_tasks, task_names
 from torchrec_kd.errors import ConfigError
 from torchrec_kd.models.dlrm import make_tables
 from torchrec_kd.models.io import ModelIO
@@ -71,16 +73,32 @@ def check_models(cfg: RunConfig, source: str) -> None:
     Raises:
         ConfigError: ``<source>: student.args: unknown key 'hiden'; did you mean 'hidden'?``.
     """
+    tasks = run_tasks(cfg)
     for role in ("teacher", "student"):
         try:
             model_args(getattr(cfg, role), role)
+            check_multitask(getattr(cfg, role), tasks, role)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
 
 
+def check_multitask(cfg: ModelConfig, tasks: Optional[Sequence[Task]], where: str) -> None:
+    """Refuse a builder that has one head in a run of several tasks.
+
+    Raises:
+        ConfigError: ``<where>.arch: deepfm has one sigmoid head; ... use shared_bottom or mmoe``.
+    """
+    if tasks is None or len(tasks) < 2:
+        return
+    builder = model_builder(cfg.arch, f"{where}.arch")
+    if not builder.multitask:
+        raise ConfigError(f"{where}.arch: '{cfg.arch}' has one output but the run has {len(tasks)} tasks "
+                          f"({', '.join(task_names(tasks))}); use {where}.arch=shared_bottom or mmoe")
+
+
 def build_model(cfg: ModelConfig, tables: List[EmbeddingBagConfig], dense_in_features: int,
                 device: torch.device = torch.device("meta"), dense_columns: Optional[Sequence[int]] = None,
-                where: str = "model") -> nn.Module:
+                where: str = "model", tasks: Optional[Sequence[Task]] = None) -> nn.Module:
     """The model ``cfg.arch`` names, holding ``tables``.
 
     Args:
@@ -90,15 +108,19 @@ def build_model(cfg: ModelConfig, tables: List[EmbeddingBagConfig], dense_in_fea
         device (torch.device): ``meta`` to shard later, or a real device.
         dense_columns (Optional[Sequence[int]]): the dense columns it may read (None: all).
         where (str): the role, for messages.
+        tasks (Optional[Sequence[Task]]): the run's tasks (``run_tasks(cfg)``); None: one task.
+            With two or more the model returns ``[B, T]`` in their order.
 
     Returns:
         nn.Module: the model (called through :func:`model_io`).
 
     Raises:
-        ConfigError: bad args, or privileged dense features for a builder that cannot leave them out.
+        ConfigError: bad args, privileged dense features for a builder that cannot leave them out,
+            or several tasks for a one-head builder.
     """
     builder = model_builder(cfg.arch, f"{where}.arch")
     args = model_args(cfg, where)
+    check_multitask(cfg, tasks, where)
     if dense_columns is not None:
         bad = [c for c in dense_columns if not 0 <= c < dense_in_features]
         if not dense_columns or bad:
@@ -109,24 +131,34 @@ def build_model(cfg: ModelConfig, tables: List[EmbeddingBagConfig], dense_in_fea
                               "(registered without privileged_dense=True); list only sparse features in "
                               "distill.privileged_features")
     inputs = BuildInputs(cfg, args, list(tables), dense_in_features,
-                         None if dense_columns is None else list(dense_columns), device)
+                         None if dense_columns is None else list(dense_columns), device,
+                         tuple(tasks) if tasks else (Task(DEFAULT_TASK),))
     try:
         return builder.build(inputs)
     except ConfigError as e:
         raise ConfigError(f"{where} ({cfg.arch}): {e}") from None
 
 
-def model_io(cfg: ModelConfig) -> ModelIO:
-    """How the ``cfg.arch`` model is called and what it returns."""
-    return model_builder(cfg.arch).io
+def model_io(cfg: ModelConfig, tasks: Optional[Sequence[Task]] = None) -> ModelIO:
+    """How the ``cfg.arch`` model is called and what it returns (``[B, T]`` logits when ``tasks`` has two or more)."""
+    io = model_builder(cfg.arch).io
+    return io if tasks is None else io.with_tasks(tasks)
+
+
+def _is_default(tasks: Optional[Sequence[Task]]) -> bool:
+    """No tasks listed: the one binary ``label`` task every run had before tasks existed."""
+    return not tasks or (len(tasks) == 1 and tasks[0].name == DEFAULT_TASK and tasks[0].binary)
 
 
 def model_meta(cfg: ModelConfig, tables: Sequence[EmbeddingBagConfig], dense_in_features: int,
-               dense_columns: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+               dense_columns: Optional[Sequence[int]] = None,
+               tasks: Optional[Sequence[Task]] = None) -> Dict[str, Any]:
     """What :func:`build_model_from_meta` needs to rebuild the model (JSON-serialisable).
 
     Records the builder's name and args (``model.arch``, ``model.args``) and the plugins this
-    process loaded, so a plugin model's checkpoint says which ``--plugin`` rebuilds it.
+    process loaded, so a plugin model's checkpoint says which ``--plugin`` rebuilds it; and the
+    run's ``tasks`` (``[{"name", "type"}]``, the model's output columns in order) unless the run
+    named none (then the meta is what it always was: one ``label`` logit).
     """
     meta: Dict[str, Any] = {
         "model": dataclasses.asdict(cfg),
@@ -137,7 +169,22 @@ def model_meta(cfg: ModelConfig, tables: Sequence[EmbeddingBagConfig], dense_in_
     }
     if dense_columns is not None:
         meta["dense_columns"] = list(dense_columns)
+    if not _is_default(tasks):
+        assert tasks is not None
+        meta["tasks"] = [{"name": t.name, "type": t.type} for t in tasks]
     return meta
+
+
+def meta_tasks(meta: Dict[str, Any]) -> List[Task]:
+    """A saved model's tasks, its output columns in order (one ``label`` task when it records none).
+
+    Args:
+        meta (dict): from :func:`model_meta` (a checkpoint's ``meta.json``, an export's ``quantized.json`` meta).
+
+    Returns:
+        List[Task]: name and type of each column (weights and spaces are the training run's business).
+    """
+    return [Task(t["name"], t.get("type", "binary")) for t in meta.get("tasks") or []] or [Task(DEFAULT_TASK)]
 
 
 def model_config_from_meta(meta: Dict[str, Any], where: str = "meta.json") -> ModelConfig:
@@ -168,9 +215,11 @@ def build_model_from_meta(meta: Dict[str, Any], device: torch.device = torch.dev
     """
     cfg = model_config_from_meta(meta)
     tables = make_tables(cfg, meta["sparse_features"], meta["num_embeddings"])
-    return build_model(cfg, tables, meta["dense_in_features"], device=device, dense_columns=meta.get("dense_columns"))
+    tasks = meta_tasks(meta) if meta.get("tasks") else None
+    return build_model(cfg, tables, meta["dense_in_features"], device=device, dense_columns=meta.get("dense_columns"),
+                       tasks=tasks)
 
 
 def io_from_meta(meta: Dict[str, Any]) -> ModelIO:
-    """How a saved model is called and what it returns (from its builder)."""
-    return model_io(model_config_from_meta(meta))
+    """How a saved model is called and what it returns (from its builder; ``[B, T]`` for a multi-task model)."""
+    return model_io(model_config_from_meta(meta), meta_tasks(meta) if meta.get("tasks") else None)

@@ -19,6 +19,12 @@ Example::
     logits = io.logits(deepfm, batch)                      # [B] logit(p)
     logits = ModelIO().logits(SimpleDeepFMNN(...), batch)  # the same: known by its type
     io = ModelIO(call=lambda m, b: m(b.sparse_features))   # a model that reads only the KJT
+    io = model_io(cfg.student, run_tasks(cfg))             # two tasks: [B, T] (a dict {task: [B]} too)
+
+Several tasks (``tasks`` lists two or more): the model returns ``[B, T]`` in the run's task
+order, or a dict ``{task name: [B]}`` that :meth:`ModelIO.logits` stacks by the run's task
+names; a probability head's binary columns become logits, its regression columns (values)
+pass through. With one task every number is what it always was.
 """
 
 from __future__ import annotations
@@ -27,10 +33,13 @@ import functools
 import logging
 import weakref
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Literal, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import Tensor, fx, nn
+
+from torchrec_kd.core.tasks import Task, task_names
+from torchrec_kd.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -153,10 +162,13 @@ class ModelIO:
             (a frozen one is watched: a warning if its first outputs all lie in [0, 1]).
         call (Optional[Callable[[nn.Module, Any], Tensor]]): ``call(model, batch) -> [B] or
             [B, 1]``; None: ``model(batch.dense_features, batch.sparse_features)``.
+        tasks (Optional[Tuple[Task, ...]]): the run's tasks (:func:`~torchrec_kd.core.tasks.run_tasks`);
+            None: one task. Two or more: outputs are ``[B, T]`` in this order.
     """
 
     output: Optional[OutputKind] = None
     call: Optional[Callable[[nn.Module, Any], Tensor]] = None
+    tasks: Optional[Tuple[Task, ...]] = None
 
     def __post_init__(self) -> None:
         if self.output is not None and self.output not in OUTPUT_KINDS:
@@ -172,6 +184,38 @@ class ModelIO:
         """This convention with the output kind made explicit for ``model`` (for exports and serving)."""
         return replace(self, output=self.output_kind(model))
 
+    def with_tasks(self, tasks: Optional[Sequence[Task]]) -> "ModelIO":
+        """This convention for a run with ``tasks`` (None or one task: as it was)."""
+        return replace(self, tasks=None if tasks is None else tuple(tasks))
+
+    @property
+    def num_tasks(self) -> int:
+        """T: the columns of the output (1: a ``[B]`` output)."""
+        return 1 if self.tasks is None else len(self.tasks)
+
+    def _stack(self, out: Dict[str, Tensor]) -> Tensor:
+        """A dict ``{task: [B] or [B, 1]}`` as ``[B, T]`` in task order (``[B]`` for one task)."""
+        names = task_names(self.tasks) if self.tasks is not None else []
+        if len(names) <= 1 and len(out) == 1:  # one task: whatever its key
+            only = next(iter(out.values()))
+            return only.reshape(only.size(0), -1).squeeze(1)
+        for name in names:
+            if name not in out:
+                raise ConfigError(f"the model's output has no task '{name}' (it has {sorted(out)}); return a dict "
+                                  f"with every task of the run: {', '.join(names)}")
+        cols: List[Tensor] = [out[n].reshape(out[n].size(0)) for n in names]
+        return torch.stack(cols, dim=1) if len(cols) > 1 else cols[0]
+
+    def _check_columns(self, out: Tensor) -> None:
+        """A ``[B, T]`` output, or one line saying what the model must return (not while fx traces it)."""
+        if isinstance(out, fx.Proxy) or self.tasks is None:
+            return
+        if out.dim() != 2 or out.size(1) != len(self.tasks):
+            names = ", ".join(task_names(self.tasks))
+            raise ConfigError(f"{self.num_tasks} tasks ({names}) but the model returns shape {list(out.shape)}; a "
+                              f"multi-task model returns [B, {self.num_tasks}] in that order or a dict "
+                              f"{{task: [B]}} (builders get the tasks as BuildInputs.tasks)")
+
     def forward(self, model: nn.Module, batch: Any) -> Tensor:
         """The model's own output on ``batch`` (whatever kind it is)."""
         if self.call is not None:
@@ -186,9 +230,13 @@ class ModelIO:
             batch (Batch): dense_features, sparse_features (and whatever ``call`` reads).
 
         Returns:
-            Tensor: [B] logits.
+            Tensor: [B] logits; ``[B, T]`` in a multi-task run (regression columns: values).
         """
         out = self.forward(model, batch)
+        if isinstance(out, dict):  # a plugin's {task: [B]}
+            out = self._stack(out)
+        if self.num_tasks > 1:
+            return self._multitask_logits(model, out)
         # [B, 1] or [B] -> [B] without branching on shapes (TorchRec's pipeline fx-traces this)
         out = out.reshape(out.size(0), -1).squeeze(1)
         kind = self.output
@@ -198,6 +246,17 @@ class ModelIO:
                 OUTPUT_WATCH.observe(model, out)
                 kind = "logit"
         return probability_to_logit(out) if kind == "probability" else out
+
+    def _multitask_logits(self, model: nn.Module, out: Tensor) -> Tensor:
+        """``[B, T]``: a probability head's binary columns as logits, regression columns as they are."""
+        self._check_columns(out)
+        if self.output_kind(model) != "probability":
+            return out
+        assert self.tasks is not None
+        if all(t.binary for t in self.tasks):
+            return probability_to_logit(out)
+        return torch.stack([probability_to_logit(out[:, i]) if t.binary else out[:, i].float()
+                            for i, t in enumerate(self.tasks)], dim=1)
 
 
 DEFAULT = ModelIO()

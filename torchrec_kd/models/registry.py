@@ -8,7 +8,9 @@ and the module paths feature terms read by default (``hint``: the representation
 the head; ``embeddings``: the pooled embeddings).
 
 Built-ins (``torchrec_kd.models.builtin``): ``dlrm``, ``dlrm_dcn``, ``dlrm_projection``,
-``deepfm``. A plugin adds its own::
+``deepfm``, and the multi-task ``shared_bottom`` and ``mmoe`` (``torchrec_kd.models.multitask``).
+A builder learns the run's tasks from ``inputs.tasks``: with two or more, its model returns
+``[B, T]`` in that order (or a dict ``{task: [B]}``). A plugin adds its own::
 
     from dataclasses import dataclass
     from torchrec_kd.models.registry import BuildInputs, register_model
@@ -26,13 +28,14 @@ Built-ins (``torchrec_kd.models.builtin``): ``dlrm``, ``dlrm_dcn``, ``dlrm_proje
 from __future__ import annotations
 
 from dataclasses import dataclass, is_dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from torchrec_kd.config import ModelConfig
+from torchrec_kd.core.tasks import DEFAULT_TASK, Task
 from torchrec_kd.models.io import OUTPUT_KINDS, ModelIO
 
 
@@ -49,6 +52,8 @@ class BuildInputs:
             the others are privileged (teacher only). Only builders registered with
             ``privileged_dense=True`` get a non-None value.
         device (torch.device): ``meta`` to shard later, or a real device.
+        tasks (Tuple[Task, ...]): the run's tasks in output order; one (the default ``label``)
+            for a single-task run, whose model returns ``[B]`` or ``[B, 1]`` as always.
     """
 
     cfg: ModelConfig
@@ -57,6 +62,12 @@ class BuildInputs:
     dense_in_features: int
     dense_columns: Optional[List[int]] = None
     device: torch.device = torch.device("meta")
+    tasks: Tuple[Task, ...] = (Task(DEFAULT_TASK),)
+
+    @property
+    def num_tasks(self) -> int:
+        """T: the model's output columns (1: one logit per row)."""
+        return len(self.tasks)
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,8 @@ class ModelBuilder:
             or a ``KeyedTensor``) embedding terms read by default.
         privileged_dense (bool): it honours ``dense_columns``.
         module (str): where it was registered (for messages).
+        multitask (bool): its models can have several heads (``inputs.tasks``); False: one head
+            only, refused in a run of several tasks.
     """
 
     name: str
@@ -83,6 +96,7 @@ class ModelBuilder:
     embeddings: Optional[str] = None
     privileged_dense: bool = False
     module: str = ""
+    multitask: bool = True
 
     def default_tap(self, kind: str) -> Optional[str]:
         """The module path a feature term of ``kind`` (``hint`` or ``embeddings``) reads unless told."""
@@ -94,7 +108,8 @@ MODELS: Dict[str, ModelBuilder] = {}
 
 def register_model(name: str, *, args: Optional[type] = None, output: str = "logit",
                    call: Optional[Callable[[nn.Module, Any], torch.Tensor]] = None, hint: Optional[str] = None,
-                   embeddings: Optional[str] = None, privileged_dense: bool = False) -> Callable:
+                   embeddings: Optional[str] = None, privileged_dense: bool = False,
+                   multitask: bool = True) -> Callable:
     """Decorator registering a model builder under ``name`` (``teacher.arch: <name>``).
 
     Args:
@@ -106,6 +121,7 @@ def register_model(name: str, *, args: Optional[type] = None, output: str = "log
         hint (Optional[str]): default module path of the hint terms.
         embeddings (Optional[str]): default module path of the embedding terms.
         privileged_dense (bool): the builder reads only ``inputs.dense_columns`` when given.
+        multitask (bool): the builder honours ``inputs.tasks`` (False: a run of several tasks refuses it).
 
     Returns:
         Callable: the decorator; it returns the builder unchanged.
@@ -121,7 +137,7 @@ def register_model(name: str, *, args: Optional[type] = None, output: str = "log
 
     def wrap(fn: Callable[[BuildInputs], nn.Module]) -> Callable[[BuildInputs], nn.Module]:
         builder = ModelBuilder(name, fn, args, ModelIO(output, call), hint, embeddings, privileged_dense,
-                               getattr(fn, "__module__", ""))
+                               getattr(fn, "__module__", ""), multitask)
         old = MODELS.get(name)
         # a silent overwrite would make a config mean different things depending on import order
         if old is not None and (old.build is not fn):
