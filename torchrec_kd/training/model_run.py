@@ -15,6 +15,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict
 
+import torch
+from torchrec.datasets.utils import Batch
+
 from torchrec_kd.checkpoint.model_io import save_model
 from torchrec_kd.config import RunConfig, config_to_dict
 from torchrec_kd.core.console import FILE_ONLY
@@ -27,6 +30,7 @@ from torchrec_kd.models.init import init_weights
 from torchrec_kd.models.inputs import model_inputs
 from torchrec_kd.models.train import RankerTrain
 from torchrec_kd.reporting.metrics_file import metrics_table, update_metrics
+from torchrec_kd.training.evaluate import scorer
 from torchrec_kd.training.pipelined_run import PipelinedRun
 from torchrec_kd.training.warm_start import warm_start
 
@@ -72,9 +76,15 @@ class TrainModelRun(PipelinedRun):
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.make_pipeline()
 
-    # ------------------------------------------------------------------ train
+    # ------------------------------------------------------------------ score
+    @torch.no_grad()
+    def score(self, batch: Batch) -> torch.Tensor:
+        """The trained model's logits ``[B]`` (``[B, T]`` with several tasks), through its ModelIO as in training."""
+        assert self.model is not None
+        return scorer(self.model)(batch)
+
     # ------------------------------------------------------------------- save
-    def save(self, metrics: Dict[str, float]) -> Dict[str, Any]:
+    def save(self, metrics: Dict[str, Any]) -> Dict[str, Any]:
         """Checkpoint the model and merge its entry into ``metrics.json``."""
         cfg, env = self.cfg, self.env
         assert env is not None and self.model is not None

@@ -1,8 +1,14 @@
 """What every pipelined recipe shares: train through the pipeline (resumably) with model
 selection on the validation split, evaluate the kept model, report an entry.
 
-Subclasses' ``setup()`` calls :meth:`setup_run`, builds ``model`` (a DMP whose forward
-returns ``(loss, (loss, logits, …))``) and ``optimizer``, then calls :meth:`make_pipeline`.
+The subclass contract is :class:`PipelinedRun`'s abstract methods:
+
+- ``setup()``: calls :meth:`setup_run`, builds ``model`` (a DMP whose forward returns
+  TorchRec's ``(loss, (loss, logits, …))`` for the pipeline) and ``optimizer``, then calls
+  :meth:`make_pipeline`;
+- ``score(batch)``: the trained model's outputs on an evaluation batch (logits ``[B]``, or
+  ``[B, T]`` in a multi-task run), named, not read by position from the training forward;
+- ``save(metrics)``: checkpoint the model and write its ``metrics.json`` entry (:meth:`entry`).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
@@ -29,13 +36,14 @@ from torchrec_kd.config import RunConfig, config_to_dict
 from torchrec_kd.core.budget import eval_interval, max_steps
 from torchrec_kd.core.fingerprint import describe_change, digest
 from torchrec_kd.core.layout import BEST_DIR, META_FILE, RunLayout
+from torchrec_kd.core.tasks import is_multitask, run_tasks
 from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import DistEnv, init_distributed
 from torchrec_kd.errors import ConfigError
 from torchrec_kd.training.evaluate import evaluate
 from torchrec_kd.training.guard import NonFiniteGuard, nonfinite_entry
 from torchrec_kd.training.loop import TrainStats, train
-from torchrec_kd.training.selection import ModelSelector
+from torchrec_kd.training.selection import ModelSelector, selection_task
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +80,8 @@ def peak_rss_gib(device: torch.device = torch.device("cpu")) -> float:
     return round(float(peak), 3)
 
 
-class PipelinedRun:
-    """Base of the training recipes.
+class PipelinedRun(ABC):
+    """Base of the training recipes (subclasses implement :meth:`setup`, :meth:`score` and :meth:`save`).
 
     Args:
         cfg (RunConfig): the validated run config.
@@ -92,6 +100,9 @@ class PipelinedRun:
         self.trained_prefix = trained_prefix
         self.data_role = data_role
         self.selector = ModelSelector(cfg.train.early_stopping)
+        self.tasks = run_tasks(cfg)
+        # the task whose validation metric selects (multi-task runs; checked before any training)
+        self.selection_task = selection_task(self.tasks, cfg.train.early_stopping.task) if is_multitask(self.tasks) else None
         self.fingerprint: Dict[str, Any] = {}  # set by the subclass's setup (what made this run)
         self.env: Optional[DistEnv] = None
         self.model: Optional[DistributedModelParallel] = None
@@ -100,6 +111,25 @@ class PipelinedRun:
         self.guard: Optional[NonFiniteGuard] = None
         self.local_batch = 0
         self.stats = TrainStats()
+
+    @abstractmethod
+    def setup(self) -> None:
+        """Process group, data, model (``self.model``), optimizer and pipeline (see the module docstring)."""
+
+    @abstractmethod
+    def score(self, batch: Batch) -> torch.Tensor:
+        """Outputs of the trained model alone on an evaluation batch already on the device.
+
+        Args:
+            batch (Batch): an evaluation batch.
+
+        Returns:
+            Tensor: logits ``[B]`` (one task) or ``[B, T]`` (a column per task: logit, or value for regression).
+        """
+
+    @abstractmethod
+    def save(self, metrics: Dict[str, Any]) -> Dict[str, Any]:
+        """Checkpoint the trained model and merge its :meth:`entry` into ``metrics.json``; return the entry."""
 
     @property
     def steps(self) -> int:
@@ -252,36 +282,36 @@ class PipelinedRun:
         return iter(self.data.batches("train", self.cfg.data.batch_size, self.env.rank, self.env.world_size,
                                       num_batches=self.steps, start=start))
 
-    def score(self, batch: Batch) -> torch.Tensor:
-        """Logits [B] of the trained model on an evaluation batch."""
-        assert self.model is not None
-        # forward returns (loss, (loss, logits, ...)): the trained model's logits come second
-        return self.model(batch)[1][1]
-
-    def evaluate(self, split: str = "test") -> Dict[str, float]:
-        """AUC / NE / log loss / calibration of the trained model's logits on ``split``."""
+    def evaluate(self, split: str = "test") -> Dict[str, Any]:
+        """AUC / NE / log loss / calibration of the trained model's logits on ``split`` (per task, and the
+        selection task's at the top, in a multi-task run: :func:`~torchrec_kd.training.evaluate.evaluate`)."""
         cfg, env = self.cfg, self.env
         assert env is not None and self.model is not None
         self.model.eval()
         n = self.data.num_batches(split, cfg.data.batch_size) or 0
         batches = self.data.batches(split, cfg.data.batch_size, env.rank, env.world_size)
-        return evaluate(self.score, batches, env, self.local_batch, n * cfg.data.batch_size)
+        return evaluate(self.score, batches, env, self.local_batch, n * cfg.data.batch_size,
+                        tasks=self.tasks, select=cfg.train.early_stopping.task)
 
     def selection(self) -> Dict[str, Any]:
         """Which model was kept: ``best_step`` (the last step without validation), its validation
-        metrics ``best_val``, ``steps`` trained of ``max_steps``, ``stopped_early``, ``select_metric``."""
+        metrics ``best_val``, ``steps`` trained of ``max_steps``, ``stopped_early``, ``select_metric``
+        and, in a multi-task run, ``selection_task`` (the task whose ``select_metric`` chose, or "mean")."""
         sel = self.selector.state
-        return {"best_step": sel.best_step if sel.best_step is not None else self.stats.steps,
-                "best_val": dict(sel.best) or None, "steps": self.stats.steps, "max_steps": self.steps,
-                "stopped_early": sel.stopped_early, "select_metric": self.selector.metric,
-                "epochs": self._epochs_seen()}
+        chosen = {"best_step": sel.best_step if sel.best_step is not None else self.stats.steps,
+                  "best_val": dict(sel.best) or None, "steps": self.stats.steps, "max_steps": self.steps,
+                  "stopped_early": sel.stopped_early, "select_metric": self.selector.metric,
+                  "epochs": self._epochs_seen()}
+        if self.selection_task is not None:
+            chosen["selection_task"] = self.selection_task
+        return chosen
 
     def _epochs_seen(self) -> Optional[float]:
         per_epoch = self.data.num_batches("train", self.cfg.data.batch_size)
         return round(self.stats.steps / per_epoch, 2) if per_epoch else None
 
-    def entry(self, metrics: Dict[str, float], params: int, embedding_bytes: int) -> Dict[str, Any]:
-        """The ``metrics.json`` entry of this run."""
+    def entry(self, metrics: Dict[str, Any], params: int, embedding_bytes: int) -> Dict[str, Any]:
+        """The ``metrics.json`` entry of this run (a multi-task run's carries ``tasks`` and ``selection_task``)."""
         assert self.env is not None
         flags = nonfinite_entry(self.name, metrics, self.guard)
         return {**metrics, **flags, "fingerprint": self.fingerprint.get("digest"), "base": self.fingerprint.get("base"),

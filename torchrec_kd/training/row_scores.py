@@ -29,7 +29,8 @@ def split_logits(score: Callable[[Batch], torch.Tensor], data: Any, split: str, 
     """Score every full global batch of ``split``; every rank gets all rows' logits and labels (a collective).
 
     Args:
-        score (Callable[[Batch], Tensor]): logits [b] of a batch already on the device (the model in eval mode).
+        score (Callable[[Batch], Tensor]): logits [b] (or [b, T] of a multi-task run) of a batch already on
+            the device (the model in eval mode).
         data: a data source (``batches``, ``num_batches``).
         split (str): "val" or "test".
         batch_size (int): the global batch size (as the recipes evaluate).
@@ -37,14 +38,17 @@ def split_logits(score: Callable[[Batch], torch.Tensor], data: Any, split: str, 
 
     Returns:
         Tuple[np.ndarray, np.ndarray]: float32 logits and labels of the split's first
-        ``num_batches · batch_size`` rows, in stored order.
+        ``num_batches · batch_size`` rows, in stored order (``[n]``, or ``[n, T]`` with several tasks).
     """
     logits: List[np.ndarray] = []
     labels: List[np.ndarray] = []
     for batch in data.batches(split, batch_size, env.rank, env.world_size):
         batch = batch.to(env.device)
-        logits.append(score(batch).reshape(-1).float().cpu().numpy())
-        labels.append(batch.labels.reshape(-1).float().cpu().numpy())
+        out, lab = score(batch).float(), batch.labels.float()
+        if lab.dim() < 2:  # one task: [b], as always; several: [b, T] rows stay rows
+            out, lab = out.reshape(-1), lab.reshape(-1)
+        logits.append(out.cpu().numpy())
+        labels.append(lab.cpu().numpy())
     mine = (logits, labels)
     if env.world_size == 1:
         shares = [mine]

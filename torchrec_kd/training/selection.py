@@ -13,17 +13,55 @@ Example::
         keep_copy_of_model(step)
     if sel.should_stop:
         break
+
+A multi-task run selects on the same top-level metric: :func:`~torchrec_kd.training.evaluate.evaluate`
+puts there the metrics of the task :func:`selection_task` names (``train.early_stopping.task``:
+a binary task, the first task when null, or ``"mean"``, the task-weighted mean over the binary
+tasks), so the selector itself does not change.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 from torchrec_kd.config import EarlyStoppingConfig
+from torchrec_kd.core.tasks import Task, task_names
+from torchrec_kd.errors import ConfigError
 
 HIGHER_IS_BETTER = {"auc": True, "ne": False, "logloss": False}
+# ``train.early_stopping.task``: select on the task-weighted mean over the binary tasks
+MEAN = "mean"
+
+
+def selection_task(tasks: Sequence[Task], choice: Optional[str]) -> str:
+    """The task whose validation metrics select the model (``train.early_stopping.task`` resolved).
+
+    Args:
+        tasks (Sequence[Task]): the run's tasks.
+        choice (Optional[str]): ``train.early_stopping.task``: None (the first task), a task name or ``"mean"``.
+
+    Returns:
+        str: a binary task's name, or ``"mean"``.
+
+    Raises:
+        ConfigError: the choice is a regression task, names no task, or is "mean" without a binary task.
+    """
+    names = task_names(tasks)
+    if choice == MEAN:
+        if not any(t.binary for t in tasks):
+            raise ConfigError("train.early_stopping.task: 'mean' averages the binary tasks' metrics, "
+                              "but this run has none; name a task or add a binary one")
+        return MEAN
+    name = names[0] if choice is None else choice
+    if name not in names:
+        raise ConfigError(f"train.early_stopping.task: no task named '{name}'; the tasks are: {', '.join(names)}")
+    if not tasks[names.index(name)].binary:
+        hint = "" if choice is not None else " (null means the first task)"
+        raise ConfigError(f"train.early_stopping.task: '{name}' is a regression task{hint}; the selection metric "
+                          "(auc, ne or logloss) needs a binary task: name one, or 'mean'")
+    return name
 
 
 @dataclass
