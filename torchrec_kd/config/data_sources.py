@@ -134,6 +134,46 @@ class WindowsConfig:
 
 
 @dataclass
+class SyntheticTasksConfig:
+    """The synthetic multi-task world (read when ``tasks`` lists two or more; see ``data/synthetic.py``).
+
+    The world's tasks: ``click`` (the one-task world's label, row for row), ``conversion``
+    (drawn only on clicked rows, 0 elsewhere), ``like`` (binary) and ``dwell`` (regression).
+    Every task but click has its own oracle: per-id biases, dense terms and latent pair
+    interactions over the same per-id codes as click but with its own pairs (so the tasks share
+    embeddings and differ in what interacts: a narrow student must fit every task's pairs in one
+    small embedding, a wide teacher holds them all). Its logit is ``share`` times click's
+    (standardised) plus ``sqrt(1 - share^2)`` times its own: share > 0 shares the click signal,
+    share < 0 partly conflicts with it.
+    """
+
+    # conversion: partly conflicting with click (clickbait converts less); P(conversion | click).
+    conversion_share: float = -0.3
+    conversion_rate: float = 0.3
+    # like: shares most of the click signal; its positive rate over all rows.
+    like_share: float = 0.6
+    like_rate: float = 0.2
+    # dwell (regression): unit-variance oracle value (share of click's) plus Gaussian noise of this std.
+    dwell_share: float = 0.5
+    dwell_noise: float = 0.5
+    # Fraction of feature pairs interacting in each task's own oracle (null: interaction_density).
+    interaction_density: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        for name in ("conversion_share", "like_share", "dwell_share"):
+            if not -1.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"data.synthetic.tasks.{name} must be in [-1, 1], got {getattr(self, name)}")
+        for name in ("conversion_rate", "like_rate"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ConfigError(f"data.synthetic.tasks.{name} must be in (0, 1), got {getattr(self, name)}")
+        if self.dwell_noise < 0:
+            raise ConfigError(f"data.synthetic.tasks.dwell_noise must be >= 0, got {self.dwell_noise}")
+        if self.interaction_density is not None and not 0.0 <= self.interaction_density <= 1.0:
+            raise ConfigError(f"data.synthetic.tasks.interaction_density must be in [0, 1] or null, "
+                              f"got {self.interaction_density}")
+
+
+@dataclass
 class SyntheticDataConfig:
     """Shape and difficulty of the built-in planted click log (see ``data/synthetic.py``)."""
 
@@ -174,6 +214,9 @@ class SyntheticDataConfig:
     student_train_rows: Optional[int] = None
     # A drifting world in time windows (new ids, popularity and concept shifts); null: the static world.
     drift: Optional[DriftConfig] = None
+    # The multi-task world's knobs (used when the run lists two or more tasks: click, conversion,
+    # like, dwell); null: the defaults of SyntheticTasksConfig.
+    tasks: Optional[SyntheticTasksConfig] = None
 
 
 def _check_fraction_pair(where: str, val: float, test: float) -> None:

@@ -9,7 +9,7 @@ yielding this rank's ``batch_size // world_size`` rows of each global batch.
 from __future__ import annotations
 
 import os
-from typing import Union
+from typing import Any, Optional, Sequence, Union
 
 from torchrec_kd.config import DataConfig
 from torchrec_kd.data.bad_rows import BadRowLog
@@ -17,14 +17,15 @@ from torchrec_kd.data.criteo import CriteoNpyLog, CriteoTsvLog
 from torchrec_kd.data.movielens import MovieLensClickLog
 from torchrec_kd.data.synthetic import SyntheticClickLog
 from torchrec_kd.data.table import TableClickLog
+from torchrec_kd.data.task_labels import multitask
 from torchrec_kd.data.timelines import windowed_log
 from torchrec_kd.data.windows import WindowedClickLog, window_slices
-from torchrec_kd.errors import DataError
+from torchrec_kd.errors import ConfigError, DataError
 
 ClickLog = Union[SyntheticClickLog, CriteoTsvLog, CriteoNpyLog, MovieLensClickLog, TableClickLog, WindowedClickLog]
 
 
-def build_data(cfg: DataConfig, seed: int, role: str = "teacher") -> ClickLog:
+def build_data(cfg: DataConfig, seed: int, role: str = "teacher", tasks: Optional[Sequence[Any]] = None) -> ClickLog:
     """The data source named by ``cfg.source``.
 
     Args:
@@ -33,6 +34,8 @@ def build_data(cfg: DataConfig, seed: int, role: str = "teacher") -> ClickLog:
         role (str): "teacher" or "student": the student's synthetic train split is its window
             (``data.synthetic.student_train_rows``) when one is set. A windowed log
             (``data.windows``, or a drifting synthetic world) is the same for every role.
+        tasks (Optional[Sequence[TaskConfig]]): the run's ``tasks``; two or more: labels
+            ``[B, T]`` in that order (:mod:`torchrec_kd.data.task_labels`); else ``[B]`` as always.
 
     Returns:
         ClickLog: exposes feature names, table sizes and per-rank batch streams.
@@ -43,21 +46,30 @@ def build_data(cfg: DataConfig, seed: int, role: str = "teacher") -> ClickLog:
     """
     # only rank 0 logs load summaries (bad rows, split sizes); every rank counts the same rows
     verbose = os.environ.get("RANK", "0") == "0"
+    if not multitask(tasks):
+        tasks = None  # one task: the source's usual label, exactly as before
+    if tasks and cfg.source in ("criteo_tsv", "criteo_npy"):
+        raise ConfigError(f"tasks: Criteo has one label column, so {len(tasks)} tasks cannot be read from it; use one "
+                          "task (or none), or a table source with a column per task")
+    if tasks and (cfg.windows is not None or (cfg.source == "synthetic" and cfg.synthetic.drift is not None)):
+        raise ConfigError(f"tasks: {len(tasks)} tasks are not supported with time windows (data.windows, "
+                          "data.synthetic.drift) yet; use one task there")
     if cfg.windows is not None or (cfg.source == "synthetic" and cfg.synthetic.drift is not None):
         # one window of a time-ordered log (data.windows): the same for every role
         return windowed_log(cfg, seed, verbose=verbose)
     if cfg.source == "synthetic":
         syn = cfg.synthetic
         rows = syn.student_train_rows if role == "student" and syn.student_train_rows is not None else syn.train_rows
-        return SyntheticClickLog(syn, seed=seed, val_rows=cfg.val_rows, test_rows=cfg.test_rows, train_rows=rows)
+        return SyntheticClickLog(syn, seed=seed, val_rows=cfg.val_rows, test_rows=cfg.test_rows, train_rows=rows,
+                                 tasks=tasks)
     if cfg.source == "criteo_tsv":
         return CriteoTsvLog(cfg.criteo, on_bad_row=cfg.on_bad_row)
     if cfg.source == "criteo_npy":
         return CriteoNpyLog(cfg.criteo, on_bad_row=cfg.on_bad_row)
     if cfg.source == "movielens":
-        return MovieLensClickLog(cfg.movielens, seed=seed, on_bad_row=cfg.on_bad_row, verbose=verbose)
+        return MovieLensClickLog(cfg.movielens, seed=seed, on_bad_row=cfg.on_bad_row, verbose=verbose, tasks=tasks)
     if cfg.source == "table":
-        return TableClickLog(cfg.table, seed=seed, on_bad_row=cfg.on_bad_row, verbose=verbose)
+        return TableClickLog(cfg.table, seed=seed, on_bad_row=cfg.on_bad_row, verbose=verbose, tasks=tasks)
     raise ValueError(f"data.source={cfg.source!r} is not supported; use synthetic, criteo_tsv, criteo_npy, "
                      "movielens or table")
 

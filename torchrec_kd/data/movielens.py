@@ -1,6 +1,9 @@
 """GroupLens MovieLens ratings as a click log (ml-100k, ml-1m and ml-latest folder layouts).
 
 A rating is a row; ``label = rating >= positive_threshold`` (4 by default: "liked it").
+With two or more ``tasks`` the labels are ``[n, T]``, each task from the rating: a binary task
+is ``rating >= at_least`` (like: 4, love: 5; default ``positive_threshold``), a regression task
+the rating itself (:mod:`torchrec_kd.data.task_labels`).
 Features (all ranks load the whole data set, a few MB, in memory):
 
 =============  ======================================================================
@@ -43,7 +46,7 @@ import logging
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -52,6 +55,7 @@ from torchrec_kd.data.bad_rows import BadRowLog
 from torchrec_kd.data.files import listing
 from torchrec_kd.data.movielens_latest import LATEST_SPARSE_NAMES, RATINGS_HEADER, load_movies, load_tags, read_csv, tag_bags
 from torchrec_kd.data.rows import SPLITS, InMemoryClickLog, Jagged, RowBlock, fraction_split
+from torchrec_kd.data.task_labels import check_rating_specs, label_specs, multitask, rating_labels
 from torchrec_kd.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -315,6 +319,8 @@ class MovieLensClickLog(InMemoryClickLog):
         seed (int): run seed (train shuffling per epoch; the split uses ``cfg.split_seed``).
         on_bad_row (str): "skip" (count and drop malformed lines) or "error".
         verbose (bool): log the bad-row summary and the data shape (rank 0).
+        tasks (Optional[Sequence[TaskConfig]]): ``cfg.tasks``; two or more: labels ``[n, T]``
+            from the rating (column ``rating``), else the single label ``[n]``.
 
     Attributes:
         layout (Layout): the detected release layout; ``sparse_names`` is its feature list.
@@ -324,7 +330,11 @@ class MovieLensClickLog(InMemoryClickLog):
             (the train split's last rating); None for layouts without tags.
     """
 
-    def __init__(self, cfg: MovieLensDataConfig, seed: int = 0, on_bad_row: str = "skip", verbose: bool = True) -> None:
+    def __init__(self, cfg: MovieLensDataConfig, seed: int = 0, on_bad_row: str = "skip", verbose: bool = True,
+                 tasks: Optional[Sequence[Any]] = None) -> None:
+        self.label_specs = label_specs(tasks, first_default="rating", default="rating") if multitask(tasks) else None
+        if self.label_specs is not None:
+            check_rating_specs(self.label_specs)
         if not cfg.path:
             raise ConfigError("data.movielens.path is not set; point it at the unpacked ml-100k, ml-1m or ml-latest "
                               "folder")
@@ -395,7 +405,10 @@ class MovieLensClickLog(InMemoryClickLog):
         year = np.asarray([meta.year.get(int(i), np.nan) for i in item], np.float64)
         dense = np.stack([np.where(np.isfinite(year), (year - 1900.0) / 100.0, 0.0),
                           np.log1p(user_count[user]), np.log1p(item_count[item])], axis=1).astype(np.float32)
-        labels = (r.rating[idx] >= self.cfg.positive_threshold).astype(np.float32)
+        if self.label_specs is None:
+            labels = (r.rating[idx] >= self.cfg.positive_threshold).astype(np.float32)
+        else:
+            labels = rating_labels(r.rating[idx], self.label_specs, self.cfg.positive_threshold)
         tables = dict(zip(self.sparse_names, self.num_embeddings))
         per_item = {"genres": meta.genres, "tags": meta.tags}
         per_user = {"gender": meta.gender, "age_bucket": meta.age, "occupation": meta.occupation,

@@ -19,6 +19,10 @@ scaled to ``logit_scale`` standard deviations and shifted to the target positive
 rate. Because labels are ``Bernoulli(sigmoid(logit))``, a teacher that learns the
 oracle's probabilities carries more information than the 0/1 labels.
 
+With two or more ``tasks`` the world is multi-task (:mod:`torchrec_kd.data.synthetic_tasks`):
+labels ``[B, T]`` from ``click`` (this oracle, row for row), ``conversion`` (only on clicks),
+``like`` and ``dwell`` (regression), each task's own planted oracle mixed with click's.
+
 Example::
 
     gen = SyntheticClickLog(SyntheticDataConfig(num_embeddings=1000), seed=0)
@@ -28,7 +32,7 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -36,8 +40,10 @@ from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_kd.config import SyntheticDataConfig
-from torchrec_kd.config.data_sources import DriftConfig
+from torchrec_kd.config.data_sources import DriftConfig, SyntheticTasksConfig
 from torchrec_kd.data.rows import RowBlock
+from torchrec_kd.data.synthetic_tasks import TaskWorld, task_draws
+from torchrec_kd.data.task_labels import check_synthetic_specs, label_specs, multitask
 from torchrec_kd.errors import ConfigError
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -153,10 +159,13 @@ class SyntheticClickLog:
         test_rows (int): rows in the test split.
         train_rows (Optional[int]): a finite train split of the world's first rows, read by
             epochs; None: the endless stream (``cfg.train_rows`` is what recipes pass).
+        tasks (Optional[Sequence[TaskConfig]]): ``cfg.tasks``; two or more: the multi-task world's
+            labels ``[B, T]`` (each task's ``column``, default its name: click, conversion, like or
+            dwell), else the click label ``[B]``.
     """
 
     def __init__(self, cfg: SyntheticDataConfig, seed: int = 0, val_rows: int = 65_536, test_rows: int = 131_072,
-                 train_rows: Optional[int] = None) -> None:
+                 train_rows: Optional[int] = None, tasks: Optional[Sequence[Any]] = None) -> None:
         self.cfg = cfg
         self.run_seed = seed
         self.seed = seed if cfg.world_seed is None else cfg.world_seed  # the world's
@@ -194,6 +203,14 @@ class SyntheticClickLog:
             self._window_sizes = [torch.tensor([len(self._rankings[f][w]) if f in self._rankings else n
                                                 for f, n in enumerate(self.num_embeddings)], dtype=torch.int64)
                                   for w in range(cfg.drift.windows)]
+        self._world: Optional[TaskWorld] = None
+        if multitask(tasks):
+            specs = label_specs(tasks)
+            check_synthetic_specs(specs)
+            if cfg.drift is not None:
+                raise ConfigError("tasks: the drifting synthetic world (data.synthetic.drift) has one task; remove "
+                                  "data.synthetic.drift or list one task")
+            self._world = TaskWorld(self, [s.column or s.name for s in specs], cfg.tasks or SyntheticTasksConfig())
         self._calibrate()
 
     # ----------------------------------------------------------------- rows
@@ -259,7 +276,8 @@ class SyntheticClickLog:
     def _calibrate(self) -> None:
         """Scale to ``logit_scale`` std and shift to ``positive_rate`` on a fixed sample."""
         # a fixed sample, independent of block_rows, so the oracle does not depend on it
-        parts = [self._logits(*self._rows(SPLITS["train"] + 1000, b, rows=4096)[:3]) for b in range(4)]
+        sample = [self._rows(SPLITS["train"] + 1000, b, rows=4096)[:3] for b in range(4)]
+        parts = [self._logits(*rows) for rows in sample]
         raw = torch.cat(parts).double()
         self._scale = self.cfg.logit_scale / float(raw.std().clamp_min(1e-6))
         x = raw * self._scale
@@ -271,6 +289,8 @@ class SyntheticClickLog:
             else:
                 hi = mid
         self._bias = (lo + hi) / 2
+        if self._world is not None:
+            self._world.calibrate(sample, torch.cat(parts))
 
     # -------------------------------------------------------------- batches
     def num_batches(self, split: str, batch_size: int) -> Optional[int]:
@@ -318,7 +338,8 @@ class SyntheticClickLog:
 
         Returns:
             Batch: dense_features [b, D] (log1p of counts), sparse_features (KJT, b rows),
-            labels [b]; with ``with_oracle`` a tuple (Batch, probabilities).
+            labels [b] ([b, T] in a multi-task world); with ``with_oracle`` a tuple (Batch,
+            probabilities [b] or [b, T], a regression task's column its expected value).
         """
         local = self._local_batch_size(batch_size, world_size)
         blocks_per_rank = local // self.cfg.block_rows
@@ -328,18 +349,24 @@ class SyntheticClickLog:
             per_batch = batch_size // self.cfg.block_rows
             blocks = np.arange(index * per_batch, (index + 1) * per_batch)
         mine = blocks[rank * blocks_per_rank:(rank + 1) * blocks_per_rank]
-        batch, prob = self._assemble([self._rows(SPLITS[split], int(b)) for b in mine])
+        draws = None
+        if self._world is not None:
+            draws = [task_draws(self.seed, SPLITS[split], int(b), self.cfg.block_rows) for b in mine]
+        batch, prob = self._assemble([self._rows(SPLITS[split], int(b)) for b in mine], draws)
         return (batch, prob) if with_oracle else batch
 
-    def _assemble(self, parts: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
-                  ) -> Tuple[Batch, torch.Tensor]:
-        """Generated blocks -> (Batch, oracle probabilities)."""
+    def _assemble(self, parts: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+                  draws: Optional[List[torch.Tensor]] = None) -> Tuple[Batch, torch.Tensor]:
+        """Generated blocks (and, multi-task, their task draws) -> (Batch, oracle probabilities)."""
         z = torch.cat([p[0] for p in parts])
         lengths = torch.cat([p[1] for p in parts])
         ids = torch.cat([p[2] for p in parts])
         u = torch.cat([p[3] for p in parts])
-        prob = torch.sigmoid(self._logits(z, lengths, ids) * self._scale + self._bias)
+        raw = self._logits(z, lengths, ids)
+        prob = torch.sigmoid(raw * self._scale + self._bias)
         labels = (u < prob).float()
+        if self._world is not None and draws is not None:  # [R, T]: click is the column drawn above
+            labels, prob = self._world.labels(z, lengths, ids, raw, labels, torch.cat(draws))
         # Criteo-like dense input: counts from a log-normal, fed as log(1 + count).
         dense = torch.log1p(torch.floor(torch.exp(1.2 * z + 1.0)))
         R, F = lengths.shape
@@ -440,7 +467,10 @@ class SyntheticClickLog:
 
         probs, labels = zip(*((p, b.labels) for b, p in (self.batch(split, i, batch_size, with_oracle=True)
                                                          for i in range(num_batches))))
-        return float(binary_auroc(torch.cat(probs), torch.cat(labels).long()))
+        prob, label = torch.cat(probs), torch.cat(labels)
+        if prob.dim() == 2:  # a multi-task world: the first task's
+            prob, label = prob[:, 0], label[:, 0]
+        return float(binary_auroc(prob, label.long()))
 
     def _local_batch_size(self, batch_size: int, world_size: int) -> int:
         local = batch_size // world_size

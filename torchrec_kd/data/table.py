@@ -13,6 +13,11 @@ Rules:
 * sparse: empty cells are empty bags; integer ids are taken modulo ``num_embeddings``
   (negatives wrap), other values are hashed (``ids.py``); multi-valued cells are split on
   ``separator`` (Parquet list cells are used as they are);
+* tasks (``tasks`` of two or more): one label column each, ``[n, T]`` in task order
+  (:mod:`torchrec_kd.data.task_labels`): the first task without a ``column`` is the label
+  above; another task reads its ``column`` (default: its name) through ``positive`` (text
+  values that are 1, any other 0), ``at_least`` (numbers) or as 0/1, a regression task as a
+  number; a task with ``only_where`` is 0 outside its space, where its cell may be empty;
 * CSV rows with the wrong number of fields or undecodable bytes are bad rows (skipped and
   counted with their line numbers, or an error with ``data.on_bad_row: error``); blank
   lines are not rows.
@@ -46,6 +51,7 @@ from torchrec_kd.data.bad_rows import BadRowLog
 from torchrec_kd.data.files import listing, natural_key
 from torchrec_kd.data.ids import to_rows
 from torchrec_kd.data.rows import InMemoryClickLog, Jagged, RowBlock, fraction_split
+from torchrec_kd.data.task_labels import LabelSpec, label_specs, multitask, zero_outside_spaces
 from torchrec_kd.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -104,15 +110,23 @@ def _missing(series: pd.Series) -> np.ndarray:
 class TableColumns:
     """The schema's columns and how one chunk of them becomes a RowBlock."""
 
-    def __init__(self, cfg: TableDataConfig, with_label: bool = True) -> None:
+    def __init__(self, cfg: TableDataConfig, with_label: bool = True, tasks: Optional[Sequence[Any]] = None) -> None:
         self.cfg, self.with_label = cfg, with_label
+        # two or more tasks: one label column each ([n, T]); else the single label as always
+        self.specs: Optional[List[LabelSpec]] = label_specs(tasks) if multitask(tasks) else None
         self.sparse_cols: List[SparseColumnConfig] = list(cfg.sparse)
-        self.needed = [*([cfg.label] if with_label else []), *cfg.dense, *(s.column for s in cfg.sparse)]
+        self.needed = [*(self.label_columns() if with_label else []), *cfg.dense, *(s.column for s in cfg.sparse)]
         if cfg.time_column:
             self.needed.append(cfg.time_column)
         self.needed = list(dict.fromkeys(self.needed))
         self.pos = {_label_key(v) for v in cfg.positive}
         self.neg = {_label_key(v) for v in cfg.negative}
+
+    def label_columns(self) -> List[str]:
+        """The columns the labels are read from (``data.table.label``, or each task's)."""
+        if self.specs is None:
+            return [self.cfg.label]
+        return list(dict.fromkeys(s.column or self.cfg.label for s in self.specs))
 
     def check_columns(self, available: Sequence[str], file: Path) -> None:
         """Every column the schema names must be in the file (DataError naming the missing ones)."""
@@ -148,6 +162,77 @@ class TableColumns:
                               f"positive {list(cfg.positive)} or negative {list(cfg.negative)}")
         out[:] = [1.0 if k in self.pos else 0.0 for k in keys]
         return out
+
+    def task_labels(self, df: pd.DataFrame, lines: np.ndarray, file: Path, bad: np.ndarray,
+                    pending: List[Bad]) -> np.ndarray:
+        """[n, T] labels, one column per task; a task's empty cell marks the row bad only inside its space.
+
+        Args:
+            df (pd.DataFrame): the chunk.
+            lines (np.ndarray): its 1-based line numbers.
+            file (Path): the file (for errors).
+            bad (np.ndarray): rows already bad (updated).
+            pending (List[Bad]): bad rows found here are added.
+
+        Returns:
+            np.ndarray: [n, T] float32 (0 outside a task's ``only_where`` space).
+
+        Raises:
+            DataError: a task's cell is not what its spec reads (a number, 0/1).
+        """
+        specs = self.specs or []
+        out = np.zeros((len(df), len(specs)), np.float32)
+        empty = np.zeros((len(df), len(specs)), bool)
+        for i, spec in enumerate(specs):
+            if spec.column is None:  # the first task: data.table.label with its values, as a one-task run reads it
+                out[:, i] = self.labels(df[self.cfg.label], lines, file, bad, pending)
+                continue
+            out[:, i], empty[:, i] = self._task_column(df[spec.column], spec, lines, file, bad)
+        for i, spec in enumerate(specs):
+            inside = out[:, spec.space] > 0.5 if spec.space is not None else np.ones(len(df), bool)
+            missing = empty[:, i] & inside & ~bad
+            pending.extend((int(line), f"empty label column '{spec.column}' (task {spec.name})", "")
+                           for line in lines[missing])
+            bad |= missing
+        return zero_outside_spaces(out, specs)
+
+    def _task_column(self, col: pd.Series, spec: LabelSpec, lines: np.ndarray, file: Path,
+                     bad: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """One task's (labels, empty cells) from its column (``positive`` / ``at_least`` / 0-1 / regression)."""
+        empty = _missing(col) | _nan_text(col)
+        values = col.to_numpy(dtype=object)
+        out = np.zeros(len(col), np.float32)
+        if spec.binary and spec.positive:  # text values: listed ones are 1, every other value 0
+            pos = {_label_key(v) for v in spec.positive}
+            out[:] = [1.0 if not e and _label_key(v) in pos else 0.0 for v, e in zip(values, empty)]
+            return out, empty
+        if spec.binary and spec.at_least is None:  # the column itself must be 0/1
+            keys = [_label_key(v) if not e else None for v, e in zip(values, empty)]
+            ones, zeros = {("num", 1.0), ("str", "true")}, {("num", 0.0), ("str", "false")}
+            wrong = np.asarray([k is not None and k not in ones and k not in zeros for k in keys], bool) & ~bad
+            if wrong.any():
+                self._task_error(spec, values[wrong], lines[wrong], file, "0 or 1 (or set the task's at_least / "
+                                 "positive)")
+            out[:] = [1.0 if k in ones else 0.0 for k in keys]
+            return out, empty
+        if pd.api.types.is_bool_dtype(col.dtype):
+            col = col.astype(np.float64)
+        num = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
+        wrong = ~np.isfinite(num) & ~empty & ~bad
+        if wrong.any():
+            self._task_error(spec, values[wrong], lines[wrong], file, "numbers")
+        num = np.where(np.isfinite(num), num, 0.0)
+        out[:] = (num >= spec.at_least) if spec.binary else num
+        return out, empty
+
+    def _task_error(self, spec: LabelSpec, values: np.ndarray, lines: np.ndarray, file: Path, expected: str) -> None:
+        seen: Dict[str, int] = {}
+        for v, line in zip(values, lines):
+            seen.setdefault(repr(v), int(line))
+            if len(seen) == 5:
+                break
+        found = ", ".join(f"{v} (line {n})" for v, n in seen.items())
+        raise DataError(f"{file}: column '{spec.column}' of task '{spec.name}' holds {found}; expected {expected}")
 
     def _label_error(self, values: np.ndarray, lines: np.ndarray, file: Path, expected: str) -> None:
         seen: Dict[str, int] = {}
@@ -207,8 +292,12 @@ class TableColumns:
         """:meth:`convert`, also returning the boolean mask of the chunk's good rows."""
         bad = np.zeros(len(df), bool)
         # unlabeled traffic (predict, serving): labels stay 0 and are never reported
-        labels = self.labels(df[self.cfg.label], lines, file, bad, pending) if self.with_label else \
-            np.zeros(len(df), np.float32)
+        if not self.with_label:
+            labels = np.zeros((len(df), len(self.specs)) if self.specs else len(df), np.float32)
+        elif self.specs is None:
+            labels = self.labels(df[self.cfg.label], lines, file, bad, pending)
+        else:
+            labels = self.task_labels(df, lines, file, bad, pending)
         dense = self.dense(df, lines, bad, pending)
         time = self.time(df, lines, bad, pending) if self.cfg.time_column else np.zeros(0)
         good = ~bad
@@ -370,9 +459,12 @@ class TableClickLog(InMemoryClickLog):
         seed (int): run seed (train shuffling per epoch; the split uses ``cfg.split_seed``).
         on_bad_row (str): "skip" (count and drop malformed rows) or "error".
         verbose (bool): log the bad-row summary and the data shape (rank 0).
+        tasks (Optional[Sequence[TaskConfig]]): ``cfg.tasks``; two or more: labels ``[n, T]``
+            (:mod:`torchrec_kd.data.task_labels`), else the single label ``[n]``.
     """
 
-    def __init__(self, cfg: TableDataConfig, seed: int = 0, on_bad_row: str = "skip", verbose: bool = True) -> None:
+    def __init__(self, cfg: TableDataConfig, seed: int = 0, on_bad_row: str = "skip", verbose: bool = True,
+                 tasks: Optional[Sequence[Any]] = None) -> None:
         if not cfg.dense and not cfg.sparse:
             raise ConfigError("data.table declares no dense and no sparse columns; list them in data.table.dense and "
                               "data.table.sparse (see configs/table_example.yaml)")
@@ -383,7 +475,8 @@ class TableClickLog(InMemoryClickLog):
         self.dense_names = list(cfg.dense)
         self.sparse_names = [s.name or s.column for s in cfg.sparse]
         self.num_embeddings = [s.num_embeddings for s in cfg.sparse]
-        cols = TableColumns(cfg)
+        cols = TableColumns(cfg, tasks=tasks)
+        self.tasks = list(tasks or [])
         blocks: List[RowBlock] = []
         times: List[np.ndarray] = []
         for f in self.files:
