@@ -10,6 +10,9 @@ input distribution: the teachers' lookups overlap the previous step like the stu
 Variants, all through the same forward:
 
 * one teacher, or an ensemble (weighted mean of the teachers' logits; any architectures mix);
+* several tasks: the teachers' outputs become the student's ``[B, T]`` per task, from the
+  teachers teaching each task (:mod:`~torchrec_kd.distill.task_teachers`: a multi-task
+  teacher, or one single-task teacher per task);
 * no teacher at all: offline distillation reads the teacher outputs stored with each
   row from a :class:`~torchrec_kd.distill.scored_batch.ScoredBatch`;
 * privileged features: the student's tables leave the sparse ones out (the KJT still
@@ -35,11 +38,13 @@ from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_kd.distill.taps import FeatureTaps
+from torchrec_kd.distill.task_teachers import TaskSource, assemble
 from torchrec_kd.losses import Tap, WeightedKDLoss
 from torchrec_kd.losses.ranking import group_ids_from_jagged
 from torchrec_kd.models.io import LOGIT, ModelIO
 
 Output = Tuple[Tensor, Tensor, Tensor, Tensor]
+TaskPlan = Optional[Sequence[Sequence[TaskSource]]]
 
 
 class GroupIds(nn.Module):
@@ -83,12 +88,15 @@ class _Teachers(nn.Module):
     """Frozen teachers, their logits' weighted mean and the first teacher's taps (shared by both wrappers)."""
 
     def __init__(self, teachers: Sequence[nn.Module], teacher_weights: Optional[Sequence[float]],
-                 teacher_io: Union[None, ModelIO, Sequence[ModelIO]], taps: Sequence[Tap]) -> None:
+                 teacher_io: Union[None, ModelIO, Sequence[ModelIO]], taps: Sequence[Tap],
+                 task_plan: TaskPlan = None) -> None:
         super().__init__()
         if isinstance(teachers, nn.Module):  # one teacher passed bare
             teachers = [teachers]
         self.teachers = nn.ModuleList(teachers)
-        self.teacher_weights = normalised_weights(len(self.teachers), teacher_weights)
+        # per-task weights live in the plan (renormalised per task); without one, the plain ensemble mean
+        self.task_plan = None if task_plan is None else [list(p) for p in task_plan]
+        self.teacher_weights = normalised_weights(len(self.teachers), teacher_weights if task_plan is None else None)
         self.teacher_ios = _ios(len(self.teachers), teacher_io)
         self.teacher_tap_specs = [t for t in taps if t.role == "teacher"]
         self._teacher_hooks = FeatureTaps([t.path for t in self.teacher_tap_specs])
@@ -109,12 +117,15 @@ class _Teachers(nn.Module):
         return self
 
     def _teacher_outputs(self, batch: Batch) -> Tuple[Tensor, Dict[str, Any]]:
-        """Ensemble logits [B] and the first teacher's tapped outputs by tap key (no grad)."""
+        """Ensemble logits [B] ([B, T] per the task plan) and the first teacher's tapped outputs by tap key (no grad)."""
         if not self._teacher_hooks.attached:  # now, after sharding replaced the embedding collections
             self._teacher_hooks.attach(self.teachers[0], "teacher")
         with torch.no_grad(), self._teacher_hooks.collect() as out:
             logits = [io.logits(t, batch) for t, io in zip(self.teachers, self.teacher_ios)]
-        mean = logits[0] if len(logits) == 1 else sum(w * x for w, x in zip(self.teacher_weights, logits))
+        if self.task_plan is not None:
+            mean = assemble(logits, self.task_plan)
+        else:
+            mean = logits[0] if len(logits) == 1 else sum(w * x for w, x in zip(self.teacher_weights, logits))
         return mean, {t.key: out.get(t.path) for t in self.teacher_tap_specs}
 
 
@@ -128,16 +139,19 @@ class TeacherEnsemble(_Teachers):
         teacher_io (ModelIO | Sequence[ModelIO] | None): how each teacher is called (default logits from
             ``model(dense, kjt)``).
         taps (Sequence[Tap]): the first teacher's outputs to return too (``role == "teacher"``).
+        task_plan (Optional[Sequence[Sequence[TaskSource]]]): several tasks: which teachers' columns
+            make each task (:func:`~torchrec_kd.distill.task_teachers.task_plan`); None: the weighted mean.
     """
 
     def __init__(self, teachers: Sequence[nn.Module], teacher_weights: Optional[Sequence[float]] = None,
-                 teacher_io: Union[None, ModelIO, Sequence[ModelIO]] = None, taps: Sequence[Tap] = ()) -> None:
-        super().__init__(teachers, teacher_weights, teacher_io, taps)
+                 teacher_io: Union[None, ModelIO, Sequence[ModelIO]] = None, taps: Sequence[Tap] = (),
+                 task_plan: TaskPlan = None) -> None:
+        super().__init__(teachers, teacher_weights, teacher_io, taps, task_plan)
         self.requires_grad_(False)
         self.eval()
 
     def forward(self, batch: Batch) -> Tuple[Tensor, Dict[str, Any]]:
-        """Ensemble logits [B] and the first teacher's tapped outputs by :attr:`Tap.key`."""
+        """Ensemble logits [B] ([B, T]) and the first teacher's tapped outputs by :attr:`Tap.key`."""
         return self._teacher_outputs(batch)
 
 
@@ -158,14 +172,16 @@ class DistillationModel(_Teachers):
         group_feature (Optional[str]): KJT key of the group id, needed by rank_* terms.
         teacher_io (ModelIO | Sequence[ModelIO] | None): how each teacher is called and what it returns.
         student_io (Optional[ModelIO]): the same for the student.
+        task_plan (Optional[Sequence[Sequence[TaskSource]]]): several tasks: which teachers' columns
+            make each student task (:func:`~torchrec_kd.distill.task_teachers.task_plan`).
     """
 
     def __init__(self, teachers: Sequence[nn.Module], student: nn.Module, loss: WeightedKDLoss,
                  teacher_weights: Optional[Sequence[float]] = None, group_feature: Optional[str] = None,
                  teacher_io: Union[None, ModelIO, Sequence[ModelIO]] = None,
-                 student_io: Optional[ModelIO] = None) -> None:
+                 student_io: Optional[ModelIO] = None, task_plan: TaskPlan = None) -> None:
         taps = loss.taps
-        super().__init__(teachers, teacher_weights, teacher_io, taps)
+        super().__init__(teachers, teacher_weights, teacher_io, taps, task_plan)
         self.student = student
         self.loss_fn = loss
         self.student_io = student_io or LOGIT
@@ -175,8 +191,12 @@ class DistillationModel(_Teachers):
             raise ValueError("a rank_* loss term needs distill.group_feature (the sparse feature holding the group id)")
         self.group_ids = GroupIds(group_feature) if group_feature is not None else None
 
+    def set_step(self, step: int) -> None:
+        """The training loop's optimizer step (0-based), for the loss terms' schedules."""
+        self.loss_fn.set_step(step)
+
     def score(self, batch: Batch) -> Tensor:
-        """The student's logits [B] alone (evaluation: no teacher work, no taps)."""
+        """The student's logits [B] ([B, T]) alone (evaluation: no teacher work, no taps)."""
         return self.student_io.logits(self.student, batch)
 
     def forward(self, batch: Batch) -> Tuple[Tensor, Output]:

@@ -2,9 +2,10 @@
 
 ``score-teacher`` runs the frozen teacher(s) once over the training stream that
 ``distill`` will consume (same data, seed, batch size, steps) and stores per row the
-ensemble logits and, when a configured term needs them, the first teacher's hint and
-pooled embeddings — the teacher submodules' outputs the terms tap, stored by tap key
-such as ``hint:inter_arch`` (:mod:`torchrec_kd.distill.score_cache`). ``distill`` with
+ensemble logits (``[n, T]``, a column per student task, in a multi-task run) and, when a
+configured term needs them, the first teacher's hint and pooled embeddings — the teacher
+submodules' outputs the terms tap, stored by tap key such as ``hint:inter_arch``
+(:mod:`torchrec_kd.distill.score_cache`). ``distill`` with
 ``distill.offline: true`` then builds no teacher: :meth:`OfflineScores.attach` turns each
 training batch into a :class:`~torchrec_kd.distill.scored_batch.ScoredBatch` carrying the
 stored outputs of exactly its rows.
@@ -31,6 +32,7 @@ from torchrec_kd.checkpoint.model_io import checkpoint_fingerprint
 from torchrec_kd.config import RunConfig
 from torchrec_kd.core.fingerprint import data_identity, digest
 from torchrec_kd.core.layout import RunLayout
+from torchrec_kd.core.tasks import is_multitask, run_tasks, task_names
 from torchrec_kd.distill.score_cache import batch_digest, check_digest, open_cache
 from torchrec_kd.distill.scored_batch import ScoredBatch
 from torchrec_kd.distributed.env import DistEnv
@@ -52,14 +54,22 @@ def cached_fields(taps: Iterable[Tap]) -> List[str]:
 
 
 def run_fingerprint(cfg: RunConfig, teachers: Sequence["TeacherSpec"]) -> Dict[str, Any]:
-    """What a cache must match to stand in for the teacher(s) in this run."""
-    return {
+    """What a cache must match to stand in for the teacher(s) in this run.
+
+    Several tasks add the student's task names (the stored logits' columns) and which tasks
+    each teacher teaches; a one-task run's fingerprint is what it always was.
+    """
+    multitask = is_multitask(cfg)
+    fingerprint = {
         "teachers": [{"checkpoint": str(t.checkpoint), "sha256": checkpoint_fingerprint(t.checkpoint),
-                      "weight": t.weight} for t in teachers],
+                      "weight": t.weight, **({"tasks": t.teaches} if multitask else {})} for t in teachers],
         "teacher_dtype": cfg.distill.teacher_dtype,  # fp16 tables score (slightly) differently
         "data": digest(data_identity(cfg)),  # the same data identity as every artifact's fingerprint
         "seed": cfg.seed,
     }
+    if multitask:
+        fingerprint["tasks"] = task_names(run_tasks(cfg))
+    return fingerprint
 
 
 class OfflineScores:

@@ -27,7 +27,7 @@ class ScoredBatch(Batch):
     """``Batch`` plus the teacher's outputs for the same rows.
 
     Args:
-        teacher_logits (Tensor): [B] teacher logits.
+        teacher_logits (Tensor): [B] teacher logits ([B, T] for several tasks).
         teacher_taps (Dict[str, Tensor]): the teacher's tapped outputs the loss terms read, by
             tap key (``hint:inter_arch`` -> [B, H], ``embeddings:sparse_arch`` -> [B, F, D]).
     """

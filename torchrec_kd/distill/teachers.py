@@ -14,7 +14,7 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Sequence
 
 import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
@@ -23,6 +23,8 @@ from torchrec_kd.checkpoint.model_io import checkpoint_fingerprint, read_meta
 from torchrec_kd.config import ModelConfig, RunConfig, config_to_dict
 from torchrec_kd.core.fingerprint import more, read_recorded, short_value
 from torchrec_kd.core.layout import TEACHER, RunLayout
+from torchrec_kd.core.tasks import Task, run_tasks
+from torchrec_kd.distill.task_teachers import TaskSource, TeacherTasks, saved_tasks, task_plan
 from torchrec_kd.errors import CheckpointError, ConfigError
 from torchrec_kd.models.build import model_config_from_meta
 from torchrec_kd.models.dlrm import make_tables, tables_stored_as
@@ -100,10 +102,22 @@ class TeacherSpec:
         weight (float): its ensemble weight.
         model (ModelConfig): architecture.
         tables (List[EmbeddingBagConfig]): its tables.
+        tasks (Optional[List[Task]]): its output columns (from its meta.json; default one ``label`` task).
+        teaches (Optional[List[str]]): ``distill.teachers[i].tasks`` (None: every task it has).
+        where (str): its config key, for messages.
     """
 
-    def __init__(self, checkpoint: Path, weight: float, model: ModelConfig, tables: List[EmbeddingBagConfig]) -> None:
+    def __init__(self, checkpoint: Path, weight: float, model: ModelConfig, tables: List[EmbeddingBagConfig],
+                 tasks: Optional[List[Task]] = None, teaches: Optional[List[str]] = None,
+                 where: str = "distill.teacher_checkpoint") -> None:
         self.checkpoint, self.weight, self.model, self.tables = checkpoint, weight, model, tables
+        self.tasks: List[Task] = list(tasks or [Task("label")])
+        self.teaches, self.where = teaches, where
+
+    @property
+    def build_tasks(self) -> Optional[List[Task]]:
+        """The tasks it is built (and called) with: None for a one-output teacher (as always)."""
+        return self.tasks if len(self.tasks) > 1 else None
 
     @property
     def features(self) -> List[str]:
@@ -156,7 +170,8 @@ def resolve_teachers(cfg: RunConfig, sparse_names: List[str], num_embeddings: Li
         path = Path(cfg.distill.teacher_checkpoint or RunLayout(cfg.out_dir).model(TEACHER))
         tables = make_tables(cfg.teacher, sparse_names, num_embeddings)
         check_teacher_checkpoint(path, cfg.teacher, tables)
-        return [TeacherSpec(path, 1.0, cfg.teacher, tables_stored_as(tables, sharded_dtype(cfg)))]
+        return [TeacherSpec(path, 1.0, cfg.teacher, tables_stored_as(tables, sharded_dtype(cfg)),
+                            saved_tasks(read_meta(path)))]
     sizes = dict(zip(sparse_names, num_embeddings))
     specs: List[TeacherSpec] = []
     for i, entry in enumerate(cfg.distill.teachers):
@@ -175,7 +190,8 @@ def resolve_teachers(cfg: RunConfig, sparse_names: List[str], num_embeddings: Li
             raise CheckpointError(f"{where}.checkpoint: {entry.checkpoint} does not fit this data: "
                                   f"(feature, its rows, the data's) {bad[:3]}; distill on the data the teacher was trained on")
         tables = tables_stored_as(make_tables(model, feats, rows), sharded_dtype(cfg))
-        specs.append(TeacherSpec(Path(entry.checkpoint), entry.weight, model, tables))
+        specs.append(TeacherSpec(Path(entry.checkpoint), entry.weight, model, tables, saved_tasks(meta),
+                                 list(entry.tasks) if entry.tasks is not None else None, where))
     if sum(s.weight for s in specs) <= 0:
         raise ConfigError("distill.teachers: the weights sum to 0; give at least one teacher a positive weight")
     prefixes = [s.model.table_prefix for s in specs] + [cfg.student.table_prefix]
@@ -184,6 +200,22 @@ def resolve_teachers(cfg: RunConfig, sparse_names: List[str], num_embeddings: Li
         raise ConfigError(f"distill.teachers: table prefix(es) {clash} used by more than one model of this run "
                           "(every model shares one DMP); train the extra teacher with e.g. teacher.table_prefix=t2_")
     return specs
+
+
+def teacher_task_plan(cfg: RunConfig, teachers: Sequence[TeacherSpec]) -> Optional[List[List[TaskSource]]]:
+    """Which teachers' columns make each student task's soft target (None: one task, the plain mean).
+
+    Args:
+        cfg (RunConfig): the run (its ``tasks``).
+        teachers (Sequence[TeacherSpec]): from :func:`resolve_teachers`.
+
+    Returns:
+        Optional[List[List[TaskSource]]]: see :func:`~torchrec_kd.distill.task_teachers.task_plan`.
+
+    Raises:
+        ConfigError: a student task no teacher teaches, or a teacher listing a task it lacks.
+    """
+    return task_plan(run_tasks(cfg), [TeacherTasks(t.tasks, t.teaches, t.weight, t.where) for t in teachers])
 
 
 def teacher_digest(checkpoint: Path) -> str:

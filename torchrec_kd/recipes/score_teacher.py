@@ -22,40 +22,21 @@ import torch
 import torch.distributed as dist
 from torchrec.distributed.model_parallel import DistributedModelParallel
 
-from torchrec_kd.checkpoint.model_io import load_module
 from torchrec_kd.config import RunConfig
 from torchrec_kd.core.budget import max_steps
 from torchrec_kd.core.console import progress_bar
+from torchrec_kd.core.tasks import is_multitask, run_tasks
 from torchrec_kd.data import build_data
-from torchrec_kd.distill.dims import run_feature_dims
-from torchrec_kd.distill.freeze import freeze_sharded, freeze_teacher_tables
+from torchrec_kd.distill.frozen_teachers import build_frozen_teachers, distill_parts, load_frozen_teachers, teacher_ios
 from torchrec_kd.distill.model import TeacherEnsemble
 from torchrec_kd.distill.offline import cached_fields, run_fingerprint, scores_dir
 from torchrec_kd.distill.score_cache import CacheSpec, ScoreCacheWriter, batch_digest, write_manifest
-from torchrec_kd.distill.teachers import TEACHERS, TeacherSpec, resolve_teachers, store_teachers_as_int8
+from torchrec_kd.distill.teachers import TeacherSpec
 from torchrec_kd.distributed.env import DistEnv, init_distributed
 from torchrec_kd.distributed.sharding import planner_constraints, shard
-from torchrec_kd.errors import ConfigError
-from torchrec_kd.losses import FeatureDims, Tap, as_feature, build_loss
-from torchrec_kd.models.build import build_model, model_io
-from torchrec_kd.models.dlrm import MODEL_PREFIX, make_tables
-from torchrec_kd.models.inputs import model_inputs
+from torchrec_kd.losses import Tap, as_feature
 
 logger = logging.getLogger(__name__)
-
-
-def teacher_taps(cfg: RunConfig, data: Any, teachers: List[TeacherSpec]) -> Tuple[List[Tap], FeatureDims]:
-    """The first teacher's outputs the configured loss terms read, and the dims that measured them."""
-    dense_in = len(data.dense_names)
-    inputs = model_inputs(cfg, "student", data.sparse_names, data.num_embeddings, data.dense_names)
-    student_tables = make_tables(cfg.student, inputs.sparse_features, inputs.num_embeddings)
-    dims = run_feature_dims(cfg.student, student_tables, inputs, teachers[0].model, teachers[0].tables,
-                            data.sparse_names, dense_in)
-    try:
-        loss = build_loss(cfg.distill.losses, dims)  # resolves each term's taps exactly as distill will
-    except ValueError as e:
-        raise ConfigError(f"distill.losses: {e}") from None
-    return [t for t in loss.taps if t.role == "teacher"], dims
 
 
 def build_scorer(cfg: RunConfig, env: DistEnv) -> Tuple[DistributedModelParallel, Any, List[TeacherSpec],
@@ -72,24 +53,18 @@ def build_scorer(cfg: RunConfig, env: DistEnv) -> Tuple[DistributedModelParallel
         returns with their per-row shapes.
     """
     torch.manual_seed(cfg.seed)
-    data = build_data(cfg.data, cfg.seed, role="student")  # the batches distill will read
+    data = build_data(cfg.data, cfg.seed, role="student", tasks=cfg.tasks)  # the batches distill will read
     local_batch = cfg.data.batch_size // env.world_size
-    teachers = resolve_teachers(cfg, list(data.sparse_names), list(data.num_embeddings))
-    dense_in = len(data.dense_names)
-    taps, dims = teacher_taps(cfg, data, teachers)
-    shapes = {t: dims.info(t, "score-teacher").shape for t in taps}
-    module = TeacherEnsemble([build_model(t.model, t.tables, dense_in, where=f"teacher {t.checkpoint}") for t in teachers],
-                             [t.weight for t in teachers], [model_io(t.model) for t in teachers], taps)
-    for teacher in module.teachers:
-        freeze_teacher_tables(teacher)
-    tables = [t for spec in teachers for t in spec.tables]
+    parts = distill_parts(cfg, data)  # resolves each term's taps exactly as distill will
+    taps = [t for t in parts.loss.taps if t.role == "teacher"]
+    shapes = {t: parts.dims.info(t, "score-teacher").shape for t in taps}
+    module = TeacherEnsemble(build_frozen_teachers(parts.teachers, len(data.dense_names)),
+                             [t.weight for t in parts.teachers], teacher_ios(parts.teachers), taps, parts.task_plan)
+    tables = [t for spec in parts.teachers for t in spec.tables]
     model = shard(module, env, local_batch, planner_constraints(cfg.sharding, tables, env.device.type), data_parallel=False)
-    freeze_sharded(model, TEACHERS)
-    for i, spec in enumerate(teachers):
-        load_module(model, spec.checkpoint, model_prefix=f"{TEACHERS}{i}.", ckpt_prefix=MODEL_PREFIX)
-    store_teachers_as_int8(cfg, model)
+    load_frozen_teachers(cfg, model, parts.teachers)
     model.eval()
-    return model, data, teachers, shapes
+    return model, data, parts.teachers, shapes
 
 
 def run(cfg: RunConfig) -> Dict[str, Any]:
@@ -107,7 +82,9 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
     steps = max_steps(cfg.train, data, cfg.data.batch_size)  # distill's whole budget
 
     fields = cached_fields(taps)
-    shapes = {"logits": (), **{t.key: shape for t, shape in tap_shapes.items()}}
+    tasks = run_tasks(cfg)
+    logit_shape = (len(tasks),) if is_multitask(tasks) else ()  # [n, T] logits for several tasks
+    shapes = {"logits": logit_shape, **{t.key: shape for t, shape in tap_shapes.items()}}
     spec = CacheSpec(steps=steps, global_batch=cfg.data.batch_size,
                      fields={f: shapes[f] for f in fields},
                      dtypes={f: cfg.distill.score_feature_dtype for f in fields if f != "logits"},

@@ -27,23 +27,20 @@ from typing import Any, Dict, Iterator, List, Optional
 import torch
 from torchrec.datasets.utils import Batch
 
-from torchrec_kd.checkpoint.model_io import load_module, read_meta, save_model
+from torchrec_kd.checkpoint.model_io import read_meta, save_model
 from torchrec_kd.config import RunConfig, config_to_dict
 from torchrec_kd.core.console import FILE_ONLY
 from torchrec_kd.core.fingerprint import read_recorded, step_fingerprint
 from torchrec_kd.core.layout import RunLayout, distilled_name
-from torchrec_kd.distill.dims import run_feature_dims
-from torchrec_kd.distill.freeze import freeze_sharded, freeze_teacher_tables
+from torchrec_kd.distill.frozen_teachers import build_frozen_teachers, distill_parts, load_frozen_teachers, teacher_ios
 from torchrec_kd.distill.model import DistillationModel
 from torchrec_kd.distill.offline import OfflineScores
-from torchrec_kd.distill.teachers import STUDENT, TEACHERS, resolve_teachers, store_teachers_as_int8, teacher_digests
+from torchrec_kd.distill.teachers import STUDENT, TEACHERS, teacher_digests
 from torchrec_kd.distributed.sharding import add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard
 from torchrec_kd.errors import ConfigError
-from torchrec_kd.losses import build_loss
 from torchrec_kd.models.build import build_model, model_io, model_meta
-from torchrec_kd.models.dlrm import MODEL_PREFIX, count_params, embedding_bytes, make_tables
+from torchrec_kd.models.dlrm import MODEL_PREFIX, count_params, embedding_bytes
 from torchrec_kd.models.init import init_weights
-from torchrec_kd.models.inputs import model_inputs
 from torchrec_kd.quant.qat import set_fake_quant_step, use_fake_quant
 from torchrec_kd.reporting.lineage import split_lineage
 from torchrec_kd.reporting.metrics_file import metrics_table, read_metrics, update_metrics
@@ -111,62 +108,52 @@ class DistillRun(PipelinedRun):
         cfg = self.cfg
         env = self.setup_run()
         dense_in = len(self.data.dense_names)
-        self.teachers = resolve_teachers(cfg, list(self.data.sparse_names), list(self.data.num_embeddings))
+        parts = distill_parts(cfg, self.data)
+        self.teachers, self.inputs, self.student_tables = parts.teachers, parts.inputs, parts.student_tables
+        self.tasks = parts.tasks
         self.fingerprint = step_fingerprint(cfg, self.entry_name, {"teachers": teacher_digests(self.teachers)})
         if env.is_main:
             warn_if_teacher_not_better(cfg, self.teachers[0].checkpoint)
-        self.inputs = model_inputs(cfg, "student", self.data.sparse_names, self.data.num_embeddings, self.data.dense_names)
-        features = self.inputs.sparse_features
-        self.student_tables = make_tables(cfg.student, features, self.inputs.num_embeddings)
-        first = self.teachers[0]
-        dims = run_feature_dims(cfg.student, self.student_tables, self.inputs, first.model, first.tables,
-                                self.data.sparse_names, dense_in)
-        try:
-            loss = build_loss(cfg.distill.losses, dims)
-        except ValueError as e:
-            raise ConfigError(f"distill.losses: {e}") from None
+        loss = parts.loss
         if cfg.distill.offline:
             self.offline = OfflineScores.open(cfg, self.teachers, loss.taps, env, self.steps)
             self.teachers_built: List[torch.nn.Module] = []
         else:
-            self.teachers_built = [build_model(t.model, t.tables, dense_in, where=f"teacher {t.checkpoint}")
-                                   for t in self.teachers]
+            self.teachers_built = build_frozen_teachers(self.teachers, dense_in)
         student = build_model(cfg.student, self.student_tables, dense_in, dense_columns=self.inputs.dense_columns,
-                              where="student")
+                              where="student", tasks=parts.student_tasks)
         if self.qat is not None:
             try:
                 use_fake_quant(student, self.qat, cfg.distill.qat_start)
             except ValueError as e:
                 raise ConfigError(f"distill.qat: {e}") from None
+        online = bool(self.teachers_built)
         try:
             module = DistillationModel(self.teachers_built, student, loss,
-                                       teacher_weights=[t.weight for t in self.teachers] if self.teachers_built else None,
+                                       teacher_weights=[t.weight for t in self.teachers] if online else None,
                                        group_feature=cfg.distill.group_feature,
-                                       teacher_io=[model_io(t.model) for t in self.teachers] if self.teachers_built else None,
-                                       student_io=model_io(cfg.student))
+                                       teacher_io=teacher_ios(self.teachers) if online else None,
+                                       student_io=model_io(cfg.student, parts.student_tasks),
+                                       task_plan=parts.task_plan if online else None)
+        except ConfigError:
+            raise
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if cfg.distill.group_feature is not None and cfg.distill.group_feature not in self.data.sparse_names:
             raise ConfigError(f"distill.group_feature: '{cfg.distill.group_feature}' is not a sparse feature of this data; "
                               f"it has {list(self.data.sparse_names)[:8]}")
-        for teacher in module.teachers:
-            freeze_teacher_tables(teacher)
         add_fused_embedding_optimizer(module.student, cfg.train)
-        online = self.teachers if self.teachers_built else []
-        all_tables = [t for spec in online for t in spec.tables] + self.student_tables
+        all_tables = [t for spec in (self.teachers if online else []) for t in spec.tables] + self.student_tables
         constraints = planner_constraints(cfg.sharding, all_tables, env.device.type)
         self.model = shard(module, env, self.local_batch, constraints)
-        freeze_sharded(self.model, TEACHERS)
         init_weights(self.model, cfg.seed, prefix=STUDENT)
         if cfg.train.warm_start and self.qat is not None:
             raise ConfigError("train.warm_start: a quantization-aware student cannot be warm-started yet; "
                               "warm-start `distill` (without QAT) or leave train.warm_start out")
         warm_start(self.model, cfg.train.warm_start, cfg.student, self.student_tables, self.inputs.dense_in_features,
                    model_prefix=STUDENT)
-        for i, spec in enumerate(online):
-            load_module(self.model, spec.checkpoint, model_prefix=f"{TEACHERS}{i}.", ckpt_prefix=MODEL_PREFIX)
         if online:
-            store_teachers_as_int8(cfg, self.model)
+            load_frozen_teachers(cfg, self.model, self.teachers)
         self.optimizer = build_optimizer(self.model, cfg.train, frozen_prefix=TEACHERS)
         self.make_pipeline()
 
@@ -202,7 +189,7 @@ class DistillRun(PipelinedRun):
                 "selection": self.selection(), "fingerprint": self.fingerprint,
                 "world_size": env.world_size, "tables": [t.name for t in self.student_tables],
                 **model_meta(cfg.student, self.student_tables, dense_in_features=self.inputs.dense_in_features,
-                             dense_columns=self.inputs.dense_columns)}
+                             dense_columns=self.inputs.dense_columns, tasks=self.tasks)}
         save_model(self.model, out / self.entry_name, meta, model_prefix=STUDENT, ckpt_prefix=MODEL_PREFIX)
         emb = embedding_bytes(self.student_tables)
         entry = {**self.entry(metrics, count_params(emb, self.model, STUDENT), emb),
