@@ -234,3 +234,15 @@ def test_warm_epochs_bound_both_warm_updates_alike(tmp_path):
     assert warm.scratch.train.epochs == warm.teacher.train.epochs == 3
     unset = continual.window_plan(_drift_config(tmp_path, tmp_path / "run2", "train.epochs=3"), 1)
     assert unset.student.train.epochs == unset.distilled.train.epochs == 3
+
+
+def test_a_fine_tuned_teacher_updates_on_the_window_from_its_previous_version(tmp_path):
+    """fine_tune: window t's teacher starts from window t-1's and reads window t; retrain reads the history."""
+    out = tmp_path / "run"
+    fine = continual.window_plan(_drift_config(tmp_path, out, "continual.teacher=fine_tune"), 1)
+    assert fine.teacher.train.warm_start == str(out / "windows" / "0" / "teacher")
+    assert fine.teacher.data.windows.history is False and fine.teacher.data.windows.index == 1
+    first = continual.window_plan(_drift_config(tmp_path, out, "continual.teacher=fine_tune"), 0)
+    assert first.teacher.data.windows.history is True and first.teacher.train.warm_start is None
+    retrain = continual.window_plan(_drift_config(tmp_path, out), 1)
+    assert retrain.teacher.data.windows.history is True and retrain.teacher.train.warm_start is None

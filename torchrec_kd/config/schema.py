@@ -290,7 +290,8 @@ class ContinualConfig:
     """What ``continual`` trains per window of ``data.windows`` (see ``workflows/continual.py``)."""
 
     # The teacher each window: retrain from scratch on the history so far, fine_tune its previous
-    # version on the history (warm start), or fixed: train it once (on first_window's history) and keep it.
+    # version on the window (its own warm update, at train.teacher_epochs), or fixed: train it once
+    # (on first_window's history) and keep it.
     teacher: Literal["retrain", "fine_tune", "fixed"] = "retrain"
     # Windows before this one are history only (trained on, never trained as a window of their own).
     first_window: int = 0

@@ -4,8 +4,8 @@ For each window ``t`` of ``data.windows`` from ``continual.first_window`` to the
 ``continual.last_window``), in
 ``<output_dir>/windows/<t>/`` (an ordinary run directory whose config selects window ``t``):
 
-* ``teacher`` per ``continual.teacher``: ``retrain`` on the history 0..t; ``fine_tune`` on the
-  history, warm-started from ``windows/<t-1>/teacher``; ``fixed``: trained once at the first
+* ``teacher`` per ``continual.teacher``: ``retrain`` on the history 0..t; ``fine_tune`` on window
+  t, warm-started from ``windows/<t-1>/teacher`` (its first window: on the history); ``fixed``: trained once at the first
   window and reused by path;
 * ``student``: the student alone on window t, warm-started from ``windows/<t-1>/student``;
 * ``distilled``: distilled from this window's teacher on window t, warm-started from
@@ -148,7 +148,10 @@ def window_plan(cfg: RunConfig, t: int) -> WindowPlan:
         teacher_path = windows / str(cont.first_window) / "teacher"
     else:
         fine = cont.teacher == "fine_tune" and not first
-        teacher = dataclasses.replace(history, train=_train(history, prev / "teacher" if fine else None))
+        # fine_tune: yesterday's teacher updated on today's window (the teacher's own warm update, at its
+        # teacher_epochs budget); retrain: from scratch on the whole history
+        teacher = (dataclasses.replace(base, train=_train(base, prev / "teacher")) if fine
+                   else dataclasses.replace(history, train=_train(history, None)))
         teacher_path = root / "teacher"
     # the first window has no previous version: the students warm up on the history so far
     # a warm update: the same maximum budget (continual.warm_epochs) for the student alone and the distilled one
