@@ -287,6 +287,24 @@ def load_quantized(path: Union[str, Path], build_float: Callable[[Dict[str, Any]
     return qmodel
 
 
+def contract_with_tasks(contract: Dict[str, Any], meta: Dict[str, Any]) -> Dict[str, Any]:
+    """The export's input contract naming the model's tasks (``"tasks": [{"name", "type"}]``, its output columns).
+
+    A model of the one default task (its meta names none) keeps the contract as it is.
+
+    Args:
+        contract (Dict[str, Any]): the input contract (``input_contract`` / ``features_contract``).
+        meta (Dict[str, Any]): the model's ``model_meta``.
+
+    Returns:
+        Dict[str, Any]: the contract to write as ``contract.json``.
+    """
+    tasks = meta.get("tasks")
+    if not tasks or "tasks" in contract:
+        return contract
+    return {**contract, "tasks": [{"name": t["name"], "type": t.get("type", "binary")} for t in tasks]}
+
+
 def export_torchscript(qmodel: nn.Module, path: Union[str, Path]) -> torch.jit.ScriptModule:
     """Trace with ``torchrec.fx`` and script, then save with ``torch.jit.save``.
 
@@ -313,7 +331,7 @@ def load_torchscript(path: Union[str, Path]) -> torch.jit.ScriptModule:
 
     Returns:
         torch.jit.ScriptModule: called as ``m(dense, kjt)``; the quantize step's program returns
-        ``{"logit": [B], "probability": [B]}``.
+        ``{"logit": [B], "probability": [B]}`` (``[B, T]`` each for a model of T tasks).
     """
     return torch.jit.load(str(path), map_location="cpu")
 

@@ -10,7 +10,9 @@ every chunk and rank 0 writes them in input order, so 1 process and N ranks writ
 
 Output columns: ``row`` (0-based position among the input's rows; a row the training rules
 reject leaves a gap, a line that is no row at all is not counted), the passed-through
-columns, ``label`` when the input has one, ``logit``, ``probability``.
+columns, ``label`` when the input has one, ``logit``, ``probability``. A multi-task model
+writes, per task in order, ``label_<task>`` (when labelled), ``<task>`` (the probability, or
+the value of a regression task) and ``logit_<task>`` (binary tasks).
 
 Example::
 
@@ -44,12 +46,20 @@ from torchrec_kd.distributed.env import DistEnv, init_distributed
 from torchrec_kd.errors import ConfigError, DataError
 from torchrec_kd.models.dlrm import check_fits_data
 from torchrec_kd.quant.export import read_quantized_meta
-from torchrec_kd.serving.served_model import ServedModel, load_model
+from torchrec_kd.serving.served_model import ServedModel, load_model, score_columns
 
 logger = logging.getLogger(__name__)
 
 # (rows of a chunk, its extra columns: row, pass-through, label)
 Chunk = Tuple[RowBlock, pd.DataFrame]
+
+
+def _label_columns(served: ServedModel, labels: np.ndarray) -> dict:
+    """``label`` (one task, as always), else ``label_<task>`` per task (binary 0/1, regression values)."""
+    if len(served.tasks) == 1:
+        return {"label": labels.astype(int)}
+    return {f"label_{t.name}": labels[:, i].astype(int) if t.binary else labels[:, i]
+            for i, t in enumerate(served.tasks)}
 
 
 def _file_chunks(served: ServedModel, path: str, columns: Sequence[str], bad_rows: BadRowLog,
@@ -69,14 +79,15 @@ def _file_chunks(served: ServedModel, path: str, columns: Sequence[str], bad_row
         for c in columns:
             extra[c] = frame[c].to_numpy()[converted.good]
         if converted.labeled:
-            extra["label"] = converted.rows.labels.astype(int)
+            for name, values in _label_columns(served, converted.rows.labels).items():
+                extra[name] = values
         seen += len(frame)  # lines that are not rows (wrong field count, undecodable) are not counted
         yield converted.rows, extra
 
 
 def _split_chunks(cfg: RunConfig, served: ServedModel, split: str, where: str, chunk_rows: int) -> Iterator[Chunk]:
     """Every row of the configured ``split``, in stored order, about ``chunk_rows`` at a time."""
-    data = build_data(cfg.data, cfg.seed)
+    data = build_data(cfg.data, cfg.seed, tasks=cfg.tasks)
     check_fits_data(served.sidecar["meta"], data.dense_names, data.sparse_names, data.num_embeddings, where)
     seen, rows = 0, 0
     pending: List[RowBlock] = []
@@ -86,7 +97,7 @@ def _split_chunks(cfg: RunConfig, served: ServedModel, split: str, where: str, c
             rows += len(block)
         if pending and (rows >= chunk_rows or block is None):
             merged = RowBlock.concat(pending)
-            yield merged, pd.DataFrame({"row": np.arange(seen, seen + rows), "label": merged.labels.astype(int)})
+            yield merged, pd.DataFrame({"row": np.arange(seen, seen + rows), **_label_columns(served, merged.labels)})
             seen, pending, rows = seen + rows, [], 0
 
 
@@ -111,8 +122,9 @@ def _score_share(served: ServedModel, chunk: Chunk, env: DistEnv, batch_size: in
     if not env.is_main:
         return None
     out = extra.reset_index(drop=True).copy()
-    out["logit"] = np.concatenate([s[0] for s in shares]) if n else np.zeros(0, np.float32)
-    out["probability"] = np.concatenate([s[1] for s in shares]) if n else np.zeros(0, np.float32)
+    logit, prob = (np.concatenate([s[i] for s in shares]) for i in (0, 1))
+    for name, values in score_columns(served.tasks, logit, prob).items():
+        out[name] = values
     return out
 
 
@@ -150,9 +162,9 @@ class _Writer:
         self.rows += len(frame)
         self.started = True
 
-    def close(self) -> None:
+    def close(self, columns: Sequence[str] = ("row", "logit", "probability")) -> None:
         if not self.started:  # no chunk at all: still a file with the header
-            self.write(pd.DataFrame({"row": [], "logit": [], "probability": []}))
+            self.write(pd.DataFrame({c: [] for c in columns}))
         if self._pq is not None:
             self._pq.close()
         os.replace(self.tmp, self.out)
@@ -254,7 +266,8 @@ def run(cfg: RunConfig, model_dir: str, split: str, out: str, input_path: Option
         if bar is not None:
             bar.close()
     if writer is not None:
-        writer.close()
+        empty = np.zeros((0, len(served.tasks)) if len(served.tasks) > 1 else 0, np.float32)
+        writer.close(["row", *score_columns(served.tasks, empty, empty)])
         if bad_rows.count:
             logger.warning("%s: %s", input_path, bad_rows.summary())
         logger.info("wrote %d scored rows to %s", writer.rows, path)

@@ -35,13 +35,13 @@ from torchrec_kd.data.contract import contract_files, input_contract
 from torchrec_kd.data.rows import RowBlock
 from torchrec_kd.distributed.env import init_distributed
 from torchrec_kd.errors import ConfigError
-from torchrec_kd.models.build import io_from_meta
+from torchrec_kd.models.build import io_from_meta, meta_tasks
 from torchrec_kd.models.saved import load_float_model
 from torchrec_kd.quant.embeddings import embedding_storage_bytes, quantize_model
-from torchrec_kd.quant.export import export_torchscript, save_quantized
+from torchrec_kd.quant.export import contract_with_tasks, export_torchscript, save_quantized
 from torchrec_kd.quant.plan import REFERENCE, apply_plan, check_budget, choice_from_json, plan_table, plan_tables
 from torchrec_kd.quant.pruning import TablePruning, id_counts, keep_rows, prune_plan, pruning_table, table_configs
-from torchrec_kd.quant.scoring_head import ScoringHead
+from torchrec_kd.quant.scoring_head import ScoringHead, head_tasks
 from torchrec_kd.reporting.metrics_file import metrics_table, read_entry, update_metrics
 from torchrec_kd.training.evaluate import evaluate
 
@@ -61,7 +61,7 @@ def export_names(cfg: RunConfig, source: str, dtypes: Optional[Sequence[str]] = 
 
 def _count_ids(cfg: RunConfig, model: nn.Module) -> Dict[str, np.ndarray]:
     """Lookups per row of each student table over the student's train rows (the rows it distilled on)."""
-    data = build_data(cfg.data, cfg.seed, role="student")
+    data = build_data(cfg.data, cfg.seed, role="student", tasks=cfg.tasks)
     limit = cfg.quantize.prune.count_rows if cfg.quantize.prune else PruneConfig().count_rows
     if hasattr(data, "splits"):  # in memory: the split's first rows
         blocks = _first_rows(data.row_blocks("train"), limit)
@@ -101,7 +101,7 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
         Dict[str, dict]: the metrics entries written, keyed by :func:`export_names`.
     """
     env = init_distributed(cfg.distributed)
-    data = build_data(cfg.data, cfg.seed)
+    data = build_data(cfg.data, cfg.seed, tasks=cfg.tasks)
     out = cfg.out_dir
     layout = RunLayout(out)
     float_model, meta = load_float_model(layout.model(source))
@@ -109,6 +109,8 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
     io = io_from_meta(meta)
     remaps = getattr(data, "remaps", None)  # a windowed run's entity remaps travel with its exports
     contract = input_contract(cfg.data, data.dense_names, data.sparse_names, data.num_embeddings, remaps=remaps)
+    contract = contract_with_tasks(contract, meta)  # a multi-task export names its output columns
+    tasks = meta_tasks(meta)
     recorded = read_recorded(meta)
     prune, budget = cfg.quantize.prune, cfg.quantize.budget
     unknown = sorted(set(prune.tables) - set(_sizes(float_model))) if prune is not None else []
@@ -150,7 +152,7 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
             target = layout.export(name)
             # the program returns {"logit", "probability"} with no autograd (ScoringHead); a model with
             # its own call adapter is exported as it is (load_model scores it through the adapter)
-            program = ScoringHead(qm, io.output) if io.call is None else qm
+            program = ScoringHead(qm, io.output, head_tasks(tasks)) if io.call is None else qm
             extras: Dict[str, Callable[[Path], Any]] = {
                 **contract_files(contract, remaps), TORCHSCRIPT_FILE: lambda f: export_torchscript(program, f)}
             if plan is not None:

@@ -13,6 +13,10 @@ Example::
     model = torchrec_kd.load_model("outputs/run/export/distilled_int4")
     scores = model.score(pd.DataFrame([{"age": 39, "workclass": "State-gov", ...}]))
     scores["probability"]                              # one per row, in order
+
+A multi-task export (its meta names two or more tasks) scores one column per task instead:
+``<task>`` (the probability of a binary task, the value of a regression task) and
+``logit_<task>`` (binary tasks), in the tasks' order.
 """
 
 from __future__ import annotations
@@ -27,14 +31,15 @@ from torch import Tensor, nn
 
 from torchrec_kd.core.layout import CONTRACT_FILE
 from torchrec_kd.core.plugins import load_plugins
+from torchrec_kd.core.tasks import Task, task_names
 from torchrec_kd.data.contract import Converted, RawRows
 from torchrec_kd.data.id_remap import IdRemap, load_remaps
 from torchrec_kd.data.rows import RowBlock
 from torchrec_kd.errors import CheckpointError, DataError
-from torchrec_kd.models.build import build_model_from_meta, io_from_meta
+from torchrec_kd.models.build import build_model_from_meta, io_from_meta, meta_tasks
 from torchrec_kd.models.io import ModelIO
 from torchrec_kd.quant.export import load_quantized, read_quantized_meta
-from torchrec_kd.quant.scoring_head import ScoringHead
+from torchrec_kd.quant.scoring_head import ScoringHead, head_tasks
 
 
 class ServedModel:
@@ -51,9 +56,11 @@ class ServedModel:
     def __init__(self, model: nn.Module, io: ModelIO, contract: Dict[str, Any], sidecar: Dict[str, Any],
                  remaps: Optional[Dict[str, IdRemap]] = None) -> None:
         self.model, self.io, self.contract, self.sidecar = model.eval(), io, contract, sidecar
+        self.tasks: List[Task] = meta_tasks(sidecar.get("meta") or {})
         # a model called as model(dense, kjt) is scored by the same head the TorchScript program holds
         # (which freezes its parameters); one with its own call adapter is frozen here
-        self.head: Optional[ScoringHead] = ScoringHead(model, io.output) if io.call is None else None
+        self.head: Optional[ScoringHead] = (ScoringHead(model, io.output, head_tasks(self.tasks))
+                                            if io.call is None else None)
         model.requires_grad_(False)
         self.rows = RawRows(contract, remaps)
 
@@ -75,7 +82,8 @@ class ServedModel:
             batch_size (int): rows per forward.
 
         Returns:
-            Tuple[Tensor, Tensor]: ``[n]`` logits and ``[n]`` probabilities, float32.
+            Tuple[Tensor, Tensor]: ``[n]`` logits and ``[n]`` probabilities, float32 (``[n, T]`` each
+            for a multi-task model; a regression column holds its value in both).
         """
         logits: List[Tensor] = []
         probs: List[Tensor] = []
@@ -88,10 +96,14 @@ class ServedModel:
                 else:
                     logit = self.io.logits(self.model, batch).float()
                     prob = torch.sigmoid(logit)
+                    if len(self.tasks) > 1:  # regression columns are values, not logits
+                        regression = torch.tensor([not t.binary for t in self.tasks])
+                        prob = torch.where(regression, logit, prob)
                 logits.append(logit)
                 probs.append(prob)
         if not logits:
-            return torch.zeros(0), torch.zeros(0)
+            empty = torch.zeros(0) if len(self.tasks) == 1 else torch.zeros(0, len(self.tasks))
+            return empty, empty.clone()
         return torch.cat(logits), torch.cat(probs)
 
     def convert(self, frame: pd.DataFrame, where: str = "rows") -> Converted:
@@ -106,7 +118,8 @@ class ServedModel:
             batch_size (int): rows per forward.
 
         Returns:
-            pd.DataFrame: ``logit`` and ``probability``, one row per input row, in order.
+            pd.DataFrame: ``logit`` and ``probability``, one row per input row, in order; for a
+            multi-task model :func:`score_columns` (``<task>``, ``logit_<task>``).
 
         Raises:
             DataError: a row the training rules reject (named with its reason) or a missing column.
@@ -117,7 +130,37 @@ class ServedModel:
             line, reason, _ = converted.bad[0]
             raise DataError(f"row {line - 1}: {reason} ({len(converted.bad)} bad row(s))")
         logit, prob = self.score_block(converted.rows, batch_size)
-        return pd.DataFrame({"logit": logit.numpy(), "probability": prob.numpy()}, index=frame.index)
+        return pd.DataFrame(score_columns(self.tasks, logit.numpy(), prob.numpy()), index=frame.index)
+
+
+# the columns a one-task score has always had (a task of these names would be ambiguous)
+RESERVED_COLUMNS = frozenset({"logit", "probability"})
+
+
+def score_columns(tasks: List[Task], logit: Any, prob: Any) -> Dict[str, Any]:
+    """The scored columns by name: ``logit``, ``probability`` for one task; else per task, in order,
+    ``<task>`` (probability, or the value of a regression task) and ``logit_<task>`` (binary tasks).
+
+    Args:
+        tasks (List[Task]): the model's tasks (its output columns).
+        logit (array): ``[n]`` or ``[n, T]`` logits (regression columns: values).
+        prob (array): the same shape: probabilities (regression columns: values).
+
+    Returns:
+        Dict[str, array]: column name -> ``[n]`` values.
+    """
+    if len(tasks) == 1:
+        return {"logit": logit, "probability": prob}
+    names = task_names(tasks)
+    if len(set(names) & RESERVED_COLUMNS) or any(f"logit_{n}" in names for n in names):
+        raise DataError(f"task names {names} collide with the scored columns' names; rename the tasks")
+    out: Dict[str, Any] = {}
+    for i, task in enumerate(tasks):
+        out[task.name] = prob[:, i]
+        if task.binary:
+            out[f"logit_{task.name}"] = logit[:, i]
+    return out
+
 
 
 def read_contract(path: Union[str, Path]) -> Dict[str, Any]:
@@ -161,4 +204,3 @@ def load_model(path: Union[str, Path]) -> ServedModel:
     spec = contract.get("id_remap")
     remaps = load_remaps(Path(path) / spec["file"]) if spec else None
     return ServedModel(model, io_from_meta(meta), contract, sidecar, remaps)
-

@@ -41,13 +41,13 @@ from torchrec_kd.data.contract import CONTRACT_FORMAT, FEATURE_SEPARATOR, contra
 from torchrec_kd.data.synthetic import dense_feature_names
 from torchrec_kd.distill.model import DistillationModel
 from torchrec_kd.errors import CheckpointError
-from torchrec_kd.models.build import build_model_from_meta, io_from_meta
+from torchrec_kd.models.build import build_model_from_meta, io_from_meta, meta_tasks
 from torchrec_kd.models.dlrm import MODEL_PREFIX
 from torchrec_kd.models.saved import load_float_model
 from torchrec_kd.models.train import RankerTrain
 from torchrec_kd.quant.embeddings import quantize_model
-from torchrec_kd.quant.export import export_torchscript, save_quantized
-from torchrec_kd.quant.scoring_head import ScoringHead
+from torchrec_kd.quant.export import contract_with_tasks, export_torchscript, save_quantized
+from torchrec_kd.quant.scoring_head import ScoringHead, head_tasks
 
 
 def features_contract(meta: Dict[str, Any], dense_names: Optional[list] = None) -> Dict[str, Any]:
@@ -176,9 +176,9 @@ def export_for_serving(target: Any, out_dir: Union[str, Path], meta: Dict[str, A
         assert float_model is not None
         io = io_from_meta(meta)
         qm = quantize_model(float_model, dtype, per_table or {})
-        contract = contract if contract is not None else features_contract(meta)
-        # the program the quantize recipe exports: {"logit", "probability"}, no autograd
-        program = ScoringHead(qm, io.output_kind(qm)) if io.call is None else qm
+        contract = contract_with_tasks(contract if contract is not None else features_contract(meta), meta)
+        # the program the quantize recipe exports: {"logit", "probability"} ([B, T] for T tasks), no autograd
+        program = ScoringHead(qm, io.output_kind(qm), head_tasks(meta_tasks(meta))) if io.call is None else qm
         save_quantized(qm, out_dir, meta, extras={
             **contract_files(contract, remaps), TORCHSCRIPT_FILE: lambda f: export_torchscript(program, f)})
     if dist.is_initialized() and isinstance(model, DistributedModelParallel):
