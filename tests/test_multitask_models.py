@@ -58,6 +58,12 @@ def test_multitask_archs_score_one_column_per_task_and_one_task_flat(cfg):
     model = _build(cfg, TWO, torch.device("meta"))
     names = dict(model.named_modules())
     assert {"inter_arch", "sparse_arch", "sparse_arch.embedding_bag_collection"} <= set(names)
+    # quantization-aware training finds the tables by type
+    from torchrec_kd.quant.qat import use_fake_quant
+
+    model = _build(cfg)
+    use_fake_quant(model, "int4")
+    assert model(batch.dense_features, batch.sparse_features).shape == (8, 2)
 
 
 def test_mmoe_gates_are_softmaxes_mixing_the_experts():
@@ -205,3 +211,13 @@ def test_a_two_task_model_sharded_trained_quantized_and_exported_serves_a_column
     logits = program(batch.dense_features, batch.sparse_features)["logit"]
     assert logits.shape == (16, 2)
     assert torch.equal(logits, torch.tensor(scores[["logit_click", "logit_like"]].to_numpy()))
+    # predict writes the same columns for raw traffic
+    from tests.conftest import TINY
+    from torchrec_kd.config import load_config
+    from torchrec_kd.recipes import predict
+
+    frame.to_csv(tmp_path / "traffic.csv", index=False)
+    cfg = load_config(TINY, [f"output_dir={tmp_path / 'run'}"])
+    written = pd.read_csv(predict.run(cfg, str(out), "test", str(tmp_path / "scores.csv"), str(tmp_path / "traffic.csv")))
+    assert list(written.columns) == ["row", "click", "logit_click", "like", "logit_like"]
+    assert np.allclose(written[scores.columns].to_numpy(), scores.to_numpy(), atol=1e-6)
