@@ -16,7 +16,10 @@ readers themselves run, never a re-implementation:
   features): dense numbers as they are (missing -> 0), integer ids modulo the table size
   (text hashed, ``|``-separated bags).
 
-A label is optional: traffic has none; rows whose label is there are scored with it.
+A label is optional: traffic has none; rows whose label is there are scored with it. A run of
+two or more tasks records them (``tasks``: name, type and how each label is read); its labels
+are then ``[n, T]``: a table's task columns (read as training read them), or the columns
+``label_<task>`` of a ``features`` file (0/1, a regression task's number), present all or none.
 
 A windowed run's entity features (users, items: ``data.windows.entities``) are not taken modulo
 their table: training read their raw ids (integers as they are, text hashed into ``[0, 2**62)``)
@@ -46,11 +49,13 @@ import numpy as np
 import pandas as pd
 
 from torchrec_kd.config import DataConfig, SparseColumnConfig, TableDataConfig
+from torchrec_kd.config.schema import TaskConfig
 from torchrec_kd.core.layout import CONTRACT_FILE
 from torchrec_kd.data.criteo_parse import NUM_DENSE, NUM_FIELDS, NUM_SPARSE, parse_block
 from torchrec_kd.data.id_remap import FALLBACK_ROW, REMAP_FILE, IdRemap, apply_remaps, save_remaps
 from torchrec_kd.data.rows import Jagged, RowBlock
 from torchrec_kd.data.table import TableColumns, csv_chunks, file_format, parquet_chunks, sparse_column, table_files
+from torchrec_kd.data.task_labels import LabelSpec, label_specs, multitask, zero_outside_spaces
 from torchrec_kd.errors import DataError
 
 CONTRACT_FORMAT = "torchrec_kd.contract/1"
@@ -63,7 +68,8 @@ Bad = Tuple[int, str, str]  # (line, reason, start of the row)
 
 
 def input_contract(cfg: DataConfig, dense_names: Sequence[str], sparse_names: Sequence[str],
-                   num_embeddings: Sequence[int], remaps: Optional[Mapping[str, IdRemap]] = None) -> Dict[str, Any]:
+                   num_embeddings: Sequence[int], remaps: Optional[Mapping[str, IdRemap]] = None,
+                   tasks: Optional[Sequence[Any]] = None) -> Dict[str, Any]:
     """The contract of a run's data: raw columns in, the model's features out.
 
     Args:
@@ -73,6 +79,8 @@ def input_contract(cfg: DataConfig, dense_names: Sequence[str], sparse_names: Se
         num_embeddings (Sequence[int]): rows of each sparse feature's table.
         remaps (Optional[Mapping[str, IdRemap]]): a windowed run's entity remaps (its data's ``remaps``);
             the contract then names ``id_remap.json``, which :func:`contract_files` writes beside it.
+        tasks (Optional[Sequence[TaskConfig]]): the run's ``tasks``; two or more are recorded
+            (``tasks``: name, type, column, at_least, positive, only_where), one is the label as always.
 
     Returns:
         Dict[str, Any]: JSON-able; ``format`` says which rules apply, ``features`` the model's inputs.
@@ -96,6 +104,10 @@ def input_contract(cfg: DataConfig, dense_names: Sequence[str], sparse_names: Se
     else:
         contract.update(format="features", label="label", separator=FEATURE_SEPARATOR,
                         sparse_rule="integers modulo num_embeddings, other values hashed; empty -> empty bag")
+    if multitask(tasks):
+        contract["tasks"] = [{"name": t.name, "type": t.type, "column": t.column, "at_least": t.at_least,
+                              "positive": [str(v) for v in t.positive or []], "only_where": t.only_where}
+                             for t in tasks]
     if remaps:
         from torchrec_kd.data.timelines import RAW_ID_SPACE  # the raw ids the windowed readers gave the remaps
 
@@ -177,6 +189,11 @@ class RawRows:
         self.sparse_names: List[str] = list(features["sparse"])
         self.num_embeddings: List[int] = list(features["num_embeddings"])
         self.label: str = contract["label"]
+        # a multi-task contract's tasks (how each label column is read); None: the one label
+        tasks = [TaskConfig(**{k: v for k, v in t.items() if k in TaskConfig.__dataclass_fields__})
+                 for t in contract.get("tasks") or []]
+        self.tasks: Optional[List[TaskConfig]] = tasks if multitask(tasks) else None
+        self.label_specs: Optional[List[LabelSpec]] = label_specs(tasks) if self.tasks else None
         self.table: Optional[TableDataConfig] = None
         if self.format == "table":
             schema = dict(contract["table"])
@@ -195,6 +212,15 @@ class RawRows:
         if self.format == "criteo_tsv":
             return [*CRITEO_DENSE, *CRITEO_SPARSE]
         return [*self.dense_names, *self.sparse_names]
+
+    @property
+    def label_columns(self) -> List[str]:
+        """The columns the labels are read from (optional in the input: all of them or none)."""
+        if self.label_specs is None:
+            return [self.label]
+        if self.format == "features":
+            return [f"label_{s.name}" for s in self.label_specs]
+        return list(dict.fromkeys(s.column or self.label for s in self.label_specs))
 
     def convert(self, frame: pd.DataFrame, lines: Optional[np.ndarray] = None, where: str = "rows") -> Converted:
         """Raw rows -> the model's inputs, by the rules training used.
@@ -215,7 +241,7 @@ class RawRows:
         missing = [c for c in self.columns if c not in frame.columns]
         if missing:
             raise DataError(f"{where}: column(s) {missing} the model reads are missing; found {list(frame.columns)}")
-        labeled = self.label in frame.columns
+        labeled = all(c in frame.columns for c in self.label_columns)
         if self.format == "table":
             out = self._convert_table(frame, lines, where, labeled)
         elif self.format == "criteo_tsv":
@@ -229,7 +255,8 @@ class RawRows:
     def _convert_table(self, frame: pd.DataFrame, lines: np.ndarray, where: str, labeled: bool) -> Converted:
         assert self.table is not None
         pending: List[Bad] = []
-        block, _, good = TableColumns(self.table, with_label=labeled).convert_rows(frame, lines, Path(where), pending)
+        block, _, good = TableColumns(self.table, with_label=labeled, tasks=self.tasks).convert_rows(
+            frame, lines, Path(where), pending)
         return Converted(block, good, sorted(pending), labeled)
 
     def _convert_criteo(self, frame: pd.DataFrame, lines: np.ndarray, labeled: bool) -> Converted:
@@ -259,7 +286,9 @@ class RawRows:
             good &= ~wrong
             dense[:, j] = np.where(np.isfinite(num), num, 0.0)
         labels = np.zeros(len(frame), np.float32)
-        if labeled:
+        if self.label_specs is not None:
+            labels = self._feature_task_labels(frame, lines, labeled, good, bad)
+        elif labeled:
             lab = pd.to_numeric(frame[self.label], errors="coerce").to_numpy(dtype=np.float64)
             wrong = ~np.isin(lab, [0.0, 1.0])
             bad.extend((int(lines[i]), f"label '{self.label}' is not 0 or 1", "") for i in np.flatnonzero(wrong & good))
@@ -272,6 +301,23 @@ class RawRows:
             sparse.append(sparse_column(frame[name].astype(object), spec))
         block = RowBlock(dense, labels, sparse).take(np.flatnonzero(good))
         return Converted(block, good, sorted(bad), labeled)
+
+    def _feature_task_labels(self, frame: pd.DataFrame, lines: np.ndarray, labeled: bool, good: np.ndarray,
+                             bad: List[Bad]) -> np.ndarray:
+        """``[n, T]`` labels of a features file from its ``label_<task>`` columns (zeros when unlabelled)."""
+        specs = self.label_specs or []
+        labels = np.zeros((len(frame), len(specs)), np.float32)
+        if not labeled:
+            return labels
+        for i, spec in enumerate(specs):
+            name = f"label_{spec.name}"
+            lab = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64)
+            wrong = ~np.isin(lab, [0.0, 1.0]) if spec.binary else ~np.isfinite(lab)
+            what = "0 or 1" if spec.binary else "a number"
+            bad.extend((int(lines[j]), f"label '{name}' is not {what}", "") for j in np.flatnonzero(wrong & good))
+            good &= ~wrong
+            labels[:, i] = np.where(wrong, 0.0, lab)
+        return zero_outside_spaces(labels, specs)
 
     def read(self, path: str, chunk_rows: int = CHUNK_ROWS) -> Iterator[Tuple[pd.DataFrame, np.ndarray, List[Bad], Path]]:
         """The raw rows of a file, a folder or a glob, in chunks: ``(frame, lines, unreadable lines, file)``.
