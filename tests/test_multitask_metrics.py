@@ -8,6 +8,7 @@ per-task tables are checked on hand-made metrics.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import List
 
@@ -129,4 +130,115 @@ def test_selection_task_resolution_and_its_errors():
         selection_task([Task("dwell", "regression"), Task("click")], None)
     with pytest.raises(ConfigError, match="has none"):
         selection_task([Task("a", "regression"), Task("b", "regression")], "mean")
-    assert not math.isnan(1.0)
+
+
+# ---------------------------------------------------------------- summary and report on hand-made metrics
+
+# per seed: (teacher, student, distilled) test AUC of click and conversion, MSE of dwell
+HAND = {0: ((0.80, 0.75, 0.765), (0.70, 0.65, 0.66), (1.00, 1.20, 1.10)),
+        1: ((0.81, 0.74, 0.765), (0.71, 0.66, 0.66), (1.05, 1.22, 1.13)),
+        2: ((0.79, 0.76, 0.775), (0.69, 0.64, 0.67), (0.98, 1.18, 1.10))}
+
+
+def _entry(click: float, conv: float, dwell: float) -> dict:
+    tasks = {"click": {"auc": click, "ne": 1 - click / 2, "logloss": 0.4, "calibration": 1.0, "rows": 100},
+             "conversion": {"auc": conv, "ne": 1 - conv / 2, "logloss": 0.3, "calibration": 1.0, "rows": 40},
+             "dwell": {"mse": dwell, "rows": 100}}
+    return {**tasks["click"], "rows": 100, "tasks": tasks, "selection_task": "click", "best_step": 4, "steps": 6,
+            "max_steps": 6, "best_val": {"auc": click}, "embedding_bytes": 1000, "params": 10,
+            "val_curve": [{"step": 4, "auc": click, "tasks": copy.deepcopy(tasks)}]}
+
+
+def _seed_metrics(seed: int) -> dict:
+    (tc, sc, dc), (tv, sv, dv), (tm, sm, dm) = HAND[seed]
+    return {"teacher": _entry(tc, tv, tm), "student": _entry(sc, sv, sm), "distilled": _entry(dc, dv, dm)}
+
+
+def _paired(diffs: List[float]):
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = 4.303 * sd / math.sqrt(n)  # t(0.975, 2 degrees of freedom)
+    return mean, [mean - half, mean + half]
+
+
+def test_per_task_summary_interval_on_hand_made_metrics():
+    from torchrec_kd.reporting.summary import summarize
+
+    s = summarize({seed: _seed_metrics(seed) for seed in HAND})
+    assert list(s["tasks"]) == ["click", "conversion", "dwell"] and s["selection_task"] == "click"
+    assert s["kd_gain"]["auc_mean"] == pytest.approx(s["tasks"]["click"]["kd_gain"]["auc_mean"])  # top = selection task
+    for i, task in enumerate(("click", "conversion")):
+        gain = s["tasks"][task]["kd_gain"]
+        mean, ci = _paired([HAND[k][i][2] - HAND[k][i][1] for k in HAND])
+        assert gain["auc_mean"] == pytest.approx(mean)
+        assert gain["auc_ci95"] == pytest.approx(ci)
+        assert gain["significant"] == (ci[0] > 0 or ci[1] < 0)
+        assert s["tasks"][task]["models"]["teacher"]["auc_mean"] == pytest.approx(sum(HAND[k][i][0] for k in HAND) / 3)
+    # click: +0.0183, CI above 0 → significant; conversion: +0.0133, CI includes 0 → not
+    assert s["tasks"]["click"]["kd_gain"]["significant"] and not s["tasks"]["conversion"]["kd_gain"]["significant"]
+    dwell = s["tasks"]["dwell"]
+    mean, ci = _paired([HAND[k][2][2] - HAND[k][2][1] for k in HAND])
+    assert dwell["type"] == "regression" and dwell["kd_gain"]["lower_is_better"]
+    assert dwell["kd_gain"]["mse_mean"] == pytest.approx(mean) and dwell["kd_gain"]["mse_ci95"] == pytest.approx(ci)
+    assert dwell["kd_gain"]["significant"] and dwell["kd_gain"]["auc_mean"] is None
+    assert dwell["models"]["student"]["mse_mean"] == pytest.approx(sum(HAND[k][2][1] for k in HAND) / 3)
+
+
+def test_teacher_not_better_is_warned_per_task():
+    from torchrec_kd.reporting.summary import summarize
+
+    one = _seed_metrics(0)
+    one["teacher"]["tasks"]["conversion"]["auc"] = 0.60  # below the student alone on conversion only
+    one["teacher"]["val_curve"][0]["tasks"]["conversion"] = {"auc": 0.60}
+    one["teacher"]["tasks"]["dwell"]["mse"] = 1.5  # and worse on dwell (lower is better)
+    one["teacher"]["val_curve"][0]["tasks"]["dwell"] = {"mse": 1.5}
+    s = summarize({0: one})
+    assert s["tasks"]["click"]["teacher_note"] is None
+    assert "below the student alone" in s["tasks"]["conversion"]["teacher_note"]
+    assert "0.6000 against 0.6500" in s["tasks"]["conversion"]["teacher_note"]
+    assert "not below" in s["tasks"]["dwell"]["teacher_note"]
+
+
+def test_the_report_writes_a_table_and_a_panel_per_task(tmp_path):
+    from torchrec_kd.reporting.report import TASKS_PNG, write_report
+
+    metrics = _seed_metrics(0)
+    paths = write_report(metrics, tmp_path, "two tasks")
+    text = (tmp_path / "report.md").read_text()
+    assert "### conversion (binary)" in text and "### dwell (regression)" in text
+    conv = text.split("### conversion (binary)")[1].split("###")[0]
+    assert "| distilled | 0.6600 |" in conv and "| student | 0.6500 |" in conv and "rows in its space" in conv
+    dwell = text.split("### dwell (regression)")[1]
+    assert "MSE (lower is better)" in dwell and "| distilled | 1.1000 |" in dwell
+    assert "dwell: distilled − student alone: -0.1000 test MSE" in dwell
+    assert tmp_path / TASKS_PNG in paths and (tmp_path / TASKS_PNG).stat().st_size > 10_000
+    from torchrec_kd.reporting.metrics_file import metrics_table
+
+    logged = metrics_table(metrics)  # the table the recipes log: one per task after the main one
+    assert "task conversion (binary):" in logged and "| distilled | 0.6600 | 0.6700 | 0.3000 | 1.0000 | 40 |" in logged
+    assert "task dwell (regression: lower MSE is better):" in logged
+
+
+def test_summary_md_has_a_section_per_task():
+    from torchrec_kd.reporting.summary import summarize, summary_markdown
+
+    text = summary_markdown(summarize({seed: _seed_metrics(seed) for seed in HAND}), "three seeds")
+    assert "The table above is the selection task's (click)" in text
+    conv = text.split("## Task conversion (binary: AUC)")[1].split("## Task")[0]
+    assert "not significant (the interval includes 0)" in conv and "| distilled | 0.6633 |" in conv
+    dwell = text.split("## Task dwell (regression: MSE, lower is better)")[1]
+    assert "dwell: distilled − student alone: -0.0900 test MSE (lower is better; 95% CI" in dwell
+    assert "): significant." in dwell and "| student | 1.2000 |" in dwell
+
+
+def test_a_single_task_report_has_no_task_sections(tmp_path):
+    from torchrec_kd.reporting.report import TASKS_PNG, write_report
+    from torchrec_kd.reporting.summary import summarize
+
+    metrics = {m: {k: v for k, v in e.items() if k not in ("tasks", "selection_task")} for m, e in _seed_metrics(0).items()}
+    for e in metrics.values():
+        e["val_curve"] = [{"step": 4, "auc": e["auc"]}]
+    write_report(metrics, tmp_path, "one task")
+    assert "Per task" not in (tmp_path / "report.md").read_text() and not (tmp_path / TASKS_PNG).exists()
+    assert "tasks" not in summarize({0: metrics})

@@ -1,4 +1,4 @@
-"""``metrics.json`` (one entry per model) and a table a person can read."""
+"""``metrics.json`` (one entry per model) and a table a person can read (and one per task of a multi-task run)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 from torchrec_kd.core.layout import METRICS_FILE
 from torchrec_kd.errors import CheckpointError
 
 FIELDS = ("auc", "ne", "logloss", "params", "embedding_bytes", "train_samples_per_s")
+# a multi-task entry's ``tasks``: the columns of a binary and of a regression task's table
+TASK_FIELDS = {"binary": ("auc", "ne", "logloss", "calibration", "rows"), "regression": ("mse", "rows")}
 
 
 def read_metrics(path: Path) -> Dict[str, Dict[str, Any]]:
@@ -83,9 +85,22 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+def _table(data: Dict[str, Dict[str, Any]], fields: Tuple[str, ...]) -> List[str]:
+    head = "| model | " + " | ".join(fields) + " |"
+    sep = "|---" * (len(fields) + 1) + "|"
+    return [head, sep, *(f"| {name} | " + " | ".join(_fmt(e.get(k)) for k in fields) + " |" for name, e in data.items())]
+
+
 def metrics_table(data: Dict[str, Dict[str, Any]]) -> str:
-    """A markdown table: one row per model, the standard fields as columns."""
-    head = "| model | " + " | ".join(FIELDS) + " |"
-    sep = "|---" * (len(FIELDS) + 1) + "|"
-    rows = [f"| {name} | " + " | ".join(_fmt(e.get(k)) for k in FIELDS) + " |" for name, e in data.items()]
-    return "\n".join([head, sep, *rows])
+    """A markdown table: one row per model, the standard fields as columns; a multi-task run's entries
+    add a table per task (its AUC / NE / log loss / calibration / rows, or MSE / rows), headed by the task."""
+    lines = _table(data, FIELDS)
+    tasks: List[str] = []
+    for entry in data.values():
+        tasks += [t for t in (entry.get("tasks") or {}) if t not in tasks]
+    for task in tasks:
+        per = {name: e["tasks"][task] for name, e in data.items() if task in (e.get("tasks") or {})}
+        kind = "regression" if any("mse" in m and "auc" not in m for m in per.values()) else "binary"
+        lines += ["", f"task {task} ({kind}{': lower MSE is better' if kind == 'regression' else ''}):",
+                  *_table(per, TASK_FIELDS[kind])]
+    return "\n".join(lines)

@@ -11,6 +11,10 @@ Up to three panels, one colour per model in all of them:
 * with a summary of ≥ 2 seeds: distilled − student alone test AUC with its 95% interval
   and the per-seed differences (teacher − student alone beside it, for scale).
 
+A multi-task run also gets ``report_tasks.png`` (:func:`draw_task_report`): one panel per task,
+each model's test metric of that task (AUC; MSE, lower is better, for a regression task) with
+the seeds' spread, and the KD gain on that task in the panel's title.
+
 The helpers ``finite``, ``pareto_front``, ``format_bytes``, ``place_labels`` and
 ``model_colours`` are pure (no matplotlib), so they are tested on hand-made inputs.
 
@@ -525,5 +529,126 @@ def draw_report(metrics: Mapping[str, Mapping[str, Any]], names: Sequence[str], 
 
     with matplotlib.rc_context(RC):
         fig = build_figure(metrics, names, summary=summary, title=title, curves_label=curves_label, left_out=left_out)
+        fig.savefig(path, dpi=DPI)
+    return Path(path)
+
+
+# ---------------------------------------------------------------- one panel per task
+
+
+def task_points(metrics: Mapping[str, Mapping[str, Any]], names: Sequence[str], task: str,
+                summary: Optional[Mapping[str, Any]] = None) -> Tuple[str, Dict[str, Tuple[float, Optional[float]]]]:
+    """One task's metric per model: ``("auc" | "mse", {model: (value, std or None)})`` in ``names`` order.
+
+    With a multi-seed summary the value is the seeds' mean and the std their spread.
+
+    Args:
+        metrics (Mapping[str, dict]): one run's ``metrics.json``.
+        names (Sequence[str]): the models, in report order.
+        task (str): the task.
+        summary (Optional[Mapping[str, Any]]): ``summary.json`` content.
+
+    Returns:
+        Tuple[str, Dict[str, Tuple[float, Optional[float]]]]: the metric and the points.
+    """
+    per = {n: ((metrics.get(n) or {}).get("tasks") or {}).get(task) or {} for n in names}
+    key = "mse" if any("mse" in p and "auc" not in p for p in per.values()) else "auc"
+    means = ((((summary or {}).get("tasks") or {}).get(task) or {}).get("models") or {}) if _multi_seed(summary) else {}
+    points: Dict[str, Tuple[float, Optional[float]]] = {}
+    for name in names:
+        value, std = finite(per[name].get(key)), None
+        if name in means:
+            value, std = finite(means[name].get(f"{key}_mean")), finite(means[name].get(f"{key}_std"))
+        if value is not None:
+            points[name] = (value, std)
+    return key, points
+
+
+def task_gain_text(metrics: Mapping[str, Mapping[str, Any]], task: str, key: str,
+                   summary: Optional[Mapping[str, Any]] = None) -> str:
+    """The panel's second title line: distilled − student alone on the task, with its interval when there is one."""
+    gain = ((((summary or {}).get("tasks") or {}).get(task) or {}).get("kd_gain")) if _multi_seed(summary) else None
+    if gain and finite(gain.get(f"{key}_mean")) is not None:
+        ci = gain.get(f"{key}_ci95")
+        verdict = "significant" if gain.get("significant") else "not significant"
+        span = f", 95% CI [{signed(ci[0])}, {signed(ci[1])}]" if ci else ""
+        return f"KD gain {signed(gain[f'{key}_mean'])}{span}: {verdict}"
+    d, s = (((metrics.get(n) or {}).get("tasks") or {}).get(task) or {} for n in ("distilled", "student"))
+    if finite(d.get(key)) is None or finite(s.get(key)) is None:
+        return "no KD comparison (student alone and distilled needed)"
+    return f"distilled − student alone {signed(d[key] - s[key])} (one seed: no interval)"
+
+
+def _draw_task_panel(ax: Any, task: str, key: str, points: Dict[str, Tuple[float, Optional[float]]],
+                     colours: Dict[str, str], gain: str, n_seeds: int) -> None:
+    """One task: a dot (± std) per model on a shared horizontal axis, its value beside it, the KD gain in the title."""
+    what = "test AUC" if key == "auc" else "test MSE (lower is better)"
+    ax.set_title(f"{task}: {what}" + (f", mean ± std of {n_seeds} seeds" if n_seeds > 1 else "") + f"\n{gain}")
+    if not points:
+        _message(ax, f"no model reports {task} yet")
+        return
+    names = list(points)
+    ys = list(range(len(names)))[::-1]  # the first model on top
+    values = [points[n][0] for n in names]
+    for y, name in zip(ys, names):
+        value, std = points[name]
+        ax.errorbar([value], [y], xerr=std if std else None, fmt="D" if "_" in name else "o", color=colours[name], ms=8,
+                    capsize=4, lw=1.5)
+        ax.annotate(f"{value:.4f}", (value, y), xytext=(0, 9), textcoords="offset points", ha="center",
+                    fontsize=LABEL_FONT, color="0.15")
+    lows = [v - (points[n][1] or 0) for n, v in zip(names, values)]
+    highs = [v + (points[n][1] or 0) for n, v in zip(names, values)]
+    span = max(max(highs) - min(lows), 0.004)
+    ax.set_xlim(min(lows) - 0.15 * span, max(highs) + 0.15 * span)
+    ax.set_ylim(-0.7, len(names) - 0.3)
+    ax.set_yticks(ys, names)
+    ax.set_xlabel(what)
+    ax.grid(True, axis="x", alpha=0.3)
+
+
+def draw_task_report(metrics: Mapping[str, Mapping[str, Any]], names: Sequence[str], path: Path,
+                     summary: Optional[Mapping[str, Any]] = None, title: Optional[str] = None,
+                     left_out: Sequence[str] = ()) -> Optional[Path]:
+    """Write ``report_tasks.png``: one panel per task of a multi-task run.
+
+    Args:
+        metrics (Mapping[str, dict]): one run's ``metrics.json`` (entries with ``tasks``).
+        names (Sequence[str]): the models in report order (fixes the colours, as in ``report.png``).
+        path (Path): the PNG to write.
+        summary (Optional[Mapping[str, Any]]): ``summary.json`` content; with ≥ 2 seeds: means, stds and intervals.
+        title (Optional[str]): the figure's heading.
+        left_out (Sequence[str]): models of another lineage (not drawn; named under the panels).
+
+    Returns:
+        Optional[Path]: ``path``, or None when no entry has tasks.
+    """
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(names) + [n for n in metrics if n not in names]
+    tasks: List[str] = []
+    for name in names:
+        tasks += [t for t in ((metrics.get(name) or {}).get("tasks") or {}) if t not in tasks]
+    if not tasks:
+        return None
+    colours = model_colours(names)
+    n_seeds = len(summary["seeds"]) if _multi_seed(summary) else 1  # type: ignore[index]
+    cols = min(len(tasks), 3)
+    rows = math.ceil(len(tasks) / cols)
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=(4.8 * cols, 0.6 + 3.2 * rows), dpi=DPI, layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(rows, cols, squeeze=False).ravel()
+        for ax, task in zip(axes, tasks):
+            key, points = task_points(metrics, names, task, summary)
+            _draw_task_panel(ax, task, key, points, colours, task_gain_text(metrics, task, key, summary), n_seeds)
+        for ax in axes[len(tasks):]:
+            ax.set_visible(False)
+        if title:
+            fig.suptitle(f"{title}: each task", fontweight="bold")
+        if left_out:
+            fig.supxlabel("not drawn (another lineage, see report.md): " + ", ".join(left_out), fontsize=LABEL_FONT,
+                          color="0.35", x=0.01, ha="left")
         fig.savefig(path, dpi=DPI)
     return Path(path)

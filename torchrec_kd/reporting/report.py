@@ -1,5 +1,7 @@
 """The run's report: ``report.md`` (a table and what KD bought), ``report.png``, TensorBoard scalars.
 
+A multi-task run's report adds a section per task (what KD bought on it, its teacher warning,
+its table) and ``report_tasks.png``, one panel per task; the main table is the selection task's.
 Everything is read from ``metrics.json``, so a report can be rebuilt at any time::
 
     python -m torchrec_kd.cli report --config configs/dlrm_teacher_synthetic.yaml
@@ -17,10 +19,16 @@ from torchrec_kd.reporting.summary import (
     budget_warning,
     comparable,
     consistency_notes,
+    entry_tasks,
     gain_sentence,
+    is_regression,
+    regression_teacher_warning,
     signed,
     stale_exports,
     summarize,
+    summarize_task,
+    task_gain_sentence,
+    task_view,
     teacher_warning,
     validated,
 )
@@ -33,6 +41,12 @@ COLUMNS = (("auc", "AUC"), ("ne", "NE"), ("logloss", "log loss"), ("embedding_by
            ("params", "params"), ("latency_ms_b1", "latency b=1 (ms)"), ("latency_ms_b1024", "latency b=1024 (ms)"),
            ("train_samples_per_s", "train samples/s"))
 
+
+# a multi-task run's picture of every task (report.png stays the selection task's)
+TASKS_PNG = "report_tasks.png"
+TASK_COLUMNS = {"binary": (("auc", "AUC"), ("ne", "NE"), ("logloss", "log loss"), ("calibration", "calibration"),
+                           ("rows", "rows in its space")),
+                "regression": (("mse", "MSE (lower is better)"), ("rows", "rows in its space"))}
 
 NAMES = {"student": "student alone", "distilled": "distilled student"}
 STEPS = {"student": "train-student", "distilled": "distill"}
@@ -50,7 +64,7 @@ def _cell(key: str, value: Any, entry: Mapping[str, Any]) -> str:
         return "–"
     if key == "ne" and value > 1:
         return f"{value:.4f} (> 1: worse than the base rate)"
-    if key in ("auc", "ne", "logloss"):
+    if key in ("auc", "ne", "logloss", "calibration", "mse"):
         return f"{value:.4f}"
     if key.startswith("latency"):
         return f"{value:.3f}"
@@ -150,9 +164,66 @@ def write_markdown(metrics: Dict[str, Dict[str, Any]], out_dir: Path, title: str
               "model; embedding bytes: table storage (quantized: fbgemm rows incl. scale/bias); train samples/s: "
               "training throughput (– for a quantized export, which is not trained).", "",
               f"![AUC against model bytes and validation curves]({REPORT_PNG})", ""]
+    lines += task_sections(metrics)
     path = Path(out_dir) / REPORT_MD
     path.write_text("\n".join(lines))
     return path
+
+
+def task_sections(metrics: Dict[str, Dict[str, Any]]) -> List[str]:
+    """A multi-task run's report.md sections: per task what KD bought, its teacher warning and its table.
+
+    Args:
+        metrics (Dict[str, dict]): the ``metrics.json`` entries of one lineage.
+
+    Returns:
+        List[str]: markdown lines (none for a single-task run).
+    """
+    names = entry_tasks([metrics])
+    if not names:
+        return []
+    chosen = next((e["selection_task"] for e in metrics.values() if e.get("selection_task")), None) or names[0]
+    lines = ["## Per task", "",
+             f"The table above is the selection task's ({chosen}: train.early_stopping.task); each task's metrics are "
+             "on the test rows of its own space (a task observed only where another is 1 counts those rows).", ""]
+    for task in names:
+        view = task_view(metrics, task)
+        kind = "regression" if is_regression(view) else "binary"
+        lines += [f"### {task} ({kind})", ""]
+        if {"student", "distilled"} <= view.keys():
+            lines += [task_gain_sentence(task, summarize_task([0], [view])), ""]
+        warning = regression_teacher_warning(view) if kind == "regression" else teacher_warning(view)
+        if warning:
+            lines += [f"Warning ({task}): {warning}", ""]
+        cols = TASK_COLUMNS[kind]
+        lines += ["| model | " + " | ".join(label for _, label in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        lines += [f"| {m} | " + " | ".join(_cell(k, view[m].get(k), view[m]) for k, _ in cols) + " |"
+                  for m in _ordered(view)]
+        lines.append("")
+    lines += [f"![each task's test metric per model]({TASKS_PNG})", ""]
+    return lines
+
+
+def write_task_plot(metrics: Dict[str, Dict[str, Any]], out_dir: Path, summary: Optional[Mapping[str, Any]] = None,
+                    title: Optional[str] = None, left_out: Optional[Mapping[str, str]] = None) -> Optional[Path]:
+    """``report_tasks.png`` of a multi-task run: one panel per task (None for a single-task run).
+
+    Args:
+        metrics (Dict[str, dict]): the ``metrics.json`` entries of one lineage.
+        out_dir (Path): the output directory.
+        summary (Optional[Mapping[str, Any]]): ``summary.json`` content (≥ 2 seeds: means, stds, intervals).
+        title (Optional[str]): the figure's heading.
+        left_out (Optional[Mapping[str, str]]): models not drawn (another lineage).
+
+    Returns:
+        Optional[Path]: the file written.
+    """
+    if not entry_tasks([metrics]):
+        return None
+    from torchrec_kd.reporting.plot import draw_task_report
+
+    return draw_task_report(metrics, _ordered(metrics), Path(out_dir) / TASKS_PNG, summary=summary, title=title,
+                            left_out=sorted(left_out or {}))
 
 
 def write_plot(metrics: Dict[str, Dict[str, Any]], out_dir: Path, summary: Optional[Mapping[str, Any]] = None,
@@ -182,7 +253,8 @@ def write_plot(metrics: Dict[str, Dict[str, Any]], out_dir: Path, summary: Optio
 
 def write_experiment_plot(summary: Mapping[str, Any], per_seed: Mapping[int, Dict[str, Dict[str, Any]]],
                           out_dir: Path, title: Optional[str] = None) -> Optional[Path]:
-    """The top-level ``report.png`` of a multi-seed experiment: the summary, with its first seed's curves.
+    """The top-level ``report.png`` of a multi-seed experiment: the summary, with its first seed's curves
+    (and, for a multi-task run, ``report_tasks.png``: each task's means, spreads and interval).
 
     Args:
         summary (Mapping[str, Any]): ``summarize(per_seed)``.
@@ -199,6 +271,7 @@ def write_experiment_plot(summary: Mapping[str, Any], per_seed: Mapping[int, Dic
     seed = seeds[0]
     metrics = per_seed[seed] if seed in per_seed else per_seed[str(seed)]  # type: ignore[index]
     left_out = sorted({n for why in (summary.get("left_out") or {}).values() for n in why})
+    write_task_plot(metrics, out_dir, summary=summary, title=title, left_out=dict.fromkeys(left_out, ""))
     return write_plot(metrics, out_dir, summary=summary, title=title, curves_label=f"seed {seed}",
                       left_out=dict.fromkeys(left_out, ""))
 
@@ -221,6 +294,10 @@ def write_tensorboard(metrics: Dict[str, Dict[str, Any]], out_dir: Path) -> Path
             for key in ("auc", "ne", "logloss", "calibration", "latency_ms_b1", "latency_ms_b1024"):
                 if m.get(key) is not None:
                     w.add_scalar(f"test/{key}", m[key], m.get("steps", 0))
+            for task, per in (m.get("tasks") or {}).items():  # a multi-task run: each task's own
+                for key in ("auc", "ne", "logloss", "calibration", "mse"):
+                    if per.get(key) is not None:
+                        w.add_scalar(f"test/{task}/{key}", per[key], m.get("steps", 0))
     return root
 
 
@@ -239,11 +316,14 @@ def write_report(metrics: Dict[str, Dict[str, Any]], out_dir: Path, title: str,
             first in report.md and under the picture, drawn nowhere.
 
     Returns:
-        List[Path]: report.md, report.png, the TensorBoard directory.
+        List[Path]: report.md, report.png (and report_tasks.png: several tasks), the TensorBoard directory.
     """
     paths = [write_markdown(metrics, out_dir, title, left_out)]
     plot = write_plot(metrics, out_dir, summary=summary, title=title, left_out=left_out)
     if plot:
         paths.append(plot)
+    tasks_plot = write_task_plot(metrics, out_dir, summary=summary, title=title, left_out=left_out)
+    if tasks_plot:
+        paths.append(tasks_plot)
     paths.append(write_tensorboard(metrics, out_dir))
     return paths

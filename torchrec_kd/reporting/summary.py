@@ -5,10 +5,16 @@ seeds (each seed one replicate: the same world and budget, its own initialisatio
 data order), with a Student-t interval; it is *significant* when the interval excludes 0.
 One seed has no interval and is never called significant.
 
+A multi-task run's entries carry ``"tasks": {name: {...}}``; the summary then adds the same
+per task (``"tasks": {name: {"models", "kd_gain", "teacher_gap", "teacher_note", ...}}``): AUC
+for a binary task, MSE (lower is better) for a regression task. The top level stays the
+selection task's, as in ``metrics.json``.
+
 Example::
 
     s = summarize({0: metrics_seed0, 1: metrics_seed1, 2: metrics_seed2})
     s["kd_gain"]  # {"auc_mean": 0.0031, "auc_ci95": [0.0012, 0.0050], "significant": True, ...}
+    s["tasks"]["conversion"]["kd_gain"]  # the same for one task of a multi-task run
 """
 
 from __future__ import annotations
@@ -244,7 +250,8 @@ def summarize(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]],
         student alone the same way; ``teacher_not_better``: seeds whose teacher did not score
         above the student alone (``teacher_warning``); ``teacher_note``: the warning for the
         whole experiment, if any; ``unvalidated``: seeds where a compared model had no
-        validation; ``left_out``: per seed, the models not of this lineage and why.
+        validation; ``left_out``: per seed, the models not of this lineage and why; with a multi-task
+        run's entries, ``tasks``: the same per task (:func:`summarize_task`).
     """
     seeds = sorted(per_seed)
     runs = [per_seed[s] for s in seeds]
@@ -270,7 +277,201 @@ def summarize(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]],
     out["unvalidated"] = [s for s, r in zip(seeds, runs)
                           if any(m in r and not validated(r[m]) for m in ("student", "distilled"))]
     out["left_out"] = {s: dict(v) for s, v in (left_out or {}).items() if v}
+    names = entry_tasks(runs)
+    if names:
+        out["tasks"] = {t: summarize_task(seeds, [task_view(r, t) for r in runs]) for t in names}
+        out["selection_task"] = next((e["selection_task"] for r in runs for e in r.values()
+                                      if isinstance(e, Mapping) and e.get("selection_task")), None)
     return out
+
+
+# ---------------------------------------------------------------- per task (multi-task runs)
+
+# what a per-task view keeps of a model's entry beside its task metrics (selection, fingerprints)
+_ENTRY_KEYS = ("best_step", "steps", "max_steps", "stopped_early", "base", "fingerprint", "source",
+               "source_fingerprint", "embedding_bytes", "params")
+_TASK_METRICS = ("auc", "ne", "logloss", "calibration", "mse")
+
+
+def entry_tasks(runs: Sequence[Mapping[str, Mapping[str, Any]]]) -> List[str]:
+    """The task names of a multi-task run's entries, in their order (empty: single-task entries).
+
+    Args:
+        runs (Sequence[Mapping[str, dict]]): ``metrics.json`` contents (one per seed).
+
+    Returns:
+        List[str]: every task some entry reports.
+    """
+    names: List[str] = []
+    for run in runs:
+        for entry in run.values():
+            for name in (entry.get("tasks") or {}) if isinstance(entry, Mapping) else ():
+                if name not in names:
+                    names.append(name)
+    return names
+
+
+def _task_best_val(entry: Mapping[str, Any], task: str) -> Optional[Dict[str, Any]]:
+    """The task's validation metrics at the kept step (from ``val_curve``); None when never validated."""
+    if not validated(entry):
+        return None
+    for point in entry.get("val_curve") or []:
+        if isinstance(point, Mapping) and point.get("step") == entry.get("best_step"):
+            per = (point.get("tasks") or {}).get(task)
+            if per:
+                return {k: per[k] for k in _TASK_METRICS if k in per}
+    return {"step": entry.get("best_step")}  # validated, but not this task's numbers: comparisons use test
+
+
+def task_view(metrics: Mapping[str, Mapping[str, Any]], task: str) -> Dict[str, Dict[str, Any]]:
+    """One run's ``metrics.json`` seen through one task: each model's entry with that task's metrics on top.
+
+    ``best_val`` becomes the task's validation metrics at the kept step, so every single-task
+    helper (``teacher_warning``, ``summarize``…) reads the view as it reads a single-task run.
+
+    Args:
+        metrics (Mapping[str, dict]): one run's ``metrics.json``.
+        task (str): a task name.
+
+    Returns:
+        Dict[str, dict]: the models that report this task.
+    """
+    view: Dict[str, Dict[str, Any]] = {}
+    for name, entry in metrics.items():
+        per = (entry.get("tasks") or {}).get(task)
+        if per is None:
+            continue
+        view[name] = {**{k: entry[k] for k in _ENTRY_KEYS if k in entry}, **per,
+                      "best_val": _task_best_val(entry, task)}
+    return view
+
+
+def is_regression(view: Mapping[str, Mapping[str, Any]]) -> bool:
+    """A regression task's view (its metrics are MSE, not AUC)."""
+    return any("mse" in e and "auc" not in e for e in view.values())
+
+
+def regression_teacher_warning(view: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
+    """The warning when the teacher's MSE is not below the student alone's (one run, a regression task).
+
+    Args:
+        view (Mapping[str, dict]): a regression task's :func:`task_view`.
+
+    Returns:
+        Optional[str]: the sentence, or None (teacher better, or a model missing).
+    """
+    if not {"teacher", "student"} <= view.keys():
+        return None
+    t, s = view["teacher"], view["student"]
+    tv, sv = (t.get("best_val") or {}).get("mse"), (s.get("best_val") or {}).get("mse")
+    what = "validation MSE"
+    if tv is None or sv is None:
+        tv, sv, what = t.get("mse"), s.get("mse"), "test MSE (no validation)"
+    if tv is None or sv is None or tv < sv:
+        return None
+    return (f"This teacher's {what} {tv:.4f} is not below the student alone's {sv:.4f} (lower is better, one seed): "
+            "distillation from it may gain little; train a better teacher first.")
+
+
+def _mse_difference(views: List[Mapping[str, Mapping[str, Any]]], a: str, b: str) -> Dict[str, Any]:
+    """``a`` − ``b`` test MSE over seeds (negative: ``a`` is better); ``auc_*`` kept as None for readers of the contract."""
+    diffs = [v[a]["mse"] - v[b]["mse"] for v in views]
+    mean, ci = paired_interval(diffs)
+    return {"metric": "mse", "lower_is_better": True, "mse_mean": mean, "mse_ci95": list(ci) if ci else None,
+            "significant": bool(ci and (ci[0] > 0 or ci[1] < 0)), "per_seed": diffs,
+            "auc_mean": None, "auc_ci95": None}
+
+
+def summarize_task(seeds: Sequence[int], views: List[Mapping[str, Mapping[str, Any]]]) -> Dict[str, Any]:
+    """One task's part of ``summary.json`` from its :func:`task_view` per seed.
+
+    Args:
+        seeds (Sequence[int]): the seeds, in the order of ``views``.
+        views (List[Mapping[str, dict]]): each seed's view of the task.
+
+    Returns:
+        Dict[str, Any]: ``type`` (binary / regression), ``models`` (as the top level's: AUC and NE means and
+        stds; a regression task: ``mse_mean``, ``mse_std``, ``mse``), ``kd_gain`` (``auc_mean``, ``auc_ci95``,
+        ``significant``, …; a regression task: ``mse_mean``, ``mse_ci95``, ``lower_is_better``), ``teacher_gap``,
+        ``teacher_not_better``, ``teacher_note``, ``not_comparable``, ``unvalidated``, ``seeds``.
+    """
+    if not is_regression(views[0]):
+        full = summarize(dict(zip(seeds, views)))
+        keep = ("seeds", "models", "kd_gain", "teacher_gap", "teacher_not_better", "teacher_note", "not_comparable",
+                "unvalidated")
+        return {"type": "binary", **{k: full[k] for k in keep if k in full}}
+    common = [m for m in views[0] if all(m in v and v[m].get("mse") is not None for v in views)]
+    order = [m for m in SUMMARY_MODELS if m in common] + sorted(m for m in common if m not in SUMMARY_MODELS)
+    models: Dict[str, Any] = {}
+    for m in order:
+        mse = [v[m]["mse"] for v in views]
+        mean, std = mean_std(mse)
+        models[m] = {"mse_mean": mean, "mse_std": std, "mse": mse, "best_step": [v[m].get("best_step") for v in views]}
+    out: Dict[str, Any] = {"type": "regression", "seeds": list(seeds), "models": models,
+                           "not_comparable": [s for s, v in zip(seeds, views) if not comparable(v)]}
+    if {"student", "distilled"} <= models.keys() and not out["not_comparable"]:
+        out["kd_gain"] = _mse_difference(views, "distilled", "student")
+    if {"student", "teacher"} <= models.keys():
+        out["teacher_gap"] = _mse_difference(views, "teacher", "student")
+    out["teacher_not_better"] = [s for s, v in zip(seeds, views) if regression_teacher_warning(v)]
+    gap = out.get("teacher_gap")
+    note = regression_teacher_warning(views[0]) if len(views) == 1 else None
+    if gap and gap["mse_ci95"] is not None and gap["mse_ci95"][0] >= 0:
+        lo, hi = gap["mse_ci95"]
+        note = (f"The teacher is not shown to have a lower MSE than the student alone (teacher − student alone "
+                f"{signed(gap['mse_mean'])} test MSE, 95% CI {signed(lo)} to {signed(hi)}, {len(seeds)} seeds; "
+                "lower is better): distillation from it may gain little.")
+    out["teacher_note"] = note
+    out["unvalidated"] = [s for s, v in zip(seeds, views)
+                          if any(m in v and not validated(v[m]) for m in ("student", "distilled"))]
+    return out
+
+
+def task_gain_sentence(task: str, summary: Mapping[str, Any]) -> str:
+    """The per-task sentence: distilled − student alone with its interval (AUC; MSE, lower is better, for regression).
+
+    Args:
+        task (str): the task's name.
+        summary (Mapping[str, Any]): its :func:`summarize_task`.
+
+    Returns:
+        str: one or two sentences, starting with the task's name.
+    """
+    if summary.get("type") != "regression":
+        return f"{task}: {gain_sentence(summary)}"
+    gain = summary.get("kd_gain")
+    if summary.get("not_comparable"):
+        return f"{task}: no comparison: the student alone and the distilled student were trained with different configs."
+    if gain is None:
+        return f"{task}: no comparison yet: the student alone and the distilled student are both needed."
+    head = f"{task}: distilled − student alone: {signed(gain['mse_mean'])} test MSE (lower is better"
+    if gain["mse_ci95"] is None:
+        return head + "), one seed: no interval, so this alone is not a result to act on."
+    lo, hi = gain["mse_ci95"]
+    verdict = ("significant" if gain["significant"] else "not significant (the interval includes 0)")
+    return head + f"; 95% CI {signed(lo)} to {signed(hi)}, {len(summary['seeds'])} seeds): {verdict}."
+
+
+def task_markdown(tasks: Mapping[str, Mapping[str, Any]]) -> List[str]:
+    """The per-task sections of ``summary.md``: per task its sentence, teacher warning and table."""
+    lines: List[str] = []
+    sd = lambda x: "–" if x is None else f"{x:.4f}"  # noqa: E731
+    for task, ts in tasks.items():
+        regression = ts.get("type") == "regression"
+        lines += [f"## Task {task} ({'regression: MSE, lower is better' if regression else 'binary: AUC'})", "",
+                  task_gain_sentence(task, ts), ""]
+        if ts.get("teacher_note"):
+            lines += [f"Warning ({task}): {ts['teacher_note']}", ""]
+        if regression:
+            lines += ["| model | test MSE mean | std | best step per seed |", "|---|---|---|---|"]
+            lines += [f"| {m} | {v['mse_mean']:.4f} | {sd(v['mse_std'])} | {', '.join(str(s) for s in v['best_step'])} |"
+                      for m, v in ts["models"].items()]
+        else:
+            lines += ["| model | test AUC mean | std | NE mean | std | best step per seed |", "|---|---|---|---|---|---|"]
+            lines += [f"| {m} | {v['auc_mean']:.4f} | {sd(v['auc_std'])} | {v['ne_mean']:.4f} | {sd(v['ne_std'])} | "
+                      f"{', '.join(str(s) for s in v['best_step'])} |" for m, v in ts["models"].items()]
+        lines.append("")
+    return lines
 
 
 def _teacher_gap_warning(summary: Mapping[str, Any]) -> Optional[str]:
@@ -362,6 +563,15 @@ def summary_markdown(summary: Mapping[str, Any], title: str) -> str:
             lines.append("")
             lines.append(f"{label}: AUC {signed(g['auc_mean'])}, 95% CI {ci}; per seed "
                          + ", ".join(signed(d) for d in g["per_seed"]))
+    if summary.get("tasks"):
+        chosen = _selection_of(summary)
+        lines += ["", f"The table above is the selection task's ({chosen}); each task's own follows.", ""]
+        lines += task_markdown(summary["tasks"])
     lines += ["", f"Seeds: {summary['seeds']}; each seed's own report is in seed_<s>/report.md."
               if len(summary["seeds"]) > 1 else ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _selection_of(summary: Mapping[str, Any]) -> str:
+    """The selection task named in a summary (recorded by ``summarize``), or "the first task"."""
+    return str(summary.get("selection_task") or "the first task")
