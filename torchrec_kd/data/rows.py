@@ -1,8 +1,9 @@
 """Rows in columnar numpy form, and how every file source cuts them into per-rank ``Batch``es.
 
-All readers produce :class:`RowBlock`s (dense float32, labels float32 0/1, one jagged
-id column per sparse feature) and share one batching rule, so any source plugs into
-the recipes exactly like ``SyntheticClickLog``:
+All readers produce :class:`RowBlock`s (dense float32, labels float32 0/1 — ``[n, T]``, one
+column per task, in a run of several ``tasks`` — one jagged id column per sparse feature)
+and share one batching rule, so any source plugs into the recipes exactly like
+``SyntheticClickLog``:
 
 * ``batch_size`` is global. Global batch ``i`` is rows ``[i*B, (i+1)*B)`` of the split's
   row order; rank ``r`` of ``W`` takes the ``r``-th slice of ``B/W`` rows of it. The same
@@ -92,7 +93,7 @@ class Jagged:
 
 @dataclass
 class RowBlock:
-    """Rows of a split: dense [n, D] float32, labels [n] float32 (0/1), one :class:`Jagged` per sparse feature."""
+    """Rows of a split: dense [n, D] float32, labels [n] ([n, T] with several tasks) float32, one Jagged per sparse feature."""
 
     dense: np.ndarray
     labels: np.ndarray
@@ -126,7 +127,7 @@ class RowBlock:
         return RowBlock(batch.dense_features.numpy(), batch.labels.numpy(), sparse)
 
     def to_batch(self, keys: Sequence[str]) -> Batch:
-        """TorchRec ``Batch``: dense float32 [n, D], KJT (int64 values, feature-major), labels float32 [n]."""
+        """TorchRec ``Batch``: dense float32 [n, D], KJT (int64 values, feature-major), labels float32 [n] (or [n, T])."""
         values = np.concatenate([j.values for j in self.sparse]) if self.sparse else np.zeros(0, np.int64)
         lengths = np.concatenate([j.lengths for j in self.sparse]) if self.sparse else np.zeros(0, np.int64)
         kjt = KeyedJaggedTensor.from_lengths_sync(keys=list(keys), values=torch.from_numpy(values.astype(np.int64)),
