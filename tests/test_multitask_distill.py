@@ -190,3 +190,18 @@ def test_a_plugin_student_returning_a_dict_of_task_logits_distils():
     assert losses[-1] < losses[0]
     assert all(p.grad is None for t in model.teachers for p in t.parameters())  # teachers stay frozen
     assert model.loss_fn.step == 7  # the loop's step, not one per forward
+
+
+def test_the_loops_step_sets_the_schedules_and_forwards_leave_them_alone():
+    from torchrec_kd.config import ScheduleConfig
+
+    cfg = LossTermConfig("soft_bce", 1.0, temperature=1.0, weight_schedule=ScheduleConfig(kind="warmup", steps=4),
+                         temperature_schedule=ScheduleConfig(kind="linear", start=3.0, steps=2))
+    loss = build_loss([cfg]).train()
+    s, t, y = torch.tensor([0.3, -1.0]), torch.tensor([1.0, 0.5]), torch.tensor([1.0, 0.0])
+    loss.set_step(1)
+    first = loss(s, t, y).item()
+    assert loss(s, t, y).item() == first and loss.step == 1  # driven: a forward does not advance it
+    assert loss.terms[0].temperature == pytest.approx(2.0) and loss.terms[0]._temperature == 1.0
+    expected = 0.25 * build_loss([LossTermConfig("soft_bce", 1.0, temperature=2.0)])(s, t, y).item()
+    assert first == pytest.approx(expected, rel=1e-6)

@@ -165,6 +165,11 @@ class DistillRun(PipelinedRun):
             set_fake_quant_step(self.model.module.student, start)
         return start
 
+    def before_step(self, step: int) -> None:
+        """The loss terms' schedules follow the loop's step (no clock of their own)."""
+        assert self.model is not None
+        self.model.module.set_step(step)
+
     def train_batches(self, start: int) -> Iterator[Batch]:
         """Offline, each batch carries the stored teacher outputs of its rows."""
         batches = super().train_batches(start)

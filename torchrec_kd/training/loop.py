@@ -46,7 +46,8 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
           on_checkpoint: Optional[Callable[[int, TrainStats], None]] = None,
           guard: Optional[NonFiniteGuard] = None, writer: Optional[Any] = None,
           selector: Optional[ModelSelector] = None, on_best: Optional[Callable[[int], None]] = None,
-          make_pipeline: Optional[Callable[[], TrainPipelineSparseDist]] = None) -> TrainStats:
+          make_pipeline: Optional[Callable[[], TrainPipelineSparseDist]] = None,
+          on_step: Optional[Callable[[int], None]] = None) -> TrainStats:
     """Run pipelined training steps ``start_step + 1 … steps``, or until early stopping.
 
     Args:
@@ -71,6 +72,8 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
         make_pipeline (Optional[Callable[[], TrainPipelineSparseDist]]): a new pipeline over
             the same model and optimizer, to continue after a validation (see below);
             None: re-attach the detached one.
+        on_step (Optional[Callable[[int], None]]): called with the 0-based optimizer step before
+            each step's forward (the loss terms' weight and temperature schedules follow it).
 
     A validation detaches the pipeline and calls the model directly. ``attach`` restarts
     the input distribution of the next batch, which is already in flight, and with sharded
@@ -89,6 +92,8 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
     step = start_step
     stop = False
     for step in range(first, steps + 1):
+        if on_step is not None:
+            on_step(step - 1)  # progress() runs this step's forward: its schedules are at step - 1
         out = pipeline.progress(batches)
         if step == start_step + WARMUP_STEPS:
             timed_from = time.perf_counter()
