@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Dict
+from typing import Any, Dict
 
 from torchrec_kd.checkpoint.model_io import load_module, read_meta
 from torchrec_kd.config import RunConfig
 from torchrec_kd.core.layout import RunLayout
+from torchrec_kd.core.tasks import run_tasks
 from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import init_distributed
 from torchrec_kd.errors import ConfigError
@@ -31,7 +32,17 @@ from torchrec_kd.training.model_run import TrainModelRun
 logger = logging.getLogger(__name__)
 
 
-def run(cfg: RunConfig, source: str, split: str = "test") -> Dict[str, float]:
+def _line(metrics: Dict[str, Any]) -> str:
+    """``auc 0.7812, ne 0.8012, …`` and, per task of a multi-task run, ``conversion: auc 0.7001, …``."""
+    def numbers(m: Dict[str, Any]) -> str:
+        return ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float) and k != "rows")
+
+    tasks = metrics.get("tasks") or {}
+    head = numbers(metrics) + (f" (selection task {metrics['selection_task']})" if tasks else "")
+    return "; ".join([head] + [f"{t}: {numbers(m)}" for t, m in tasks.items()])
+
+
+def run(cfg: RunConfig, source: str, split: str = "test") -> Dict[str, Any]:
     """Metrics of ``source`` on ``split``.
 
     Args:
@@ -40,21 +51,23 @@ def run(cfg: RunConfig, source: str, split: str = "test") -> Dict[str, float]:
         split (str): "val" or "test".
 
     Returns:
-        Dict[str, float]: auc, ne, logloss, calibration, rows.
+        Dict[str, Any]: auc, ne, logloss, calibration, rows (a multi-task run: the selection task's, and
+        ``tasks`` with each task's, as :func:`~torchrec_kd.training.evaluate.evaluate`).
     """
     out = cfg.out_dir
     layout = RunLayout(out)
     export = layout.export(source)
     if layout.export_meta(source).is_file():
         env = init_distributed(cfg.distributed)
-        data = build_data(cfg.data, cfg.seed)
+        data = build_data(cfg.data, cfg.seed, tasks=cfg.tasks)
         meta = read_quantized_meta(export)["meta"]
         check_fits_data(meta, data.dense_names, data.sparse_names, data.num_embeddings, str(export))
         model, io = load_quantized(export, build_model_from_meta).eval(), io_from_meta(meta)
         n = data.num_batches(split, cfg.data.batch_size) or 0
         metrics = evaluate(lambda b: io.logits(model, b),
                            data.batches(split, cfg.data.batch_size, env.rank, env.world_size),
-                           env, cfg.data.batch_size // env.world_size, n * cfg.data.batch_size)
+                           env, cfg.data.batch_size // env.world_size, n * cfg.data.batch_size,
+                           tasks=run_tasks(cfg), select=cfg.train.early_stopping.task)
     elif layout.model_meta(source).is_file():
         role = read_meta(layout.model(source))["role"]
         recipe = TrainModelRun(cfg, role)
@@ -67,5 +80,5 @@ def run(cfg: RunConfig, source: str, split: str = "test") -> Dict[str, float]:
                           "name a checkpoint (teacher, student, distilled) or an export (distilled_int4, …) of this run")
     if env.is_main:
         layout.evaluation(source, split).write_text(json.dumps(metrics, indent=2))
-        logger.info("%s on %s: %s", source, split, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "rows"))
+        logger.info("%s on %s: %s", source, split, _line(metrics))
     return metrics

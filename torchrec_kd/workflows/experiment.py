@@ -37,7 +37,7 @@ from torchrec_kd.distributed.env import init_distributed
 from torchrec_kd.recipes import distill, quantize, report, train_model
 from torchrec_kd.reporting.lineage import expected_fingerprints, split_lineage
 from torchrec_kd.reporting.metrics_file import read_metrics
-from torchrec_kd.reporting.report import write_experiment_plot
+from torchrec_kd.reporting.report import TASKS_PNG, write_experiment_plot
 from torchrec_kd.reporting.summary import announce_once, summarize, summary_markdown, teacher_warning
 
 logger = logging.getLogger(__name__)
@@ -149,8 +149,11 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
         if cfg.experiment.seeds:  # the top-level report is the summary; each seed has its own
             plot = write_experiment_plot(summary, {s: lin.current for s, lin in lineages.items()}, layout.root,
                                          title=cfg.run_name)
+            tasks_png = layout.root / TASKS_PNG  # a multi-task run: each task's means and interval
             layout.report_md.write_text(text + (f"\n![AUC against size, validation curves, the gain]({plot.name})\n"
-                                                if plot else ""))
+                                                if plot else "")
+                                        + (f"\n![each task: means over seeds, the gain]({TASKS_PNG})\n"
+                                           if summary.get("tasks") and tasks_png.is_file() else ""))
         # one seed: report.md, just printed, says it all; across seeds the summary is the final table
         logger.info("experiment: wrote %s\n%s", layout.summary_json, text,
                     extra=None if cfg.experiment.seeds else FILE_ONLY)
