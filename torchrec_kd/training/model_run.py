@@ -23,6 +23,7 @@ from torchrec_kd.config import RunConfig, config_to_dict
 from torchrec_kd.core.console import FILE_ONLY
 from torchrec_kd.core.fingerprint import step_fingerprint
 from torchrec_kd.core.layout import RunLayout
+from torchrec_kd.core.tasks import is_multitask
 from torchrec_kd.distributed.sharding import add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard
 from torchrec_kd.models.build import build_model, model_io, model_meta
 from torchrec_kd.models.dlrm import MODEL_PREFIX, count_params, embedding_bytes, make_tables
@@ -66,9 +67,11 @@ class TrainModelRun(PipelinedRun):
         self.fingerprint = step_fingerprint(cfg, self.role)
         self.inputs = model_inputs(cfg, self.role, self.data.sparse_names, self.data.num_embeddings, self.data.dense_names)
         self.tables = make_tables(self.model_cfg, self.inputs.sparse_features, self.inputs.num_embeddings)
+        # several tasks: [B, T] outputs and the per-task loss; one task: None, the model as it always was
+        tasks = self.tasks if is_multitask(self.tasks) else None
         module = RankerTrain(build_model(self.model_cfg, self.tables, self.inputs.dense_in_features,
-                                         dense_columns=self.inputs.dense_columns, where=self.role),
-                             model_io(self.model_cfg))
+                                         dense_columns=self.inputs.dense_columns, where=self.role, tasks=tasks),
+                             model_io(self.model_cfg, tasks))
         add_fused_embedding_optimizer(module, cfg.train)
         self.model = shard(module, env, self.local_batch, planner_constraints(cfg.sharding, self.tables, env.device.type))
         init_weights(self.model, cfg.seed, prefix=MODEL_PREFIX)
@@ -91,7 +94,8 @@ class TrainModelRun(PipelinedRun):
         out = cfg.out_dir
         meta = {"role": self.role, "config": config_to_dict(cfg), "world_size": env.world_size,
                 "tables": [t.name for t in self.tables], "selection": self.selection(), "fingerprint": self.fingerprint,
-                **model_meta(self.model_cfg, self.tables, self.inputs.dense_in_features, self.inputs.dense_columns)}
+                **model_meta(self.model_cfg, self.tables, self.inputs.dense_in_features, self.inputs.dense_columns,
+                             tasks=self.tasks if is_multitask(self.tasks) else None)}
         save_model(self.model, out / self.role, meta)
         emb = embedding_bytes(self.tables)
         entry = self.entry(metrics, count_params(emb, self.model, MODEL_PREFIX), emb)
