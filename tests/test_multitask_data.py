@@ -185,3 +185,22 @@ def test_the_input_contract_records_the_tasks_and_reads_their_labels_when_presen
     got = RawRows(features).convert(pd.DataFrame({"x": ["1", "2"], "f": ["3", "4"], "label_click": ["1", "0"],
                                                   "label_converted": ["1", "1"], "label_single": ["0", "1"]}))
     np.testing.assert_array_equal(got.rows.labels, [[1, 1, 0], [0, 0, 1]])  # converted is 0 off clicks
+
+
+def test_one_task_that_names_its_own_label_is_read_by_its_rule_as_one_column(tmp_path):
+    table = TableClickLog(_table(tmp_path), verbose=False,
+                          tasks=[TaskConfig("single", column="status", positive=["single"])]).splits["train"].labels
+    np.testing.assert_array_equal(table, [1, 0, 1, 0, 0])
+    root = write_ml_latest(tmp_path / "ml-latest")
+    cfg = MovieLensDataConfig(path=str(root), val_fraction=0.0, test_fraction=0.0, shuffle=False)
+    love = MovieLensClickLog(cfg, verbose=False, tasks=[TaskConfig("love", at_least=5)]).splits["train"].labels
+    both = MovieLensClickLog(cfg, verbose=False, tasks=_ml_tasks()).splits["train"].labels
+    assert love.shape == (len(LATEST_RATINGS),)
+    np.testing.assert_array_equal(love, both[:, 1])
+    tiny = load_config(TINY)
+    like = build_data(tiny.data, 0, tasks=[TaskConfig("like")]).batch("val", 0, 128).labels
+    assert like.shape == (128,)
+    assert torch.equal(like, build_data(tiny.data, 0, tasks=_world_tasks()).batch("val", 0, 128).labels[:, 2])
+    criteo = load_config(TINY, ["data.source=criteo_tsv"]).data
+    with pytest.raises(ConfigError, match="Criteo has one 0/1 label column"):
+        build_data(criteo, 0, tasks=[TaskConfig("click", at_least=1)])

@@ -17,7 +17,7 @@ from torchrec_kd.data.criteo import CriteoNpyLog, CriteoTsvLog
 from torchrec_kd.data.movielens import MovieLensClickLog
 from torchrec_kd.data.synthetic import SyntheticClickLog
 from torchrec_kd.data.table import TableClickLog
-from torchrec_kd.data.task_labels import multitask
+from torchrec_kd.data.task_labels import read_tasks
 from torchrec_kd.data.timelines import windowed_log
 from torchrec_kd.data.windows import WindowedClickLog, window_slices
 from torchrec_kd.errors import ConfigError, DataError
@@ -35,7 +35,8 @@ def build_data(cfg: DataConfig, seed: int, role: str = "teacher", tasks: Optiona
             (``data.synthetic.student_train_rows``) when one is set. A windowed log
             (``data.windows``, or a drifting synthetic world) is the same for every role.
         tasks (Optional[Sequence[TaskConfig]]): the run's ``tasks``; two or more: labels
-            ``[B, T]`` in that order (:mod:`torchrec_kd.data.task_labels`); else ``[B]`` as always.
+            ``[B, T]`` in that order (:mod:`torchrec_kd.data.task_labels`); none or one: ``[B]``
+            (no task, or one asking for nothing else: the source's label as always).
 
     Returns:
         ClickLog: exposes feature names, table sizes and per-rank batch streams.
@@ -46,14 +47,13 @@ def build_data(cfg: DataConfig, seed: int, role: str = "teacher", tasks: Optiona
     """
     # only rank 0 logs load summaries (bad rows, split sizes); every rank counts the same rows
     verbose = os.environ.get("RANK", "0") == "0"
-    if not multitask(tasks):
-        tasks = None  # one task: the source's usual label, exactly as before
+    tasks = read_tasks(tasks, cfg.source)  # None: the source's usual label, exactly as before
     if tasks and cfg.source in ("criteo_tsv", "criteo_npy"):
-        raise ConfigError(f"tasks: Criteo has one label column, so {len(tasks)} tasks cannot be read from it; use one "
-                          "task (or none), or a table source with a column per task")
+        raise ConfigError("tasks: Criteo has one 0/1 label column; list one task without column / at_least / "
+                          "positive (or none), or use a table source with a column per task")
     if tasks and (cfg.windows is not None or (cfg.source == "synthetic" and cfg.synthetic.drift is not None)):
-        raise ConfigError(f"tasks: {len(tasks)} tasks are not supported with time windows (data.windows, "
-                          "data.synthetic.drift) yet; use one task there")
+        raise ConfigError("tasks: time windows (data.windows, data.synthetic.drift) read the source's one label; "
+                          "list one task without column / at_least / positive there (or none)")
     if cfg.windows is not None or (cfg.source == "synthetic" and cfg.synthetic.drift is not None):
         # one window of a time-ordered log (data.windows): the same for every role
         return windowed_log(cfg, seed, verbose=verbose)

@@ -16,10 +16,11 @@ readers themselves run, never a re-implementation:
   features): dense numbers as they are (missing -> 0), integer ids modulo the table size
   (text hashed, ``|``-separated bags).
 
-A label is optional: traffic has none; rows whose label is there are scored with it. A run of
-two or more tasks records them (``tasks``: name, type and how each label is read); its labels
-are then ``[n, T]``: a table's task columns (read as training read them), or the columns
-``label_<task>`` of a ``features`` file (0/1, a regression task's number), present all or none.
+A label is optional: traffic has none; rows whose label is there are scored with it. A run's
+``tasks`` are recorded (name, type and how each label is read; none, or one plain task: not
+recorded). Two or more give ``[n, T]`` labels: a table's task columns (read as training read
+them), or the columns ``label_<task>`` of a ``features`` file (0/1, a regression task's
+number), present all or none.
 
 A windowed run's entity features (users, items: ``data.windows.entities``) are not taken modulo
 their table: training read their raw ids (integers as they are, text hashed into ``[0, 2**62)``)
@@ -55,7 +56,7 @@ from torchrec_kd.data.criteo_parse import NUM_DENSE, NUM_FIELDS, NUM_SPARSE, par
 from torchrec_kd.data.id_remap import FALLBACK_ROW, REMAP_FILE, IdRemap, apply_remaps, save_remaps
 from torchrec_kd.data.rows import Jagged, RowBlock
 from torchrec_kd.data.table import TableColumns, csv_chunks, file_format, parquet_chunks, sparse_column, table_files
-from torchrec_kd.data.task_labels import LabelSpec, label_specs, multitask, zero_outside_spaces
+from torchrec_kd.data.task_labels import LabelSpec, label_specs, one_column, read_tasks, zero_outside_spaces
 from torchrec_kd.errors import DataError
 
 CONTRACT_FORMAT = "torchrec_kd.contract/1"
@@ -79,8 +80,8 @@ def input_contract(cfg: DataConfig, dense_names: Sequence[str], sparse_names: Se
         num_embeddings (Sequence[int]): rows of each sparse feature's table.
         remaps (Optional[Mapping[str, IdRemap]]): a windowed run's entity remaps (its data's ``remaps``);
             the contract then names ``id_remap.json``, which :func:`contract_files` writes beside it.
-        tasks (Optional[Sequence[TaskConfig]]): the run's ``tasks``; two or more are recorded
-            (``tasks``: name, type, column, at_least, positive, only_where), one is the label as always.
+        tasks (Optional[Sequence[TaskConfig]]): the run's ``tasks``, recorded (``tasks``: name, type,
+            column, at_least, positive, only_where) unless none or one plain task (the label as always).
 
     Returns:
         Dict[str, Any]: JSON-able; ``format`` says which rules apply, ``features`` the model's inputs.
@@ -104,7 +105,8 @@ def input_contract(cfg: DataConfig, dense_names: Sequence[str], sparse_names: Se
     else:
         contract.update(format="features", label="label", separator=FEATURE_SEPARATOR,
                         sparse_rule="integers modulo num_embeddings, other values hashed; empty -> empty bag")
-    if multitask(tasks):
+    tasks = read_tasks(tasks, cfg.source)
+    if tasks:  # how each label is read (none, or one plain task: the label as always)
         contract["tasks"] = [{"name": t.name, "type": t.type, "column": t.column, "at_least": t.at_least,
                               "positive": [str(v) for v in t.positive or []], "only_where": t.only_where}
                              for t in tasks]
@@ -192,7 +194,7 @@ class RawRows:
         # a multi-task contract's tasks (how each label column is read); None: the one label
         tasks = [TaskConfig(**{k: v for k, v in t.items() if k in TaskConfig.__dataclass_fields__})
                  for t in contract.get("tasks") or []]
-        self.tasks: Optional[List[TaskConfig]] = tasks if multitask(tasks) else None
+        self.tasks: Optional[List[TaskConfig]] = tasks or None
         self.label_specs: Optional[List[LabelSpec]] = label_specs(tasks) if self.tasks else None
         self.table: Optional[TableDataConfig] = None
         if self.format == "table":
@@ -219,7 +221,7 @@ class RawRows:
         if self.label_specs is None:
             return [self.label]
         if self.format == "features":
-            return [f"label_{s.name}" for s in self.label_specs]
+            return [f"label_{s.name}" for s in self.label_specs] if len(self.label_specs) > 1 else [self.label]
         return list(dict.fromkeys(s.column or self.label for s in self.label_specs))
 
     def convert(self, frame: pd.DataFrame, lines: Optional[np.ndarray] = None, where: str = "rows") -> Converted:
@@ -308,16 +310,16 @@ class RawRows:
         specs = self.label_specs or []
         labels = np.zeros((len(frame), len(specs)), np.float32)
         if not labeled:
-            return labels
+            return one_column(labels)
         for i, spec in enumerate(specs):
-            name = f"label_{spec.name}"
+            name = self.label_columns[i]
             lab = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64)
             wrong = ~np.isin(lab, [0.0, 1.0]) if spec.binary else ~np.isfinite(lab)
             what = "0 or 1" if spec.binary else "a number"
             bad.extend((int(lines[j]), f"label '{name}' is not {what}", "") for j in np.flatnonzero(wrong & good))
             good &= ~wrong
             labels[:, i] = np.where(wrong, 0.0, lab)
-        return zero_outside_spaces(labels, specs)
+        return one_column(zero_outside_spaces(labels, specs))
 
     def read(self, path: str, chunk_rows: int = CHUNK_ROWS) -> Iterator[Tuple[pd.DataFrame, np.ndarray, List[Bad], Path]]:
         """The raw rows of a file, a folder or a glob, in chunks: ``(frame, lines, unreadable lines, file)``.

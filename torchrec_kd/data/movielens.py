@@ -55,7 +55,7 @@ from torchrec_kd.data.bad_rows import BadRowLog
 from torchrec_kd.data.files import listing
 from torchrec_kd.data.movielens_latest import LATEST_SPARSE_NAMES, RATINGS_HEADER, load_movies, load_tags, read_csv, tag_bags
 from torchrec_kd.data.rows import SPLITS, InMemoryClickLog, Jagged, RowBlock, fraction_split
-from torchrec_kd.data.task_labels import check_rating_specs, label_specs, multitask, rating_labels
+from torchrec_kd.data.task_labels import check_rating_specs, label_specs, one_column, rating_labels, read_tasks
 from torchrec_kd.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -332,7 +332,8 @@ class MovieLensClickLog(InMemoryClickLog):
 
     def __init__(self, cfg: MovieLensDataConfig, seed: int = 0, on_bad_row: str = "skip", verbose: bool = True,
                  tasks: Optional[Sequence[Any]] = None) -> None:
-        self.label_specs = label_specs(tasks, first_default="rating", default="rating") if multitask(tasks) else None
+        tasks = read_tasks(tasks, "movielens")
+        self.label_specs = label_specs(tasks, first_default="rating", default="rating") if tasks else None
         if self.label_specs is not None:
             check_rating_specs(self.label_specs)
         if not cfg.path:
@@ -408,7 +409,7 @@ class MovieLensClickLog(InMemoryClickLog):
         if self.label_specs is None:
             labels = (r.rating[idx] >= self.cfg.positive_threshold).astype(np.float32)
         else:
-            labels = rating_labels(r.rating[idx], self.label_specs, self.cfg.positive_threshold)
+            labels = one_column(rating_labels(r.rating[idx], self.label_specs, self.cfg.positive_threshold))
         tables = dict(zip(self.sparse_names, self.num_embeddings))
         per_item = {"genres": meta.genres, "tags": meta.tags}
         per_user = {"gender": meta.gender, "age_bucket": meta.age, "occupation": meta.occupation,

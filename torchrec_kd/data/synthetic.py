@@ -43,7 +43,7 @@ from torchrec_kd.config import SyntheticDataConfig
 from torchrec_kd.config.data_sources import DriftConfig, SyntheticTasksConfig
 from torchrec_kd.data.rows import RowBlock
 from torchrec_kd.data.synthetic_tasks import TaskWorld, task_draws
-from torchrec_kd.data.task_labels import check_synthetic_specs, label_specs, multitask
+from torchrec_kd.data.task_labels import check_synthetic_specs, label_specs, read_tasks
 from torchrec_kd.errors import ConfigError
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -204,7 +204,8 @@ class SyntheticClickLog:
                                                 for f, n in enumerate(self.num_embeddings)], dtype=torch.int64)
                                   for w in range(cfg.drift.windows)]
         self._world: Optional[TaskWorld] = None
-        if multitask(tasks):
+        tasks = read_tasks(tasks, "synthetic")
+        if tasks:
             specs = label_specs(tasks)
             check_synthetic_specs(specs)
             if cfg.drift is not None:
@@ -367,6 +368,8 @@ class SyntheticClickLog:
         labels = (u < prob).float()
         if self._world is not None and draws is not None:  # [R, T]: click is the column drawn above
             labels, prob = self._world.labels(z, lengths, ids, raw, labels, torch.cat(draws))
+            if labels.shape[1] == 1:  # one task (e.g. like alone): [R]
+                labels, prob = labels[:, 0], prob[:, 0]
         # Criteo-like dense input: counts from a log-normal, fed as log(1 + count).
         dense = torch.log1p(torch.floor(torch.exp(1.2 * z + 1.0)))
         R, F = lengths.shape

@@ -51,7 +51,7 @@ from torchrec_kd.data.bad_rows import BadRowLog
 from torchrec_kd.data.files import listing, natural_key
 from torchrec_kd.data.ids import to_rows
 from torchrec_kd.data.rows import InMemoryClickLog, Jagged, RowBlock, fraction_split
-from torchrec_kd.data.task_labels import LabelSpec, label_specs, multitask, zero_outside_spaces
+from torchrec_kd.data.task_labels import LabelSpec, label_specs, one_column, read_tasks, zero_outside_spaces
 from torchrec_kd.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -112,8 +112,9 @@ class TableColumns:
 
     def __init__(self, cfg: TableDataConfig, with_label: bool = True, tasks: Optional[Sequence[Any]] = None) -> None:
         self.cfg, self.with_label = cfg, with_label
-        # two or more tasks: one label column each ([n, T]); else the single label as always
-        self.specs: Optional[List[LabelSpec]] = label_specs(tasks) if multitask(tasks) else None
+        # tasks: one label column each ([n, T]; one task [n]); None: the single label as always
+        tasks = read_tasks(tasks, "table")
+        self.specs: Optional[List[LabelSpec]] = label_specs(tasks) if tasks else None
         self.sparse_cols: List[SparseColumnConfig] = list(cfg.sparse)
         self.needed = [*(self.label_columns() if with_label else []), *cfg.dense, *(s.column for s in cfg.sparse)]
         if cfg.time_column:
@@ -184,7 +185,8 @@ class TableColumns:
         out = np.zeros((len(df), len(specs)), np.float32)
         empty = np.zeros((len(df), len(specs)), bool)
         for i, spec in enumerate(specs):
-            if spec.column is None:  # the first task: data.table.label with its values, as a one-task run reads it
+            if spec.column is None or (spec.column == self.cfg.label and not spec.positive and spec.at_least is None):
+                # data.table.label with its positive / negative / label_threshold, as a one-task run reads it
                 out[:, i] = self.labels(df[self.cfg.label], lines, file, bad, pending)
                 continue
             out[:, i], empty[:, i] = self._task_column(df[spec.column], spec, lines, file, bad)
@@ -293,11 +295,11 @@ class TableColumns:
         bad = np.zeros(len(df), bool)
         # unlabeled traffic (predict, serving): labels stay 0 and are never reported
         if not self.with_label:
-            labels = np.zeros((len(df), len(self.specs)) if self.specs else len(df), np.float32)
+            labels = one_column(np.zeros((len(df), len(self.specs) if self.specs else 1), np.float32))
         elif self.specs is None:
             labels = self.labels(df[self.cfg.label], lines, file, bad, pending)
         else:
-            labels = self.task_labels(df, lines, file, bad, pending)
+            labels = one_column(self.task_labels(df, lines, file, bad, pending))
         dense = self.dense(df, lines, bad, pending)
         time = self.time(df, lines, bad, pending) if self.cfg.time_column else np.zeros(0)
         good = ~bad

@@ -1,7 +1,9 @@
 """How a reader turns a run's tasks (``tasks``) into label columns: one column per task.
 
-One task (``tasks`` empty or of one entry) is the reader's usual label, ``[n]``, exactly as
-before; two or more give ``[n, T]`` float32 in the order of ``tasks``. Each reader resolves
+No ``tasks``, or one task that asks for nothing else, is the reader's usual label, ``[n]``,
+read exactly as before (:func:`read_tasks`); one task naming its own column or threshold is
+read by the rules below, still ``[n]``; two or more give ``[n, T]`` float32 in the order of
+``tasks``. Each reader resolves
 a task's source column with its own default (:func:`label_specs`):
 
 * table: the task's ``column``, else its name; the first task with no ``column`` is
@@ -64,12 +66,37 @@ def multitask(tasks: Optional[Sequence[Any]]) -> bool:
     return tasks is not None and len(tasks) > 1
 
 
+def read_tasks(tasks: Optional[Sequence[Any]], source: str) -> Optional[List[Any]]:
+    """The tasks a reader reads itself, or None: no task, or one that is the source's usual label.
+
+    Args:
+        tasks (Optional[Sequence[TaskConfig]]): ``cfg.tasks``.
+        source (str): ``data.source`` (a synthetic task named after a world task other than
+            click is not the usual label).
+
+    Returns:
+        Optional[List[TaskConfig]]: None keeps the reader's one-label code path, byte for byte.
+    """
+    tasks = list(tasks or [])
+    if len(tasks) == 1:
+        t = tasks[0]
+        plain = t.column is None and t.at_least is None and not t.positive and t.type == "binary" and not t.only_where
+        if plain and (source != "synthetic" or t.name not in SYNTHETIC_TASKS or t.name == "click"):
+            return None
+    return tasks or None
+
+
+def one_column(labels: np.ndarray) -> np.ndarray:
+    """``[n, 1]`` labels as ``[n]`` (a run of one task); ``[n, T]`` with T >= 2 as they are."""
+    return labels[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels
+
+
 def label_specs(tasks: Sequence[Any], first_default: Optional[str] = None,
                 default: Optional[str] = None) -> List[LabelSpec]:
     """The tasks' label columns with a source's defaults.
 
     Args:
-        tasks (Sequence[TaskConfig]): ``cfg.tasks`` (two or more).
+        tasks (Sequence[TaskConfig]): ``cfg.tasks`` (as :func:`read_tasks` keeps them).
         first_default (Optional[str]): the column of the first task that names none (None: the
             source's usual label, e.g. ``data.table.label`` with its values).
         default (Optional[str]): the column of the other tasks that name none (None: their name).
@@ -145,4 +172,4 @@ def check_synthetic_specs(specs: Sequence[LabelSpec]) -> None:
 
 
 __all__ = ["LabelSpec", "SYNTHETIC_TASKS", "check_rating_specs", "check_synthetic_specs", "label_specs",
-           "multitask", "rating_labels", "zero_outside_spaces"]
+           "multitask", "one_column", "rating_labels", "read_tasks", "zero_outside_spaces"]
