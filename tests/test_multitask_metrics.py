@@ -224,7 +224,7 @@ def test_summary_md_has_a_section_per_task():
     from torchrec_kd.reporting.summary import summarize, summary_markdown
 
     text = summary_markdown(summarize({seed: _seed_metrics(seed) for seed in HAND}), "three seeds")
-    assert "The table above is the selection task's (click)" in text
+    assert "The table above is the selection task's (click, train.early_stopping.task)" in text
     conv = text.split("## Task conversion (binary: AUC)")[1].split("## Task")[0]
     assert "not significant (the interval includes 0)" in conv and "| distilled | 0.6633 |" in conv
     dwell = text.split("## Task dwell (regression: MSE, lower is better)")[1]
@@ -242,3 +242,13 @@ def test_a_single_task_report_has_no_task_sections(tmp_path):
     write_report(metrics, tmp_path, "one task")
     assert "Per task" not in (tmp_path / "report.md").read_text() and not (tmp_path / TASKS_PNG).exists()
     assert "tasks" not in summarize({0: metrics})
+
+
+def test_latency_rows_of_a_multi_task_batch():
+    from torchrec_kd.reporting.latency import take_rows
+
+    labels = torch.zeros(6, 2)
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["a", "b"], values=torch.arange(12),
+                                              lengths=torch.ones(12, dtype=torch.int32))
+    part = take_rows(Batch(dense_features=torch.zeros(6, 3), sparse_features=kjt, labels=labels), 2)
+    assert part.labels.shape == (2, 2) and part.sparse_features.values().tolist() == [0, 1, 6, 7]

@@ -22,7 +22,7 @@ def take_rows(batch: Batch, n: int) -> Batch:
         Batch: the sliced batch.
     """
     kjt = batch.sparse_features
-    rows = batch.labels.numel()
+    rows = batch.labels.shape[0]  # labels [B] or, with several tasks, [B, T]
     lengths = kjt.lengths().view(len(kjt.keys()), rows)
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), kjt.lengths().long().cumsum(0)]).view(-1)
     values = torch.cat([kjt.values()[offsets[f * rows]: offsets[f * rows + n]] for f in range(len(kjt.keys()))])

@@ -23,6 +23,7 @@ from torchrec_kd.reporting.summary import (
     gain_sentence,
     is_regression,
     regression_teacher_warning,
+    selection_words,
     signed,
     stale_exports,
     summarize,
@@ -184,8 +185,8 @@ def task_sections(metrics: Dict[str, Dict[str, Any]]) -> List[str]:
         return []
     chosen = next((e["selection_task"] for e in metrics.values() if e.get("selection_task")), None) or names[0]
     lines = ["## Per task", "",
-             f"The table above is the selection task's ({chosen}: train.early_stopping.task); each task's metrics are "
-             "on the test rows of its own space (a task observed only where another is 1 counts those rows).", ""]
+             f"The table above is {selection_words(chosen)}; each task's metrics are on the test rows of its own space "
+             "(a task observed only where another is 1 counts those rows).", ""]
     for task in names:
         view = task_view(metrics, task)
         kind = "regression" if is_regression(view) else "binary"

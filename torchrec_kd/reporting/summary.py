@@ -564,14 +564,22 @@ def summary_markdown(summary: Mapping[str, Any], title: str) -> str:
             lines.append(f"{label}: AUC {signed(g['auc_mean'])}, 95% CI {ci}; per seed "
                          + ", ".join(signed(d) for d in g["per_seed"]))
     if summary.get("tasks"):
-        chosen = _selection_of(summary)
-        lines += ["", f"The table above is the selection task's ({chosen}); each task's own follows.", ""]
+        lines += ["", f"The table above is {selection_words(summary.get('selection_task'))}; each task's own follows.", ""]
         lines += task_markdown(summary["tasks"])
     lines += ["", f"Seeds: {summary['seeds']}; each seed's own report is in seed_<s>/report.md."
               if len(summary["seeds"]) > 1 else ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _selection_of(summary: Mapping[str, Any]) -> str:
-    """The selection task named in a summary (recorded by ``summarize``), or "the first task"."""
-    return str(summary.get("selection_task") or "the first task")
+def selection_words(chosen: Optional[str]) -> str:
+    """What a multi-task run's top-level metrics are, in words (``train.early_stopping.task`` resolved).
+
+    Args:
+        chosen (Optional[str]): the recorded ``selection_task`` (a task name or "mean"; None: unrecorded).
+
+    Returns:
+        str: e.g. "the selection task's (click, train.early_stopping.task)".
+    """
+    if chosen == "mean":
+        return "the task-weighted mean over the binary tasks (train.early_stopping.task: mean)"
+    return f"the selection task's ({chosen or 'the first task'}, train.early_stopping.task)"
