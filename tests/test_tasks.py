@@ -42,3 +42,11 @@ def test_a_misspelt_or_wrong_task_is_one_line_naming_the_key(override, needle):
     with pytest.raises(ConfigError) as err:
         load_config(TINY, [TWO, override])
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_selection_on_a_regression_task_is_refused_on_load():
+    with pytest.raises(ConfigError, match="is a regression task"):
+        load_config(TINY, ["tasks=[{name: rating, type: regression}, {name: like}]"])
+    with pytest.raises(ConfigError, match="is a regression task"):
+        load_config(TINY, ["tasks=[{name: like}, {name: rating, type: regression}]", "train.early_stopping.task=rating"])
+    load_config(TINY, ["tasks=[{name: rating, type: regression}, {name: like}]", "train.early_stopping.task=mean"])

@@ -295,6 +295,14 @@ def _check_tasks(cfg: RunConfig, where: str) -> None:
     stop_task = cfg.train.early_stopping.task
     if stop_task is not None and stop_task != "mean":
         known(stop_task, "train.early_stopping.task")
+    chosen = cfg.tasks[names.index(stop_task)] if stop_task in names else (cfg.tasks[0] if cfg.tasks and
+                                                                           stop_task is None else None)
+    if chosen is not None and chosen.type != "binary":
+        raise ConfigError(f"{where}: train.early_stopping.task: '{chosen.name}' is a regression task"
+                          f"{'' if stop_task else ' (null means the first task)'}; the selection metric (auc, ne "
+                          "or logloss) needs a binary task: name one, or mean")
+    if stop_task == "mean" and cfg.tasks and not any(t.type == "binary" for t in cfg.tasks):
+        raise ConfigError(f"{where}: train.early_stopping.task is mean but no task is binary; name a task")
     for i, term in enumerate(cfg.distill.losses):
         if term.task is not None:
             known(term.task, f"distill.losses[{i}].task")

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Literal, Optional
 from torchrec_kd.config.data_sources import DataConfig
 
 # The built-in architectures whose layer sizes are ModelConfig's own fields (the rest take ``args``).
-DLRM_FAMILY = ("dlrm", "dlrm_dcn", "dlrm_projection")
+DLRM_FAMILY = ("dlrm", "dlrm_dcn", "dlrm_projection", "shared_bottom", "mmoe")
 
 
 @dataclass
