@@ -141,7 +141,7 @@ class PipelinedRun(ABC):
         self.env = init_distributed(self.cfg.distributed)
         reset_peak_rss()  # this model's peak_rss_gib: not that of a step before it in the same process
         torch.manual_seed(self.cfg.seed)
-        self.data = build_data(self.cfg.data, self.cfg.seed, self.data_role)
+        self.data = build_data(self.cfg.data, self.cfg.seed, self.data_role, tasks=self.cfg.tasks)
         self.local_batch = self.cfg.data.batch_size // self.env.world_size
         # fail before any model is built: the first batch of each split must be readable
         for split in ("train", "val"):
@@ -269,12 +269,17 @@ class PipelinedRun(ABC):
                            eval_every, on_eval=lambda step: self.evaluate("val"), desc=self.name,
                            start_step=start, stats=self.stats, checkpoint_every=cfg.train.checkpoint_every,
                            on_checkpoint=self._checkpoint, guard=self.guard, writer=writer,
-                           selector=self.selector, on_best=self._keep_best, make_pipeline=self.make_pipeline)
+                           selector=self.selector, on_best=self._keep_best, make_pipeline=self.make_pipeline,
+                           on_step=self.before_step)
         if writer is not None:
             writer.close()
         self.pipeline.detach()  # back to the plain model for evaluation and saving
         self._restore_best()
         return self.stats
+
+    def before_step(self, step: int) -> None:
+        """Called with the 0-based optimizer step before each training step (nothing by default)."""
+        del step  # a subclass with step schedules (DistillRun's loss terms) follows it
 
     def train_batches(self, start: int) -> Iterator[Batch]:
         """This rank's training batches from step ``start`` on (a subclass may decorate them)."""
