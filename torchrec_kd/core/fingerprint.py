@@ -59,7 +59,8 @@ def data_identity(cfg: RunConfig) -> Dict[str, Any]:
     identified by the digest of the rows it reads (windows 0..index+1; Criteo: those day files)
     instead of the files, and without the keys that only say how many windows follow
     (``data.windows.count``, ``data.synthetic.drift.windows``, ``data.criteo.days``): data that
-    arrives later re-runs no window that does not read it. Other runs are identified as before.
+    arrives later re-runs no window that does not read it. Other runs are identified as before. A
+    multi-task run's identity holds its ``tasks`` (they make the labels).
 
     Args:
         cfg (RunConfig): the run config.
@@ -73,6 +74,10 @@ def data_identity(cfg: RunConfig) -> Dict[str, Any]:
             "table": "table"}[source]
     out = {k: v for k, v in data.items() if k not in ("synthetic", "criteo", "movielens", "table")}
     out[keep] = data[keep]
+    if source == "synthetic" and out["synthetic"].get("tasks") is None:
+        out["synthetic"].pop("tasks", None)  # a one-task world: the identity it always had
+    if getattr(cfg, "tasks", None):  # the labels are the tasks' (columns, thresholds, spaces)
+        out["tasks"] = [dataclasses.asdict(t) for t in cfg.tasks]
     if out.get("windows") is not None:
         rows = out["windows"].pop("rows_digest")  # absent when unset: manual windowed runs keep their fingerprints
         if rows is not None:

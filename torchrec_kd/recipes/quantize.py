@@ -30,6 +30,7 @@ from torchrec_kd.config import BudgetConfig, PruneConfig, RunConfig
 from torchrec_kd.core.console import FILE_ONLY, progress_bar
 from torchrec_kd.core.fingerprint import read_recorded, step_fingerprint
 from torchrec_kd.core.layout import PLAN_FILE, TORCHSCRIPT_FILE, RunLayout
+from torchrec_kd.core.tasks import run_tasks
 from torchrec_kd.data import build_data
 from torchrec_kd.data.contract import contract_files, input_contract
 from torchrec_kd.data.rows import RowBlock
@@ -108,7 +109,8 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
     local_batch = cfg.data.batch_size // env.world_size
     io = io_from_meta(meta)
     remaps = getattr(data, "remaps", None)  # a windowed run's entity remaps travel with its exports
-    contract = input_contract(cfg.data, data.dense_names, data.sparse_names, data.num_embeddings, remaps=remaps)
+    contract = input_contract(cfg.data, data.dense_names, data.sparse_names, data.num_embeddings, remaps=remaps,
+                              tasks=cfg.tasks)
     contract = contract_with_tasks(contract, meta)  # a multi-task export names its output columns
     tasks = meta_tasks(meta)
     recorded = read_recorded(meta)
@@ -128,7 +130,8 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
     def auc_of(qm: nn.Module, split: str) -> Dict[str, float]:
         n = data.num_batches(split, cfg.data.batch_size) or 0
         metrics = evaluate(lambda b: io.logits(qm, b), data.batches(split, cfg.data.batch_size, env.rank, env.world_size),
-                           env, local_batch, n * cfg.data.batch_size)
+                           env, local_batch, n * cfg.data.batch_size, tasks=run_tasks(cfg),
+                           select=cfg.train.early_stopping.task)
         return metrics
 
     def finish(name: str, qm: nn.Module, dtype: str, pruning: Optional[Dict[str, TablePruning]] = None,

@@ -67,7 +67,7 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
     if env.is_main:
         lineage = _lineage(cfg)
         metrics = lineage.current
-        data = build_data(cfg.data, cfg.seed)
+        data = build_data(cfg.data, cfg.seed, tasks=cfg.tasks)
         rows = next(iter(data.batches("test", _timing_batch(cfg), num_batches=1)))
         for name in list(metrics):
             if layout.model_meta(name).is_file() or layout.export_meta(name).is_file():

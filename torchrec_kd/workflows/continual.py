@@ -138,7 +138,7 @@ def window_plan(cfg: RunConfig, t: int) -> WindowPlan:
     windows = cfg.out_dir / WINDOWS_DIR
     root, prev = windows / str(t), windows / str(t - 1)
     first = t == cont.first_window
-    log = build_data(_data(cfg, t, history=False), cfg.seed, role="student")
+    log = build_data(_data(cfg, t, history=False), cfg.seed, role="student", tasks=cfg.tasks)
     rows = window_rows_digest(_data(cfg, t, history=False), log, cfg.seed)
     base = dataclasses.replace(cfg, output_dir=str(root), data=_data(cfg, t, history=False, rows_digest=rows),
                                experiment=dataclasses.replace(cfg.experiment, seeds=[]))
@@ -263,7 +263,7 @@ class WindowRunner:
         """Every step of the window; returns its entry (rank 0; {} elsewhere)."""
         plan, cfg = self.plan, self.cfg
         test_log = plan.log if plan.log is not None else build_data(plan.student.data, plan.student.seed,
-                                                                    role="student")
+                                                                    role="student", tasks=cfg.tasks)
         # Criteo's windows (its streaming reader) have no entities, hence no cold-start slices: "slices" is null
         self.slices = window_slices(test_log) if isinstance(test_log, WindowedClickLog) else None
         if plan.teacher is not None:
@@ -339,7 +339,7 @@ def window_count(cfg: RunConfig) -> int:
     win = windows_config(cfg)
     if win.count is not None:
         return int(win.count)
-    return len(build_data(_data(cfg, 0, history=False), cfg.seed, role="student").windows)
+    return len(build_data(_data(cfg, 0, history=False), cfg.seed, role="student", tasks=cfg.tasks).windows)
 
 
 def write_outputs(out: Path, doc: Dict[str, Any], title: str) -> None:
