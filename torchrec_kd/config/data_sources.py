@@ -377,6 +377,26 @@ class TableDataConfig:
 
 
 @dataclass
+class RetrievalDataConfig:
+    """``data.retrieval``: the source's rows are (user, item) pairs; which features are whose, and the corpus."""
+
+    # Sparse features that describe the user (the query side) and the item (the candidate side).
+    user_features: List[str] = field(default_factory=list)
+    item_features: List[str] = field(default_factory=list)
+    # The item-id feature (one of item_features): the corpus has one row per id.
+    item_id: str = "item_id"
+    # The user's most recent positive items before the row, as a multi-hot user feature
+    # ``user_history`` (0: none).
+    history_length: int = 20
+    # Test / validation users evaluated (null: all), leave-last-out by time.
+    eval_users: Optional[int] = None
+    # Cutoffs of recall@K / NDCG@K / HR@K (20 is always among them).
+    ks: List[int] = field(default_factory=lambda: [10, 20, 50, 100])
+    # The metric that selects a retrieval student's checkpoint.
+    select_metric: str = "recall@20"
+
+
+@dataclass
 class DataConfig:
     """Which data feeds the run and how it is batched."""
 
@@ -394,3 +414,5 @@ class DataConfig:
     table: TableDataConfig = field(default_factory=TableDataConfig)
     # Consecutive time windows (continual training); null: the source's own splits.
     windows: Optional[WindowsConfig] = None
+    # User / item roles of the features, the item corpus, leave-last-out users (retrieval runs).
+    retrieval: Optional[RetrievalDataConfig] = None

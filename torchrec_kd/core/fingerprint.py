@@ -74,6 +74,8 @@ def data_identity(cfg: RunConfig) -> Dict[str, Any]:
             "table": "table"}[source]
     out = {k: v for k, v in data.items() if k not in ("synthetic", "criteo", "movielens", "table")}
     out[keep] = data[keep]
+    if out.get("retrieval", 0) is None:
+        out.pop("retrieval")  # not a retrieval run: the identity it always had
     if source == "synthetic" and out["synthetic"].get("tasks") is None:
         out["synthetic"].pop("tasks", None)  # a one-task world: the identity it always had
     if getattr(cfg, "tasks", None):  # the labels are the tasks' (columns, thresholds, spaces)
