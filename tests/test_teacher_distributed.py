@@ -1,4 +1,7 @@
-"""The teacher on 2 gloo ranks: plan, pipelined == eager, 1 vs 2 ranks, resharded reload."""
+"""The teacher on 2 gloo ranks: plan, pipelined == eager, 1 vs 2 ranks, resharded reload.
+
+Each spawned rank pays torch's and torchrec's imports (seconds of CPU), so the three shardings share one
+2-rank start-up (a module fixture) and the 1-rank training and reload share another."""
 
 import pytest
 import torch
@@ -44,9 +47,23 @@ def _plan_and_pipeline_vs_eager(rank, world_size, sharding):
             "weight_diff": weight_diff, "pipelined_modules": len(pipeline._pipelined_modules)}
 
 
-@pytest.mark.parametrize("sharding", ["table_wise", "column_wise", "data_parallel"])
-def test_plan_uses_both_ranks_and_pipelined_equals_eager(tmp_path, sharding):
-    results = run_ranks(_plan_and_pipeline_vs_eager, 2, tmp_path, sharding)
+SHARDINGS = ("table_wise", "column_wise", "data_parallel")
+
+
+def _each_sharding(rank, world_size):
+    return {sharding: _plan_and_pipeline_vs_eager(rank, world_size, sharding) for sharding in SHARDINGS}
+
+
+@pytest.fixture(scope="module")
+def by_sharding(tmp_path_factory):
+    """Every rank's ``_plan_and_pipeline_vs_eager`` result per sharding, from one 2-rank start-up."""
+    ranks = run_ranks(_each_sharding, 2, tmp_path_factory.mktemp("plans"))
+    return {sharding: [r[sharding] for r in ranks] for sharding in SHARDINGS}
+
+
+@pytest.mark.parametrize("sharding", SHARDINGS)
+def test_plan_uses_both_ranks_and_pipelined_equals_eager(by_sharding, sharding):
+    results = by_sharding[sharding]
     tables = results[0]["tables"]
     assert tables[0] and tables[1], f"plan left a rank empty: {tables}"
     if sharding == "data_parallel":
@@ -76,16 +93,20 @@ def _load_and_predict(rank, world_size, ckpt):
         return torch.cat([r.model(b)[1][1] for b in test])
 
 
+def _train_and_reload(rank, world_size, ckpt, other_ckpt):
+    """One rank: train and save to ``ckpt``, then load ``other_ckpt`` under another plan (one start-up for both)."""
+    return _train_and_save(rank, world_size, ckpt), _load_and_predict(rank, world_size, other_ckpt)
+
+
 def test_one_and_two_ranks_agree_and_reload_on_other_world_size(tmp_path):
     two = run_ranks(_train_and_save, 2, tmp_path, str(tmp_path / "ckpt2"))
     n_batches = 1024 // 128  # tiny config: test_rows / batch_size; each rank scored half of every batch
     two = torch.cat([t.view(n_batches, -1) for t in two], dim=1).flatten()
-    one = run_ranks(_train_and_save, 1, tmp_path, str(tmp_path / "ckpt1"))
+    [(one, reloaded)] = run_ranks(_train_and_reload, 1, tmp_path, str(tmp_path / "ckpt1"), str(tmp_path / "ckpt2"))
     w2, w1 = load_full_state_dict(tmp_path / "ckpt2"), load_full_state_dict(tmp_path / "ckpt1")
     assert w1.keys() == w2.keys()
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-3, atol=1e-4, msg=f"{k} differs between 1 and 2 ranks")
     # the 2-rank checkpoint, loaded by 1 rank under another plan, predicts exactly what it did on 2 ranks
-    reloaded = run_ranks(_load_and_predict, 1, tmp_path, str(tmp_path / "ckpt2"))[0]
     torch.testing.assert_close(reloaded, two, rtol=0, atol=1e-6)
-    torch.testing.assert_close(one[0], two, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(one, two, rtol=1e-3, atol=1e-3)
