@@ -377,6 +377,73 @@ class TableDataConfig:
 
 
 @dataclass
+class SyntheticRetrievalConfig:
+    """The synthetic user-item world of a retrieval run (``data.retrieval.synthetic``; see ``data/synthetic_retrieval.py``).
+
+    Users and items have latent codes around their segment / category centres. A user is shown
+    ``impressions_per_user`` distinct items on average (``relevance_share`` of them picked by the
+    user's affinity, the rest by popularity), in time order, and clicks with probability
+    ``sigmoid(logit)``: a dot product ``<p_u, q_i>`` (what a two-tower represents), a
+    non-dot-product cross ``(<a_u, b_i>^2 - 1) / sqrt(2)`` (a ranker's MLP over pairwise
+    interactions learns it; a dot product of width w represents it only when w is at least
+    ``cross_dim * (cross_dim + 1) / 2`` plus the dot part) and a per-item bias. All of it is
+    drawn from ``data.synthetic.world_seed``.
+    """
+
+    num_users: int = 2000
+    num_items: int = 2000
+    # Mean impressions per user (each user: uniform in [mean / 2, 3 * mean / 2], distinct items).
+    impressions_per_user: int = 40
+    user_segments: int = 16
+    item_categories: int = 32
+    latent_dim: int = 16
+    cross_dim: int = 6
+    # Per-id deviation of a latent code from its segment's / category's centre (0: the centre itself).
+    spread: float = 0.7
+    # Relative weights of the oracle's terms (each about unit variance before weighting).
+    dot_weight: float = 1.0
+    cross_weight: float = 1.0
+    bias_weight: float = 0.5
+    logit_scale: float = 2.5
+    positive_rate: float = 0.3
+    # Share of a user's impressions chosen by the user's affinity (the oracle logit); the rest by popularity.
+    relevance_share: float = 0.5
+    # Zipf exponent of item popularity (impressions chosen by popularity).
+    zipf_exponent: float = 0.8
+    # User-side dense features (noisy projections of the user's code); the two-tower's user tower reads them.
+    num_dense: int = 4
+    # The item_tags bag: each item's `tags_per_item` nearest of `num_tags` tag prototypes.
+    num_tags: int = 64
+    tags_per_item: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("num_users", "num_items", "impressions_per_user", "user_segments", "item_categories",
+                     "latent_dim", "cross_dim", "num_tags", "tags_per_item"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.retrieval.synthetic.{name} must be >= 1, got {getattr(self, name)}")
+        if self.impressions_per_user * 3 // 2 > self.num_items:
+            raise ConfigError(f"data.retrieval.synthetic.impressions_per_user={self.impressions_per_user}: up to 3/2 "
+                              f"of it distinct items per user, more than num_items={self.num_items}; lower it")
+        if self.tags_per_item > self.num_tags:
+            raise ConfigError(f"data.retrieval.synthetic.tags_per_item={self.tags_per_item} exceeds num_tags="
+                              f"{self.num_tags}")
+        if not 0.0 < self.positive_rate < 1.0:
+            raise ConfigError(f"data.retrieval.synthetic.positive_rate must be in (0, 1), got {self.positive_rate}")
+        if not 0.0 <= self.relevance_share <= 1.0:
+            raise ConfigError(f"data.retrieval.synthetic.relevance_share must be in [0, 1], got {self.relevance_share}")
+        for name in ("spread", "dot_weight", "cross_weight", "bias_weight", "num_dense"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"data.retrieval.synthetic.{name} must be >= 0, got {getattr(self, name)}")
+        if self.dot_weight + self.cross_weight + self.bias_weight == 0 or self.logit_scale <= 0:
+            raise ConfigError("data.retrieval.synthetic: the oracle needs a positive logit_scale and a term with a "
+                              "positive weight (dot_weight, cross_weight, bias_weight)")
+
+
+# The multi-hot feature a retrieval source adds: the user's most recent positive items.
+USER_HISTORY = "user_history"
+
+
+@dataclass
 class RetrievalDataConfig:
     """``data.retrieval``: the source's rows are (user, item) pairs; which features are whose, and the corpus."""
 
@@ -394,6 +461,51 @@ class RetrievalDataConfig:
     ks: List[int] = field(default_factory=lambda: [10, 20, 50, 100])
     # The metric that selects a retrieval student's checkpoint.
     select_metric: str = "recall@20"
+    # The user-id feature (one of user_features): rows are grouped into users by it.
+    user_id: str = "user_id"
+    # A user is evaluated (val and test) when they have at least this many positives (>= 3: one left to train on).
+    min_positives: int = 3
+    # The synthetic source's user-item world (data.source: synthetic).
+    synthetic: SyntheticRetrievalConfig = field(default_factory=SyntheticRetrievalConfig)
+
+    def __post_init__(self) -> None:
+        if self.history_length < 0:
+            raise ConfigError(f"data.retrieval.history_length must be >= 0, got {self.history_length}")
+        if self.eval_users is not None and self.eval_users < 1:
+            raise ConfigError(f"data.retrieval.eval_users must be >= 1 or null (all), got {self.eval_users}")
+        if self.min_positives < 2:
+            raise ConfigError(f"data.retrieval.min_positives must be >= 2 (a val and a test target), "
+                              f"got {self.min_positives}")
+        if not self.ks or min(self.ks) < 1:
+            raise ConfigError(f"data.retrieval.ks must list cutoffs >= 1, got {self.ks}")
+        self.ks = sorted(set(self.ks) | {20})  # recall@20 / ndcg@20 are always reported
+        both = sorted(set(self.user_features) & set(self.item_features))
+        if both:
+            raise ConfigError(f"data.retrieval: {both} listed in both user_features and item_features; a feature "
+                              "describes one side")
+        if self.history_length == 0 and USER_HISTORY in self.user_features:
+            raise ConfigError(f"data.retrieval.user_features lists {USER_HISTORY} but history_length is 0 (no history "
+                              "feature); remove it or set a history_length")
+        if USER_HISTORY in self.item_features:
+            raise ConfigError(f"data.retrieval.item_features: {USER_HISTORY} is a user feature (the user's past "
+                              "positive items)")
+        if self.item_features and self.item_id not in self.item_features:
+            raise ConfigError(f"data.retrieval.item_id={self.item_id!r} is not in data.retrieval.item_features "
+                              f"{self.item_features}")
+        if self.user_features and self.user_id not in self.user_features:
+            raise ConfigError(f"data.retrieval.user_id={self.user_id!r} is not in data.retrieval.user_features "
+                              f"{self.user_features}")
+
+    def user_keys(self) -> List[str]:
+        """The user (query) side's sparse features: ``user_features``, ``user_history`` appended when kept and not listed."""
+        keys = list(self.user_features)
+        if self.history_length > 0 and USER_HISTORY not in keys:
+            keys.append(USER_HISTORY)
+        return keys
+
+    def item_keys(self) -> List[str]:
+        """The item (candidate) side's sparse features, in ``item_features`` order."""
+        return list(self.item_features)
 
 
 @dataclass

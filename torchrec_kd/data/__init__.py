@@ -15,14 +15,51 @@ from torchrec_kd.config import DataConfig
 from torchrec_kd.data.bad_rows import BadRowLog
 from torchrec_kd.data.criteo import CriteoNpyLog, CriteoTsvLog
 from torchrec_kd.data.movielens import MovieLensClickLog
+from torchrec_kd.data.movielens_retrieval import MovieLensRetrievalLog
+from torchrec_kd.data.retrieval import EvalUsers, ItemCorpus
 from torchrec_kd.data.synthetic import SyntheticClickLog
+from torchrec_kd.data.synthetic_retrieval import SyntheticRetrievalLog
 from torchrec_kd.data.table import TableClickLog
 from torchrec_kd.data.task_labels import read_tasks
 from torchrec_kd.data.timelines import windowed_log
 from torchrec_kd.data.windows import WindowedClickLog, window_slices
 from torchrec_kd.errors import ConfigError, DataError
 
-ClickLog = Union[SyntheticClickLog, CriteoTsvLog, CriteoNpyLog, MovieLensClickLog, TableClickLog, WindowedClickLog]
+ClickLog = Union[SyntheticClickLog, CriteoTsvLog, CriteoNpyLog, MovieLensClickLog, TableClickLog, WindowedClickLog,
+                 SyntheticRetrievalLog, MovieLensRetrievalLog]
+
+
+def retrieval_log(cfg: DataConfig, seed: int, verbose: bool = True,
+                  tasks: Optional[Sequence[Any]] = None) -> Union[SyntheticRetrievalLog, MovieLensRetrievalLog]:
+    """The source of a run with ``data.retrieval``: rows, ``corpus()`` and ``eval_users(split)``.
+
+    Args:
+        cfg (DataConfig): the ``data`` section (``retrieval`` set).
+        seed (int): the run's seed (train order; the synthetic world when ``world_seed`` is null).
+        verbose (bool): log the shape.
+        tasks (Optional[Sequence[TaskConfig]]): already read by :func:`read_tasks`; several are refused.
+
+    Returns:
+        SyntheticRetrievalLog or MovieLensRetrievalLog: the same for every role.
+
+    Raises:
+        ConfigError: a source or option a retrieval run cannot use yet.
+    """
+    rcfg = cfg.retrieval
+    assert rcfg is not None
+    if cfg.windows is not None or (cfg.source == "synthetic" and cfg.synthetic.drift is not None):
+        raise ConfigError("data.retrieval with time windows (data.windows, data.synthetic.drift) is not supported; "
+                          "a retrieval run cuts each user's history leave-last-out by time: remove one of them")
+    if tasks:
+        raise ConfigError("data.retrieval with tasks is not supported yet; a retrieval run reads the source's one "
+                          "label (remove tasks, or list one task without column / at_least / positive)")
+    if cfg.source == "synthetic":
+        world = cfg.synthetic.world_seed if cfg.synthetic.world_seed is not None else seed
+        return SyntheticRetrievalLog(rcfg.synthetic, rcfg, world_seed=world, seed=seed, verbose=verbose)
+    if cfg.source == "movielens":
+        return MovieLensRetrievalLog(cfg.movielens, rcfg, seed=seed, on_bad_row=cfg.on_bad_row, verbose=verbose)
+    raise ConfigError(f"data.retrieval: source {cfg.source!r} has no user / item declaration yet; use synthetic or "
+                      "movielens (or remove data.retrieval)")
 
 
 def build_data(cfg: DataConfig, seed: int, role: str = "teacher", tasks: Optional[Sequence[Any]] = None) -> ClickLog:
@@ -39,7 +76,8 @@ def build_data(cfg: DataConfig, seed: int, role: str = "teacher", tasks: Optiona
             (no task, or one asking for nothing else: the source's label as always).
 
     Returns:
-        ClickLog: exposes feature names, table sizes and per-rank batch streams.
+        ClickLog: exposes feature names, table sizes and per-rank batch streams; with
+        ``data.retrieval`` set also ``corpus()`` and ``eval_users(split)`` (:func:`retrieval_log`).
 
     Raises:
         DataError: a missing path, file or column, an empty split, undeclared label values
@@ -54,6 +92,9 @@ def build_data(cfg: DataConfig, seed: int, role: str = "teacher", tasks: Optiona
     if tasks and (cfg.windows is not None or (cfg.source == "synthetic" and cfg.synthetic.drift is not None)):
         raise ConfigError("tasks: time windows (data.windows, data.synthetic.drift) read the source's one label; "
                           "list one task without column / at_least / positive there (or none)")
+    if cfg.retrieval is not None:
+        # (user, item) rows cut leave-last-out, with an item corpus and evaluation users
+        return retrieval_log(cfg, seed, verbose=verbose, tasks=tasks)
     if cfg.windows is not None or (cfg.source == "synthetic" and cfg.synthetic.drift is not None):
         # one window of a time-ordered log (data.windows): the same for every role
         return windowed_log(cfg, seed, verbose=verbose)
@@ -74,5 +115,6 @@ def build_data(cfg: DataConfig, seed: int, role: str = "teacher", tasks: Optiona
                      "movielens or table")
 
 
-__all__ = ["BadRowLog", "ClickLog", "CriteoNpyLog", "CriteoTsvLog", "DataError", "MovieLensClickLog",
-           "SyntheticClickLog", "TableClickLog", "WindowedClickLog", "build_data", "window_slices"]
+__all__ = ["BadRowLog", "ClickLog", "CriteoNpyLog", "CriteoTsvLog", "DataError", "EvalUsers", "ItemCorpus",
+           "MovieLensClickLog", "MovieLensRetrievalLog", "SyntheticClickLog", "SyntheticRetrievalLog", "TableClickLog",
+           "WindowedClickLog", "build_data", "retrieval_log", "window_slices"]

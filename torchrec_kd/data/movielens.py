@@ -359,8 +359,7 @@ class MovieLensClickLog(InMemoryClickLog):
         self.dense_names = list(DENSE_NAMES)
         self.sparse_names = list(self.layout.sparse)
 
-        order = np.argsort(ratings.time, kind="stable") if cfg.split == "chronological" else None
-        self.split_rows = fraction_split(len(ratings.user), cfg.val_fraction, cfg.test_fraction, cfg.split_seed, order)
+        self.split_rows = self._split_rows(ratings)
         train = self.split_rows["train"]
         self.times: Dict[str, np.ndarray] = {split: ratings.time[idx] for split, idx in self.split_rows.items()}
         self.tag_cutoff: Optional[int] = None
@@ -383,6 +382,12 @@ class MovieLensClickLog(InMemoryClickLog):
             logger.info("%s (%s): %s rows, %s split; tables %s", root, self.layout.name,
                         {s: len(b) for s, b in self.splits.items()}, cfg.split,
                         dict(zip(self.sparse_names, self.num_embeddings)))
+
+    def _split_rows(self, ratings: Ratings) -> Dict[str, np.ndarray]:
+        """Rows of the ratings file per split: ``data.movielens.split`` (a retrieval log cuts leave-last-out)."""
+        cfg = self.cfg
+        order = np.argsort(ratings.time, kind="stable") if cfg.split == "chronological" else None
+        return fraction_split(len(ratings.user), cfg.val_fraction, cfg.test_fraction, cfg.split_seed, order)
 
     def rows_for(self, idx: np.ndarray, past: np.ndarray, tags: Optional[Dict[int, List[int]]] = None) -> RowBlock:
         """Ratings ``idx`` (file rows, in that order) as rows whose counts see only ratings ``past`` (time windows).
