@@ -166,9 +166,36 @@ def write_markdown(metrics: Dict[str, Dict[str, Any]], out_dir: Path, title: str
               "training throughput (– for a quantized export, which is not trained).", "",
               f"![AUC against model bytes and validation curves]({REPORT_PNG})", ""]
     lines += task_sections(metrics)
+    lines += retrieval_table(metrics)
     path = Path(out_dir) / REPORT_MD
     path.write_text("\n".join(lines))
     return path
+
+
+def retrieval_table(metrics: Dict[str, Dict[str, Any]]) -> List[str]:
+    """report.md's retrieval table: per model recall@K and NDCG@K for every K, MRR, users, what it ranked.
+
+    Args:
+        metrics (Dict[str, dict]): the ``metrics.json`` entries of one lineage.
+
+    Returns:
+        List[str]: markdown lines (none when no entry carries ``retrieval``).
+    """
+    have = [m for m in _ordered(metrics) if isinstance(metrics[m].get("retrieval"), Mapping)]
+    if not have:
+        return []
+    keys = {k for m in have for k in metrics[m]["retrieval"]}
+    ks = sorted({int(k.partition("@")[2]) for k in keys if k.partition("@")[2].isdigit()})
+    cols = [f"{kind}@{k}" for kind in ("recall", "ndcg") for k in ks if f"{kind}@{k}" in keys] + ["mrr"]
+    lines = ["## Retrieval", "", "| model | " + " | ".join(cols) + " | users | ranks |", "|---" * (len(cols) + 3) + "|"]
+    for m in have:
+        r = metrics[m]["retrieval"]
+        cells = ["–" if r.get(c) is None else f"{r[c]:.4f}" for c in cols]
+        ranks = f"{r['candidates']} candidates" if r.get("candidates") is not None else "the whole corpus"
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {r.get('users', '–')} | {ranks} |")
+    lines += ["", "Test users (leave-last-out), the items each saw in training excluded; recall@K, NDCG@K (binary "
+              "gains), MRR over the full ranking (within the candidates for a ranker re-ranking them).", ""]
+    return lines
 
 
 def task_sections(metrics: Dict[str, Dict[str, Any]]) -> List[str]:

@@ -244,7 +244,8 @@ def summarize(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]],
 
     Returns:
         Dict[str, Any]: ``seeds``; ``models``: per model present in every seed ``auc_mean``,
-        ``auc_std``, ``ne_mean``, ``ne_std``, ``auc`` (per seed), ``best_step`` (per seed);
+        ``auc_std``, ``ne_mean``, ``ne_std``, ``auc`` (per seed), ``best_step`` (per seed); with
+        entries carrying ``retrieval`` (retrieval runs), ``retrieval`` (:func:`summarize_retrieval`);
         ``kd_gain``: distilled − student alone test AUC, ``auc_mean``, ``auc_ci95`` (None for
         one seed), ``significant``, ``per_seed``, and NE likewise; ``teacher_gap``: teacher −
         student alone the same way; ``teacher_not_better``: seeds whose teacher did not score
@@ -282,6 +283,9 @@ def summarize(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]],
         out["tasks"] = {t: summarize_task(seeds, [task_view(r, t) for r in runs]) for t in names}
         out["selection_task"] = next((e["selection_task"] for r in runs for e in r.values()
                                       if isinstance(e, Mapping) and e.get("selection_task")), None)
+    retrieval = summarize_retrieval(runs, out["not_comparable"])
+    if retrieval:
+        out["retrieval"] = retrieval
     return out
 
 
@@ -566,6 +570,8 @@ def summary_markdown(summary: Mapping[str, Any], title: str) -> str:
     if summary.get("tasks"):
         lines += ["", f"The table above is {selection_words(summary.get('selection_task'))}; each task's own follows.", ""]
         lines += task_markdown(summary["tasks"])
+    if summary.get("retrieval"):
+        lines += [""] + retrieval_markdown(summary["retrieval"])
     lines += ["", f"Seeds: {summary['seeds']}; each seed's own report is in seed_<s>/report.md."
               if len(summary["seeds"]) > 1 else ""]
     return "\n".join(lines).rstrip() + "\n"
@@ -583,3 +589,114 @@ def selection_words(chosen: Optional[str]) -> str:
     if chosen == "mean":
         return "the task-weighted mean over the binary tasks (train.early_stopping.task: mean)"
     return f"the selection task's ({chosen or 'the first task'}, train.early_stopping.task)"
+
+
+# ---------------------------------------------------------------- retrieval (entries carrying "retrieval")
+
+# the retrieval metrics summary.md shows (summary.json holds every metric the entries share)
+RETRIEVAL_TABLE = ("recall@20", "ndcg@20")
+# what a "retrieval" entry holds beside metrics
+_RETRIEVAL_COUNTS = ("users", "candidates")
+
+
+def _retrieval_order(name: str) -> Tuple[int, int, str]:
+    """recall@K, ndcg@K, hr@K by K, then the others (mrr) by name."""
+    kind, _, k = name.partition("@")
+    rank = {"recall": 0, "ndcg": 1, "hr": 2}.get(kind, 3)
+    return (rank, int(k) if k.isdigit() else 0, name)
+
+
+def _paired_gain(a: Sequence[float], b: Sequence[float]) -> Dict[str, Any]:
+    """``a`` − ``b`` per seed: ``mean``, ``ci95`` ([lo, hi]; None for one seed), ``significant``, ``per_seed``."""
+    diffs = [x - y for x, y in zip(a, b)]
+    mean, ci = paired_interval(diffs)
+    return {"mean": mean, "ci95": list(ci) if ci else None, "significant": bool(ci and (ci[0] > 0 or ci[1] < 0)),
+            "per_seed": diffs}
+
+
+def summarize_retrieval(runs: Sequence[Mapping[str, Mapping[str, Any]]],
+                        not_comparable: Sequence[int] = ()) -> Optional[Dict[str, Any]]:
+    """``summary.json``'s ``retrieval``: per retrieval metric each model's mean and spread, and what distillation bought.
+
+    A model counts when its entry carries ``retrieval`` with the metric on every seed. The gain
+    is the paired difference distilled − student alone over seeds with its Student-t interval
+    (:func:`paired_interval`), as for AUC; it is left out when the two were trained with
+    different bases on some seed (``not_comparable``). ``teacher_gap`` is teacher − student alone
+    the same way (a ranker teacher's entry re-ranks candidates: ``candidates`` says how many).
+
+    Args:
+        runs (Sequence[Mapping[str, dict]]): each seed's ``metrics.json`` (the config's lineage).
+        not_comparable (Sequence[int]): seeds whose student alone and distilled student differ in base.
+
+    Returns:
+        Optional[Dict[str, Any]]: ``{metric: {"models": {model: {"mean", "std", "per_seed"[, "candidates"]}},
+        "kd_gain": {"mean", "ci95", "significant", "per_seed"}, "teacher_gap": {...}}}`` for every metric all
+        of some model's entries share (always ``recall@20`` and ``ndcg@20`` when the runs record them); None
+        when no entry carries ``retrieval``.
+    """
+    per_model: Dict[str, List[Mapping[str, Any]]] = {}
+    for m in runs[0] if runs else ():
+        blocks = [r.get(m, {}).get("retrieval") if isinstance(r.get(m), Mapping) else None for r in runs]
+        if all(isinstance(b, Mapping) for b in blocks):
+            per_model[m] = blocks  # type: ignore[assignment]
+    if not per_model:
+        return None
+    order = [m for m in SUMMARY_MODELS if m in per_model] + sorted(m for m in per_model if m not in SUMMARY_MODELS)
+    names = {k for blocks in per_model.values() for b in blocks for k, v in b.items()
+             if k not in _RETRIEVAL_COUNTS and isinstance(v, (int, float))}
+    out: Dict[str, Any] = {}
+    for metric in sorted(names, key=_retrieval_order):
+        models: Dict[str, Any] = {}
+        for m in order:
+            values = [b.get(metric) for b in per_model[m]]
+            if any(not isinstance(v, (int, float)) for v in values):
+                continue
+            mean, std = mean_std(values)
+            models[m] = {"mean": mean, "std": std, "per_seed": values}
+            if per_model[m][0].get("candidates") is not None:
+                models[m]["candidates"] = per_model[m][0]["candidates"]
+        entry: Dict[str, Any] = {"models": models}
+        if {"student", "distilled"} <= models.keys() and not not_comparable:
+            entry["kd_gain"] = _paired_gain(models["distilled"]["per_seed"], models["student"]["per_seed"])
+        if {"student", "teacher"} <= models.keys():
+            entry["teacher_gap"] = _paired_gain(models["teacher"]["per_seed"], models["student"]["per_seed"])
+        out[metric] = entry
+    return out
+
+
+def retrieval_gain_line(metric: str, gain: Mapping[str, Any], label: str = "distilled − student alone") -> str:
+    """``distilled − student alone: recall@20 +0.0300, 95% CI [+0.0052, +0.0548]: significant`` (one seed: no interval)."""
+    head = f"{label}: {metric} {signed(gain['mean'])}"
+    if gain.get("ci95") is None:
+        return head + " on one seed: no interval, not a result to act on."
+    lo, hi = gain["ci95"]
+    verdict = "significant" if gain["significant"] else "not significant (the interval includes 0)"
+    return head + f", 95% CI [{signed(lo)}, {signed(hi)}]: {verdict}."
+
+
+def retrieval_markdown(retrieval: Mapping[str, Mapping[str, Any]]) -> List[str]:
+    """``summary.md``'s retrieval section: recall@20 / NDCG@20 per model (mean, std over seeds) and the gains."""
+    shown = [m for m in RETRIEVAL_TABLE if m in retrieval] or list(retrieval)[:2]
+    models: List[str] = []
+    for metric in shown:
+        models += [m for m in retrieval[metric]["models"] if m not in models]
+    sd = lambda x: "–" if x is None else f"{x:.4f}"  # noqa: E731
+    lines = ["## Retrieval", "",
+             "| model | " + " | ".join(f"{m} mean | std" for m in shown) + " | ranks |",
+             "|---" * (2 * len(shown) + 2) + "|"]
+    for model in models:
+        cells, ranks = [], "the whole corpus"
+        for metric in shown:
+            v = retrieval[metric]["models"].get(model)
+            cells += [f"{v['mean']:.4f}", sd(v["std"])] if v else ["–", "–"]
+            if v and v.get("candidates") is not None:
+                ranks = f"{v['candidates']} candidates"
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {ranks} |")
+    lines.append("")
+    for metric in shown:
+        for key, label in (("kd_gain", "distilled − student alone"), ("teacher_gap", "teacher − student alone")):
+            if retrieval[metric].get(key):
+                lines.append(retrieval_gain_line(metric, retrieval[metric][key], label))
+    lines += ["", "Each test user's last interaction is its target; the whole corpus is scored with the items the "
+              "user saw in training excluded (a ranker re-ranks its candidates instead)."]
+    return lines
