@@ -150,11 +150,16 @@ def topk_excluding(scores: torch.Tensor, seen: Union[torch.Tensor, Sequence[Indi
 
         topk_excluding(torch.tensor([[0.1, 0.9, 0.5]]), [[1]], 2)  # tensor([[2, 0]])
     """
-    num_users, num_items = scores.shape
-    mask = seen_mask(seen, num_items, scores.device)
+    mask = seen_mask(seen, scores.shape[1], scores.device)
+    return _topk_ranked(_ranked_scores(scores, mask), mask, k)
+
+
+def _topk_ranked(ranked: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`topk_excluding` of scores already through :func:`_ranked_scores`."""
+    num_users, num_items = ranked.shape
     width = min(k, num_items)
-    idx = _stable_topk(_ranked_scores(scores, mask), width) if width else \
-        torch.zeros(num_users, 0, dtype=torch.int64, device=scores.device)
+    idx = _stable_topk(ranked, width) if width else \
+        torch.zeros(num_users, 0, dtype=torch.int64, device=ranked.device)
     idx = idx.masked_fill(mask.gather(1, idx), -1)  # fewer unseen items than k: the seen ones are not results
     if width < k:
         idx = torch.cat([idx, idx.new_full((num_users, k - width), -1)], dim=1)
@@ -187,18 +192,22 @@ def first_target_rank(scores: torch.Tensor, seen: Union[torch.Tensor, Sequence[I
     Returns:
         Tensor: float64 ``[U]``; ``inf`` for a user without an unseen target.
     """
-    num_users, num_items = scores.shape
-    mask = seen_mask(seen, num_items, scores.device)
-    ranked = _ranked_scores(scores, mask)
-    tgt, counts = _padded_targets(targets, scores.device)
-    users = torch.arange(num_users, device=scores.device).repeat_interleave(counts)
+    mask = seen_mask(seen, scores.shape[1], scores.device)
+    return _first_rank_ranked(_ranked_scores(scores, mask), mask, targets)
+
+
+def _first_rank_ranked(ranked: torch.Tensor, mask: torch.Tensor, targets: Sequence[Indices]) -> torch.Tensor:
+    """:func:`first_target_rank` of scores already through :func:`_ranked_scores`."""
+    num_users, num_items = ranked.shape
+    tgt, counts = _padded_targets(targets, ranked.device)
+    users = torch.arange(num_users, device=ranked.device).repeat_interleave(counts)
     items = tgt[tgt >= 0]
-    first = torch.full((num_users,), math.inf, dtype=torch.float64, device=scores.device)
+    first = torch.full((num_users,), math.inf, dtype=torch.float64, device=ranked.device)
     if items.numel() == 0:
         return first
     row = ranked[users]  # [P, N], one row per (user, target) pair
     own = ranked[users, items].unsqueeze(1)
-    before = (row > own) | ((row == own) & (torch.arange(num_items, device=scores.device) < items.unsqueeze(1)))
+    before = (row > own) | ((row == own) & (torch.arange(num_items, device=ranked.device) < items.unsqueeze(1)))
     rank = 1.0 + before.sum(1).double()
     rank = rank.masked_fill(mask[users, items], math.inf)  # a seen target is not in the ranking
     return first.scatter_reduce(0, users, rank, reduce="amin")
@@ -369,10 +378,10 @@ def evaluate_retrieval(user_embed_fn: UserEmbedFn, item_embed_fn: ItemEmbedFn, s
         batch = eval_users.block.take(rows).to_batch(keys)
         u = user_embed_fn(batch.dense_features.to(device), batch.sparse_features.to(device))
         scores = score_fn(u, items)
-        seen = [eval_users.seen[r] for r in rows]
+        mask = seen_mask([eval_users.seen[r] for r in rows], scores.shape[1], scores.device)
+        ranked = _ranked_scores(scores, mask)
         targets = [eval_users.targets[r] if ok else () for r, ok in zip(rows, real)]
-        top = topk_excluding(scores, seen, ks[-1])
-        sums = retrieval_sums(top, targets, ks, first_target_rank(scores, seen, targets))
+        sums = retrieval_sums(_topk_ranked(ranked, mask, ks[-1]), targets, ks, _first_rank_ranked(ranked, mask, targets))
         for k, v in sums.items():
             totals[k] += v
     return _means(_all_reduce_sums(totals, metric_keys(ks), device))
