@@ -255,7 +255,7 @@ def test_rank_shares_sum_to_the_one_rank_numbers(monkeypatch) -> None:
     shares, calls = [], []
     for rank in (0, 1):
         monkeypatch.setattr(re_, "_rank_world", lambda rank=rank: (rank, 2))
-        counting = lambda dense, kjt: (calls.append(rank), fns[0](dense, kjt))[1]  # noqa: E731
+        counting = lambda dense, kjt, rank=rank: (calls.append(rank), fns[0](dense, kjt))[1]  # noqa: E731
         shares.append((evaluate_retrieval(counting, fns[1], fns[2], users, corpus, ks=[1, 3], batch_users=3),
                        evaluate_ranker_on_candidates(_ranker(scores), users, corpus, cand, ks=[1, 3],
                                                      keys=["user_id", "item_id"], batch_rows=8)))
