@@ -10,11 +10,11 @@ import pytest
 from tests.conftest import REPO, TINY
 from torchrec_kd.config import load_config
 from torchrec_kd.config.data_sources import MovieLensDataConfig, RetrievalDataConfig, SyntheticRetrievalConfig
-from torchrec_kd.data import MovieLensClickLog, build_data
+from torchrec_kd.data import MovieLensClickLog, TableClickLog, build_data
 from torchrec_kd.data.movielens_retrieval import YEAR_BASE, MovieLensRetrievalLog
 from torchrec_kd.data.retrieval import history_bags, leave_last_out
 from torchrec_kd.data.synthetic_retrieval import ITEM_FEATURES, USER_FEATURES, SyntheticRetrievalLog
-from torchrec_kd.errors import ConfigError
+from torchrec_kd.errors import ConfigError, DataError
 
 SHARED_LATEST = REPO.parent / "shared" / "data" / "ml-latest-small"
 T = 1_200_000_000
@@ -130,10 +130,39 @@ def test_movielens_retrieval_through_build_data_and_its_errors(tmp_path):
         load_config(TINY, base + ["data.retrieval.user_features=[user_id,genres]"])
     with pytest.raises(ConfigError, match="item_id='movie' is not in data.retrieval.item_features"):
         load_config(TINY, base + ["data.retrieval.item_id=movie"])
-    with pytest.raises(ConfigError, match="source 'table' has no user / item declaration"):
-        build_data(load_config(TINY, base + ["data.source=table"]).data, 0)
+    with pytest.raises(ConfigError, match="source 'criteo_tsv' has no user / item declaration"):
+        build_data(load_config(TINY, base + ["data.source=criteo_tsv"]).data, 0)
+    with pytest.raises(ConfigError, match="data.retrieval with time windows"):
+        build_data(load_config(TINY, base + ["data.windows={count: 2}"]).data, 0)
     assert load_config(TINY, base).data.retrieval.ks == [10, 20, 50, 100]
     assert load_config(TINY, base + ["data.retrieval.ks=[5]"]).data.retrieval.ks == [5, 20]  # 20 always
+
+
+def test_table_source_leave_last_out_by_its_time_column(tmp_path):
+    # two users; file order scrambled, the time column orders them; u1: 3 clicks, u2: 1 click (not evaluated)
+    csv = tmp_path / "log.csv"
+    csv.write_text("time,user,item,cat,event\n5,1,30,c,click\n1,1,10,a,click\n2,2,10,a,click\n3,1,20,b,view\n"
+                   "4,1,40,b,click\n6,1,50,a,view\n7,2,20,b,view\n")
+    over = [f"data.table.path={csv}", "data.table.label=event", "data.table.positive=[click]",
+            "data.table.negative=[view]", "data.table.dense=[]", "data.table.time_column=time", "data.batch_size=1",
+            "data.table.sparse=[{column: user, num_embeddings: 100}, {column: item, num_embeddings: 100}, "
+            "{column: cat, num_embeddings: 10, hashing: hash}]",
+            "data.retrieval.user_features=[user]", "data.retrieval.item_features=[item,cat]",
+            "data.retrieval.user_id=user", "data.retrieval.item_id=item", "data.retrieval.history_length=3"]
+    log = build_data(load_config(REPO / "configs" / "table_example.yaml", over).data, 0)
+    pairs = {s: sorted(zip(*(sum(column(log.splits[s], log.sparse_names, n), []) for n in ("user", "item"))))
+             for s in ("train", "val", "test")}
+    assert pairs == {"train": [(1, 10), (1, 20), (2, 10), (2, 20)], "val": [(1, 40)], "test": [(1, 30), (1, 50)]}
+    users = log.eval_users("test")
+    assert users.users.tolist() == [1] and log.corpus().ids.tolist() == [10, 20, 30, 40, 50]
+    assert users.targets[0].tolist() == [2] and users.seen[0].tolist() == [0, 1, 3]
+    assert column(users.block, users.sparse_names, "user_history") == [[10, 40]]
+    assert column(log.splits["test"], log.sparse_names, "user_history") == [[10, 40], [10, 40, 30]]
+    bad = [o.replace("{column: user, num_embeddings: 100}", "{column: user, num_embeddings: 100, separator: '|'}")
+           for o in over]
+    csv.write_text(csv.read_text().replace("\n2,2,10", "\n2,2|3,10"))
+    with pytest.raises(DataError, match=r"data.retrieval.user_id='user': row 2 holds 2 ids"):
+        build_data(load_config(REPO / "configs" / "table_example.yaml", bad).data, 0)
 
 
 def small_world(**kw) -> SyntheticRetrievalConfig:
@@ -248,6 +277,10 @@ def test_a_run_without_data_retrieval_reads_byte_identical_data():
     assert type(log) is MovieLensClickLog and not hasattr(log, "corpus")
     assert digest(log, 2) == "8a3fc359df7d0fcb"
     assert digest(build_data(load_config(TINY, fixture).data, 0), 2) == "e14424142f257022"
+    table = REPO / "configs" / "table_example.yaml"
+    log = build_data(load_config(table).data, 0)
+    assert type(log) is TableClickLog and digest(log, 60) == "77b070bc64a3a341"
+    assert digest(build_data(load_config(table, ["data.table.split=random"]).data, 0), 60) == "62f72e30b32d9366"
 
 
 @pytest.mark.skipif(not (SHARED_LATEST / "ratings.csv").is_file(), reason="ml-latest-small is not in ../shared/data")

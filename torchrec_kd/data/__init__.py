@@ -20,17 +20,19 @@ from torchrec_kd.data.retrieval import EvalUsers, ItemCorpus
 from torchrec_kd.data.synthetic import SyntheticClickLog
 from torchrec_kd.data.synthetic_retrieval import SyntheticRetrievalLog
 from torchrec_kd.data.table import TableClickLog
+from torchrec_kd.data.table_retrieval import TableRetrievalLog
 from torchrec_kd.data.task_labels import read_tasks
 from torchrec_kd.data.timelines import windowed_log
 from torchrec_kd.data.windows import WindowedClickLog, window_slices
 from torchrec_kd.errors import ConfigError, DataError
 
 ClickLog = Union[SyntheticClickLog, CriteoTsvLog, CriteoNpyLog, MovieLensClickLog, TableClickLog, WindowedClickLog,
-                 SyntheticRetrievalLog, MovieLensRetrievalLog]
+                 SyntheticRetrievalLog, MovieLensRetrievalLog, TableRetrievalLog]
 
 
 def retrieval_log(cfg: DataConfig, seed: int, verbose: bool = True,
-                  tasks: Optional[Sequence[Any]] = None) -> Union[SyntheticRetrievalLog, MovieLensRetrievalLog]:
+                  tasks: Optional[Sequence[Any]] = None) -> Union[SyntheticRetrievalLog, MovieLensRetrievalLog,
+                                                                  TableRetrievalLog]:
     """The source of a run with ``data.retrieval``: rows, ``corpus()`` and ``eval_users(split)``.
 
     Args:
@@ -40,7 +42,7 @@ def retrieval_log(cfg: DataConfig, seed: int, verbose: bool = True,
         tasks (Optional[Sequence[TaskConfig]]): already read by :func:`read_tasks`; several are refused.
 
     Returns:
-        SyntheticRetrievalLog or MovieLensRetrievalLog: the same for every role.
+        SyntheticRetrievalLog, MovieLensRetrievalLog or TableRetrievalLog: the same for every role.
 
     Raises:
         ConfigError: a source or option a retrieval run cannot use yet.
@@ -58,8 +60,10 @@ def retrieval_log(cfg: DataConfig, seed: int, verbose: bool = True,
         return SyntheticRetrievalLog(rcfg.synthetic, rcfg, world_seed=world, seed=seed, verbose=verbose)
     if cfg.source == "movielens":
         return MovieLensRetrievalLog(cfg.movielens, rcfg, seed=seed, on_bad_row=cfg.on_bad_row, verbose=verbose)
-    raise ConfigError(f"data.retrieval: source {cfg.source!r} has no user / item declaration yet; use synthetic or "
-                      "movielens (or remove data.retrieval)")
+    if cfg.source == "table":
+        return TableRetrievalLog(cfg.table, rcfg, seed=seed, on_bad_row=cfg.on_bad_row, verbose=verbose)
+    raise ConfigError(f"data.retrieval: source {cfg.source!r} has no user / item declaration yet; use synthetic, "
+                      "movielens or table (or remove data.retrieval)")
 
 
 def build_data(cfg: DataConfig, seed: int, role: str = "teacher", tasks: Optional[Sequence[Any]] = None) -> ClickLog:
@@ -117,4 +121,4 @@ def build_data(cfg: DataConfig, seed: int, role: str = "teacher", tasks: Optiona
 
 __all__ = ["BadRowLog", "ClickLog", "CriteoNpyLog", "CriteoTsvLog", "DataError", "EvalUsers", "ItemCorpus",
            "MovieLensClickLog", "MovieLensRetrievalLog", "SyntheticClickLog", "SyntheticRetrievalLog", "TableClickLog",
-           "WindowedClickLog", "build_data", "retrieval_log", "window_slices"]
+           "TableRetrievalLog", "WindowedClickLog", "build_data", "retrieval_log", "window_slices"]

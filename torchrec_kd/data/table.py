@@ -501,12 +501,17 @@ class TableClickLog(InMemoryClickLog):
         if len(rows) == 0:
             raise DataError(f"data.table.path={cfg.path}: no usable rows in {', '.join(map(str, self.files))} "
                             f"({self.bad_rows.summary()})")
-        order = None
-        if cfg.split == "ordered":
-            order = np.argsort(np.concatenate(times), kind="stable") if cfg.time_column else np.arange(len(rows))
-        self.split_rows = fraction_split(len(rows), cfg.val_fraction, cfg.test_fraction, cfg.split_seed, order)
+        self.split_rows = self._split_rows(rows)
         self.splits: Dict[str, RowBlock] = {s: rows.take(idx) for s, idx in self.split_rows.items()}
         if verbose:
             if self.bad_rows.count:
                 logger.warning("%s: %s", cfg.path, self.bad_rows.summary())
             logger.info("%s: %s rows (%s split)", cfg.path, {s: len(b) for s, b in self.splits.items()}, cfg.split)
+
+    def _split_rows(self, rows: RowBlock) -> Dict[str, np.ndarray]:
+        """Row indices per split (``data.table.split``; a retrieval log cuts leave-last-out instead)."""
+        cfg = self.cfg
+        order = None
+        if cfg.split == "ordered":
+            order = np.argsort(self.row_times, kind="stable") if cfg.time_column else np.arange(len(rows))
+        return fraction_split(len(rows), cfg.val_fraction, cfg.test_fraction, cfg.split_seed, order)
