@@ -26,7 +26,7 @@ from torchrec_kd.core.tasks import DEFAULT_TASK, Task, run_tasks, task_names
 from torchrec_kd.errors import ConfigError
 from torchrec_kd.models.dlrm import make_tables
 from torchrec_kd.models.io import ModelIO
-from torchrec_kd.models.registry import MODELS, BuildInputs, ModelBuilder
+from torchrec_kd.models.registry import MODELS, BuildInputs, FeatureRoles, ModelBuilder
 
 
 def model_builder(arch: str, where: str = "arch") -> ModelBuilder:
@@ -98,7 +98,8 @@ def check_multitask(cfg: ModelConfig, tasks: Optional[Sequence[Task]], where: st
 
 def build_model(cfg: ModelConfig, tables: List[EmbeddingBagConfig], dense_in_features: int,
                 device: torch.device = torch.device("meta"), dense_columns: Optional[Sequence[int]] = None,
-                where: str = "model", tasks: Optional[Sequence[Task]] = None) -> nn.Module:
+                where: str = "model", tasks: Optional[Sequence[Task]] = None,
+                roles: Optional[FeatureRoles] = None) -> nn.Module:
     """The model ``cfg.arch`` names, holding ``tables``.
 
     Args:
@@ -110,6 +111,8 @@ def build_model(cfg: ModelConfig, tables: List[EmbeddingBagConfig], dense_in_fea
         where (str): the role, for messages.
         tasks (Optional[Sequence[Task]]): the run's tasks (``run_tasks(cfg)``); None: one task.
             With two or more the model returns ``[B, T]`` in their order.
+        roles (Optional[FeatureRoles]): user / item features of a retrieval run
+            (``feature_roles(cfg.data.retrieval)``); a two-tower model needs them, rankers ignore them.
 
     Returns:
         nn.Module: the model (called through :func:`model_io`).
@@ -132,7 +135,7 @@ def build_model(cfg: ModelConfig, tables: List[EmbeddingBagConfig], dense_in_fea
                               "distill.privileged_features")
     inputs = BuildInputs(cfg, args, list(tables), dense_in_features,
                          None if dense_columns is None else list(dense_columns), device,
-                         tuple(tasks) if tasks else (Task(DEFAULT_TASK),))
+                         tuple(tasks) if tasks else (Task(DEFAULT_TASK),), roles)
     try:
         return builder.build(inputs)
     except ConfigError as e:
@@ -152,13 +155,14 @@ def _is_default(tasks: Optional[Sequence[Task]]) -> bool:
 
 def model_meta(cfg: ModelConfig, tables: Sequence[EmbeddingBagConfig], dense_in_features: int,
                dense_columns: Optional[Sequence[int]] = None,
-               tasks: Optional[Sequence[Task]] = None) -> Dict[str, Any]:
+               tasks: Optional[Sequence[Task]] = None, roles: Optional[FeatureRoles] = None) -> Dict[str, Any]:
     """What :func:`build_model_from_meta` needs to rebuild the model (JSON-serialisable).
 
     Records the builder's name and args (``model.arch``, ``model.args``) and the plugins this
     process loaded, so a plugin model's checkpoint says which ``--plugin`` rebuilds it; and the
     run's ``tasks`` (``[{"name", "type"}]``, the model's output columns in order) unless the run
-    named none (then the meta is what it always was: one ``label`` logit).
+    named none (then the meta is what it always was: one ``label`` logit); and the feature
+    ``roles`` of a retrieval run when given (a two-tower is rebuilt with the same towers).
     """
     meta: Dict[str, Any] = {
         "model": dataclasses.asdict(cfg),
@@ -172,6 +176,8 @@ def model_meta(cfg: ModelConfig, tables: Sequence[EmbeddingBagConfig], dense_in_
     if not _is_default(tasks):
         assert tasks is not None
         meta["tasks"] = [{"name": t.name, "type": t.type} for t in tasks]
+    if roles is not None:
+        meta["roles"] = roles.to_json()
     return meta
 
 
@@ -217,7 +223,7 @@ def build_model_from_meta(meta: Dict[str, Any], device: torch.device = torch.dev
     tables = make_tables(cfg, meta["sparse_features"], meta["num_embeddings"])
     tasks = meta_tasks(meta) if meta.get("tasks") else None
     return build_model(cfg, tables, meta["dense_in_features"], device=device, dense_columns=meta.get("dense_columns"),
-                       tasks=tasks)
+                       tasks=tasks, roles=FeatureRoles.from_json(meta.get("roles")))
 
 
 def io_from_meta(meta: Dict[str, Any]) -> ModelIO:

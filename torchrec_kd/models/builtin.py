@@ -10,6 +10,8 @@
 ``shared_bottom``       DLRM bottom + shared layers + a tower/task   logit   ``inter_arch``  ``sparse_arch``
 ``mmoe``                DLRM bottom + experts, a gate and a tower    logit   ``inter_arch``  ``sparse_arch``
                         per task (MMoE)
+``two_tower``           user tower x item tower over one EBC         logit   —               ``ebc``
+                        (retrieval; :mod:`torchrec_kd.models.two_tower`)
 ======================  ===========================================  ======  ==============  ==============
 
 The DLRM family reads ``embedding_dim``, ``dense_arch_layer_sizes``, ``over_arch_layer_sizes``
@@ -19,6 +21,8 @@ one output per task (``[B, T]``); ``deepfm`` (one sigmoid head) is refused there
 ``shared_bottom`` and ``mmoe`` (:mod:`torchrec_kd.models.multitask`) read the DLRM keys too:
 ``over_arch_layer_sizes`` without its final 1 are the shared layers (``shared_bottom``) or each
 expert's layers (``mmoe``, unless ``args.expert_layer_sizes``); each task's head ends with 1.
+``two_tower`` takes ``args`` (``user_layer_sizes``, ``item_layer_sizes``, ``score``, ``temperature``)
+and the run's ``data.retrieval`` roles (``BuildInputs.roles``); see docs/retrieval.md.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from torchrec_kd.errors import ConfigError
 from torchrec_kd.models.dlrm import DenseColumnsArch, build_dlrm
 from torchrec_kd.models.multitask import MMoE, SharedBottom
 from torchrec_kd.models.registry import BuildInputs, register_model
+from torchrec_kd.models.two_tower import build_two_tower  # noqa: F401  (registers two_tower)
 
 
 def _per_task(inputs: BuildInputs) -> ModelConfig:

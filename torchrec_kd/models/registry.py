@@ -40,6 +40,42 @@ from torchrec_kd.models.io import OUTPUT_KINDS, ModelIO
 
 
 @dataclass(frozen=True)
+class FeatureRoles:
+    """Which sparse features describe the user (query side) and which the item (candidate side).
+
+    Args:
+        user (Tuple[str, ...]): the user tower's features.
+        item (Tuple[str, ...]): the item tower's features.
+    """
+
+    user: Tuple[str, ...]
+    item: Tuple[str, ...]
+
+    def to_json(self) -> Dict[str, List[str]]:
+        """``{"user": [...], "item": [...]}`` (a model meta's ``roles``)."""
+        return {"user": list(self.user), "item": list(self.item)}
+
+    @staticmethod
+    def from_json(d: Optional[Dict[str, Any]]) -> Optional["FeatureRoles"]:
+        """The roles :meth:`to_json` wrote (None stays None)."""
+        return None if not d else FeatureRoles(tuple(d["user"]), tuple(d["item"]))
+
+
+def feature_roles(retrieval: Any) -> Optional[FeatureRoles]:
+    """The roles a run's ``data.retrieval`` declares (``user_keys()``: ``user_history`` joins the user's when kept).
+
+    Args:
+        retrieval (Optional[RetrievalDataConfig]): ``cfg.data.retrieval``.
+
+    Returns:
+        Optional[FeatureRoles]: None when the run is not a retrieval run.
+    """
+    if retrieval is None:
+        return None
+    return FeatureRoles(tuple(retrieval.user_keys()), tuple(retrieval.item_keys()))
+
+
+@dataclass(frozen=True)
 class BuildInputs:
     """What a builder gets.
 
@@ -54,6 +90,9 @@ class BuildInputs:
         device (torch.device): ``meta`` to shard later, or a real device.
         tasks (Tuple[Task, ...]): the run's tasks in output order; one (the default ``label``)
             for a single-task run, whose model returns ``[B]`` or ``[B, 1]`` as always.
+        roles (Optional[FeatureRoles]): which sparse features describe the user and which the item
+            (a retrieval run's ``data.retrieval``, :func:`feature_roles`); None in a ranking run.
+            Rankers ignore it; a two-tower model needs it.
     """
 
     cfg: ModelConfig
@@ -63,6 +102,7 @@ class BuildInputs:
     dense_columns: Optional[List[int]] = None
     device: torch.device = torch.device("meta")
     tasks: Tuple[Task, ...] = (Task(DEFAULT_TASK),)
+    roles: Optional["FeatureRoles"] = None
 
     @property
     def num_tasks(self) -> int:
