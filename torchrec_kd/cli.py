@@ -2,7 +2,7 @@
 
 This is what the TorchX components launch (under torchrun, one process per rank).
 Commands: ``train-teacher``, ``train-student``, ``distill``, ``distill-qat``, ``score-teacher``, ``quantize``,
-``evaluate``, ``experiment``, ``continual``, ``report``, ``predict``, ``bench``;
+``evaluate``, ``experiment``, ``continual``, ``report``, ``predict``, ``retrieve``, ``bench``;
 data: ``inspect-data``, ``preprocess``.
 """
 
@@ -71,6 +71,17 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--columns", default="", help="comma-separated input columns copied to the output (ids to join on)")
     pr.add_argument("--split", default="test", choices=["val", "test"], help="which split of the configured data")
     pr.add_argument("--out", required=True, help="output file (.csv, or .parquet with pyarrow installed)")
+    rt = _config_parser(sub.add_parser("retrieve", help="each user's top-K items from a two-tower export "
+                                                        "(exact, or a FAISS index), written as CSV/Parquet"))
+    rt.add_argument("--model", required=True, help="a two-tower export directory (<output_dir>/export/<name>)")
+    rt.add_argument("--input", help="users' raw rows (user columns; file, folder or glob in the model's input "
+                                    "format); default: the configured data's --split users, seen items excluded")
+    rt.add_argument("--k", type=int, default=100, help="items per user")
+    rt.add_argument("--index", help="index options: exact (default), or e.g. type=ivf,nlist=1024,nprobe=32 / "
+                                    "type=hnsw,m=32,ef_search=128; dtype=int8 searches the int8 rows")
+    rt.add_argument("--columns", default="", help="comma-separated input columns copied to the output")
+    rt.add_argument("--split", default="test", choices=["val", "test"], help="which users without --input")
+    rt.add_argument("--out", required=True, help="output file (.csv, or .parquet with pyarrow installed)")
     ins = _config_parser(sub.add_parser(
         "inspect-data", help="print what a reader sees: rows, positives, bad rows, per-feature ids and bag lengths, "
                              "dense ranges (--config optional: it gives a table schema, split specs, table sizes)"))
@@ -134,6 +145,12 @@ def _dispatch(args: argparse.Namespace, cfg: RunConfig) -> None:
         from torchrec_kd.recipes.predict import run as run_predict
 
         run_predict(cfg, args.model, args.split, args.out, args.input, [c for c in args.columns.split(",") if c])
+    elif args.command == "retrieve":
+        from torchrec_kd.recipes.retrieve import parse_index
+        from torchrec_kd.recipes.retrieve import run as run_retrieve
+
+        run_retrieve(cfg, args.model, args.out, args.input, args.k, parse_index(args.index),
+                     [c for c in args.columns.split(",") if c], args.split)
     elif args.command == "inspect-data":
         from torchrec_kd.data.inspect import run_inspect
 
@@ -177,7 +194,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         from torchrec_kd.core.plugins import load_plugins
 
         load_plugins(args.plugin)  # before the config: it names what plugins register
-        if args.command == "predict" and args.config is None:  # the config the exported model was trained with
+        if args.command in ("predict", "retrieve") and args.config is None:  # the config the exported model was trained with
             from torchrec_kd.recipes.predict import export_config
 
             cfg = export_config(args.model, overrides)

@@ -17,14 +17,18 @@ Example::
 A multi-task export (its meta names two or more tasks) scores one column per task instead:
 ``<task>`` (the probability of a binary task, the value of a regression task) and
 ``logit_<task>`` (binary tasks), in the tasks' order.
+
+A two-tower export also holds its item index (``item_index.pt``): ``model.retrieve(user_rows, k)``
+returns each user's top-K item ids and logits (:mod:`torchrec_kd.serving.retrieval`, docs/retrieval.md).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
@@ -35,11 +39,13 @@ from torchrec_kd.core.tasks import Task, task_names
 from torchrec_kd.data.contract import Converted, RawRows
 from torchrec_kd.data.id_remap import IdRemap, load_remaps
 from torchrec_kd.data.rows import RowBlock
-from torchrec_kd.errors import CheckpointError, DataError
+from torchrec_kd.errors import CheckpointError, ConfigError, DataError
 from torchrec_kd.models.build import build_model_from_meta, io_from_meta, meta_tasks
 from torchrec_kd.models.io import ModelIO
 from torchrec_kd.quant.export import load_quantized, read_quantized_meta
+from torchrec_kd.quant.item_index import ItemIndex, read_item_index
 from torchrec_kd.quant.scoring_head import ScoringHead, head_tasks
+from torchrec_kd.serving.retrieval import IndexOptions, Retriever, index_options, user_block
 
 
 class ServedModel:
@@ -51,10 +57,11 @@ class ServedModel:
         contract (Dict[str, Any]): the input contract (``contract.json``).
         sidecar (Dict[str, Any]): the export's ``quantized.json``.
         remaps (Optional[Dict[str, IdRemap]]): the entity remaps the contract names (``id_remap.json``).
+        item_index (Optional[ItemIndex]): a two-tower export's item index (``retrieve``).
     """
 
     def __init__(self, model: nn.Module, io: ModelIO, contract: Dict[str, Any], sidecar: Dict[str, Any],
-                 remaps: Optional[Dict[str, IdRemap]] = None) -> None:
+                 remaps: Optional[Dict[str, IdRemap]] = None, item_index: Optional[ItemIndex] = None) -> None:
         self.model, self.io, self.contract, self.sidecar = model.eval(), io, contract, sidecar
         self.tasks: List[Task] = meta_tasks(sidecar.get("meta") or {})
         # a model called as model(dense, kjt) is scored by the same head the TorchScript program holds
@@ -63,6 +70,8 @@ class ServedModel:
                                             if io.call is None else None)
         model.requires_grad_(False)
         self.rows = RawRows(contract, remaps)
+        self.item_index = item_index
+        self._retrievers: Dict[str, Retriever] = {}  # built (FAISS) indexes, by their options
 
     @property
     def remaps(self) -> Dict[str, IdRemap]:
@@ -131,6 +140,67 @@ class ServedModel:
             raise DataError(f"row {line - 1}: {reason} ({len(converted.bad)} bad row(s))")
         logit, prob = self.score_block(converted.rows, batch_size)
         return pd.DataFrame(score_columns(self.tasks, logit.numpy(), prob.numpy()), index=frame.index)
+
+
+    def retriever(self, index: Union[None, str, Dict[str, Any], IndexOptions] = None) -> Retriever:
+        """The search over this export's item index with ``index`` options (built once, kept).
+
+        Raises:
+            ConfigError: the export has no item index (not a two-tower), or bad options (one line).
+        """
+        if self.item_index is None:
+            raise ConfigError("this export has no item index: retrieve needs a two_tower model exported by quantize "
+                              "from a run with data.retrieval")
+        opts = index_options(index)
+        key = repr(opts)
+        if key not in self._retrievers:
+            self._retrievers[key] = Retriever(self.item_index, opts)
+        return self._retrievers[key]
+
+    def user_embeddings(self, user_rows: Union[pd.DataFrame, RowBlock], keys: Optional[Sequence[str]] = None,
+                        batch_size: int = 4096) -> Tensor:
+        """The (quantized) user tower on users' rows: [U, d].
+
+        Args:
+            user_rows (pd.DataFrame | RowBlock): raw rows with the user columns (item columns may be absent), or
+                converted rows whose sparse columns are ``keys`` (default: the contract's features, or the user
+                features when the block holds that many columns).
+            keys (Optional[Sequence[str]]): the block's sparse feature names.
+            batch_size (int): users per forward.
+        """
+        roles = (self.sidecar.get("meta") or {}).get("roles") or {}
+        block, keys = user_block(self.rows, roles.get("user") or [], user_rows, keys)
+        parts: List[Tensor] = []
+        with torch.inference_mode():
+            for a in range(0, len(block), batch_size):
+                batch = block.slice(a, a + batch_size).to_batch(keys)
+                parts.append(self.model.user_embedding(batch.dense_features, batch.sparse_features).float())
+        return torch.cat(parts) if parts else torch.zeros(0, self.item_index.dim if self.item_index else 0)
+
+    def retrieve(self, user_rows: Union[pd.DataFrame, RowBlock], k: int,
+                 index: Union[None, str, Dict[str, Any], IndexOptions] = None,
+                 exclude: Optional[Sequence[np.ndarray]] = None,
+                 keys: Optional[Sequence[str]] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Each user's K best items of the export's corpus.
+
+        Args:
+            user_rows (pd.DataFrame | RowBlock): the users (see :meth:`user_embeddings`).
+            k (int): items per user.
+            index (None | str | dict | IndexOptions): ``{type: exact|ivf|hnsw, nlist, nprobe, m, dtype}``
+                (default exact over the fp32 rows).
+            exclude (Optional[Sequence[np.ndarray]]): per user, corpus indices never returned (seen items).
+            keys (Optional[Sequence[str]]): a RowBlock's sparse feature names.
+
+        Returns:
+            Tuple[np.ndarray, np.ndarray]: raw item ids [U, k] (best first) and their logits [U, k] float32.
+
+        Raises:
+            ConfigError: no item index, bad index options or k.
+            DataError: a user row the training rules reject.
+        """
+        retriever = self.retriever(index)
+        idx, logits = retriever.search(self.user_embeddings(user_rows, keys), k, exclude)
+        return retriever.ids(idx), logits.numpy()
 
 
 # the columns a one-task score has always had (a task of these names would be ambiguous)
@@ -203,4 +273,4 @@ def load_model(path: Union[str, Path]) -> ServedModel:
     contract = read_contract(path)
     spec = contract.get("id_remap")
     remaps = load_remaps(Path(path) / spec["file"]) if spec else None
-    return ServedModel(model, io_from_meta(meta), contract, sidecar, remaps)
+    return ServedModel(model, io_from_meta(meta), contract, sidecar, remaps, read_item_index(path))
