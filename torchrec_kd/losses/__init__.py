@@ -1,9 +1,10 @@
 """Knowledge-distillation loss terms, picked by name from the config and summed with weights."""
 
-from torchrec_kd.losses import features, terms  # noqa: F401  (import registers the built-in terms)
+from torchrec_kd.losses import features, retrieval_terms, terms  # noqa: F401  (import registers the built-in terms)
 from torchrec_kd.losses.registry import (
                                          FEATURES,
                                          LOSSES,
+                                         CandidateScores,
                                          FeatureDims,
                                          KDInputs,
                                          KDLoss,
@@ -15,6 +16,7 @@ from torchrec_kd.losses.registry import (
 )
 from torchrec_kd.losses.taps import Tap, TapInfo, as_feature
 
-__all__ = ["FEATURES", "FeatureDims", "KDInputs", "KDLoss", "LOSSES", "register_loss", "build_loss", "WeightedKDLoss",
+__all__ = ["CandidateScores", "FEATURES",
+           "FeatureDims", "KDInputs", "KDLoss", "LOSSES", "register_loss", "build_loss", "WeightedKDLoss",
            "check_loss_names",
            "term_args", "Tap", "TapInfo", "as_feature"]

@@ -41,7 +41,29 @@ from torchrec_kd.losses.taps import FeatureDims, Tap
 from torchrec_kd.losses.task_terms import TermTarget, single_binary, task_value, term_targets
 
 # What a term may ask for besides logits, labels and its taps.
-FEATURES = ("groups",)
+FEATURES = ("groups", "candidates")
+
+
+@dataclass
+class CandidateScores:
+    """Each row's user scored against a shared candidate list (retrieval terms, ``requires = {"candidates"}``).
+
+    Column ``j < B`` is row ``j``'s item (in-batch candidates: row ``i``'s own item is column ``i``),
+    columns ``B..B+R-1`` random corpus items (:mod:`torchrec_kd.distill.candidates` builds them).
+
+    Args:
+        student (Tensor): [B, C] the student's logits (``score_matrix`` of its towers), with grad.
+        teacher (Tensor): [B, C] the teacher's logits of the same (user_i, item_j) pairs (no grad).
+        item_ids (Tensor): [B] int64 item id of each row (the in-batch candidates' ids, for logQ).
+        num_random (int): R, random corpus items after the in-batch columns.
+        corpus_size (int): N, the corpus the random items are drawn from (uniformly; 0 without them).
+    """
+
+    student: Tensor
+    teacher: Tensor
+    item_ids: Tensor
+    num_random: int = 0
+    corpus_size: int = 0
 
 
 @dataclass
@@ -55,6 +77,7 @@ class KDInputs:
         student_taps (Dict[str, Any]): the student's tapped outputs by :attr:`Tap.key` (``hint:inter_arch``).
         teacher_taps (Dict[str, Any]): the (first) teacher's, the same way.
         groups (Optional[Tensor]): [B] int64 group id of each row (rank_* terms).
+        candidates (Optional[CandidateScores]): both models' logits over shared candidates (retrieval terms).
     """
 
     student: Tensor
@@ -63,11 +86,12 @@ class KDInputs:
     student_taps: Dict[str, Any] = field(default_factory=dict)
     teacher_taps: Dict[str, Any] = field(default_factory=dict)
     groups: Optional[Tensor] = None
+    candidates: Optional[CandidateScores] = None
 
     def task_column(self, tasks: Sequence[Task], j: int) -> "KDInputs":
         """These inputs with logits and labels narrowed to task ``j``'s column ``[B]`` (taps and groups kept)."""
         return KDInputs(column(self.student, tasks, j), column(self.teacher, tasks, j), column(self.labels, tasks, j),
-                        self.student_taps, self.teacher_taps, self.groups)
+                        self.student_taps, self.teacher_taps, self.groups, self.candidates)
 
 
 class KDLoss(nn.Module):
@@ -249,7 +273,7 @@ class WeightedKDLoss(nn.Module):
 
     @property
     def requires(self) -> FrozenSet[str]:
-        """Union of what the terms need besides logits, labels and taps (``groups``)."""
+        """Union of what the terms need besides logits, labels and taps (``groups``, ``candidates``)."""
         return frozenset().union(*(t.requires for t in self.terms))
 
     @property
