@@ -19,7 +19,12 @@ Variants, all through the same forward:
   carries them for the teachers) and its dense arch skips the dense ones' columns;
 * hint / embedding terms read submodules' outputs by module path
   (:class:`~torchrec_kd.distill.taps.FeatureTaps`, forward hooks attached on the first
-  forward, i.e. after sharding); ranking terms get group ids.
+  forward, i.e. after sharding); ranking terms get group ids;
+* retrieval terms (``inbatch_kd``, ``topk_rd``: ``requires = {"candidates"}``) get each row's
+  user scored against the batch's items (and random corpus items) by the student's towers
+  and by the teachers on the (user, item) pair rows
+  (:class:`~torchrec_kd.distill.candidates.CandidateScorer`, built once per step; both models'
+  pointwise logits are then the candidate matrices' diagonals).
 
 Example::
 
@@ -37,8 +42,10 @@ from torch import Tensor, nn
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from torchrec_kd.distill.candidates import CandidateScorer, CandidateSpec, check_candidates
 from torchrec_kd.distill.taps import FeatureTaps
 from torchrec_kd.distill.task_teachers import TaskSource, assemble
+from torchrec_kd.errors import ConfigError
 from torchrec_kd.losses import Tap, WeightedKDLoss
 from torchrec_kd.losses.ranking import group_ids_from_jagged
 from torchrec_kd.models.io import LOGIT, ModelIO
@@ -174,12 +181,15 @@ class DistillationModel(_Teachers):
         student_io (Optional[ModelIO]): the same for the student.
         task_plan (Optional[Sequence[Sequence[TaskSource]]]): several tasks: which teachers' columns
             make each student task (:func:`~torchrec_kd.distill.task_teachers.task_plan`).
+        candidates (Optional[CandidateSpec]): a retrieval run's user / item keys (and corpus), needed
+            by terms that require ``candidates``.
     """
 
     def __init__(self, teachers: Sequence[nn.Module], student: nn.Module, loss: WeightedKDLoss,
                  teacher_weights: Optional[Sequence[float]] = None, group_feature: Optional[str] = None,
                  teacher_io: Union[None, ModelIO, Sequence[ModelIO]] = None,
-                 student_io: Optional[ModelIO] = None, task_plan: TaskPlan = None) -> None:
+                 student_io: Optional[ModelIO] = None, task_plan: TaskPlan = None,
+                 candidates: Optional[CandidateSpec] = None) -> None:
         taps = loss.taps
         super().__init__(teachers, teacher_weights, teacher_io, taps, task_plan)
         self.student = student
@@ -190,6 +200,15 @@ class DistillationModel(_Teachers):
         if "groups" in loss.requires and group_feature is None:
             raise ValueError("a rank_* loss term needs distill.group_feature (the sparse feature holding the group id)")
         self.group_ids = GroupIds(group_feature) if group_feature is not None else None
+        self.candidates: Optional[CandidateScorer] = None
+        if "candidates" in loss.requires:
+            _, num_random = check_candidates(loss, student, candidates, self.teachers)
+            if taps or task_plan is not None:
+                raise ConfigError("distill.losses: candidate terms (inbatch_kd, topk_rd) do not mix with hint / "
+                                  "embedding terms or several tasks yet; drop those")
+            assert candidates is not None
+            self.candidates = CandidateScorer(student, self.teachers, self.teacher_ios, self.teacher_weights,
+                                              candidates, num_random)
 
     def set_step(self, step: int) -> None:
         """The training loop's optimizer step (0-based), for the loss terms' schedules."""
@@ -210,6 +229,10 @@ class DistillationModel(_Teachers):
             Tuple[Tensor, Tuple[Tensor, Tensor, Tensor, Tensor]]: ``loss`` and
             ``(loss.detach(), student_logits, teacher_logits, labels)`` (all detached).
         """
+        if self.candidates is not None:  # retrieval terms: every model's one call is the candidate step
+            student_logits, teacher_logits, scores = self.candidates(batch)
+            loss = self.loss_fn(student_logits, teacher_logits, batch.labels, candidates=scores)
+            return loss, (loss.detach(), student_logits.detach(), teacher_logits.detach(), batch.labels.detach())
         if self.teachers:
             teacher_logits, teacher_taps = self._teacher_outputs(batch)
         else:  # offline: the outputs travel with the batch
