@@ -19,6 +19,7 @@ from torchrec_kd.distill.taps import probe_batch, probe_feature_dims
 from torchrec_kd.losses.taps import FeatureDims
 from torchrec_kd.models.build import build_model, model_builder, model_io
 from torchrec_kd.models.inputs import ModelInputs
+from torchrec_kd.models.registry import FeatureRoles
 
 # Rows per table of the probe copies: shapes do not depend on table sizes.
 PROBE_ROWS = 2
@@ -32,7 +33,7 @@ def _small(tables: Sequence[EmbeddingBagConfig]) -> list:
 
 def run_feature_dims(student: ModelConfig, student_tables: Sequence[EmbeddingBagConfig], inputs: ModelInputs,
                      teacher: Optional[ModelConfig], teacher_tables: Sequence[EmbeddingBagConfig],
-                     sparse_names: Sequence[str], dense_in: int) -> FeatureDims:
+                     sparse_names: Sequence[str], dense_in: int, roles: Optional[FeatureRoles] = None) -> FeatureDims:
     """A :class:`FeatureDims` measuring each tap with one forward of a small copy of the student or teacher.
 
     Args:
@@ -48,11 +49,12 @@ def run_feature_dims(student: ModelConfig, student_tables: Sequence[EmbeddingBag
         FeatureDims: defaults from each builder, shapes on first use.
     """
     models = {"student": lambda: build_model(student, _small(student_tables), dense_in, CPU,
-                                             inputs.dense_columns, "student")}
+                                             inputs.dense_columns, "student", roles=roles)}
     ios = {"student": model_io(student)}
     defaults = {"student": _defaults(student)}
     if teacher is not None:
-        models["teacher"] = lambda: build_model(teacher, _small(teacher_tables), dense_in, CPU, None, "teacher")
+        models["teacher"] = lambda: build_model(teacher, _small(teacher_tables), dense_in, CPU, None, "teacher",
+                                                roles=roles)
         ios["teacher"] = model_io(teacher)
         defaults["teacher"] = _defaults(teacher)
     return probe_feature_dims(models, probe_batch(sparse_names, dense_in), ios, defaults)

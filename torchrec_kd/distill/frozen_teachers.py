@@ -34,6 +34,7 @@ from torchrec_kd.models.build import build_model, model_io
 from torchrec_kd.models.dlrm import MODEL_PREFIX, make_tables
 from torchrec_kd.models.inputs import ModelInputs, model_inputs
 from torchrec_kd.models.io import ModelIO
+from torchrec_kd.models.registry import FeatureRoles, feature_roles
 
 
 @dataclass
@@ -82,7 +83,8 @@ def distill_parts(cfg: RunConfig, data: Any) -> DistillParts:
     inputs = model_inputs(cfg, "student", sparse, rows, dense)
     student_tables = make_tables(cfg.student, inputs.sparse_features, inputs.num_embeddings)
     first = teachers[0]
-    dims = run_feature_dims(cfg.student, student_tables, inputs, first.model, first.tables, sparse, len(dense))
+    dims = run_feature_dims(cfg.student, student_tables, inputs, first.model, first.tables, sparse, len(dense),
+                            roles=feature_roles(cfg.data.retrieval))
     tasks = run_tasks(cfg)
     try:
         loss = build_loss(cfg.distill.losses, dims, tasks)
@@ -98,19 +100,22 @@ def teacher_ios(teachers: Sequence[TeacherSpec]) -> List[ModelIO]:
     return [model_io(t.model, t.build_tasks) for t in teachers]
 
 
-def build_frozen_teachers(teachers: Sequence[TeacherSpec], dense_in: int) -> List[nn.Module]:
+def build_frozen_teachers(teachers: Sequence[TeacherSpec], dense_in: int,
+                          roles: Optional[FeatureRoles] = None) -> List[nn.Module]:
     """Each teacher on ``meta``, frozen, its tables given a stateless fused optimizer (before sharding).
 
     Args:
         teachers (Sequence[TeacherSpec]): from :func:`distill_parts`.
         dense_in (int): the dense input's width.
+        roles (Optional[FeatureRoles]): a retrieval run's user / item features (a two-tower teacher's towers).
 
     Returns:
         List[nn.Module]: the teachers, in order (state-dict prefix ``teachers.<i>.`` once wrapped).
     """
     built = []
     for t in teachers:
-        model = build_model(t.model, t.tables, dense_in, where=f"teacher {t.checkpoint}", tasks=t.build_tasks)
+        model = build_model(t.model, t.tables, dense_in, where=f"teacher {t.checkpoint}", tasks=t.build_tasks,
+                            roles=roles)
         model.requires_grad_(False)
         freeze_teacher_tables(model)
         built.append(model)

@@ -35,6 +35,7 @@ from torchrec_kd.distill.teachers import TeacherSpec
 from torchrec_kd.distributed.env import DistEnv, init_distributed
 from torchrec_kd.distributed.sharding import planner_constraints, shard
 from torchrec_kd.losses import Tap, as_feature
+from torchrec_kd.models.registry import feature_roles
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ def build_scorer(cfg: RunConfig, env: DistEnv) -> Tuple[DistributedModelParallel
     parts = distill_parts(cfg, data)  # resolves each term's taps exactly as distill will
     taps = [t for t in parts.loss.taps if t.role == "teacher"]
     shapes = {t: parts.dims.info(t, "score-teacher").shape for t in taps}
-    module = TeacherEnsemble(build_frozen_teachers(parts.teachers, len(data.dense_names)),
+    teachers = build_frozen_teachers(parts.teachers, len(data.dense_names), roles=feature_roles(cfg.data.retrieval))
+    module = TeacherEnsemble(teachers,
                              [t.weight for t in parts.teachers], teacher_ios(parts.teachers), taps, parts.task_plan)
     tables = [t for spec in parts.teachers for t in spec.tables]
     model = shard(module, env, local_batch, planner_constraints(cfg.sharding, tables, env.device.type), data_parallel=False)

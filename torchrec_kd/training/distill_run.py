@@ -32,6 +32,7 @@ from torchrec_kd.config import RunConfig, config_to_dict
 from torchrec_kd.core.console import FILE_ONLY
 from torchrec_kd.core.fingerprint import read_recorded, step_fingerprint
 from torchrec_kd.core.layout import RunLayout, distilled_name
+from torchrec_kd.distill.candidates import spec_from_data
 from torchrec_kd.distill.frozen_teachers import build_frozen_teachers, distill_parts, load_frozen_teachers, teacher_ios
 from torchrec_kd.distill.model import DistillationModel
 from torchrec_kd.distill.offline import OfflineScores
@@ -41,6 +42,7 @@ from torchrec_kd.errors import ConfigError
 from torchrec_kd.models.build import build_model, model_io, model_meta
 from torchrec_kd.models.dlrm import MODEL_PREFIX, count_params, embedding_bytes
 from torchrec_kd.models.init import init_weights
+from torchrec_kd.models.registry import feature_roles
 from torchrec_kd.quant.qat import set_fake_quant_step, use_fake_quant
 from torchrec_kd.reporting.lineage import split_lineage
 from torchrec_kd.reporting.metrics_file import metrics_table, read_metrics, update_metrics
@@ -119,9 +121,9 @@ class DistillRun(PipelinedRun):
             self.offline = OfflineScores.open(cfg, self.teachers, loss.taps, env, self.steps)
             self.teachers_built: List[torch.nn.Module] = []
         else:
-            self.teachers_built = build_frozen_teachers(self.teachers, dense_in)
+            self.teachers_built = build_frozen_teachers(self.teachers, dense_in, roles=feature_roles(cfg.data.retrieval))
         student = build_model(cfg.student, self.student_tables, dense_in, dense_columns=self.inputs.dense_columns,
-                              where="student", tasks=parts.student_tasks)
+                              where="student", tasks=parts.student_tasks, roles=feature_roles(cfg.data.retrieval))
         if self.qat is not None:
             try:
                 use_fake_quant(student, self.qat, cfg.distill.qat_start)
@@ -134,7 +136,8 @@ class DistillRun(PipelinedRun):
                                        group_feature=cfg.distill.group_feature,
                                        teacher_io=teacher_ios(self.teachers) if online else None,
                                        student_io=model_io(cfg.student, parts.student_tasks),
-                                       task_plan=parts.task_plan if online else None)
+                                       task_plan=parts.task_plan if online else None,
+                                       candidates=spec_from_data(self.data) if "candidates" in loss.requires else None)
         except ConfigError:
             raise
         except ValueError as e:
@@ -184,6 +187,11 @@ class DistillRun(PipelinedRun):
         assert self.model is not None
         return self.model.module.score(batch)
 
+    def scored_model(self) -> torch.nn.Module:
+        """The student (inside the DMP and the ``DistillationModel``)."""
+        assert self.model is not None
+        return self.model.module.student
+
     def save(self, metrics: Dict[str, float]) -> Dict[str, Any]:
         """Checkpoint the student (in ``train-student``'s layout) and record its metrics."""
         cfg, env = self.cfg, self.env
@@ -194,7 +202,8 @@ class DistillRun(PipelinedRun):
                 "selection": self.selection(), "fingerprint": self.fingerprint,
                 "world_size": env.world_size, "tables": [t.name for t in self.student_tables],
                 **model_meta(cfg.student, self.student_tables, dense_in_features=self.inputs.dense_in_features,
-                             dense_columns=self.inputs.dense_columns, tasks=self.tasks)}
+                             dense_columns=self.inputs.dense_columns, tasks=self.tasks,
+                             roles=feature_roles(cfg.data.retrieval))}
         save_model(self.model, out / self.entry_name, meta, model_prefix=STUDENT, ckpt_prefix=MODEL_PREFIX)
         emb = embedding_bytes(self.student_tables)
         entry = {**self.entry(metrics, count_params(emb, self.model, STUDENT), emb),

@@ -29,6 +29,7 @@ from torchrec_kd.models.build import build_model, model_io, model_meta
 from torchrec_kd.models.dlrm import MODEL_PREFIX, count_params, embedding_bytes, make_tables
 from torchrec_kd.models.init import init_weights
 from torchrec_kd.models.inputs import model_inputs
+from torchrec_kd.models.registry import feature_roles
 from torchrec_kd.models.train import RankerTrain
 from torchrec_kd.reporting.metrics_file import metrics_table, update_metrics
 from torchrec_kd.training.evaluate import scorer
@@ -70,7 +71,8 @@ class TrainModelRun(PipelinedRun):
         # several tasks: [B, T] outputs and the per-task loss; one task: None, the model as it always was
         tasks = self.tasks if is_multitask(self.tasks) else None
         module = RankerTrain(build_model(self.model_cfg, self.tables, self.inputs.dense_in_features,
-                                         dense_columns=self.inputs.dense_columns, where=self.role, tasks=tasks),
+                                         dense_columns=self.inputs.dense_columns, where=self.role, tasks=tasks,
+                                         roles=feature_roles(cfg.data.retrieval)),
                              model_io(self.model_cfg, tasks))
         add_fused_embedding_optimizer(module, cfg.train)
         self.model = shard(module, env, self.local_batch, planner_constraints(cfg.sharding, self.tables, env.device.type))
@@ -86,6 +88,11 @@ class TrainModelRun(PipelinedRun):
         assert self.model is not None
         return scorer(self.model)(batch)
 
+    def scored_model(self) -> torch.nn.Module:
+        """The trained model itself (inside the DMP and ``RankerTrain``)."""
+        assert self.model is not None
+        return self.model.module.model
+
     # ------------------------------------------------------------------- save
     def save(self, metrics: Dict[str, Any]) -> Dict[str, Any]:
         """Checkpoint the model and merge its entry into ``metrics.json``."""
@@ -95,7 +102,8 @@ class TrainModelRun(PipelinedRun):
         meta = {"role": self.role, "config": config_to_dict(cfg), "world_size": env.world_size,
                 "tables": [t.name for t in self.tables], "selection": self.selection(), "fingerprint": self.fingerprint,
                 **model_meta(self.model_cfg, self.tables, self.inputs.dense_in_features, self.inputs.dense_columns,
-                             tasks=self.tasks if is_multitask(self.tasks) else None)}
+                             tasks=self.tasks if is_multitask(self.tasks) else None,
+                             roles=feature_roles(cfg.data.retrieval))}
         save_model(self.model, out / self.role, meta)
         emb = embedding_bytes(self.tables)
         entry = self.entry(metrics, count_params(emb, self.model, MODEL_PREFIX), emb)

@@ -43,6 +43,7 @@ from torchrec_kd.errors import ConfigError
 from torchrec_kd.training.evaluate import evaluate
 from torchrec_kd.training.guard import NonFiniteGuard, nonfinite_entry
 from torchrec_kd.training.loop import TrainStats, train
+from torchrec_kd.training.retrieval_entry import retrieval_metrics, selection_metric
 from torchrec_kd.training.selection import ModelSelector, selection_task
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,10 @@ class PipelinedRun(ABC):
         Returns:
             Tensor: logits ``[B]`` (one task) or ``[B, T]`` (a column per task: logit, or value for regression).
         """
+
+    @abstractmethod
+    def scored_model(self) -> torch.nn.Module:
+        """The model :meth:`score` runs, unwrapped (sharded in place): what a retrieval evaluation calls towers on."""
 
     @abstractmethod
     def save(self, metrics: Dict[str, Any]) -> Dict[str, Any]:
@@ -257,6 +262,7 @@ class PipelinedRun(ABC):
         cfg, env = self.cfg, self.env
         assert env is not None and self.model is not None and self.pipeline is not None
         start = self._resume()
+        self.selector.select_on(selection_metric(cfg, self.scored_model()))  # a retrieval model: recall@K
         self.model.train()
         writer = None
         if env.is_main:  # live curves; the report adds test metrics to the same run
@@ -295,8 +301,11 @@ class PipelinedRun(ABC):
         self.model.eval()
         n = self.data.num_batches(split, cfg.data.batch_size) or 0
         batches = self.data.batches(split, cfg.data.batch_size, env.rank, env.world_size)
-        return evaluate(self.score, batches, env, self.local_batch, n * cfg.data.batch_size,
-                        tasks=self.tasks, select=cfg.train.early_stopping.task)
+        metrics = evaluate(self.score, batches, env, self.local_batch, n * cfg.data.batch_size,
+                           tasks=self.tasks, select=cfg.train.early_stopping.task)
+        if cfg.data.retrieval is not None:  # GAUC; a model with towers: recall@K over the whole corpus
+            metrics.update(retrieval_metrics(self.scored_model(), self.score, self.data, split, cfg, env))
+        return metrics
 
     def selection(self) -> Dict[str, Any]:
         """Which model was kept: ``best_step`` (the last step without validation), its validation

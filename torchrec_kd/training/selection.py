@@ -31,6 +31,15 @@ from torchrec_kd.core.tasks import Task, task_names
 from torchrec_kd.errors import ConfigError
 
 HIGHER_IS_BETTER = {"auc": True, "ne": False, "logloss": False}
+# retrieval metrics (recall@K, ndcg@K, hr@K, mrr, gauc) select too, higher being better
+RANKING_PREFIXES = ("recall@", "ndcg@", "hr@")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger ``metric`` is better (auc, retrieval metrics) or worse (ne, logloss)."""
+    if metric in HIGHER_IS_BETTER:
+        return HIGHER_IS_BETTER[metric]
+    return metric.startswith(RANKING_PREFIXES) or metric in ("mrr", "gauc")
 # ``train.early_stopping.task``: select on the task-weighted mean over the binary tasks
 MEAN = "mean"
 
@@ -91,6 +100,7 @@ class ModelSelector:
 
     def __init__(self, cfg: EarlyStoppingConfig, state: Optional[Any] = None) -> None:
         self.cfg = cfg
+        self._metric = cfg.metric
         if isinstance(state, dict):
             state = SelectionState(**state)
         self.state = state or SelectionState()
@@ -98,7 +108,11 @@ class ModelSelector:
     @property
     def metric(self) -> str:
         """The validation metric that selects."""
-        return self.cfg.metric
+        return self._metric
+
+    def select_on(self, metric: str) -> None:
+        """Select on ``metric`` instead of ``early_stopping.metric`` (a retrieval model: ``recall@20``)."""
+        self._metric = metric
 
     def improves(self, value: float) -> bool:
         """True when ``value`` beats the best so far by more than ``min_delta`` (a NaN/Inf value never does)."""
@@ -107,7 +121,7 @@ class ModelSelector:
         best = self.state.best.get(self.metric)
         if best is None or not math.isfinite(best):  # a non-finite best: from a state saved before this rule
             return True
-        gain = value - best if HIGHER_IS_BETTER[self.metric] else best - value
+        gain = value - best if higher_is_better(self.metric) else best - value
         return gain > self.cfg.min_delta
 
     def observe(self, step: int, metrics: Dict[str, float]) -> bool:
@@ -121,10 +135,11 @@ class ModelSelector:
             bool: True when this step is the new best (keep a copy of the model); never when
             any of its metrics (auc, ne, logloss) is NaN/Inf: such a model is broken.
         """
-        finite = all(math.isfinite(float(v)) for k, v in metrics.items() if k in HIGHER_IS_BETTER)
+        kept = [k for k in metrics if k in HIGHER_IS_BETTER or k == self.metric]
+        finite = all(math.isfinite(float(metrics[k])) for k in kept)
         if finite and self.improves(float(metrics[self.metric])):
             self.state.best_step = step
-            self.state.best = {k: float(v) for k, v in metrics.items() if k in HIGHER_IS_BETTER}
+            self.state.best = {k: float(metrics[k]) for k in kept}
             self.state.evals_since_best = 0
             return True
         self.state.evals_since_best += 1
