@@ -190,6 +190,10 @@ class TwoTower(nn.Module):
     def complete(self, kjt: KeyedJaggedTensor) -> KeyedJaggedTensor:
         """``kjt`` with every model feature, in table order: absent ones become empty bags.
 
+        Unsharded models only: a sharded EBC fixes its input's key order on its first call (the
+        training batches' order), so under DMP pass one tower's keys padded to the training keys
+        in their order (``torchrec_kd.training.retrieval_entry.in_order``), which this returns as is.
+
         Args:
             kjt (KeyedJaggedTensor): a batch's features, possibly only one tower's.
 

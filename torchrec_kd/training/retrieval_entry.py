@@ -15,11 +15,12 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List
 
 import torch
 from torch import nn
 from torchrec.datasets.utils import Batch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_kd.config import RunConfig
 from torchrec_kd.distributed.env import DistEnv
@@ -38,6 +39,19 @@ def selection_metric(cfg: RunConfig, model: Any) -> str:
     if cfg.data.retrieval is not None and has_towers(model):
         return cfg.data.retrieval.select_metric
     return cfg.train.early_stopping.metric
+
+
+def in_order(kjt: KeyedJaggedTensor, keys: List[str]) -> KeyedJaggedTensor:
+    """``kjt`` with exactly ``keys`` in that order: the absent ones as empty bags (pooled to zeros)."""
+    if list(kjt.keys()) == keys:
+        return kjt
+    present = kjt.to_dict()
+    rows = kjt.stride()
+    values = [present[k].values() for k in keys if k in present]
+    lengths = [present[k].lengths() if k in present else torch.zeros(rows, dtype=kjt.lengths().dtype,
+                                                                      device=kjt.lengths().device) for k in keys]
+    value = torch.cat(values) if values else kjt.values()[:0]
+    return KeyedJaggedTensor.from_lengths_sync(keys=keys, values=value, lengths=torch.cat(lengths), stride=rows)
 
 
 @torch.no_grad()
@@ -65,7 +79,11 @@ def retrieval_metrics(model: nn.Module, score: Callable[[Batch], torch.Tensor], 
                    batch.labels.reshape(-1).float())
     out: Dict[str, Any] = dict(acc.compute())
     if has_towers(model):
-        found = evaluate_retrieval(model.user_embedding, model.item_embedding, model.score_matrix,
+        # a sharded EBC fixes the key order of its input on the first call (the training batches'): one
+        # tower's keys alone are padded to every key of the data, in that order, with empty bags
+        keys = list(data.sparse_names)
+        found = evaluate_retrieval(lambda dense, kjt: model.user_embedding(dense, in_order(kjt, keys)),
+                                   lambda kjt: model.item_embedding(in_order(kjt, keys)), model.score_matrix,
                                    data.eval_users(split), data.corpus(), ks=spec.ks, device=env.device,
                                    user_keys=list(data.user_keys))
         out["retrieval"] = found
