@@ -50,3 +50,27 @@ def test_selection_on_a_regression_task_is_refused_on_load():
     with pytest.raises(ConfigError, match="is a regression task"):
         load_config(TINY, ["tasks=[{name: like}, {name: rating, type: regression}]", "train.early_stopping.task=rating"])
     load_config(TINY, ["tasks=[{name: rating, type: regression}, {name: like}]", "train.early_stopping.task=mean"])
+
+
+def test_a_task_named_mean_and_an_unreported_retrieval_metric_are_refused():
+    with pytest.raises(ConfigError, match="'mean' is reserved"):
+        load_config(TINY, ["tasks=[{name: click}, {name: mean}]"])
+    retrieval = "data.retrieval={user_features: [cat_0], item_features: [cat_1], item_id: cat_1, user_id: cat_0, "
+    with pytest.raises(ConfigError, match="select_metric 'recall@30' is not reported"):
+        load_config(TINY, [retrieval + "select_metric: recall@30}"])
+    assert load_config(TINY, [retrieval + "select_metric: ndcg@50}"]).data.retrieval.select_metric == "ndcg@50"
+
+
+def test_one_task_fingerprints_hold_no_task_keys_and_teacher_tasks_count():
+    """The multi-task keys at their defaults leave a one-task run's fingerprint as it was; a teacher's tasks count."""
+    from torchrec_kd.core.fingerprint import step_fingerprint
+
+    inputs = step_fingerprint(load_config(TINY), "distilled", {"teachers": "t"})["inputs"]
+    assert "task" not in inputs["train"]["early_stopping"]
+    assert all(not {"task", "in_space_weight", "out_space_weight"} & term.keys() for term in inputs["distill"]["losses"])
+    two = [TWO, "distill.teachers=[{checkpoint: a}, {checkpoint: b}]"]
+    plain = step_fingerprint(load_config(TINY, two), "distilled", {"teachers": "t"})["digest"]
+    split = step_fingerprint(load_config(TINY, [TWO, "distill.teachers=[{checkpoint: a, tasks: [click]}, "
+                                                     "{checkpoint: b, tasks: [conversion]}]"]), "distilled",
+                             {"teachers": "t"})["digest"]
+    assert plain != split

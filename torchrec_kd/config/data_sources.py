@@ -479,6 +479,10 @@ class RetrievalDataConfig:
         if not self.ks or min(self.ks) < 1:
             raise ConfigError(f"data.retrieval.ks must list cutoffs >= 1, got {self.ks}")
         self.ks = sorted(set(self.ks) | {20})  # recall@20 / ndcg@20 are always reported
+        selectable = ["mrr"] + [f"{m}@{k}" for m in ("recall", "ndcg", "hr") for k in self.ks]
+        if self.select_metric not in selectable:
+            raise ConfigError(f"data.retrieval.select_metric '{self.select_metric}' is not reported; use one of "
+                              f"{', '.join(selectable)} (a cutoff must be in data.retrieval.ks)")
         both = sorted(set(self.user_features) & set(self.item_features))
         if both:
             raise ConfigError(f"data.retrieval: {both} listed in both user_features and item_features; a feature "

@@ -277,6 +277,9 @@ def _check_tasks(cfg: RunConfig, where: str) -> None:
 
     for i, t in enumerate(cfg.tasks):
         key = f"tasks[{i}]"
+        if t.name == "mean":
+            raise ConfigError(f"{where}: {key}.name 'mean' is reserved (train.early_stopping.task: mean is the "
+                              "weighted mean over tasks); name the task otherwise")
         if not t.name or names.count(t.name) > 1:
             raise ConfigError(f"{where}: {key}.name '{t.name}' is empty or repeated; give every task its own name")
         if t.type == "regression" and (t.at_least is not None or t.positive):

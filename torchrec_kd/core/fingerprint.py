@@ -121,9 +121,15 @@ def warm_start_digest(path: Optional[str]) -> Optional[str]:
     return hashlib.sha256(meta.read_bytes()).hexdigest()[:16] if meta.is_file() else "missing"
 
 
+# distill.losses[] keys of multi-task runs, left out of a fingerprint at these defaults
+TERM_TASK_DEFAULTS = {"task": None, "in_space_weight": 1.0, "out_space_weight": 0.0}
+
+
 def _training(cfg: RunConfig, role: str) -> Dict[str, Any]:
     train = {k: v for k, v in dataclasses.asdict(cfg.train).items()
              if k not in _TRAIN_IGNORED and k not in ("steps", "teacher_steps", "epochs", "teacher_epochs")}
+    if train["early_stopping"].get("task") is None:
+        train["early_stopping"].pop("task", None)  # a one-task run: the fingerprint it always had
     out = {"seed": cfg.seed, "train": train, "budget": budget_spec(cfg.train, role)}
     if cfg.train.warm_start:  # recorded only when set: runs without one keep their fingerprints
         out["warm_started"] = True  # (which checkpoint is the step's own input, not part of the base)
@@ -171,6 +177,12 @@ def step_fingerprint(cfg: RunConfig, step: str, upstream: Optional[Mapping[str, 
         if step == "distilled":
             distill.pop("qat_start")
         distill["teacher_weights"] = [t.weight for t in cfg.distill.teachers]
+        for term in distill["losses"]:  # per-task keys at their defaults: the fingerprint a one-task term always had
+            for key, default in TERM_TASK_DEFAULTS.items():
+                if term.get(key) == default:
+                    term.pop(key, None)
+        if any(t.tasks is not None for t in cfg.distill.teachers):  # which teacher teaches which task
+            distill["teacher_tasks"] = [t.tasks for t in cfg.distill.teachers]
         inputs = {"step": step, **base, "distill": distill, "teachers": upstream.get("teachers"), **_warm_start(cfg),
                   **plugins}
     else:

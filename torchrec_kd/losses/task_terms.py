@@ -74,6 +74,9 @@ def term_targets(configs: Sequence[LossTermConfig], terms: Sequence["KDLoss"],
     for i, (cfg, term) in enumerate(zip(configs, terms)):
         where = f"distill.losses[{i}]"
         if not term.per_task:
+            if cfg.task is not None or (cfg.in_space_weight, cfg.out_space_weight) != (1.0, 0.0):
+                raise ConfigError(f"{where} ({cfg.name}): the term reads features, not a task's outputs; task, "
+                                  "in_space_weight and out_space_weight do not apply to it: leave them out")
             out.append(None)
             continue
         cols = (task_index(tasks, cfg.task, f"{where}.task"),) if cfg.task is not None else tuple(range(len(tasks)))
