@@ -42,13 +42,13 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec_kd.config import SyntheticDataConfig
 from torchrec_kd.config.data_sources import DriftConfig, SyntheticTasksConfig
 from torchrec_kd.data.rows import RowBlock
+from torchrec_kd.data.synthetic_hash import _block_seed, _hash32
 from torchrec_kd.data.synthetic_tasks import TaskWorld, task_draws
 from torchrec_kd.data.task_labels import check_synthetic_specs, label_specs, read_tasks
 from torchrec_kd.errors import ConfigError
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 _PERM_PRIME = 1_000_000_007
-_MASK32 = (1 << 32) - 1
 # The endless train stream is shuffled (per run seed) within chunks of this many batches.
 STREAM_CHUNK_BATCHES = 64
 # World block "split" code of drift window w is _DRIFT_SPLIT + w (apart from train / val / test).
@@ -69,19 +69,6 @@ def sparse_feature_names(n: int) -> List[str]:
 
 def _per_feature(value: int | List[int], n: int) -> List[int]:
     return list(value) if isinstance(value, list) else [int(value)] * n
-
-
-def _hash32(x: torch.Tensor, salt: int) -> torch.Tensor:
-    """A cheap integer mix (int64 in, values in [0, 2^32)); multipliers < 2^31 avoid overflow."""
-    x = (x ^ (salt * 0x2545F491)) & _MASK32
-    x = (x * 0x45D9F3B) & _MASK32
-    x = x ^ (x >> 16)
-    x = (x * 0x3B9ACA07) & _MASK32
-    return x ^ (x >> 15)
-
-
-def _block_seed(seed: int, split: int, block: int) -> int:
-    return int(np.random.SeedSequence([seed, split, block]).generate_state(1)[0])
 
 
 def drift_rankings(drift: DriftConfig, names: List[str], sizes: List[int], offsets: List[int],

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from torchrec_kd.config.data_sources import SyntheticTasksConfig
+from torchrec_kd.data.synthetic_hash import _block_seed, _hash32
 
 # Each head's draw index (world seed, 98, index): fixed, so a head does not depend on the run's task list.
 HEADS = {"conversion": 1, "like": 2, "dwell": 3}
@@ -83,7 +84,6 @@ class TaskWorld:
     """
 
     def __init__(self, log, columns: Sequence[str], cfg: SyntheticTasksConfig) -> None:
-        from torchrec_kd.data.synthetic import _block_seed
 
         self.log, self.columns, self.cfg = log, list(columns), cfg
         syn = log.cfg
@@ -98,7 +98,6 @@ class TaskWorld:
     # ------------------------------------------------------------------ oracle
     def own_logit(self, head: Head, z: torch.Tensor, lengths: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """A head's raw logit: its biases, its pairs over the shared codes, its dense terms."""
-        from torchrec_kd.data.synthetic import _hash32
 
         log, syn = self.log, self.log.cfg
         R, F = lengths.shape

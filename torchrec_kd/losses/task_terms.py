@@ -19,7 +19,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from torch import Tensor
 
@@ -27,8 +27,8 @@ from torchrec_kd.config import LossTermConfig
 from torchrec_kd.core.tasks import Task, masked_mean, task_index, task_space
 from torchrec_kd.errors import ConfigError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from torchrec_kd.losses.registry import KDInputs, KDLoss
+# The terms and inputs are registry.KDLoss / KDInputs; typed Any here: the registry imports this module
+KDLoss = KDInputs = Any
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def single_binary(tasks: Optional[Sequence[Task]]) -> bool:
     return tasks is None or (len(tasks) == 1 and tasks[0].binary and tasks[0].space is None)
 
 
-def term_targets(configs: Sequence[LossTermConfig], terms: Sequence["KDLoss"],
+def term_targets(configs: Sequence[LossTermConfig], terms: Sequence[KDLoss],
                  tasks: Sequence[Task]) -> List[Optional[TermTarget]]:
     """Each term's :class:`TermTarget` (None for a term that is not per task), checked against the tasks.
 
@@ -96,7 +96,7 @@ def term_targets(configs: Sequence[LossTermConfig], terms: Sequence["KDLoss"],
     return out
 
 
-def task_value(term: "KDLoss", target: TermTarget, x: "KDInputs", tasks: Sequence[Task]) -> Tensor:
+def task_value(term: KDLoss, target: TermTarget, x: KDInputs, tasks: Sequence[Task]) -> Tensor:
     """The term's value on its task columns: per task a masked mean over its rows, summed.
 
     Args:
