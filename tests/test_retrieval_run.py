@@ -49,3 +49,14 @@ def test_a_retrieval_entry_has_gauc_and_recall_and_selects_on_recall(trained):
     assert {"recall@5", "recall@20", "ndcg@20", "hr@20", "mrr", "users"} <= metrics["retrieval"].keys()
     assert metrics["recall@20"] == metrics["retrieval"]["recall@20"]
     assert trained.selector.metric == "recall@20" and "recall@20" in trained.selector.state.best
+
+
+def test_the_quantized_two_tower_entry_has_gauc_and_recall_too(trained):
+    from torchrec_kd.recipes import quantize
+    from torchrec_kd.reporting.metrics_file import read_metrics
+
+    trained.save(trained.evaluate("test"))
+    quantize.run(trained.cfg, "student", ["int8"])
+    entry = read_metrics(trained.cfg.out_dir / "metrics.json")["student_int8"]
+    assert {"gauc", "retrieval", "recall@20"} <= entry.keys()
+    assert 0.0 <= entry["retrieval"]["recall@20"] <= 1.0 and entry["recall@20"] == entry["retrieval"]["recall@20"]

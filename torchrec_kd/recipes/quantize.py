@@ -46,6 +46,7 @@ from torchrec_kd.quant.pruning import TablePruning, id_counts, keep_rows, prune_
 from torchrec_kd.quant.scoring_head import ScoringHead, head_tasks
 from torchrec_kd.reporting.metrics_file import metrics_table, read_entry, update_metrics
 from torchrec_kd.training.evaluate import evaluate
+from torchrec_kd.training.retrieval_entry import retrieval_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
         metrics = evaluate(lambda b: io.logits(qm, b), data.batches(split, cfg.data.batch_size, env.rank, env.world_size),
                            env, local_batch, n * cfg.data.batch_size, tasks=run_tasks(cfg),
                            select=cfg.train.early_stopping.task)
+        if cfg.data.retrieval is not None:  # GAUC; the quantized towers' recall@K over the whole corpus
+            metrics.update(retrieval_metrics(qm, lambda b: io.logits(qm, b), data, split, cfg, env))
         return metrics
 
     def finish(name: str, qm: nn.Module, dtype: str, pruning: Optional[Dict[str, TablePruning]] = None,
