@@ -107,6 +107,16 @@ def _missing(series: pd.Series) -> np.ndarray:
     return miss
 
 
+
+def _first_values(values: np.ndarray, lines: np.ndarray, limit: int = 5) -> str:
+    """The first ``limit`` distinct values with the line each was first seen on, for an error message."""
+    seen: Dict[str, int] = {}
+    for v, line in zip(values, lines):
+        seen.setdefault(repr(v), int(line))
+        if len(seen) == limit:
+            break
+    return ", ".join(f"{v} (line {n})" for v, n in seen.items())
+
 class TableColumns:
     """The schema's columns and how one chunk of them becomes a RowBlock."""
 
@@ -228,21 +238,11 @@ class TableColumns:
         return out, empty
 
     def _task_error(self, spec: LabelSpec, values: np.ndarray, lines: np.ndarray, file: Path, expected: str) -> None:
-        seen: Dict[str, int] = {}
-        for v, line in zip(values, lines):
-            seen.setdefault(repr(v), int(line))
-            if len(seen) == 5:
-                break
-        found = ", ".join(f"{v} (line {n})" for v, n in seen.items())
+        found = _first_values(values, lines)
         raise DataError(f"{file}: column '{spec.column}' of task '{spec.name}' holds {found}; expected {expected}")
 
     def _label_error(self, values: np.ndarray, lines: np.ndarray, file: Path, expected: str) -> None:
-        seen: Dict[str, int] = {}
-        for v, line in zip(values, lines):
-            seen.setdefault(repr(v), int(line))
-            if len(seen) == 5:
-                break
-        found = ", ".join(f"{v} (line {n})" for v, n in seen.items())
+        found = _first_values(values, lines)
         raise DataError(f"{file}: label column '{self.cfg.label}' holds values other than declared: {found}; "
                         f"expected {expected}. Declare them in data.table.positive / data.table.negative "
                         "(quote text values in YAML), or set data.table.label_threshold")
