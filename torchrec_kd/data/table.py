@@ -107,7 +107,6 @@ def _missing(series: pd.Series) -> np.ndarray:
     return miss
 
 
-
 def _first_values(values: np.ndarray, lines: np.ndarray, limit: int = 5) -> str:
     """The first ``limit`` distinct values with the line each was first seen on, for an error message."""
     seen: Dict[str, int] = {}
