@@ -31,7 +31,7 @@ def _only(kjt, keys):
 
 
 def test_the_towers_called_apart_score_each_row_as_the_forward_does(trained):
-    from torchrec_kd.training.retrieval_entry import in_order
+    from torchrec_kd.distill.candidates import in_order
 
     model, keys = trained.scored_model(), list(trained.data.sparse_names)
     batch = next(iter(trained.data.batches("test", 64, 0, 1)))

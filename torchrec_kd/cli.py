@@ -209,11 +209,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         if log_file is not None and os.environ.get("RANK", "0") == "0":
             logger.info("%s: %s (details in %s)", args.command, cfg.run_name, log_file)
         if args.command not in ("inspect-data", "preprocess"):  # model and loss names and args, before any work
-            from torchrec_kd.losses import check_loss_names
+            from torchrec_kd.losses import check_loss_names, check_tower_losses
             from torchrec_kd.models.build import check_models
 
             check_models(cfg, config_source(args.config, overrides))
             check_loss_names(cfg.distill.losses, config_source(args.config, overrides))
+            check_tower_losses(cfg.train.tower_losses, config_source(args.config, overrides))
         _dispatch(args, cfg)
         ok = True
     except UserError as e:  # bad input: a message that says what to do, not a traceback

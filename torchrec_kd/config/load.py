@@ -258,6 +258,9 @@ def _check_semantics(cfg: RunConfig, where: str) -> None:
     # registry sits a layer above the config, and plugins add to it)
     if not cfg.distill.losses:
         raise ConfigError(f"{where}: distill.losses is empty; list at least one term, e.g. {{name: soft_bce, weight: 1.0}}")
+    if cfg.train.tower_losses and cfg.data.retrieval is None:
+        raise ConfigError(f"{where}: train.tower_losses score users against candidate items and need data.retrieval "
+                          "(user_features / item_features); set it or drop them")
     if cfg.teacher.table_prefix == cfg.student.table_prefix:
         raise ConfigError(f"{where}: teacher.table_prefix and student.table_prefix must differ "
                           f"(both '{cfg.student.table_prefix}'): "

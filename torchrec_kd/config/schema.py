@@ -114,6 +114,12 @@ class TrainConfig:
     # weights initialise the model before step 0, tables matched by name; its digest enters the
     # step's fingerprint. Null: initialised from the seed. (``continual`` sets it per window.)
     warm_start: Optional[str] = None
+    # A retrieval run's label objective for a model with towers, added to its binary
+    # cross-entropy in every run that trains one: the student alone, the distilled student
+    # (after distill.losses) and a two-tower teacher, so each trains on the same labels.
+    # Label-only candidate terms, e.g. [{name: inbatch_softmax, weight: 1.0}] (the in-batch
+    # softmax with the logQ correction). Rankers (DLRM, ...) ignore it.
+    tower_losses: List["LossTermConfig"] = field(default_factory=list)
 
 
 @dataclass

@@ -130,6 +130,8 @@ def _training(cfg: RunConfig, role: str) -> Dict[str, Any]:
              if k not in _TRAIN_IGNORED and k not in ("steps", "teacher_steps", "epochs", "teacher_epochs")}
     if train["early_stopping"].get("task") is None:
         train["early_stopping"].pop("task", None)  # a one-task run: the fingerprint it always had
+    if not train.get("tower_losses"):
+        train.pop("tower_losses", None)  # no tower objective: the fingerprint it always had
     out = {"seed": cfg.seed, "train": train, "budget": budget_spec(cfg.train, role)}
     if cfg.train.warm_start:  # recorded only when set: runs without one keep their fingerprints
         out["warm_started"] = True  # (which checkpoint is the step's own input, not part of the base)

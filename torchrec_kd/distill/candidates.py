@@ -78,11 +78,27 @@ def pair_batch(batch: Batch, user_keys: Sequence[str], item_keys: Sequence[str],
     Returns:
         Batch: B*C rows with the batch's keys in its order, dense ``dense[i]``, zero labels.
     """
-    kjt = batch.sparse_features
     b, c = cand_idx.shape
-    device = cand_idx.device
-    user_rows = torch.arange(b, device=device).repeat_interleave(c)
-    cand_rows = cand_idx.reshape(-1).long()
+    user_rows = torch.arange(b, device=cand_idx.device).repeat_interleave(c)
+    return pair_rows(batch, item_keys, user_rows, cand_idx.reshape(-1).long(), items)
+
+
+def pair_rows(batch: Batch, item_keys: Sequence[str], user_rows: Tensor, cand_rows: Tensor,
+              items: Optional[KeyedJaggedTensor] = None) -> Batch:
+    """The M rows ``(user of row user_rows[m], item of candidate cand_rows[m])``.
+
+    Args:
+        batch (Batch): B rows: dense [B, D], sparse KJT, labels.
+        item_keys (Sequence[str]): the item features (taken from the candidate; every other key from the user's row).
+        user_rows (Tensor): [M] int64 batch row of each pair's user.
+        cand_rows (Tensor): [M] int64 candidate: ``j < B`` is row j's item, ``j >= B`` row ``j - B`` of ``items``.
+        items (Optional[KeyedJaggedTensor]): extra candidates (e.g. random corpus items) with the item keys.
+
+    Returns:
+        Batch: M rows with the batch's keys in its order, dense ``dense[user_rows]``, zero labels.
+    """
+    kjt = batch.sparse_features
+    b, m = kjt.stride(), user_rows.numel()
     jts = kjt.to_dict()
     extra = items.to_dict() if items is not None else {}
     item_set = set(item_keys)
@@ -99,7 +115,7 @@ def pair_batch(batch: Batch, user_keys: Sequence[str], item_keys: Sequence[str],
                 ew = extra[key].weights_or_none()
                 if w is not None:
                     w = torch.cat([w, ew if ew is not None else torch.ones_like(extra[key].values(), dtype=w.dtype)])
-            elif items is not None and int(cand_rows.max()) >= b:
+            elif items is not None and m and int(cand_rows.max()) >= b:
                 raise ValueError(f"pair_batch: the extra items have no feature '{key}' (item keys {list(item_keys)})")
             out = take_rows(v, ln, cand_rows, w)
         else:
@@ -109,10 +125,10 @@ def pair_batch(batch: Batch, user_keys: Sequence[str], item_keys: Sequence[str],
         if weighted:
             weights.append(out[2] if out[2] is not None else torch.ones_like(out[0], dtype=torch.float))
     pairs = KeyedJaggedTensor(keys=kjt.keys(), values=torch.cat(values), lengths=torch.cat(lengths),
-                              weights=torch.cat(weights) if weighted else None, stride=b * c)
+                              weights=torch.cat(weights) if weighted else None, stride=m)
     labels = batch.labels
-    return Batch(dense_features=batch.dense_features.repeat_interleave(c, dim=0), sparse_features=pairs,
-                 labels=labels.new_zeros((b * c,) + tuple(labels.shape[1:])))
+    return Batch(dense_features=batch.dense_features[user_rows], sparse_features=pairs,
+                 labels=labels.new_zeros((m,) + tuple(labels.shape[1:])))
 
 
 def select_keys(kjt: KeyedJaggedTensor, keys: Sequence[str]) -> KeyedJaggedTensor:
@@ -120,6 +136,24 @@ def select_keys(kjt: KeyedJaggedTensor, keys: Sequence[str]) -> KeyedJaggedTenso
     jts = kjt.to_dict()
     return KeyedJaggedTensor(keys=list(keys), values=torch.cat([jts[k].values() for k in keys]),
                              lengths=torch.cat([jts[k].lengths() for k in keys]), stride=kjt.stride())
+
+
+def in_order(kjt: KeyedJaggedTensor, keys: Sequence[str]) -> KeyedJaggedTensor:
+    """``kjt`` with exactly ``keys`` in that order: the absent ones as empty bags (pooled to zeros).
+
+    A sharded EBC fixes the key order of its input on its first call (the training batches'),
+    so one tower's keys alone (a corpus slice, random negatives) are passed in the batches' order.
+    """
+    keys = list(keys)
+    if list(kjt.keys()) == keys:
+        return kjt
+    present = kjt.to_dict()
+    rows = kjt.stride()
+    values = [present[k].values() for k in keys if k in present]
+    lengths = [present[k].lengths() if k in present else torch.zeros(rows, dtype=kjt.lengths().dtype,
+                                                                      device=kjt.lengths().device) for k in keys]
+    value = torch.cat(values) if values else kjt.values()[:0]
+    return KeyedJaggedTensor.from_lengths_sync(keys=keys, values=value, lengths=torch.cat(lengths), stride=rows)
 
 
 def has_towers(model: nn.Module) -> bool:
@@ -170,37 +204,71 @@ def spec_from_data(data: Any, with_corpus: bool = True) -> Optional[CandidateSpe
                          corpus_kjt(corpus.block, corpus.sparse_names) if corpus is not None else None)
 
 
-def candidate_settings(loss: WeightedKDLoss) -> Tuple[str, int]:
-    """``(negatives, num_random)`` the candidate terms agree on (ConfigError if they differ)."""
-    settings = {(t.cand_args.negatives, t.cand_args.num_random) for t in loss.terms if "candidates" in t.requires}
+@dataclass(frozen=True)
+class CandidateSettings:
+    """What one step's candidate work is, agreed by every candidate term.
+
+    Args:
+        negatives (str): ``inbatch`` or ``inbatch+random``.
+        num_random (int): R random corpus items.
+        positive_anchors (bool): the teacher scores only positive rows' candidates (every teacher term anchors there).
+        max_anchors (int): at most this many anchor rows (a random subset) get the teacher's scores (0: all).
+    """
+
+    negatives: str = "inbatch"
+    num_random: int = 0
+    positive_anchors: bool = False
+    max_anchors: int = 0
+
+
+def candidate_settings(loss: WeightedKDLoss) -> CandidateSettings:
+    """The step's :class:`CandidateSettings` (ConfigError if the terms ask for different candidates)."""
+    terms = [t for t in loss.terms if "candidates" in t.requires]
+    settings = {(t.cand_args.negatives, t.cand_args.num_random) for t in terms}
     if len(settings) > 1:
         raise ConfigError(f"distill.losses: the candidate terms ask for different candidates {sorted(settings)}; give "
                           "them the same args.negatives and args.num_random (one candidate list per step)")
-    return next(iter(settings)) if settings else ("inbatch", 0)
+    taught = [t for t in terms if t.needs_teacher]
+    caps = {t.cand_args.max_anchors for t in taught}
+    if len(caps) > 1:
+        raise ConfigError(f"distill.losses: the teacher's candidate terms ask for different args.max_anchors "
+                          f"{sorted(caps)}; give them one (the teacher scores one set of anchor rows per step)")
+    negatives, num_random = next(iter(settings)) if settings else ("inbatch", 0)
+    return CandidateSettings(negatives, num_random, bool(taught) and all(t.cand_args.anchors == "positive" for t in taught),
+                             next(iter(caps)) if caps else 0)
 
 
 def check_candidates(loss: WeightedKDLoss, student: nn.Module, spec: Optional[CandidateSpec],
-                     teachers: Sequence[nn.Module]) -> Tuple[str, int]:
-    """Refuse, in one line, a candidate term the run cannot feed; return ``(negatives, num_random)``.
+                     teachers: Sequence[nn.Module], where: str = "distill.losses") -> CandidateSettings:
+    """Refuse, in one line, a candidate term the run cannot feed; return the step's :class:`CandidateSettings`.
+
+    Args:
+        loss (WeightedKDLoss): the terms.
+        student (nn.Module): the model whose towers score the candidates.
+        spec (Optional[CandidateSpec]): the run's user / item keys and corpus (None: no data.retrieval).
+        teachers (Sequence[nn.Module]): the online teachers (none: only label terms may ask for candidates).
+        where (str): the config key the terms come from (for the message).
 
     Raises:
-        ConfigError: no data.retrieval, a student without towers, no online teacher, random negatives without a corpus.
+        ConfigError: no data.retrieval, a model without towers, a teacher term without an online teacher,
+            random negatives without a corpus.
     """
     names = [n for n, t in zip(loss.names, loss.terms) if "candidates" in t.requires]
     if spec is None:
-        raise ConfigError(f"distill.losses: {names} score users against candidate items and need data.retrieval "
+        raise ConfigError(f"{where}: {names} score users against candidate items and need data.retrieval "
                           "(user_features / item_features); set it or drop the term")
     if not has_towers(student):
-        raise ConfigError(f"distill.losses: {names} need a student with towers (user_embedding, item_embedding, "
+        raise ConfigError(f"{where}: {names} need a model with towers (user_embedding, item_embedding, "
                           f"score_matrix, e.g. arch: two_tower); {type(student).__name__} has none")
-    if not teachers:
-        raise ConfigError(f"distill.losses: {names} need the teacher online (it scores the candidate pairs); "
-                          "set distill.offline: false")
-    negatives, num_random = candidate_settings(loss)
-    if num_random > 0 and (spec.corpus is None or spec.corpus.stride() == 0):
-        raise ConfigError(f"distill.losses: {names} ask for random negatives but the data gives no item corpus; "
+    taught = [n for n, t in zip(loss.names, loss.terms) if "candidates" in t.requires and t.needs_teacher]
+    if taught and not teachers:
+        raise ConfigError(f"{where}: {taught} need the teacher online (it scores the candidate pairs); "
+                          "set distill.offline: false (train.tower_losses takes only label terms: inbatch_softmax)")
+    settings = candidate_settings(loss)
+    if settings.num_random > 0 and (spec.corpus is None or spec.corpus.stride() == 0):
+        raise ConfigError(f"{where}: {names} ask for random negatives but the data gives no item corpus; "
                           "use args.negatives: inbatch")
-    return negatives, num_random
+    return settings
 
 
 def first_ids(kjt: KeyedJaggedTensor, key: str) -> Tensor:
@@ -217,27 +285,34 @@ def first_ids(kjt: KeyedJaggedTensor, key: str) -> Tensor:
 class CandidateScorer(nn.Module):
     """One step's candidate work: teacher logits on the pair rows, the student's tower scores.
 
+    The teacher's cost is its pair rows: anchors x C (C = B + R candidates) plus the B rows'
+    own pairs (its pointwise logits). ``settings`` narrows the anchors to positive rows and
+    caps them (a random subset per step) when the terms ask; the student scores every row.
+
     Args:
         student (nn.Module): the student (``user_embedding``, ``item_embedding``, ``score_matrix``).
-        teachers (Sequence[nn.Module]): the frozen teachers (any rankers).
+        teachers (Sequence[nn.Module]): the frozen teachers (any rankers); none when a tower model trains
+            alone (its label terms read only its own scores).
         teacher_ios (Sequence[ModelIO]): how each teacher is called.
         teacher_weights (Sequence[float]): the ensemble's weights (normalised).
         spec (CandidateSpec): user / item keys, item id, corpus.
-        num_random (int): R random corpus items per step (0: in-batch only).
+        settings (CandidateSettings): random negatives and the teacher's anchor rows.
     """
 
     def __init__(self, student: nn.Module, teachers: Sequence[nn.Module], teacher_ios: Sequence[ModelIO],
-                 teacher_weights: Sequence[float], spec: CandidateSpec, num_random: int = 0) -> None:
+                 teacher_weights: Sequence[float], spec: CandidateSpec,
+                 settings: CandidateSettings = CandidateSettings()) -> None:
         super().__init__()
         # references, not submodules: a module without sharded children stays a leaf for the pipeline tracer
         self._models: Dict[str, Any] = {"student": student, "teachers": list(teachers)}
         self.teacher_ios = list(teacher_ios)
         self.teacher_weights = list(teacher_weights)
         self.spec = spec
-        self.num_random = int(num_random)
+        self.settings = settings
+        self.num_random = int(settings.num_random)
         self.item_keys = list(spec.item_keys)
 
-    def _random_items(self, device: torch.device) -> Optional[KeyedJaggedTensor]:
+    def _random_items(self, keys: Sequence[str], device: torch.device) -> Optional[KeyedJaggedTensor]:
         if self.num_random == 0:
             return None
         corpus = self.spec.corpus
@@ -249,34 +324,57 @@ class CandidateScorer(nn.Module):
             v, ln, _ = take_rows(jts[key].values(), jts[key].lengths(), pick)
             values.append(v)
             lengths.append(ln)
-        return KeyedJaggedTensor(keys=self.item_keys, values=torch.cat(values).to(device),
-                                 lengths=torch.cat(lengths).to(device), stride=self.num_random)
+        items = KeyedJaggedTensor(keys=self.item_keys, values=torch.cat(values).to(device),
+                                  lengths=torch.cat(lengths).to(device), stride=self.num_random)
+        return in_order(items, keys)  # the batches' key order: a sharded EBC routes by it
+
+    def anchor_rows(self, labels: Tensor) -> Optional[Tensor]:
+        """[A] rows whose candidates the teacher scores (positive rows, capped at random), None for every row."""
+        st = self.settings
+        if not st.positive_anchors and not st.max_anchors:
+            return None
+        first = labels if labels.dim() == 1 else labels[:, 0]
+        rows = torch.nonzero(first > 0).flatten() if st.positive_anchors else torch.arange(first.numel(),
+                                                                                            device=first.device)
+        if st.max_anchors and rows.numel() > st.max_anchors:
+            rows = rows[torch.randperm(rows.numel())[:st.max_anchors].to(rows.device)].sort().values
+        return rows
 
     def forward(self, batch: Batch) -> Tuple[Tensor, Tensor, CandidateScores]:
-        """Student and teacher pointwise logits [B] (the diagonals) and the candidate scores.
+        """Student and teacher pointwise logits [B] (their own pairs) and the candidate scores.
 
         Args:
             batch (Batch): B (user, item) rows.
 
         Returns:
-            Tuple[Tensor, Tensor, CandidateScores]: ``student [B]`` (with grad), ``teacher [B]``, the [B, B+R] scores.
+            Tuple[Tensor, Tensor, CandidateScores]: ``student [B]`` (with grad), ``teacher [B]`` (without a
+            teacher: the student's, detached), the scores: student [B, B+R], teacher [A, B+R] on the anchors.
         """
         student, teachers = self._models["student"], self._models["teachers"]
         kjt = batch.sparse_features
         b = kjt.stride()
-        items = self._random_items(kjt.values().device)
+        items = self._random_items(kjt.keys(), kjt.values().device)
         c = b + self.num_random
         u = student.user_embedding(batch.dense_features, kjt)
         v = student.item_embedding(kjt)
         if items is not None:
             v = torch.cat([v, student.item_embedding(items)])
         s = student.score_matrix(u, v)  # [B, C]
-        cand_idx = torch.arange(c, device=u.device).expand(b, c)
-        pairs = pair_batch(batch, self.spec.user_keys, self.item_keys, cand_idx, items)
-        with torch.no_grad():
-            logits = [io.logits(t, pairs).reshape(b, c) for t, io in zip(teachers, self.teacher_ios)]
-            t = logits[0] if len(logits) == 1 else sum(w * x for w, x in zip(self.teacher_weights, logits))
         diag = torch.arange(b, device=u.device)
-        scores = CandidateScores(s, t, first_ids(kjt, self.spec.item_id), self.num_random,
-                                 0 if self.spec.corpus is None else self.spec.corpus.stride())
-        return s[diag, diag], t[diag, diag], scores
+        item_ids = first_ids(kjt, self.spec.item_id)
+        corpus_size = 0 if self.spec.corpus is None else self.spec.corpus.stride()
+        if not teachers:
+            return s[diag, diag], s[diag, diag].detach(), CandidateScores(s, None, item_ids, self.num_random,
+                                                                          corpus_size)
+        rows = self.anchor_rows(batch.labels)
+        anchors = diag if rows is None else rows.to(u.device)
+        a = anchors.numel()
+        # anchors x every candidate, then each row's own pair (the teacher's pointwise logit)
+        user_rows = torch.cat([anchors.repeat_interleave(c), diag])
+        cand_rows = torch.cat([torch.arange(c, device=u.device).repeat(a), diag])
+        pairs = pair_rows(batch, self.item_keys, user_rows, cand_rows, items)
+        with torch.no_grad():
+            logits = [io.logits(t, pairs).reshape(-1) for t, io in zip(teachers, self.teacher_ios)]
+            t = logits[0] if len(logits) == 1 else sum(w * x for w, x in zip(self.teacher_weights, logits))
+        scores = CandidateScores(s, t[:a * c].reshape(a, c), item_ids, self.num_random, corpus_size, rows)
+        return s[diag, diag], t[a * c:], scores

@@ -87,7 +87,8 @@ def distill_parts(cfg: RunConfig, data: Any) -> DistillParts:
                             roles=feature_roles(cfg.data.retrieval))
     tasks = run_tasks(cfg)
     try:
-        loss = build_loss(cfg.distill.losses, dims, tasks)
+        # a tower student's own label terms (train.tower_losses) as the student alone has them
+        loss = build_loss(list(cfg.distill.losses) + list(cfg.train.tower_losses), dims, tasks)
     except ConfigError:
         raise
     except ValueError as e:

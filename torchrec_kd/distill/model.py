@@ -202,13 +202,13 @@ class DistillationModel(_Teachers):
         self.group_ids = GroupIds(group_feature) if group_feature is not None else None
         self.candidates: Optional[CandidateScorer] = None
         if "candidates" in loss.requires:
-            _, num_random = check_candidates(loss, student, candidates, self.teachers)
+            settings = check_candidates(loss, student, candidates, self.teachers)
             if taps or task_plan is not None:
                 raise ConfigError("distill.losses: candidate terms (inbatch_kd, topk_rd) do not mix with hint / "
                                   "embedding terms or several tasks yet; drop those")
             assert candidates is not None
             self.candidates = CandidateScorer(student, self.teachers, self.teacher_ios, self.teacher_weights,
-                                              candidates, num_random)
+                                              candidates, settings)
 
     def set_step(self, step: int) -> None:
         """The training loop's optimizer step (0-based), for the loss terms' schedules."""

@@ -11,6 +11,7 @@ from torchrec_kd.losses.registry import (
                                          WeightedKDLoss,
                                          build_loss,
                                          check_loss_names,
+                                         check_tower_losses,
                                          register_loss,
                                          term_args,
 )
@@ -18,5 +19,5 @@ from torchrec_kd.losses.taps import Tap, TapInfo, as_feature
 
 __all__ = ["CandidateScores", "FEATURES",
            "FeatureDims", "KDInputs", "KDLoss", "LOSSES", "register_loss", "build_loss", "WeightedKDLoss",
-           "check_loss_names",
+           "check_loss_names", "check_tower_losses",
            "term_args", "Tap", "TapInfo", "as_feature"]

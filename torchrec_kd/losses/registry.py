@@ -53,17 +53,30 @@ class CandidateScores:
 
     Args:
         student (Tensor): [B, C] the student's logits (``score_matrix`` of its towers), with grad.
-        teacher (Tensor): [B, C] the teacher's logits of the same (user_i, item_j) pairs (no grad).
+        teacher (Optional[Tensor]): [B, C] the teacher's logits of the same (user_i, item_j) pairs (no grad);
+            None when a model trains alone (only label terms, ``needs_teacher = False``, read the scores).
         item_ids (Tensor): [B] int64 item id of each row (the in-batch candidates' ids, for logQ).
         num_random (int): R, random corpus items after the in-batch columns.
         corpus_size (int): N, the corpus the random items are drawn from (uniformly; 0 without them).
+        anchor_rows (Optional[Tensor]): [A] the rows ``teacher`` holds (its row a is batch row
+            ``anchor_rows[a]``); None: every row, in order.
     """
 
     student: Tensor
-    teacher: Tensor
+    teacher: Optional[Tensor]
     item_ids: Tensor
     num_random: int = 0
     corpus_size: int = 0
+    anchor_rows: Optional[Tensor] = None
+
+    def taught(self, labels: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The rows the teacher scored: student ``[A, C]``, teacher ``[A, C]``, labels ``[A]``, own column ``[A]``."""
+        assert self.teacher is not None
+        if self.anchor_rows is None:
+            rows = torch.arange(self.student.shape[0], device=self.student.device)
+            return self.student, self.teacher, labels, rows
+        rows = self.anchor_rows
+        return self.student[rows], self.teacher, labels[rows], rows
 
 
 @dataclass
@@ -341,12 +354,13 @@ class WeightedKDLoss(nn.Module):
         return ", ".join(f"{key}={w:g}" for key, w in zip(self.names, self.weights))
 
 
-def check_loss_names(terms: Sequence[LossTermConfig], where: str) -> None:
+def check_loss_names(terms: Sequence[LossTermConfig], where: str, key: str = "distill.losses") -> None:
     """Refuse a term whose name is not registered (suggesting the nearest) or whose args it does not take.
 
     Args:
-        terms (Sequence[LossTermConfig]): ``distill.losses``.
+        terms (Sequence[LossTermConfig]): ``distill.losses`` (or ``train.tower_losses``).
         where (str): the config's source, for the message (``config_source``).
+        key (str): the config key the terms come from.
 
     Raises:
         ConfigError: ``<where>: distill.losses[i].name: unknown loss 'x'; did you mean 'y'? registered: …``,
@@ -356,12 +370,29 @@ def check_loss_names(terms: Sequence[LossTermConfig], where: str) -> None:
         if term.name not in LOSSES:
             near = difflib.get_close_matches(term.name, list(LOSSES), n=1)
             hint = f"did you mean '{near[0]}'? " if near else ""
-            raise ConfigError(f"{where}: distill.losses[{i}].name: unknown loss '{term.name}'; {hint}"
+            raise ConfigError(f"{where}: {key}[{i}].name: unknown loss '{term.name}'; {hint}"
                               f"registered: {', '.join(sorted(LOSSES))}")
         try:
-            term_args(term, f"distill.losses[{i}]")
+            term_args(term, f"{key}[{i}]")
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
+
+
+def check_tower_losses(terms: Sequence[LossTermConfig], where: str) -> None:
+    """``train.tower_losses``: registered terms over candidates that read only labels (no teacher).
+
+    Raises:
+        ConfigError: an unknown name or args, or a term that is not a label-only candidate term.
+    """
+    check_loss_names(terms, where, "train.tower_losses")
+    for i, term in enumerate(terms):
+        cls = LOSSES[term.name]
+        if "candidates" not in cls.requires or getattr(cls, "needs_teacher", True):
+            label_terms = sorted(n for n, c in LOSSES.items()
+                                 if "candidates" in c.requires and not getattr(c, "needs_teacher", True))
+            raise ConfigError(f"{where}: train.tower_losses[{i}]: '{term.name}' is not a label-only retrieval term "
+                              f"(a tower model's own objective, alone and distilled); use one of {label_terms}, and "
+                              "teacher terms in distill.losses")
 
 
 def term_args(term: LossTermConfig, where: str) -> Any:

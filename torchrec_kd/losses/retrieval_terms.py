@@ -25,6 +25,12 @@ items when ``negatives: inbatch+random``.
   **Anchors**: every row by default (``anchors: all``): the teacher's order over the
   candidates teaches the student whatever the row's label; ``anchors: positive`` keeps only
   rows with a positive label (the classic retrieval setting: the logged click's user).
+* ``inbatch_softmax`` — the label-only retrieval objective, no teacher (the two-tower's own
+  training, TorchRec's two-tower example's in-batch softmax): per positive row i, the
+  cross-entropy of its own item among the candidates, ``-log softmax((s_i - log q) / T)[i]``,
+  with the same logQ correction; another row's column holding the same item (an accidental
+  hit) is left out of row i's softmax. ``train.tower_losses`` gives it to a model with towers
+  trained alone *and* distilled, so both train on the same label objective.
 * ``topk_rd`` — Ranking Distillation (Tang & Wang, KDD 2018): per anchor, the teacher's
   top-K among the candidates (its own item excluded: the labels teach that one) are extra
   positives, ``-sum_r w_r log sigmoid(s_{pi_r})`` with position weights
@@ -42,7 +48,7 @@ Example::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import torch
@@ -68,12 +74,17 @@ class CandidateArgs:
     num_random: int = 0
     # rows whose softmax counts: all, or only rows with a positive label
     anchors: str = "all"
+    # teacher terms: at most this many anchor rows a step (a random subset) are scored by the
+    # teacher against every candidate, the step's main cost (anchors x candidates rows); 0: all
+    max_anchors: int = 0
 
     def __post_init__(self) -> None:
         if self.negatives not in NEGATIVES:
             raise ConfigError(f"negatives must be one of {list(NEGATIVES)}, got {self.negatives!r}")
         if self.anchors not in ANCHORS:
             raise ConfigError(f"anchors must be one of {list(ANCHORS)}, got {self.anchors!r}")
+        if self.max_anchors < 0:
+            raise ConfigError(f"max_anchors must be >= 0 (0: every anchor), got {self.max_anchors}")
         random = self.negatives == "inbatch+random"
         if random != (self.num_random > 0) or self.num_random < 0:
             raise ConfigError(f"num_random must be > 0 with negatives: inbatch+random and 0 with inbatch, got "
@@ -92,6 +103,13 @@ class InBatchArgs(CandidateArgs):
         super().__post_init__()
         if self.buckets < 1:
             raise ConfigError(f"buckets must be >= 1, got {self.buckets}")
+
+
+@dataclass
+class SoftmaxArgs(InBatchArgs):
+    """``inbatch_softmax``: as ``inbatch_kd``, anchored on positive rows by default (the label is the target)."""
+
+    anchors: str = "positive"
 
 
 @dataclass
@@ -160,10 +178,12 @@ def anchor_mask(labels: Tensor, anchors: str, dtype: torch.dtype) -> Tensor:
     return torch.ones_like(first, dtype=dtype) if anchors == "all" else (first > 0).to(dtype)
 
 
-def _candidates(x: KDInputs, term: str) -> CandidateScores:
+def _candidates(x: KDInputs, term: str, teacher: bool = True) -> CandidateScores:
     if x.candidates is None:
         raise ValueError(f"loss term '{term}' needs candidate scores; DistillationModel builds them when the run "
                          "has data.retrieval and a two-tower student")
+    if teacher and x.candidates.teacher is None:
+        raise ValueError(f"loss term '{term}' reads the teacher's candidate scores; this step has no teacher")
     return x.candidates
 
 
@@ -173,6 +193,8 @@ class _CandidateTerm(KDLoss):
     requires = frozenset({"candidates"})
     per_task = False  # reads candidate scores, not a task's logits
     name = "candidates"
+    # reads the teacher's candidate scores (False: labels only, trains a model alone too)
+    needs_teacher = True
 
     def __init__(self, temperature: float = 1.0, args: Optional[CandidateArgs] = None) -> None:
         super().__init__(temperature)
@@ -186,12 +208,8 @@ class _CandidateTerm(KDLoss):
         return f"temperature={self._temperature}, {self.cand_args}"
 
 
-@register_loss("inbatch_kd")
-class InBatchKD(_CandidateTerm):
-    """Contrastive distillation: KL of the student's candidate softmax (logQ-corrected) from the teacher's."""
-
-    args = InBatchArgs
-    name = "inbatch_kd"
+class _LogQTerm(_CandidateTerm):
+    """A softmax term over candidates with the streaming logQ correction of the student's logits."""
 
     def __init__(self, temperature: float = 1.0, args: Optional[InBatchArgs] = None) -> None:
         super().__init__(temperature, args)
@@ -205,15 +223,51 @@ class InBatchKD(_CandidateTerm):
             self.freq.update(c.item_ids)
         return c.student - log_q(c, self.freq).unsqueeze(0)
 
+
+@register_loss("inbatch_kd")
+class InBatchKD(_LogQTerm):
+    """Contrastive distillation: KL of the student's candidate softmax (logQ-corrected) from the teacher's."""
+
+    args = InBatchArgs
+    name = "inbatch_kd"
+
     def compute(self, x: KDInputs) -> Tensor:
-        """``T^2 * mean over anchors of KL(softmax(t/T) || softmax((s - log q)/T))``."""
+        """``T^2 * mean over anchors of KL(softmax(t/T) || softmax((s - log q)/T))`` (the rows the teacher scored)."""
         c = _candidates(x, self.name)
         t = self.temperature
-        log_student = F.log_softmax(self.student_logits(c) / t, dim=1)
-        log_teacher = F.log_softmax(c.teacher.detach().to(log_student.dtype) / t, dim=1)
+        corrected = self.student_logits(c)
+        student, teacher, labels, _ = replace(c, student=corrected).taught(x.labels)
+        log_student = F.log_softmax(student / t, dim=1)
+        log_teacher = F.log_softmax(teacher.detach().to(log_student.dtype) / t, dim=1)
         kl = F.kl_div(log_student, log_teacher, reduction="none", log_target=True).sum(dim=1)
-        mask = anchor_mask(x.labels, self.cand_args.anchors, kl.dtype)
+        mask = anchor_mask(labels, self.cand_args.anchors, kl.dtype)
         return (kl * mask).sum() / mask.sum().clamp(min=1.0) * (t * t)
+
+
+@register_loss("inbatch_softmax")
+class InBatchSoftmax(_LogQTerm):
+    """The labels' in-batch softmax: each positive row's own item against the other candidates (logQ-corrected)."""
+
+    args = SoftmaxArgs
+    name = "inbatch_softmax"
+    needs_teacher = False
+
+    def compute(self, x: KDInputs) -> Tensor:
+        """``mean over anchors of -log softmax((s_i - log q) / T)[i]``, accidental hits masked (a label: no T^2)."""
+        c = _candidates(x, self.name, teacher=False)
+        t = self.temperature
+        logits = self.student_logits(c) / t
+        b = logits.shape[0]
+        own = torch.arange(b, device=logits.device)
+        ids = c.item_ids
+        clash = ids.unsqueeze(0) == ids.unsqueeze(1)  # [B, B]: column j holds row i's item
+        clash &= ~torch.eye(b, dtype=torch.bool, device=logits.device)
+        clash &= (ids >= 0).unsqueeze(1)
+        if c.num_random > 0:
+            clash = torch.cat([clash, clash.new_zeros(b, c.num_random)], dim=1)
+        nll = -F.log_softmax(logits.masked_fill(clash, float("-inf")), dim=1)[own, own]
+        mask = anchor_mask(x.labels, self.cand_args.anchors, nll.dtype)
+        return (nll * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 @register_loss("topk_rd")
@@ -231,13 +285,14 @@ class TopKRD(_CandidateTerm):
     def compute(self, x: KDInputs) -> Tensor:
         """``mean over anchors of -sum_r w_r log sigmoid(s[teacher's r-th best])``."""
         c = _candidates(x, self.name)
-        b, n = c.teacher.shape
+        student, teacher, labels, own_col = c.taught(x.labels)
+        a, n = teacher.shape
         k = min(self.cand_args.k, n - 1)
         if k < 1:  # one candidate: nothing besides the row's own item
             return c.student.sum() * 0.0
-        own = F.one_hot(torch.arange(b, device=c.teacher.device), n).bool()
-        top = c.teacher.detach().masked_fill(own, float("-inf")).topk(k, dim=1).indices
-        w = self.weights(k, c.student.dtype, c.student.device)
-        per_row = -(F.logsigmoid(c.student.gather(1, top)) * w).sum(dim=1)
-        mask = anchor_mask(x.labels, self.cand_args.anchors, per_row.dtype)
+        own = F.one_hot(own_col, n).bool()
+        top = teacher.detach().masked_fill(own, float("-inf")).topk(k, dim=1).indices
+        w = self.weights(k, student.dtype, student.device)
+        per_row = -(F.logsigmoid(student.gather(1, top)) * w).sum(dim=1)
+        mask = anchor_mask(labels, self.cand_args.anchors, per_row.dtype)
         return (per_row * mask).sum() / mask.sum().clamp(min=1.0)

@@ -192,7 +192,7 @@ class TwoTower(nn.Module):
 
         Unsharded models only: a sharded EBC fixes its input's key order on its first call (the
         training batches' order), so under DMP pass one tower's keys padded to the training keys
-        in their order (``torchrec_kd.training.retrieval_entry.in_order``), which this returns as is.
+        in their order (``torchrec_kd.distill.candidates.in_order``), which this returns as is.
 
         Args:
             kjt (KeyedJaggedTensor): a batch's features, possibly only one tower's.

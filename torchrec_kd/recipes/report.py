@@ -22,7 +22,7 @@ from torchrec_kd.core.console import FILE_ONLY
 from torchrec_kd.core.layout import RunLayout
 from torchrec_kd.data import build_data
 from torchrec_kd.distributed.env import init_distributed
-from torchrec_kd.errors import CheckpointError, ConfigError, UserError
+from torchrec_kd.errors import CheckpointError, ConfigError, DataError, UserError
 from torchrec_kd.models.build import build_model_from_meta, io_from_meta
 from torchrec_kd.models.saved import load_float_model
 from torchrec_kd.quant.export import load_quantized, read_quantized_meta
@@ -68,7 +68,7 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
         lineage = _lineage(cfg)
         metrics = lineage.current
         data = build_data(cfg.data, cfg.seed, tasks=cfg.tasks)
-        rows = next(iter(data.batches("test", _timing_batch(cfg), num_batches=1)))
+        rows = _timing_rows(data, cfg)
         for name in list(metrics):
             if layout.model_meta(name).is_file() or layout.export_meta(name).is_file():
                 lat = latency_ms(_scorer(layout, name), rows, (1, LATENCY_ROWS))
@@ -105,6 +105,17 @@ def _recorded_run_name(layout: RunLayout, name: str) -> Optional[str]:
         return (read_meta(layout.model(name)).get("config") or {}).get("run_name")
     except UserError:
         return None
+
+
+def _timing_rows(data: Any, cfg: RunConfig) -> Any:
+    """LATENCY_ROWS or more rows to time the models on: test rows, or train rows when the test split is smaller."""
+    for split in ("test", "train"):
+        try:
+            return next(iter(data.batches(split, _timing_batch(cfg), num_batches=1)))
+        except DataError:
+            if split == "train":
+                raise
+    raise AssertionError("unreachable")
 
 
 def _timing_batch(cfg: RunConfig) -> int:

@@ -22,6 +22,7 @@ from torchrec_kd.reporting.summary import (
     entry_tasks,
     gain_sentence,
     is_regression,
+    ranks_label,
     regression_teacher_warning,
     selection_words,
     signed,
@@ -191,10 +192,10 @@ def retrieval_table(metrics: Dict[str, Dict[str, Any]]) -> List[str]:
     for m in have:
         r = metrics[m]["retrieval"]
         cells = ["–" if r.get(c) is None else f"{r[c]:.4f}" for c in cols]
-        ranks = f"{r['candidates']} candidates" if r.get("candidates") is not None else "the whole corpus"
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {r.get('users', '–')} | {ranks} |")
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {r.get('users', '–')} | {ranks_label(r)} |")
     lines += ["", "Test users (leave-last-out), the items each saw in training excluded; recall@K, NDCG@K (binary "
-              "gains), MRR over the full ranking (within the candidates for a ranker re-ranking them).", ""]
+              "gains), MRR over the full ranking. A tower model scores the corpus with its towers; a ranker scores "
+              "every (user, item) pair as a row: the same users, targets and corpus.", ""]
     return lines
 
 

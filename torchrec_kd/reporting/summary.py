@@ -596,7 +596,16 @@ def selection_words(chosen: Optional[str]) -> str:
 # the retrieval metrics summary.md shows (summary.json holds every metric the entries share)
 RETRIEVAL_TABLE = ("recall@20", "ndcg@20")
 # what a "retrieval" entry holds beside metrics
-_RETRIEVAL_COUNTS = ("users", "candidates")
+_RETRIEVAL_COUNTS = ("users", "candidates", "scored")
+
+
+def ranks_label(block: Mapping[str, Any]) -> str:
+    """What a ``retrieval`` block ranked: the whole corpus by towers, pair by pair (a ranker), or N candidates."""
+    if block.get("scored") == "pairs":
+        return "the whole corpus, pair by pair"
+    if block.get("candidates") is not None:
+        return f"{block['candidates']} candidates"
+    return "the whole corpus"
 
 
 def _retrieval_order(name: str) -> Tuple[int, int, str]:
@@ -653,8 +662,9 @@ def summarize_retrieval(runs: Sequence[Mapping[str, Mapping[str, Any]]],
                 continue
             mean, std = mean_std(values)
             models[m] = {"mean": mean, "std": std, "per_seed": values}
-            if per_model[m][0].get("candidates") is not None:
-                models[m]["candidates"] = per_model[m][0]["candidates"]
+            for key in ("candidates", "scored"):
+                if per_model[m][0].get(key) is not None:
+                    models[m][key] = per_model[m][0][key]
         entry: Dict[str, Any] = {"models": models}
         if {"student", "distilled"} <= models.keys() and not not_comparable:
             entry["kd_gain"] = _paired_gain(models["distilled"]["per_seed"], models["student"]["per_seed"])
@@ -689,14 +699,14 @@ def retrieval_markdown(retrieval: Mapping[str, Mapping[str, Any]]) -> List[str]:
         for metric in shown:
             v = retrieval[metric]["models"].get(model)
             cells += [f"{v['mean']:.4f}", sd(v["std"])] if v else ["–", "–"]
-            if v and v.get("candidates") is not None:
-                ranks = f"{v['candidates']} candidates"
+            if v:
+                ranks = ranks_label(v)
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {ranks} |")
     lines.append("")
     for metric in shown:
         for key, label in (("kd_gain", "distilled − student alone"), ("teacher_gap", "teacher − student alone")):
             if retrieval[metric].get(key):
                 lines.append(retrieval_gain_line(metric, retrieval[metric][key], label))
-    lines += ["", "Each test user's last interaction is its target; the whole corpus is scored with the items the "
-              "user saw in training excluded (a ranker re-ranks its candidates instead)."]
+    lines += ["", "Each test user's last interaction is its target; the whole corpus is ranked with the items the "
+              "user saw in training excluded (a tower model by its towers, a ranker pair by pair)."]
     return lines

@@ -24,7 +24,9 @@ from torchrec_kd.core.console import FILE_ONLY
 from torchrec_kd.core.fingerprint import step_fingerprint
 from torchrec_kd.core.layout import RunLayout
 from torchrec_kd.core.tasks import is_multitask
+from torchrec_kd.distill.candidates import has_towers, spec_from_data
 from torchrec_kd.distributed.sharding import add_fused_embedding_optimizer, build_optimizer, planner_constraints, shard
+from torchrec_kd.errors import ConfigError
 from torchrec_kd.models.build import build_model, model_io, model_meta
 from torchrec_kd.models.dlrm import MODEL_PREFIX, count_params, embedding_bytes, make_tables
 from torchrec_kd.models.init import init_weights
@@ -34,6 +36,7 @@ from torchrec_kd.models.train import RankerTrain
 from torchrec_kd.reporting.metrics_file import metrics_table, update_metrics
 from torchrec_kd.training.evaluate import scorer
 from torchrec_kd.training.pipelined_run import PipelinedRun
+from torchrec_kd.training.tower_train import TowerTrain, tower_loss
 from torchrec_kd.training.warm_start import warm_start
 
 logger = logging.getLogger(__name__)
@@ -70,10 +73,18 @@ class TrainModelRun(PipelinedRun):
         self.tables = make_tables(self.model_cfg, self.inputs.sparse_features, self.inputs.num_embeddings)
         # several tasks: [B, T] outputs and the per-task loss; one task: None, the model as it always was
         tasks = self.tasks if is_multitask(self.tasks) else None
-        module = RankerTrain(build_model(self.model_cfg, self.tables, self.inputs.dense_in_features,
-                                         dense_columns=self.inputs.dense_columns, where=self.role, tasks=tasks,
-                                         roles=feature_roles(cfg.data.retrieval)),
-                             model_io(self.model_cfg, tasks))
+        model = build_model(self.model_cfg, self.tables, self.inputs.dense_in_features,
+                            dense_columns=self.inputs.dense_columns, where=self.role, tasks=tasks,
+                            roles=feature_roles(cfg.data.retrieval))
+        io = model_io(self.model_cfg, tasks)
+        if cfg.train.tower_losses and self.role == "student" and not has_towers(model):
+            raise ConfigError(f"train.tower_losses: the student ({self.model_cfg.arch}) has no towers (user_embedding, "
+                              "item_embedding, score_matrix); use arch: two_tower or drop them (a ranker teacher "
+                              "ignores them)")
+        if cfg.train.tower_losses and has_towers(model):  # a retrieval model's own label objective
+            module: RankerTrain = TowerTrain(model, io, tower_loss(cfg), spec_from_data(self.data))
+        else:
+            module = RankerTrain(model, io)
         add_fused_embedding_optimizer(module, cfg.train)
         self.model = shard(module, env, self.local_batch, planner_constraints(cfg.sharding, self.tables, env.device.type))
         init_weights(self.model, cfg.seed, prefix=MODEL_PREFIX)

@@ -7,6 +7,9 @@ plugin with the same three methods) also gets ``"retrieval"``: exact full-corpus
 NDCG@K / HR@K / MRR over the split's leave-last-out users, their seen items excluded
 (:func:`~torchrec_kd.training.retrieval_eval.evaluate_retrieval`), and the selection metric
 (``data.retrieval.select_metric``, e.g. ``recall@20``) at the top level, where model selection reads it.
+A ranker (no towers) gets the same ``"retrieval"`` block at test: every (user, corpus item) pair
+scored as a row (:func:`ranker_corpus_metrics`), so the teacher's ranking of the same corpus is
+measured beside the student's; not at every validation (users x items rows each time).
 
 Example::
 
@@ -15,23 +18,20 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict
 
+import numpy as np
 import torch
 from torch import nn
 from torchrec.datasets.utils import Batch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_kd.config import RunConfig
+from torchrec_kd.distill.candidates import has_towers, in_order
 from torchrec_kd.distributed.env import DistEnv
-from torchrec_kd.training.retrieval_eval import GaucAccumulator, evaluate_retrieval, row_user_ids
+from torchrec_kd.training.retrieval_eval import GaucAccumulator, evaluate_ranker_on_candidates, evaluate_retrieval, row_user_ids
 
-TOWER_METHODS = ("user_embedding", "item_embedding", "score_matrix")
-
-
-def has_towers(model: Any) -> bool:
-    """Whether ``model`` can embed users and items apart (a retrieval model)."""
-    return all(callable(getattr(model, m, None)) for m in TOWER_METHODS)
+# a ranker's full-corpus evaluation scores users x items rows: beyond this, it is skipped (said in the entry)
+RANKER_MAX_PAIRS = 20_000_000
 
 
 def selection_metric(cfg: RunConfig, model: Any) -> str:
@@ -39,19 +39,6 @@ def selection_metric(cfg: RunConfig, model: Any) -> str:
     if cfg.data.retrieval is not None and has_towers(model):
         return cfg.data.retrieval.select_metric
     return cfg.train.early_stopping.metric
-
-
-def in_order(kjt: KeyedJaggedTensor, keys: List[str]) -> KeyedJaggedTensor:
-    """``kjt`` with exactly ``keys`` in that order: the absent ones as empty bags (pooled to zeros)."""
-    if list(kjt.keys()) == keys:
-        return kjt
-    present = kjt.to_dict()
-    rows = kjt.stride()
-    values = [present[k].values() for k in keys if k in present]
-    lengths = [present[k].lengths() if k in present else torch.zeros(rows, dtype=kjt.lengths().dtype,
-                                                                      device=kjt.lengths().device) for k in keys]
-    value = torch.cat(values) if values else kjt.values()[:0]
-    return KeyedJaggedTensor.from_lengths_sync(keys=keys, values=value, lengths=torch.cat(lengths), stride=rows)
 
 
 @torch.no_grad()
@@ -68,7 +55,8 @@ def retrieval_metrics(model: nn.Module, score: Callable[[Batch], torch.Tensor], 
         env (DistEnv): ranks and device.
 
     Returns:
-        Dict[str, Any]: ``gauc``, ``gauc_users``; with towers also ``retrieval`` and the selection metric.
+        Dict[str, Any]: ``gauc``, ``gauc_users``; with towers also ``retrieval`` and the selection metric; a
+        ranker at ``test`` also ``retrieval`` (:func:`ranker_corpus_metrics`, its ``candidates`` = the corpus).
     """
     spec = cfg.data.retrieval
     assert spec is not None
@@ -88,4 +76,41 @@ def retrieval_metrics(model: nn.Module, score: Callable[[Batch], torch.Tensor], 
                                    user_keys=list(data.user_keys))
         out["retrieval"] = found
         out[spec.select_metric] = found[spec.select_metric]
+    elif split == "test":  # a ranker ranks the same whole corpus, row by row (once: at test, not every validation)
+        out.update(ranker_corpus_metrics(score, data, spec.ks, env))
     return out
+
+
+def ranker_corpus_metrics(score: Callable[[Batch], torch.Tensor], data: Any, ks: Any, env: DistEnv,
+                          max_pairs: int = RANKER_MAX_PAIRS) -> Dict[str, Any]:
+    """A ranker's recall@K / NDCG@K / HR@K / MRR over the whole corpus: every (test user, item) pair scored as a row.
+
+    The towers' metrics, on the same users, targets, seen items and corpus, so a ranker teacher
+    and a two-tower student compare on one footing (what a cascade's ranker would retrieve with
+    unlimited compute). Skipped, with ``retrieval_skipped`` saying why, above ``max_pairs`` pairs.
+
+    Args:
+        score (Callable[[Batch], Tensor]): the run's row scorer (logits ``[B]``).
+        data: the run's retrieval log (``corpus()``, ``eval_users("test")``, ``sparse_names``, ``user_keys``).
+        ks: cutoffs (``data.retrieval.ks``).
+        env (DistEnv): ranks and device (collective: every rank calls it).
+        max_pairs (int): the most (user, item) rows scored.
+
+    Returns:
+        Dict[str, Any]: ``{"retrieval": {..., "candidates": N, "scored": "pairs"}}`` or ``{"retrieval_skipped": why}``.
+    """
+    users, corpus = data.eval_users("test"), data.corpus()
+    pairs = len(users.targets) * len(corpus.block)
+    if pairs > max_pairs:
+        return {"retrieval_skipped": f"{len(users.targets)} users x {len(corpus.block)} items = {pairs:,} rows to "
+                                     f"score, more than {max_pairs:,}"}
+    everything = np.broadcast_to(np.arange(len(corpus.block), dtype=np.int64), (len(users.targets), len(corpus.block)))
+
+    def rows(dense: torch.Tensor, kjt: Any) -> torch.Tensor:
+        return score(Batch(dense, kjt, torch.zeros(kjt.stride(), device=dense.device))).reshape(-1)
+
+    found = evaluate_ranker_on_candidates(rows, users, corpus, np.ascontiguousarray(everything), ks,
+                                          keys=list(data.sparse_names), user_keys=list(data.user_keys),
+                                          device=env.device)
+    found["scored"] = "pairs"  # every (user, item) pair as a row: the whole corpus, not a candidate list
+    return {"retrieval": found}

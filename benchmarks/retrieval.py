@@ -1,0 +1,159 @@
+"""Benchmark: the cascade — a DLRM ranker teacher distilled into a two-tower retrieval student, by recall@K.
+
+Teacher / student alone / distilled / int8 / int4, each model at its best validation step (the
+towers on validation recall@20, the ranker on validation AUC), over several seeds, on:
+
+* ``synthetic`` — the planted user-item world (``configs/retrieval_synthetic.yaml``);
+* ``ml_latest_small`` — GroupLens ml-latest-small, rating >= 4 as a positive
+  (``configs/retrieval_ml_latest_small.yaml``).
+
+Every model is judged on the same test users (leave-last-out by time) against the whole item
+corpus, the items each saw in training excluded: the towers by their embeddings, the ranker
+teacher pair by pair. Each data set is one ``experiment`` launch with ``experiment.seeds``; its
+``summary.json`` ``retrieval`` block gives per metric the models' means and the paired
+differences (distilled − alone, teacher − alone) with their 95% intervals. Writes
+``benchmarks/results/retrieval.{json,md}`` with the issue's targets checked and the command::
+
+    python benchmarks/retrieval.py [--only synthetic ml_latest_small] [--seeds 0 1 2] [--nproc 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from distillation import _entries, reused_models  # noqa: E402
+from launch import command_line, run_cli  # noqa: E402
+
+from torchrec_kd.reporting.summary import signed  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+DATA_ROOT = REPO.parent / "shared" / "data"
+
+# data set -> (config, the file it needs under --data-root or None, overrides given that root)
+DATASETS: Dict[str, Tuple[str, Optional[str], Any]] = {
+    "synthetic": ("configs/retrieval_synthetic.yaml", None, lambda root: []),
+    "ml_latest_small": ("configs/retrieval_ml_latest_small.yaml", "ml-latest-small/ratings.csv",
+                        lambda root: [f"data.movielens.path={root / 'ml-latest-small'}"]),
+}
+
+# The issue's targets (issue 26, "Targets"), in one place
+SMALLER = 10.0     # the distilled two-tower's tables >= 10x smaller than the teacher's
+INT8_TOL = 0.005   # int8 item index within 0.005 recall@20 of the fp32 distilled student, every seed
+SHOWN = ("recall@20", "ndcg@20", "recall@100", "mrr")
+
+
+def gain_text(g: Optional[Dict[str, Any]]) -> str:
+    """``+0.0123, 95% CI [+0.0040, +0.0206]: significant`` (or not significant / no interval)."""
+    if not g:
+        return "no pairs"
+    ci = g.get("ci95")
+    if not ci:
+        return f"{signed(g['mean'])} (one seed: no interval)"
+    verdict = ("significant gain" if g["significant"] and g["mean"] > 0 else
+               "significant loss" if g["significant"] else "not significant")
+    return f"{signed(g['mean'])}, 95% CI [{signed(ci[0])}, {signed(ci[1])}]: {verdict}"
+
+
+def seed_entries(out: Path) -> List[Dict[str, Any]]:
+    """Each seed's ``metrics.json`` under ``out`` (``seed_<s>/``)."""
+    return [json.loads(p.read_text()) for p in sorted(out.glob("seed_*/metrics.json"))]
+
+
+def targets(summary: Dict[str, Any], seeds: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """The issue's targets from the summary's ``retrieval`` block and each seed's entries; met None: information."""
+    r = summary.get("retrieval") or {}
+    out: Dict[str, Dict[str, Any]] = {}
+    for metric in ("recall@20", "ndcg@20"):
+        block = r.get(metric, {})
+        gap, gain = block.get("teacher_gap"), block.get("kd_gain")
+        if gap:
+            out[f"{metric}: the ranker teacher (whole corpus, pair by pair) beats the two-tower alone"] = {
+                "value": gain_text(gap), "met": bool(gap["significant"] and gap["mean"] > 0)}
+        if gain:
+            out[f"{metric}: distilled − alone, 95% interval above 0 (else reported not significant)"] = {
+                "value": gain_text(gain), "met": bool(gain["significant"] and gain["mean"] > 0)}
+    ratios = [e["teacher"]["embedding_bytes"] / e["distilled"]["embedding_bytes"] for e in seeds
+              if e.get("teacher", {}).get("embedding_bytes") and e.get("distilled", {}).get("embedding_bytes")]
+    if ratios:
+        out[f"distilled tables >= {SMALLER:g}x smaller than the teacher's (fp32)"] = {
+            "value": f"{min(ratios):.1f}x", "met": min(ratios) >= SMALLER}
+    gaps = [abs(e["distilled_int8"]["retrieval"]["recall@20"] - e["distilled"]["retrieval"]["recall@20"])
+            for e in seeds if "retrieval" in e.get("distilled_int8", {}) and "retrieval" in e.get("distilled", {})]
+    if gaps:
+        out[f"|int8 − fp32| recall@20 <= {INT8_TOL}, every seed"] = {"value": round(max(gaps), 4),
+                                                                     "met": max(gaps) <= INT8_TOL}
+    return out
+
+
+def table(summary: Dict[str, Any]) -> List[str]:
+    """Per model the shown metrics' mean ± std over seeds, and what it ranked."""
+    r = summary.get("retrieval") or {}
+    shown = [m for m in SHOWN if m in r]
+    models: List[str] = []
+    for m in shown:
+        models += [x for x in r[m]["models"] if x not in models]
+    lines = ["| model | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
+    for model in models:
+        cells = []
+        for m in shown:
+            v = r[m]["models"].get(model)
+            cells.append("–" if v is None else f"{v['mean']:.4f}" + ("" if v["std"] is None else f" ± {v['std']:.4f}"))
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", choices=list(DATASETS), help="run only these data sets")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--nproc", type=int, default=1)
+    p.add_argument("--data-root", type=Path, default=DATA_ROOT)
+    p.add_argument("--out", default="outputs/bench_retrieval")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for every data set")
+    a = p.parse_args()
+    previous = json.loads((RESULTS / "retrieval.json").read_text()) if (RESULTS / "retrieval.json").is_file() else {}
+    results: Dict[str, Any] = dict(previous.get("datasets", {})) if a.only else {}
+    for name in a.only or list(DATASETS):
+        config, needs, extra = DATASETS[name]
+        if needs is not None and not (a.data_root / needs).is_file():
+            print(f"{name}: skipped ({a.data_root / needs} is missing)")
+            continue
+        out = REPO / a.out / name
+        overrides = [*extra(a.data_root), "experiment.seeds=[" + ",".join(map(str, a.seeds)) + "]", *a.overrides]
+        before = _entries(out)
+        launch = run_cli("experiment", config, out, a.nproc, overrides)
+        summary = json.loads((out / "summary.json").read_text())
+        reused = reused_models(before, _entries(out))
+        results[name] = {"config": config, "overrides": overrides, "nproc": a.nproc,
+                         "wall_s": None if reused else round(launch, 1), "launch_s": round(launch, 1),
+                         "reused": reused, "date": date.today().isoformat(), "command": command_line(),
+                         "retrieval": summary.get("retrieval"), "seeds": summary.get("seeds"),
+                         "targets": targets(summary, seed_entries(out))}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "retrieval.json").write_text(json.dumps({"datasets": results}, indent=2))
+    md: List[str] = ["# The cascade: ranker teacher → two-tower student (`benchmarks/retrieval.py`)", ""]
+    for name, r in results.items():
+        took = (f"{r['wall_s'] / 60:.1f} min" if r.get("wall_s") is not None else
+                f"reused {len(r.get('reused', []))} models made earlier, launch {r.get('launch_s', 0) / 60:.1f} min")
+        md += [f"## {name} (`{r['config']}`, seeds {r.get('seeds')}, {r['nproc']} rank(s), {took}, {r['date']})", "",
+               f"`{r['command']}`", "", *table({"retrieval": r.get("retrieval")}), ""]
+        for metric in ("recall@20", "ndcg@20"):
+            block = (r.get("retrieval") or {}).get(metric, {})
+            for key, label in (("teacher_gap", "teacher − student alone"), ("kd_gain", "distilled − student alone")):
+                if block.get(key):
+                    md.append(f"- {metric}, {label}: {gain_text(block[key])}")
+        md += [""] + [f"- target — {k}: {t['value']}: " + ("met" if t["met"] else "NOT met")
+                      for k, t in r["targets"].items()] + [""]
+    (RESULTS / "retrieval.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
