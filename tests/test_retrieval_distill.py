@@ -278,3 +278,58 @@ def test_spec_from_data_reads_the_retrieval_declaration_and_corpus() -> None:
     assert list(spec.user_keys) == ["user_id", "user_history"] and list(spec.item_keys) == ["item_id", "genre"]
     assert rows_of(spec.corpus) == [{"item_id": [10], "genre": []}, {"item_id": [11], "genre": [1, 2, 3]}]
     assert spec_from_data(object()) is None
+
+
+def test_inbatch_softmax_is_the_cross_entropy_of_each_positive_rows_own_item() -> None:
+    from torchrec_kd.losses.retrieval_terms import InBatchSoftmax, SoftmaxArgs
+
+    term = InBatchSoftmax(1.0, SoftmaxArgs(logq_correction=False))
+    s = torch.tensor([[2.0, 0.0, 1.0], [0.0, 1.0, 3.0], [1.0, 1.0, 1.0]])
+    x = KDInputs(s.diagonal(), s.diagonal(), torch.tensor([1.0, 1.0, 0.0]),
+                 candidates=CandidateScores(s, None, torch.tensor([10, 11, 12])))
+    want = -(torch.log_softmax(s[0], 0)[0] + torch.log_softmax(s[1], 0)[1]) / 2  # row 2 is no positive
+    assert term.compute(x).item() == pytest.approx(float(want), rel=1e-6)
+    # an accidental hit: row 1's item is also column 0's -> left out of row 1's softmax (and row 0's)
+    x.candidates = CandidateScores(s, None, torch.tensor([11, 11, 12]))
+    want = -(torch.log_softmax(s[0, [0, 2]], 0)[0] + torch.log_softmax(s[1, [1, 2]], 0)[0]) / 2
+    assert term.compute(x).item() == pytest.approx(float(want), rel=1e-6)
+    # a gradient step raises each positive row's own item above the others
+    s = torch.zeros(3, 3, requires_grad=True)
+    term.compute(KDInputs(s.diagonal(), s.diagonal(), torch.ones(3),
+                          candidates=CandidateScores(s, None, torch.tensor([1, 2, 3])))).backward()
+    assert (s.grad.diagonal() < 0).all() and (s.grad.sum(1).abs() < 1e-6).all()
+
+
+def test_the_teacher_scores_only_the_capped_positive_anchors() -> None:
+    args = {"logq_correction": False, "anchors": "positive", "max_anchors": 1}
+    model = distill_model([LossTermConfig("inbatch_kd", 1.0, args=args)])
+    torch.manual_seed(3)
+    student, teacher, c = model.candidates(batch_of(ROWS, [1.0, 0.0, 1.0]))
+    assert c.teacher.shape == (1, 3) and int(c.anchor_rows[0]) in (0, 2)  # one of the two positive rows
+    assert torch.equal(c.teacher[0], TEACHER[int(c.anchor_rows[0])])
+    assert torch.equal(teacher, TEACHER.diagonal())  # every row's own pair is still scored
+    # the term reads the anchor's student row against the teacher's
+    term = model.loss_fn.terms[0]
+    s, t, labels, own = c.taught(torch.tensor([1.0, 0.0, 1.0]))
+    assert torch.equal(s, c.student[c.anchor_rows]) and torch.equal(own, c.anchor_rows)
+    assert term.compute(KDInputs(student, teacher, torch.tensor([1.0, 0.0, 1.0]), candidates=c)).item() >= 0
+
+
+def test_tower_losses_take_only_label_terms_and_need_retrieval_data(tmp_path) -> None:
+    from tests.conftest import REPO, TINY
+    from torchrec_kd.config import load_config
+    from torchrec_kd.core.fingerprint import step_fingerprint
+    from torchrec_kd.losses import check_tower_losses
+
+    with pytest.raises(ConfigError, match="train.tower_losses\\[0\\]: 'inbatch_kd' is not a label-only"):
+        check_tower_losses([LossTermConfig("inbatch_kd", 1.0)], "x.yaml")
+    with pytest.raises(ConfigError, match="train.tower_losses\\[0\\].name: unknown loss 'inbatch_softmx'; did you mean"):
+        check_tower_losses([LossTermConfig("inbatch_softmx", 1.0)], "x.yaml")
+    check_tower_losses([LossTermConfig("inbatch_softmax", 1.0)], "x.yaml")
+    with pytest.raises(ConfigError, match="need data.retrieval"):
+        load_config(TINY, ["train.tower_losses=[{name: inbatch_softmax, weight: 1.0}]"])
+    # no tower objective: a ranking run's fingerprint is the one it always had (no new key)
+    cfg = load_config(TINY, [f"output_dir={tmp_path}"])
+    assert "tower_losses" not in step_fingerprint(cfg, "student")["inputs"]["train"]
+    cfg = load_config(REPO / "configs" / "retrieval_synthetic.yaml", [f"output_dir={tmp_path}"])
+    assert step_fingerprint(cfg, "student")["inputs"]["train"]["tower_losses"][0]["name"] == "inbatch_softmax"
