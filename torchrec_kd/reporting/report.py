@@ -31,6 +31,7 @@ from torchrec_kd.reporting.summary import (
     summarize_task,
     task_gain_sentence,
     task_view,
+    teacher_retrieval_warning,
     teacher_warning,
     validated,
 )
@@ -118,7 +119,7 @@ def kd_summary(metrics: Dict[str, Dict[str, Any]], left_out: Optional[Mapping[st
                          "with the same data and maximum budget.")
     parts += consistency_notes(metrics)
     parts += base_rate_notes(metrics)
-    for warning in (teacher_warning(metrics), budget_warning(metrics)):
+    for warning in (teacher_warning(metrics), teacher_retrieval_warning(metrics), budget_warning(metrics)):
         if warning:
             parts.append(warning)
     stale = stale_exports(metrics)  # never a figure from a stale export (lineage-split metrics have none)
@@ -127,8 +128,13 @@ def kd_summary(metrics: Dict[str, Dict[str, Any]], left_out: Optional[Mapping[st
     if quant and "teacher" in metrics and "distilled" in metrics:
         q = quant[0]
         ratio = metrics["teacher"]["embedding_bytes"] / max(1, metrics[q]["embedding_bytes"])
+        ranked = ""
+        qr, dr = metrics[q].get("retrieval") or {}, metrics["distilled"].get("retrieval") or {}
+        if "recall@20" in qr and "recall@20" in dr:
+            ranked = f" and {signed(qr['recall@20'] - dr['recall@20'])} recall@20"
         parts.append(f"Its {q.split('_')[1]} tables hold {metrics[q]['embedding_bytes']:,} bytes, {ratio:.0f}x less than "
-                     f"the teacher's, for {signed(metrics[q]['auc'] - metrics['distilled']['auc'])} AUC against fp32.")
+                     f"the teacher's, for {signed(metrics[q]['auc'] - metrics['distilled']['auc'])} AUC{ranked} "
+                     "against fp32.")
     return " ".join(parts) if parts else "Not enough models in metrics.json yet to compare."
 
 

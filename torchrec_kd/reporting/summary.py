@@ -125,6 +125,24 @@ def teacher_warning(metrics: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
             "usually helps more.")
 
 
+def teacher_retrieval_warning(metrics: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
+    """A retrieval run's warning when the teacher does not retrieve more than the student alone (test recall@20, one run).
+
+    Args:
+        metrics (Mapping[str, dict]): one run's ``metrics.json``.
+
+    Returns:
+        Optional[str]: the sentence, or None (the teacher retrieves more, or either has no ``retrieval``).
+    """
+    t = (metrics.get("teacher", {}).get("retrieval") or {}).get(HEADLINE_RETRIEVAL)
+    s = (metrics.get("student", {}).get("retrieval") or {}).get(HEADLINE_RETRIEVAL)
+    if t is None or s is None or t > s:
+        return None
+    return (f"The teacher retrieves no more than the student alone (test {HEADLINE_RETRIEVAL} {t:.4f} against {s:.4f} "
+            "over the whole corpus, on one seed): its order over candidates has little to teach the towers; its "
+            "AUC on logged rows does not say how well it retrieves.")
+
+
 _ANNOUNCED: Set[str] = set()
 
 
@@ -527,6 +545,9 @@ def gain_sentence(summary: Mapping[str, Any]) -> str:
                   "its best, so this comparison may reflect the budget rather than distillation (set "
                   "train.eval_every). ")
         kept = "models at their last step where not validated"
+    ranked = (summary.get("retrieval") or {}).get(HEADLINE_RETRIEVAL, {}).get("kd_gain")
+    if ranked is not None:  # a retrieval run is judged by what it retrieves; AUC of the logged rows follows
+        return _retrieval_sentence(ranked, gain, caveat, kept, n)
     if gain["auc_ci95"] is None:
         return (f"{caveat}Distilled − student alone: {signed(gain['auc_mean'])} test AUC on one seed, {kept} — one "
                 "seed has no interval, so this alone is not a result to act on (experiment.seeds=[0,1,2] gives one).")
@@ -537,6 +558,23 @@ def gain_sentence(summary: Mapping[str, Any]) -> str:
     if gain.get("gap_recovered") is not None and gain["significant"] and gain["auc_mean"] > 0:
         text += f" It recovers {gain['gap_recovered']:.0%} of the teacher's lead of {signed(summary['teacher_gap']['auc_mean'])}."
     return text
+
+
+# the retrieval metric a retrieval run's first sentence is about (always reported: 20 is always among the ks)
+HEADLINE_RETRIEVAL = "recall@20"
+
+
+def _retrieval_sentence(ranked: Mapping[str, Any], gain: Mapping[str, Any], caveat: str, kept: str, n: int) -> str:
+    """A retrieval run's first sentence: distilled − alone on test recall@20 over the whole corpus, then AUC."""
+    auc = f" On the logged (user, item) rows: {signed(gain['auc_mean'])} test AUC."
+    if ranked["ci95"] is None:
+        return (f"{caveat}Distilled − student alone: {signed(ranked['mean'])} test {HEADLINE_RETRIEVAL} (the whole "
+                f"corpus) on one seed, {kept} — one seed has no interval, so this alone is not a result to act on "
+                f"(experiment.seeds=[0,1,2] gives one).{auc}")
+    lo, hi = ranked["ci95"]
+    verdict = "significant" if ranked["significant"] else "not significant (the interval includes 0)"
+    return (f"{caveat}Distilled − student alone: {signed(ranked['mean'])} test {HEADLINE_RETRIEVAL} (the whole corpus; "
+            f"95% CI {signed(lo)} to {signed(hi)}, {n} seeds, {kept}): {verdict}.{auc}")
 
 
 def summary_markdown(summary: Mapping[str, Any], title: str) -> str:
