@@ -60,3 +60,6 @@ def test_the_quantized_two_tower_entry_has_gauc_and_recall_too(trained):
     entry = read_metrics(trained.cfg.out_dir / "metrics.json")["student_int8"]
     assert {"gauc", "retrieval", "recall@20"} <= entry.keys()
     assert 0.0 <= entry["retrieval"]["recall@20"] <= 1.0 and entry["recall@20"] == entry["retrieval"]["recall@20"]
+    # the export's int8 item index is judged too: the same users and corpus, the item rows rounded to int8
+    index = entry["retrieval_int8_index"]
+    assert index.keys() == entry["retrieval"].keys() and abs(index["recall@20"] - entry["recall@20"]) <= 0.05

@@ -134,8 +134,8 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
         metrics = evaluate(lambda b: io.logits(qm, b), data.batches(split, cfg.data.batch_size, env.rank, env.world_size),
                            env, local_batch, n * cfg.data.batch_size, tasks=run_tasks(cfg),
                            select=cfg.train.early_stopping.task)
-        if cfg.data.retrieval is not None:  # GAUC; the quantized towers' recall@K over the whole corpus
-            metrics.update(retrieval_metrics(qm, lambda b: io.logits(qm, b), data, split, cfg, env))
+        if cfg.data.retrieval is not None:  # GAUC; the quantized towers' recall@K (fp32 and int8 item index)
+            metrics.update(retrieval_metrics(qm, lambda b: io.logits(qm, b), data, split, cfg, env, int8_index=True))
         return metrics
 
     def finish(name: str, qm: nn.Module, dtype: str, pruning: Optional[Dict[str, TablePruning]] = None,

@@ -24,10 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 from torchrec.datasets.utils import Batch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_kd.config import RunConfig
 from torchrec_kd.distill.candidates import has_towers, in_order
 from torchrec_kd.distributed.env import DistEnv
+from torchrec_kd.quant.item_index import quantize_rows_int8
 from torchrec_kd.training.retrieval_eval import GaucAccumulator, evaluate_ranker_on_candidates, evaluate_retrieval, row_user_ids
 
 # a ranker's full-corpus evaluation scores users x items rows: beyond this, it is skipped (said in the entry)
@@ -43,7 +45,7 @@ def selection_metric(cfg: RunConfig, model: Any) -> str:
 
 @torch.no_grad()
 def retrieval_metrics(model: nn.Module, score: Callable[[Batch], torch.Tensor], data: Any, split: str,
-                      cfg: RunConfig, env: DistEnv) -> Dict[str, Any]:
+                      cfg: RunConfig, env: DistEnv, int8_index: bool = False) -> Dict[str, Any]:
     """GAUC of ``score`` on the split's rows, and the towers' retrieval metrics (collective: every rank calls it).
 
     Args:
@@ -53,6 +55,8 @@ def retrieval_metrics(model: nn.Module, score: Callable[[Batch], torch.Tensor], 
         split (str): ``val`` or ``test``.
         cfg (RunConfig): the run config (``data.retrieval``).
         env (DistEnv): ranks and device.
+        int8_index (bool): towers: also ``retrieval_int8_index``, the same metrics with the item
+            embeddings stored as the export's int8 index stores them (row-wise int8, dequantized).
 
     Returns:
         Dict[str, Any]: ``gauc``, ``gauc_users``; with towers also ``retrieval`` and the selection metric; a
@@ -70,15 +74,26 @@ def retrieval_metrics(model: nn.Module, score: Callable[[Batch], torch.Tensor], 
         # a sharded EBC fixes the key order of its input on the first call (the training batches'): one
         # tower's keys alone are padded to every key of the data, in that order, with empty bags
         keys = list(data.sparse_names)
-        found = evaluate_retrieval(lambda dense, kjt: model.user_embedding(dense, in_order(kjt, keys)),
-                                   lambda kjt: model.item_embedding(in_order(kjt, keys)), model.score_matrix,
-                                   data.eval_users(split), data.corpus(), ks=spec.ks, device=env.device,
-                                   user_keys=list(data.user_keys))
+
+        def towers(items: Callable[[KeyedJaggedTensor], torch.Tensor]) -> Dict[str, float]:
+            return evaluate_retrieval(lambda dense, kjt: model.user_embedding(dense, in_order(kjt, keys)), items,
+                                      model.score_matrix, data.eval_users(split), data.corpus(), ks=spec.ks,
+                                      device=env.device, user_keys=list(data.user_keys))
+
+        found = towers(lambda kjt: model.item_embedding(in_order(kjt, keys)))
         out["retrieval"] = found
         out[spec.select_metric] = found[spec.select_metric]
+        if int8_index:
+            out["retrieval_int8_index"] = towers(lambda kjt: int8_rows(model.item_embedding(in_order(kjt, keys))))
     elif split == "test":  # a ranker ranks the same whole corpus, row by row (once: at test, not every validation)
         out.update(ranker_corpus_metrics(score, data, spec.ks, env))
     return out
+
+
+def int8_rows(rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` as the export's int8 item index holds them: row-wise symmetric int8, dequantized."""
+    q, scale = quantize_rows_int8(rows.float())
+    return q.float() * scale.unsqueeze(1)
 
 
 def ranker_corpus_metrics(score: Callable[[Batch], torch.Tensor], data: Any, ks: Any, env: DistEnv,
