@@ -2,7 +2,9 @@
 
 ``synthetic`` -> ``data/synthetic.py``, ``criteo`` -> ``data/criteo.py`` (and ``preprocess.py``),
 ``movielens`` -> ``data/movielens.py``, ``table`` -> ``data/table.py``. They sit in the config
-layer so a config is checked whole before any reader (or torch) is imported.
+layer so a config is checked whole before any reader (or torch) is imported. Their values are
+checked where they enter, by the loader (``load.py``: ``_check_data_sections``), not here: a
+dataclass built in code is taken as given.
 """
 
 from __future__ import annotations
@@ -35,21 +37,6 @@ class DriftConfig:
     concept_shift: float = 0.05
     # Features with new ids and popularity drift (the "users / items"); the rest keep the static world's.
     features: List[str] = field(default_factory=lambda: ["cat_0", "cat_1"])
-
-    def __post_init__(self) -> None:
-        for name in ("new_ids_per_window", "popularity_shift", "concept_shift"):
-            v = getattr(self, name)
-            if not 0.0 <= v < 1.0:
-                raise ConfigError(f"data.synthetic.drift.{name} must be in [0, 1), got {v}")
-        if self.windows < 2:
-            raise ConfigError(f"data.synthetic.drift.windows must be >= 2 (a window to train on, one to test), "
-                              f"got {self.windows}")
-        if self.rows_per_window < 1:
-            raise ConfigError(f"data.synthetic.drift.rows_per_window must be positive, got {self.rows_per_window}")
-        if self.new_ids_per_window * (self.windows - 1) >= 1.0:
-            raise ConfigError(f"data.synthetic.drift.new_ids_per_window={self.new_ids_per_window} over "
-                              f"{self.windows} windows leaves no ids for window 0; lower it below "
-                              f"{1.0 / (self.windows - 1):.4g}")
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -105,33 +92,6 @@ class WindowsConfig:
     # rows than this digest stops (data/timelines.py: window_rows_digest). Null: not set.
     rows_digest: Optional[str] = None
 
-    def __post_init__(self) -> None:
-        if (self.count is None) == (self.size is None):
-            raise ConfigError("data.windows: set exactly one of count (equal-row windows) or size (a duration "
-                              f"such as 90d), got count={self.count} and size={self.size}")
-        if self.count is not None and self.count < 2:
-            raise ConfigError(f"data.windows.count must be >= 2 (a window to train on, one to test), got {self.count}")
-        if self.size is not None:
-            if self.by != "time":
-                raise ConfigError(f"data.windows.size={self.size!r} needs by: time (a duration cuts a time column); "
-                                  "with by: rows use data.windows.count")
-            duration_seconds(self.size)
-        if self.min_rows < 0:
-            raise ConfigError(f"data.windows.min_rows must be >= 0, got {self.min_rows}")
-        if (self.start is not None or self.min_rows) and self.size is None:
-            raise ConfigError("data.windows.start and min_rows need data.windows.size (count windows split the rows "
-                              "evenly)")
-        if self.start is not None and self.size is None:
-            raise ConfigError("data.windows.start needs data.windows.size (count windows split the rows evenly)")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"data.windows.val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.index is not None and self.index < 0:
-            raise ConfigError(f"data.windows.index must be >= 0 or null, got {self.index}")
-        if self.rare_below < 1:
-            raise ConfigError(f"data.windows.rare_below must be >= 1, got {self.rare_below}")
-        if len(set(self.entities)) != len(self.entities):
-            raise ConfigError(f"data.windows.entities repeats a feature: {self.entities}")
-
 
 @dataclass
 class SyntheticTasksConfig:
@@ -158,19 +118,6 @@ class SyntheticTasksConfig:
     dwell_noise: float = 0.5
     # Fraction of feature pairs interacting in each task's own oracle (null: interaction_density).
     interaction_density: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        for name in ("conversion_share", "like_share", "dwell_share"):
-            if not -1.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"data.synthetic.tasks.{name} must be in [-1, 1], got {getattr(self, name)}")
-        for name in ("conversion_rate", "like_rate"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise ConfigError(f"data.synthetic.tasks.{name} must be in (0, 1), got {getattr(self, name)}")
-        if self.dwell_noise < 0:
-            raise ConfigError(f"data.synthetic.tasks.dwell_noise must be >= 0, got {self.dwell_noise}")
-        if self.interaction_density is not None and not 0.0 <= self.interaction_density <= 1.0:
-            raise ConfigError(f"data.synthetic.tasks.interaction_density must be in [0, 1] or null, "
-                              f"got {self.interaction_density}")
 
 
 @dataclass
@@ -219,16 +166,6 @@ class SyntheticDataConfig:
     tasks: Optional[SyntheticTasksConfig] = None
 
 
-def _check_fraction_pair(where: str, val: float, test: float) -> None:
-    """``val`` and ``test`` fractions must leave rows for training."""
-    for name, v in (("val_fraction", val), ("test_fraction", test)):
-        if not 0.0 <= v < 1.0:
-            raise ConfigError(f"{where}.{name} must be in [0, 1), got {v}")
-    if val + test >= 1.0:
-        raise ConfigError(f"{where}.val_fraction + {where}.test_fraction must be < 1 (rows are left for train), "
-                          f"got {val} + {test}")
-
-
 @dataclass
 class CriteoDataConfig:
     """Criteo click logs: raw TSV (Kaggle ``train.txt``, Terabyte ``day_N``) or TorchRec's ``.npy`` layout.
@@ -261,16 +198,6 @@ class CriteoDataConfig:
     # (1 MiB, ~4,000 rows, measured fastest: the parser's arrays stay in cache).
     chunk_bytes: int = 1 << 20
 
-    def __post_init__(self) -> None:
-        if isinstance(self.num_embeddings, list) and len(self.num_embeddings) != 26:
-            raise ConfigError(f"data.criteo.num_embeddings lists {len(self.num_embeddings)} values; "
-                              "Criteo has 26 categorical features (give one int or 26)")
-        sizes = self.num_embeddings if isinstance(self.num_embeddings, list) else [self.num_embeddings]
-        if min(sizes) <= 0:
-            raise ConfigError(f"data.criteo.num_embeddings must be positive, got {self.num_embeddings}")
-        if self.chunk_bytes < 1024:
-            raise ConfigError(f"data.criteo.chunk_bytes must be at least 1024, got {self.chunk_bytes}")
-
 
 @dataclass
 class MovieLensDataConfig:
@@ -294,14 +221,6 @@ class MovieLensDataConfig:
     # features not named are sized from the data. Ids beyond a table are taken modulo its size.
     num_embeddings: Dict[str, int] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        _check_fraction_pair("data.movielens", self.val_fraction, self.test_fraction)
-        if self.zip_prefix_len < 1:
-            raise ConfigError(f"data.movielens.zip_prefix_len must be >= 1, got {self.zip_prefix_len}")
-        for name, n in self.num_embeddings.items():
-            if n <= 0:
-                raise ConfigError(f"data.movielens.num_embeddings.{name} must be positive, got {n}")
-
 
 @dataclass
 class SparseColumnConfig:
@@ -319,16 +238,6 @@ class SparseColumnConfig:
     # auto: integer ids modulo num_embeddings (negatives wrap), other values hashed;
     # hash: every value hashed as text (spreads sequential ids over the table).
     hashing: Literal["auto", "hash"] = "auto"
-
-    def __post_init__(self) -> None:
-        if not self.column:
-            raise ConfigError("data.table.sparse: every entry needs a 'column'")
-        if self.num_embeddings <= 0:
-            raise ConfigError(f"data.table.sparse[{self.column}].num_embeddings must be positive, got {self.num_embeddings}")
-        if self.separator == "":
-            raise ConfigError(f"data.table.sparse[{self.column}].separator must be a non-empty string or null")
-        if self.max_length is not None and self.max_length < 1:
-            raise ConfigError(f"data.table.sparse[{self.column}].max_length must be >= 1 or null, got {self.max_length}")
 
 
 @dataclass
@@ -363,17 +272,6 @@ class TableDataConfig:
     test_fraction: float = 0.1
     split_seed: int = 0
     shuffle: bool = True
-
-    def __post_init__(self) -> None:
-        _check_fraction_pair("data.table", self.val_fraction, self.test_fraction)
-        if len(self.delimiter) != 1:
-            raise ConfigError(f"data.table.delimiter must be one character, got {self.delimiter!r}")
-        names = [s.name or s.column for s in self.sparse]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ConfigError(f"data.table.sparse: feature names must be unique, repeated: {dup} (set 'name')")
-        if self.label_threshold is None and set(map(str, self.positive)) & set(map(str, self.negative)):
-            raise ConfigError(f"data.table.positive {self.positive} and data.table.negative {self.negative} overlap")
 
 
 @dataclass
@@ -416,28 +314,6 @@ class SyntheticRetrievalConfig:
     num_tags: int = 64
     tags_per_item: int = 3
 
-    def __post_init__(self) -> None:
-        for name in ("num_users", "num_items", "impressions_per_user", "user_segments", "item_categories",
-                     "latent_dim", "cross_dim", "num_tags", "tags_per_item"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"data.retrieval.synthetic.{name} must be >= 1, got {getattr(self, name)}")
-        if self.impressions_per_user * 3 // 2 > self.num_items:
-            raise ConfigError(f"data.retrieval.synthetic.impressions_per_user={self.impressions_per_user}: up to 3/2 "
-                              f"of it distinct items per user, more than num_items={self.num_items}; lower it")
-        if self.tags_per_item > self.num_tags:
-            raise ConfigError(f"data.retrieval.synthetic.tags_per_item={self.tags_per_item} exceeds num_tags="
-                              f"{self.num_tags}")
-        if not 0.0 < self.positive_rate < 1.0:
-            raise ConfigError(f"data.retrieval.synthetic.positive_rate must be in (0, 1), got {self.positive_rate}")
-        if not 0.0 <= self.relevance_share <= 1.0:
-            raise ConfigError(f"data.retrieval.synthetic.relevance_share must be in [0, 1], got {self.relevance_share}")
-        for name in ("spread", "dot_weight", "cross_weight", "bias_weight", "num_dense"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"data.retrieval.synthetic.{name} must be >= 0, got {getattr(self, name)}")
-        if self.dot_weight + self.cross_weight + self.bias_weight == 0 or self.logit_scale <= 0:
-            raise ConfigError("data.retrieval.synthetic: the oracle needs a positive logit_scale and a term with a "
-                              "positive weight (dot_weight, cross_weight, bias_weight)")
-
 
 # The multi-hot feature a retrieval source adds: the user's most recent positive items.
 USER_HISTORY = "user_history"
@@ -457,7 +333,7 @@ class RetrievalDataConfig:
     history_length: int = 20
     # Test / validation users evaluated (null: all), leave-last-out by time.
     eval_users: Optional[int] = None
-    # Cutoffs of recall@K / NDCG@K / HR@K (20 is always among them).
+    # Cutoffs of recall@K / NDCG@K / HR@K (the loader sorts them and adds 20: always among them).
     ks: List[int] = field(default_factory=lambda: [10, 20, 50, 100])
     # The metric that selects a retrieval student's checkpoint.
     select_metric: str = "recall@20"
@@ -467,38 +343,6 @@ class RetrievalDataConfig:
     min_positives: int = 3
     # The synthetic source's user-item world (data.source: synthetic).
     synthetic: SyntheticRetrievalConfig = field(default_factory=SyntheticRetrievalConfig)
-
-    def __post_init__(self) -> None:
-        if self.history_length < 0:
-            raise ConfigError(f"data.retrieval.history_length must be >= 0, got {self.history_length}")
-        if self.eval_users is not None and self.eval_users < 1:
-            raise ConfigError(f"data.retrieval.eval_users must be >= 1 or null (all), got {self.eval_users}")
-        if self.min_positives < 2:
-            raise ConfigError(f"data.retrieval.min_positives must be >= 2 (a val and a test target), "
-                              f"got {self.min_positives}")
-        if not self.ks or min(self.ks) < 1:
-            raise ConfigError(f"data.retrieval.ks must list cutoffs >= 1, got {self.ks}")
-        self.ks = sorted(set(self.ks) | {20})  # recall@20 / ndcg@20 are always reported
-        selectable = ["mrr"] + [f"{m}@{k}" for m in ("recall", "ndcg", "hr") for k in self.ks]
-        if self.select_metric not in selectable:
-            raise ConfigError(f"data.retrieval.select_metric '{self.select_metric}' is not reported; use one of "
-                              f"{', '.join(selectable)} (a cutoff must be in data.retrieval.ks)")
-        both = sorted(set(self.user_features) & set(self.item_features))
-        if both:
-            raise ConfigError(f"data.retrieval: {both} listed in both user_features and item_features; a feature "
-                              "describes one side")
-        if self.history_length == 0 and USER_HISTORY in self.user_features:
-            raise ConfigError(f"data.retrieval.user_features lists {USER_HISTORY} but history_length is 0 (no history "
-                              "feature); remove it or set a history_length")
-        if USER_HISTORY in self.item_features:
-            raise ConfigError(f"data.retrieval.item_features: {USER_HISTORY} is a user feature (the user's past "
-                              "positive items)")
-        if self.item_features and self.item_id not in self.item_features:
-            raise ConfigError(f"data.retrieval.item_id={self.item_id!r} is not in data.retrieval.item_features "
-                              f"{self.item_features}")
-        if self.user_features and self.user_id not in self.user_features:
-            raise ConfigError(f"data.retrieval.user_id={self.user_id!r} is not in data.retrieval.user_features "
-                              f"{self.user_features}")
 
     def user_keys(self) -> List[str]:
         """The user (query) side's sparse features: ``user_features``, ``user_history`` appended when kept and not listed."""

@@ -25,6 +25,20 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
 import yaml
 
+from torchrec_kd.config.data_sources import (
+    USER_HISTORY,
+    CriteoDataConfig,
+    DataConfig,
+    DriftConfig,
+    MovieLensDataConfig,
+    RetrievalDataConfig,
+    SparseColumnConfig,
+    SyntheticRetrievalConfig,
+    SyntheticTasksConfig,
+    TableDataConfig,
+    WindowsConfig,
+    duration_seconds,
+)
 from torchrec_kd.config.schema import DLRM_FAMILY, ModelConfig, RunConfig
 from torchrec_kd.errors import ConfigError
 
@@ -214,6 +228,7 @@ def _set_dotted(tree: Dict[str, Any], dotted: str, value: Any) -> None:
 
 def _check_semantics(cfg: RunConfig, where: str) -> None:
     """Cross-field rules that types alone cannot express."""
+    _check_data_sections(cfg.data, where)
     syn = cfg.data.synthetic
     for name, val in [("data.batch_size", cfg.data.batch_size), ("train.steps", cfg.train.steps),
                       ("data.synthetic.block_rows", syn.block_rows), ("train.teacher_steps", cfg.train.teacher_steps),
@@ -265,6 +280,209 @@ def _check_semantics(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: teacher.table_prefix and student.table_prefix must differ "
                           f"(both '{cfg.student.table_prefix}'): "
                           "both models share one DistributedModelParallel")
+
+
+def _check_data_sections(data: DataConfig, where: str) -> None:
+    """Each ``data`` section's own values (every section, set or default, whichever source reads).
+
+    Sets ``data.retrieval.ks`` in place to its sorted cutoffs with 20 added (always reported).
+    Rules between sections and the source (windows on Criteo, drift features): ``_check_windows``.
+    """
+    if data.synthetic.drift is not None:
+        _check_drift(data.synthetic.drift, where)
+    if data.synthetic.tasks is not None:
+        _check_synthetic_tasks(data.synthetic.tasks, where)
+    _check_criteo(data.criteo, where)
+    _check_movielens(data.movielens, where)
+    _check_table(data.table, where)
+    if data.windows is not None:
+        _check_windows_keys(data.windows, where)
+    if data.retrieval is not None:
+        _check_synthetic_retrieval(data.retrieval.synthetic, where)
+        _check_retrieval(data.retrieval, where)
+
+
+def _check_drift(drift: DriftConfig, where: str) -> None:
+    """``data.synthetic.drift``: shares in [0, 1), two windows or more, ids left for window 0."""
+    for name in ("new_ids_per_window", "popularity_shift", "concept_shift"):
+        v = getattr(drift, name)
+        if not 0.0 <= v < 1.0:
+            raise ConfigError(f"{where}: data.synthetic.drift.{name} must be in [0, 1), got {v}")
+    if drift.windows < 2:
+        raise ConfigError(f"{where}: data.synthetic.drift.windows must be >= 2 (a window to train on, one to test), "
+                          f"got {drift.windows}")
+    if drift.rows_per_window < 1:
+        raise ConfigError(f"{where}: data.synthetic.drift.rows_per_window must be positive, got {drift.rows_per_window}")
+    if drift.new_ids_per_window * (drift.windows - 1) >= 1.0:
+        raise ConfigError(f"{where}: data.synthetic.drift.new_ids_per_window={drift.new_ids_per_window} over "
+                          f"{drift.windows} windows leaves no ids for window 0; lower it below "
+                          f"{1.0 / (drift.windows - 1):.4g}")
+
+
+def _check_windows_keys(win: WindowsConfig, where: str) -> None:
+    """``data.windows`` on its own: count or size, their companions, fractions and counts in range."""
+    if (win.count is None) == (win.size is None):
+        raise ConfigError(f"{where}: data.windows: set exactly one of count (equal-row windows) or size (a duration "
+                          f"such as 90d), got count={win.count} and size={win.size}")
+    if win.count is not None and win.count < 2:
+        raise ConfigError(f"{where}: data.windows.count must be >= 2 (a window to train on, one to test), "
+                          f"got {win.count}")
+    if win.size is not None:
+        if win.by != "time":
+            raise ConfigError(f"{where}: data.windows.size={win.size!r} needs by: time (a duration cuts a time "
+                              "column); with by: rows use data.windows.count")
+        try:
+            duration_seconds(win.size)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    if win.min_rows < 0:
+        raise ConfigError(f"{where}: data.windows.min_rows must be >= 0, got {win.min_rows}")
+    if (win.start is not None or win.min_rows) and win.size is None:
+        raise ConfigError(f"{where}: data.windows.start and min_rows need data.windows.size (count windows split the "
+                          "rows evenly)")
+    if not 0.0 < win.val_fraction < 1.0:
+        raise ConfigError(f"{where}: data.windows.val_fraction must be in (0, 1), got {win.val_fraction}")
+    if win.index is not None and win.index < 0:
+        raise ConfigError(f"{where}: data.windows.index must be >= 0 or null, got {win.index}")
+    if win.rare_below < 1:
+        raise ConfigError(f"{where}: data.windows.rare_below must be >= 1, got {win.rare_below}")
+    if len(set(win.entities)) != len(win.entities):
+        raise ConfigError(f"{where}: data.windows.entities repeats a feature: {win.entities}")
+
+
+def _check_synthetic_tasks(tasks: SyntheticTasksConfig, where: str) -> None:
+    """``data.synthetic.tasks``: shares in [-1, 1], rates in (0, 1), a non-negative dwell noise."""
+    for name in ("conversion_share", "like_share", "dwell_share"):
+        if not -1.0 <= getattr(tasks, name) <= 1.0:
+            raise ConfigError(f"{where}: data.synthetic.tasks.{name} must be in [-1, 1], got {getattr(tasks, name)}")
+    for name in ("conversion_rate", "like_rate"):
+        if not 0.0 < getattr(tasks, name) < 1.0:
+            raise ConfigError(f"{where}: data.synthetic.tasks.{name} must be in (0, 1), got {getattr(tasks, name)}")
+    if tasks.dwell_noise < 0:
+        raise ConfigError(f"{where}: data.synthetic.tasks.dwell_noise must be >= 0, got {tasks.dwell_noise}")
+    if tasks.interaction_density is not None and not 0.0 <= tasks.interaction_density <= 1.0:
+        raise ConfigError(f"{where}: data.synthetic.tasks.interaction_density must be in [0, 1] or null, "
+                          f"got {tasks.interaction_density}")
+
+
+def _check_fraction_pair(where: str, section: str, val: float, test: float) -> None:
+    """``val`` and ``test`` fractions of ``section`` must leave rows for training."""
+    for name, v in (("val_fraction", val), ("test_fraction", test)):
+        if not 0.0 <= v < 1.0:
+            raise ConfigError(f"{where}: {section}.{name} must be in [0, 1), got {v}")
+    if val + test >= 1.0:
+        raise ConfigError(f"{where}: {section}.val_fraction + {section}.test_fraction must be < 1 (rows are left for "
+                          f"train), got {val} + {test}")
+
+
+def _check_criteo(criteo: CriteoDataConfig, where: str) -> None:
+    """``data.criteo``: one table size or 26, all positive; a parse chunk of 1 KiB or more."""
+    if isinstance(criteo.num_embeddings, list) and len(criteo.num_embeddings) != 26:
+        raise ConfigError(f"{where}: data.criteo.num_embeddings lists {len(criteo.num_embeddings)} values; "
+                          "Criteo has 26 categorical features (give one int or 26)")
+    sizes = criteo.num_embeddings if isinstance(criteo.num_embeddings, list) else [criteo.num_embeddings]
+    if min(sizes) <= 0:
+        raise ConfigError(f"{where}: data.criteo.num_embeddings must be positive, got {criteo.num_embeddings}")
+    if criteo.chunk_bytes < 1024:
+        raise ConfigError(f"{where}: data.criteo.chunk_bytes must be at least 1024, got {criteo.chunk_bytes}")
+
+
+def _check_movielens(ml: MovieLensDataConfig, where: str) -> None:
+    """``data.movielens``: split fractions, zip prefix length, positive table sizes."""
+    _check_fraction_pair(where, "data.movielens", ml.val_fraction, ml.test_fraction)
+    if ml.zip_prefix_len < 1:
+        raise ConfigError(f"{where}: data.movielens.zip_prefix_len must be >= 1, got {ml.zip_prefix_len}")
+    for name, n in ml.num_embeddings.items():
+        if n <= 0:
+            raise ConfigError(f"{where}: data.movielens.num_embeddings.{name} must be positive, got {n}")
+
+
+def _check_sparse_column(col: SparseColumnConfig, where: str) -> None:
+    """One ``data.table.sparse`` entry: a column, a positive table size, a usable separator and length."""
+    if not col.column:
+        raise ConfigError(f"{where}: data.table.sparse: every entry needs a 'column'")
+    if col.num_embeddings <= 0:
+        raise ConfigError(f"{where}: data.table.sparse[{col.column}].num_embeddings must be positive, "
+                          f"got {col.num_embeddings}")
+    if col.separator == "":
+        raise ConfigError(f"{where}: data.table.sparse[{col.column}].separator must be a non-empty string or null")
+    if col.max_length is not None and col.max_length < 1:
+        raise ConfigError(f"{where}: data.table.sparse[{col.column}].max_length must be >= 1 or null, "
+                          f"got {col.max_length}")
+
+
+def _check_table(table: TableDataConfig, where: str) -> None:
+    """``data.table``: its sparse columns, split fractions, delimiter, unique features, disjoint label values."""
+    for col in table.sparse:
+        _check_sparse_column(col, where)
+    _check_fraction_pair(where, "data.table", table.val_fraction, table.test_fraction)
+    if len(table.delimiter) != 1:
+        raise ConfigError(f"{where}: data.table.delimiter must be one character, got {table.delimiter!r}")
+    names = [s.name or s.column for s in table.sparse]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"{where}: data.table.sparse: feature names must be unique, repeated: {dup} (set 'name')")
+    if table.label_threshold is None and set(map(str, table.positive)) & set(map(str, table.negative)):
+        raise ConfigError(f"{where}: data.table.positive {table.positive} and data.table.negative {table.negative} "
+                          "overlap")
+
+
+def _check_synthetic_retrieval(world: SyntheticRetrievalConfig, where: str) -> None:
+    """``data.retrieval.synthetic``: sizes >= 1, enough items and tags, rates and weights in range."""
+    key = "data.retrieval.synthetic"
+    for name in ("num_users", "num_items", "impressions_per_user", "user_segments", "item_categories",
+                 "latent_dim", "cross_dim", "num_tags", "tags_per_item"):
+        if getattr(world, name) < 1:
+            raise ConfigError(f"{where}: {key}.{name} must be >= 1, got {getattr(world, name)}")
+    if world.impressions_per_user * 3 // 2 > world.num_items:
+        raise ConfigError(f"{where}: {key}.impressions_per_user={world.impressions_per_user}: up to 3/2 of it "
+                          f"distinct items per user, more than num_items={world.num_items}; lower it")
+    if world.tags_per_item > world.num_tags:
+        raise ConfigError(f"{where}: {key}.tags_per_item={world.tags_per_item} exceeds num_tags={world.num_tags}")
+    if not 0.0 < world.positive_rate < 1.0:
+        raise ConfigError(f"{where}: {key}.positive_rate must be in (0, 1), got {world.positive_rate}")
+    if not 0.0 <= world.relevance_share <= 1.0:
+        raise ConfigError(f"{where}: {key}.relevance_share must be in [0, 1], got {world.relevance_share}")
+    for name in ("spread", "dot_weight", "cross_weight", "bias_weight", "num_dense"):
+        if getattr(world, name) < 0:
+            raise ConfigError(f"{where}: {key}.{name} must be >= 0, got {getattr(world, name)}")
+    if world.dot_weight + world.cross_weight + world.bias_weight == 0 or world.logit_scale <= 0:
+        raise ConfigError(f"{where}: {key}: the oracle needs a positive logit_scale and a term with a positive "
+                          "weight (dot_weight, cross_weight, bias_weight)")
+
+
+def _check_retrieval(r: RetrievalDataConfig, where: str) -> None:
+    """``data.retrieval``: counts in range, cutoffs (sorted, 20 added, in place), a reported select_metric, roles."""
+    if r.history_length < 0:
+        raise ConfigError(f"{where}: data.retrieval.history_length must be >= 0, got {r.history_length}")
+    if r.eval_users is not None and r.eval_users < 1:
+        raise ConfigError(f"{where}: data.retrieval.eval_users must be >= 1 or null (all), got {r.eval_users}")
+    if r.min_positives < 2:
+        raise ConfigError(f"{where}: data.retrieval.min_positives must be >= 2 (a val and a test target), "
+                          f"got {r.min_positives}")
+    if not r.ks or min(r.ks) < 1:
+        raise ConfigError(f"{where}: data.retrieval.ks must list cutoffs >= 1, got {r.ks}")
+    r.ks = sorted(set(r.ks) | {20})  # recall@20 / ndcg@20 are always reported
+    selectable = ["mrr"] + [f"{m}@{k}" for m in ("recall", "ndcg", "hr") for k in r.ks]
+    if r.select_metric not in selectable:
+        raise ConfigError(f"{where}: data.retrieval.select_metric '{r.select_metric}' is not reported; use one of "
+                          f"{', '.join(selectable)} (a cutoff must be in data.retrieval.ks)")
+    both = sorted(set(r.user_features) & set(r.item_features))
+    if both:
+        raise ConfigError(f"{where}: data.retrieval: {both} listed in both user_features and item_features; a "
+                          "feature describes one side")
+    if r.history_length == 0 and USER_HISTORY in r.user_features:
+        raise ConfigError(f"{where}: data.retrieval.user_features lists {USER_HISTORY} but history_length is 0 (no "
+                          "history feature); remove it or set a history_length")
+    if USER_HISTORY in r.item_features:
+        raise ConfigError(f"{where}: data.retrieval.item_features: {USER_HISTORY} is a user feature (the user's past "
+                          "positive items)")
+    if r.item_features and r.item_id not in r.item_features:
+        raise ConfigError(f"{where}: data.retrieval.item_id={r.item_id!r} is not in data.retrieval.item_features "
+                          f"{r.item_features}")
+    if r.user_features and r.user_id not in r.user_features:
+        raise ConfigError(f"{where}: data.retrieval.user_id={r.user_id!r} is not in data.retrieval.user_features "
+                          f"{r.user_features}")
 
 
 def _check_tasks(cfg: RunConfig, where: str) -> None:
