@@ -63,3 +63,4 @@ def test_the_quantized_two_tower_entry_has_gauc_and_recall_too(trained):
     # the export's int8 item index is judged too: the same users and corpus, the item rows rounded to int8
     index = entry["retrieval_int8_index"]
     assert index.keys() == entry["retrieval"].keys() and abs(index["recall@20"] - entry["recall@20"]) <= 0.05
+    assert entry["item_index"]["items"] == 300 and entry["item_index"]["bytes"]["int8"] < entry["item_index"]["bytes"]["fp32"]

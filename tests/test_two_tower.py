@@ -286,7 +286,7 @@ def test_a_retrieval_source_exports_its_corpus_index_and_retrieve_serves_its_eva
     from torchrec_kd.data import build_data
     from torchrec_kd.data.contract import input_contract
     from torchrec_kd.models.registry import feature_roles
-    from torchrec_kd.quant.item_index import corpus_index_files
+    from torchrec_kd.quant.item_index import corpus_index, item_index_files
 
     config = REPO / "configs" / "retrieval_synthetic.yaml"
     cfg = load_config(config, [*SMALL_WORLD, f"output_dir={tmp_path / 'run'}"])
@@ -302,7 +302,7 @@ def test_a_retrieval_source_exports_its_corpus_index_and_retrieve_serves_its_eva
     meta = model_meta(cfg.student, tables, len(data.dense_names), roles=roles)
     contract = input_contract(cfg.data, data.dense_names, data.sparse_names, data.num_embeddings)
     out = save_quantized(qm, tmp_path / "run" / "export" / "student_int8", meta,
-                         extras={**contract_files(contract), **corpus_index_files(qm, data)})
+                         extras={**contract_files(contract), **item_index_files(corpus_index(qm, data))})
     served, users, corpus = torchrec_kd.load_model(out), data.eval_users("test"), data.corpus()
     ids, _ = served.retrieve(users.block, 20, exclude=users.seen)
     # in process: every corpus item scored, the user's seen items out, the top 20

@@ -141,7 +141,7 @@ def _meta(index: ItemIndex) -> Dict[str, Any]:
     integer = np.issubdtype(index.ids.dtype, np.integer)
     return {"format": ITEM_INDEX_FORMAT, "items": len(index), "dim": index.dim, "score": index.score,
             "temperature": index.temperature, "bias": index.bias,
-            "bytes": {"fp32": index.nbytes("fp32"), "int8": index.nbytes("int8")},
+            "bytes": index_summary(index)["bytes"],
             "ids": None if integer else [str(i) for i in index.ids.tolist()]}
 
 
@@ -154,23 +154,28 @@ def item_index_files(index: ItemIndex) -> Dict[str, Callable[[Path], Any]]:
     return {ITEM_INDEX_FILE: lambda f: torch.save(tensors, f), ITEM_INDEX_META: lambda f: f.write_text(text)}
 
 
-def corpus_index_files(model: nn.Module, data: Any) -> Dict[str, Callable[[Path], Any]]:
-    """The item index of ``data``'s corpus as export extras; nothing for a model that is not a two-tower.
+def corpus_index(model: nn.Module, data: Any) -> Optional[ItemIndex]:
+    """The item index of ``data``'s corpus; None for a model that is not a two-tower (or data without a corpus).
 
     Args:
         model (nn.Module): the model being exported (quantized).
         data: the run's data; a retrieval source has ``corpus()`` (``ids``, ``block``, ``sparse_names``).
 
     Returns:
-        Dict[str, Callable[[Path], Any]]: ``{item_index.pt, item_index.json}`` writers, or ``{}``.
+        Optional[ItemIndex]: the index, or None.
     """
     if not is_two_tower(model):
-        return {}
+        return None
     if not callable(getattr(data, "corpus", None)):
         logger.warning("a two-tower export without an item index: the data has no item corpus (set data.retrieval)")
-        return {}
+        return None
     corpus = data.corpus()
-    return item_index_files(compute_item_index(model, corpus.block, corpus.sparse_names, corpus.ids))
+    return compute_item_index(model, corpus.block, corpus.sparse_names, corpus.ids)
+
+
+def index_summary(index: ItemIndex) -> Dict[str, Any]:
+    """What a metrics entry says of an export's item index: items, width, bytes per precision."""
+    return {"items": len(index), "dim": index.dim, "bytes": {"fp32": index.nbytes("fp32"), "int8": index.nbytes("int8")}}
 
 
 def write_item_index(index: ItemIndex, path: Union[str, Path]) -> Path:

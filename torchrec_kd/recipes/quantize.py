@@ -40,7 +40,7 @@ from torchrec_kd.models.build import io_from_meta, meta_tasks
 from torchrec_kd.models.saved import load_float_model
 from torchrec_kd.quant.embeddings import embedding_storage_bytes, quantize_model
 from torchrec_kd.quant.export import contract_with_tasks, export_torchscript, save_quantized
-from torchrec_kd.quant.item_index import corpus_index_files
+from torchrec_kd.quant.item_index import corpus_index, index_summary, item_index_files
 from torchrec_kd.quant.plan import REFERENCE, apply_plan, check_budget, choice_from_json, plan_table, plan_tables
 from torchrec_kd.quant.pruning import TablePruning, id_counts, keep_rows, prune_plan, pruning_table, table_configs
 from torchrec_kd.quant.scoring_head import ScoringHead, head_tasks
@@ -164,7 +164,10 @@ def run(cfg: RunConfig, source: str = "distilled", dtypes: Optional[Sequence[str
                 **contract_files(contract, remaps), TORCHSCRIPT_FILE: lambda f: export_torchscript(program, f)}
             if plan is not None:
                 extras[PLAN_FILE] = lambda f: f.write_text(json.dumps(plan, indent=2))
-            extras.update(corpus_index_files(qm, data))  # a two-tower's item index (docs/retrieval.md)
+            index = corpus_index(qm, data)  # a two-tower's item index (docs/retrieval.md)
+            if index is not None:
+                extras.update(item_index_files(index))
+                entry["item_index"] = index_summary(index)
             # written beside export/<name>, sealed (sizes and hashes, checked on every load), then renamed
             # into place: a killed quantize leaves no export that loads
             save_quantized(qm, target, {**meta, "export_fingerprint": fp}, pruning=pruning, extras=extras)

@@ -199,6 +199,15 @@ def retrieval_table(metrics: Dict[str, Dict[str, Any]]) -> List[str]:
         r = metrics[m]["retrieval"]
         cells = ["–" if r.get(c) is None else f"{r[c]:.4f}" for c in cols]
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {r.get('users', '–')} | {ranks_label(r)} |")
+    for m in have:
+        idx = metrics[m].get("item_index")
+        if idx:
+            lines += ["", f"{m}'s item index: {idx['items']:,} items x {idx['dim']}: {idx['bytes']['fp32']:,} bytes as "
+                      f"fp32, {idx['bytes']['int8']:,} as int8 (row-wise scales)."]
+            if metrics[m].get("retrieval_int8_index") and "recall@20" in metrics[m]["retrieval"]:
+                q = metrics[m]["retrieval_int8_index"]["recall@20"]
+                lines[-1] += (f" Searched with the int8 rows: recall@20 {q:.4f} "
+                              f"({signed(q - metrics[m]['retrieval']['recall@20'])} against the fp32 rows).")
     lines += ["", "Test users (leave-last-out), the items each saw in training excluded; recall@K, NDCG@K (binary "
               "gains), MRR over the full ranking. A tower model scores the corpus with its towers; a ranker scores "
               "every (user, item) pair as a row: the same users, targets and corpus.", ""]
