@@ -1,6 +1,8 @@
 """A retrieval run through the recipes: the sharded two-tower's towers, called apart on one tower's
 features, score each (user, item) row as its own forward does; the entry carries GAUC and recall@K."""
 
+import logging
+
 import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -21,8 +23,26 @@ def trained(tmp_path_factory):
     cfg = load_config(REPO / "configs" / "retrieval_synthetic.yaml", [f"output_dir={out}", *SMALL])
     run = TrainModelRun(cfg, "student")
     run.setup()
-    run.train()
+    lines, log = _Lines(), logging.getLogger("torchrec_kd.training.loop")
+    level = log.level
+    log.addHandler(lines)
+    log.setLevel(logging.INFO)
+    try:
+        run.train()
+    finally:
+        log.removeHandler(lines)
+        log.setLevel(level)
+    run.console = lines.messages
     return run
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
 
 
 def _only(kjt, keys):
@@ -49,6 +69,9 @@ def test_a_retrieval_entry_has_gauc_and_recall_and_selects_on_recall(trained):
     assert {"recall@5", "recall@20", "ndcg@20", "hr@20", "mrr", "users"} <= metrics["retrieval"].keys()
     assert metrics["recall@20"] == metrics["retrieval"]["recall@20"]
     assert trained.selector.metric == "recall@20" and "recall@20" in trained.selector.state.best
+    # the console's validation line shows the metric that selects (a tower model's recall@20), not AUC alone
+    validations = [m for m in trained.console if "| val auc" in m]
+    assert len(validations) == 2 and all(" recall@20 0." in m and "(best recall@20" in m for m in validations)
 
 
 def test_the_quantized_two_tower_entry_has_gauc_and_recall_too(trained):

@@ -116,11 +116,15 @@ def train(pipeline: TrainPipelineSparseDist, batches: Iterator[Batch], steps: in
             model = pipeline.detach()
             metrics = on_eval(step)
             stats.evals.append({"step": step, **metrics})
+            # a selection metric of its own (a retrieval model's recall@20) is shown and logged beside AUC / NE
+            chosen = selector.metric if selector is not None and selector.metric not in ("auc", "ne", "logloss") else None
             if writer is not None:
-                for key in ("auc", "ne", "logloss"):
+                for key in ("auc", "ne", "logloss") + ((chosen,) if chosen in metrics else ()):
                     writer.add_scalar(f"val/{key}", metrics[key], step)
                 writer.flush()
             line += f" | val auc {metrics['auc']:.4f} ne {metrics['ne']:.4f}"
+            if chosen in metrics:
+                line += f" {chosen} {metrics[chosen]:.4f}"
             if selector is not None:
                 if selector.observe(step, metrics) and on_best is not None:
                     on_best(step)
