@@ -729,3 +729,63 @@ def predict(
     flags = ["--model", model, "--out", out, "--split", split, *(["--input", input] if input else []),
              *(["--columns", columns] if columns else [])]
     return _job("predict", locals(), flags=flags)
+
+
+def retrieve(
+    *script_args: str,
+    model: str = "outputs/retrieval_synthetic/export/distilled_int8",
+    out: str = "outputs/retrieval_synthetic/top100.csv",
+    k: int = 100,
+    index: Optional[str] = None,
+    split: str = "test",
+    input: Optional[str] = None,
+    columns: Optional[str] = None,
+    config: str = "configs/retrieval_synthetic.yaml",
+    output_dir: Optional[str] = None,
+    j: str = "1x1",
+    image: str = torchx.IMAGE,
+    python: str = sys.executable,
+    cpu: Optional[int] = None,
+    memMB: Optional[int] = None,
+    gpu: int = 0,
+    h: Optional[str] = None,
+    max_retries: int = 0,
+    env: Optional[Dict[str, str]] = None,
+    name: Optional[str] = None,
+    plugin: Optional[List[str]] = None,
+) -> specs.AppDef:
+    """Each user's top-K items from a two-tower export (exact, or a FAISS index); write CSV (or Parquet).
+
+    Args:
+        script_args: config overrides, dotted key=value (e.g. data.retrieval.eval_users=1000); optional,
+            whatever the "(required)" TorchX prints after this says
+        model: a two-tower export directory (<output_dir>/export/<name>)
+        out: output file, .csv or .parquet
+        k: items per user
+        index: index options: exact (default), or e.g. type=ivf,nlist=1024,nprobe=32 / type=hnsw,m=32
+        split: val or test (the configured data's users, seen items excluded, when no input is given)
+        input: users' raw rows: a file, folder or glob in the model's input format
+        columns: comma-separated input columns copied to the output (ids to join on)
+        config: YAML run config, relative to the job's working directory
+        output_dir: where results go (default outputs/<run_name>)
+        j: {nnodes}x{nproc_per_node}: one process searches (1x1); more processes repeat the search and
+            only process 0 writes
+        image: container image (ignored by local_cwd, which runs in this directory)
+        python: interpreter on the hosts that runs torchrun; the default is the one running torchx
+            (right for local_cwd); use "python" for images
+        cpu: CPUs per node (default 2 without GPUs, 12 per GPU with them)
+        memMB: memory per node in MB (default 8192 without GPUs, 131072 per GPU with them)
+        gpu: GPUs per node, one process each; the search itself runs on CPU
+        h: a registered named resource (overrides cpu/gpu/memMB)
+        max_retries: scheduler restarts on failure
+        env: extra environment variables, e.g. LOGLEVEL=INFO
+        name: job name (default: the command)
+        plugin: modules to import first, comma-separated (e.g. my_pkg.kd): they register model builders
+            and loss terms the config names (--plugin on the CLI)
+
+    Returns:
+        specs.AppDef: the job.
+    """
+    flags = ["--model", model, "--out", out, "--k", str(k), "--split", split, *(["--index", index] if index else []),
+             *(["--input", input] if input else []), *(["--columns", columns] if columns else [])]
+    return _job("retrieve", locals(), flags=flags)

@@ -16,12 +16,13 @@ COMPONENTS = {"train_teacher": "train-teacher", "train_student": "train-student"
               "distill_qat": "distill-qat", "score_teacher": "score-teacher",
               "quantize": "quantize", "experiment": "experiment", "report": "report", "export": "quantize --source distilled",
               "evaluate": "evaluate --source distilled --split test",
-              "predict": "predict --model m --out p.csv --split test"}
+              "predict": "predict --model m --out p.csv --split test",
+              "retrieve": "retrieve --model m --out p.csv --k 100 --split test"}
 
 
 @pytest.mark.parametrize("component", sorted(COMPONENTS))
 def test_each_component_returns_an_appdef_that_runs_the_cli(component):
-    extra = {"model": "m", "out": "p.csv"} if component == "predict" else {}
+    extra = {"model": "m", "out": "p.csv"} if component in ("predict", "retrieve") else {}
     app = getattr(kd, component)("train.steps=3", config="configs/tiny_synthetic.yaml", j="2x4", python="python3",
                                  output_dir="out", max_retries=2, **extra)
     assert isinstance(app, specs.AppDef)

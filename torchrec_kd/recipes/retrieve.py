@@ -139,6 +139,8 @@ def run(cfg: RunConfig, model_dir: str, out: str, input_path: Optional[str] = No
     path = Path(out)
     if path.is_dir():
         raise ConfigError(f"--out {out}: is a directory; name the file to write (e.g. {path / 'topk.csv'})")
+    if int(os.environ.get("RANK", "0")) != 0:  # one process serves; under a launcher with more, only rank 0 works
+        return path
     served = load_model(model_dir)
     served.retriever(opts)  # no item index: stop now, with the reason
     parts = _from_file(served, input_path, k, opts, columns) if input_path else _from_split(cfg, served, split, k, opts)
