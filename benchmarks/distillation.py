@@ -64,6 +64,37 @@ def reused_models(before: Dict[str, str], after: Dict[str, str]) -> List[str]:
     return sorted(k for k, v in after.items() if before.get(k) == v)
 
 
+def launch_experiment(config: str, out: Path, nproc: int, overrides: List[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """One ``experiment`` launch and what a results file records of it.
+
+    ``experiment`` skips models already made with this config: a launch that reused any records
+    ``wall_s: None`` (its partial time is ``launch_s``) and the models in ``reused``.
+
+    Args:
+        config (str): the config file.
+        out (Path): the experiment's output directory.
+        nproc (int): ranks.
+        overrides (List[str]): ``key=value`` overrides (seeds included).
+
+    Returns:
+        Tuple[Dict[str, Any], Dict[str, Any]]: the record (config, overrides, nproc, wall_s, launch_s, reused,
+        date, command) and the launch's ``summary.json``.
+    """
+    before = _entries(out)
+    launch = run_cli("experiment", config, out, nproc, overrides)
+    summary = json.loads((out / "summary.json").read_text())
+    reused = reused_models(before, _entries(out))
+    return ({"config": config, "overrides": overrides, "nproc": nproc, "wall_s": None if reused else round(launch, 1),
+             "launch_s": round(launch, 1), "reused": reused, "date": date.today().isoformat(),
+             "command": command_line()}, summary)
+
+
+def took(r: Dict[str, Any]) -> str:
+    """A record's time for a heading: minutes, or what it reused and its partial launch time."""
+    return (f"{r['wall_s'] / 60:.1f} min" if r.get("wall_s") is not None else
+            f"reused {len(r.get('reused', []))} models made earlier, launch {r.get('launch_s', 0) / 60:.1f} min")
+
+
 def targets(name: str, s: Dict[str, Any], wall_s: Optional[float]) -> Dict[str, Tuple[Any, Optional[bool]]]:
     """The honest-distillation targets of one scenario, each with its measured value and verdict.
 
@@ -139,25 +170,16 @@ def main() -> None:
         out = REPO / a.out / name
         seeds = "experiment.seeds=[" + ",".join(map(str, a.seeds)) + "]"
         overrides = [*COMMON, *extra, seeds, *a.overrides]
-        before = _entries(out)
-        launch = run_cli("experiment", config, out, a.nproc, overrides)
-        summary = json.loads((out / "summary.json").read_text())
-        # experiment skips models already made with this config: their time is not in this launch
-        reused = reused_models(before, _entries(out))
-        wall = None if reused else round(launch, 1)
-        results[name] = {"config": config, "overrides": overrides, "nproc": a.nproc, "wall_s": wall,
-                         "launch_s": round(launch, 1), "reused": reused, "date": date.today().isoformat(),
-                         "command": command_line(), "summary": summary,
-                         "targets": {k: {"value": v, "met": ok} for k, (v, ok) in targets(name, summary, wall).items()}}
+        record, summary = launch_experiment(config, out, a.nproc, overrides)
+        results[name] = {**record, "summary": summary, "targets": {
+            k: {"value": v, "met": ok} for k, (v, ok) in targets(name, summary, record["wall_s"]).items()}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"scenarios": results}, indent=2)
     (RESULTS / "distillation.json").write_text(text)
     (RESULTS / f"distillation-{date.today().isoformat()}.json").write_text(text)
     md = []
     for name, r in results.items():
-        took = (f"{r['wall_s'] / 60:.1f} min" if r.get("wall_s") is not None else
-                f"reused {len(r.get('reused', []))} models made earlier, launch {r.get('launch_s', 0) / 60:.1f} min")
-        md += [f"## {name} (`{r['config']}`, seeds {r['summary']['seeds']}, {r['nproc']} ranks, {took})", "",
+        md += [f"## {name} (`{r['config']}`, seeds {r['summary']['seeds']}, {r['nproc']} ranks, {took(r)})", "",
                f"`{r['command']}`", "", scenario_table(r["summary"]), ""]
         md += [f"- {k}: {t['value']} — {_verdict(t['met'])}" for k, t in r["targets"].items()] + [""]
     (RESULTS / "distillation.md").write_text("\n".join(md))

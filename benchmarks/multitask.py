@@ -22,13 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import date
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distillation import _entries, reused_models  # noqa: E402
-from launch import command_line, run_cli  # noqa: E402
+from distillation import launch_experiment, took  # noqa: E402
 
 from torchrec_kd.reporting.summary import signed  # noqa: E402
 
@@ -121,24 +119,16 @@ def main() -> None:
         out = REPO / a.out / name
         overrides = [*COMMON, *extra(a.data_root), "experiment.seeds=[" + ",".join(map(str, a.seeds)) + "]",
                      *a.overrides]
-        before = _entries(out)
-        launch = run_cli("experiment", config, out, a.nproc, overrides)
-        summary = json.loads((out / "summary.json").read_text())
-        reused = reused_models(before, _entries(out))
+        record, summary = launch_experiment(config, out, a.nproc, overrides)
         targets: Dict[str, Any] = {}
         for task, t in (summary.get("tasks") or {}).items():
             targets.update({k: {"value": v, "met": ok} for k, (v, ok) in task_targets(name, task, t).items()})
-        results[name] = {"config": config, "overrides": overrides, "nproc": a.nproc,
-                         "wall_s": None if reused else round(launch, 1), "launch_s": round(launch, 1),
-                         "reused": reused, "date": date.today().isoformat(), "command": command_line(),
-                         "summary": summary, "targets": targets}
+        results[name] = {**record, "summary": summary, "targets": targets}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "multitask.json").write_text(json.dumps({"datasets": results}, indent=2))
     md: List[str] = ["# Multi-task distillation (`benchmarks/multitask.py`)", ""]
     for name, r in results.items():
-        took = (f"{r['wall_s'] / 60:.1f} min" if r.get("wall_s") is not None else
-                f"reused {len(r.get('reused', []))} models made earlier, launch {r.get('launch_s', 0) / 60:.1f} min")
-        md += [f"## {name} (`{r['config']}`, seeds {r['summary'].get('seeds')}, {r['nproc']} ranks, {took}, "
+        md += [f"## {name} (`{r['config']}`, seeds {r['summary'].get('seeds')}, {r['nproc']} ranks, {took(r)}, "
                f"{r['date']})", "", f"`{r['command']}`", "",
                f"Selection task: {r['summary'].get('selection_task', 'the first task')}.", ""]
         for task, t in (r["summary"].get("tasks") or {}).items():

@@ -22,13 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import date
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distillation import _entries, reused_models  # noqa: E402
-from launch import command_line, run_cli  # noqa: E402
+from distillation import launch_experiment, took  # noqa: E402
 
 from torchrec_kd.reporting.summary import signed  # noqa: E402
 
@@ -133,22 +131,14 @@ def main() -> None:
             continue
         out = REPO / a.out / name
         overrides = [*extra(a.data_root), "experiment.seeds=[" + ",".join(map(str, a.seeds)) + "]", *a.overrides]
-        before = _entries(out)
-        launch = run_cli("experiment", config, out, a.nproc, overrides)
-        summary = json.loads((out / "summary.json").read_text())
-        reused = reused_models(before, _entries(out))
-        results[name] = {"config": config, "overrides": overrides, "nproc": a.nproc,
-                         "wall_s": None if reused else round(launch, 1), "launch_s": round(launch, 1),
-                         "reused": reused, "date": date.today().isoformat(), "command": command_line(),
-                         "retrieval": summary.get("retrieval"), "seeds": summary.get("seeds"),
+        record, summary = launch_experiment(config, out, a.nproc, overrides)
+        results[name] = {**record, "retrieval": summary.get("retrieval"), "seeds": summary.get("seeds"),
                          "targets": targets(summary, seed_entries(out))}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "retrieval.json").write_text(json.dumps({"datasets": results}, indent=2))
     md: List[str] = ["# The cascade: ranker teacher → two-tower student (`benchmarks/retrieval.py`)", ""]
     for name, r in results.items():
-        took = (f"{r['wall_s'] / 60:.1f} min" if r.get("wall_s") is not None else
-                f"reused {len(r.get('reused', []))} models made earlier, launch {r.get('launch_s', 0) / 60:.1f} min")
-        md += [f"## {name} (`{r['config']}`, seeds {r.get('seeds')}, {r['nproc']} rank(s), {took}, {r['date']})", "",
+        md += [f"## {name} (`{r['config']}`, seeds {r.get('seeds')}, {r['nproc']} rank(s), {took(r)}, {r['date']})", "",
                f"`{r['command']}`", "", *table({"retrieval": r.get("retrieval")}), ""]
         for metric in ("recall@20", "ndcg@20"):
             block = (r.get("retrieval") or {}).get(metric, {})
