@@ -96,8 +96,33 @@ def targets(summary: Dict[str, Any], seeds: List[Dict[str, Any]]) -> Dict[str, D
     return out
 
 
-def table(summary: Dict[str, Any]) -> List[str]:
-    """Per model the shown metrics' mean ± std over seeds, and what it ranked."""
+def popularity(config: str, overrides: List[str]) -> Dict[str, float]:
+    """The anchor every retrieval model must beat: each test user's most popular unseen items.
+
+    An item's popularity is how many evaluation users interacted with it in training (their
+    seen items); the same users, targets, exclusions and metrics as the models' (one ranking,
+    seed-independent: the data's split does not depend on the run seed).
+    """
+    import numpy as np
+    import torch
+
+    from torchrec_kd.config import load_config
+    from torchrec_kd.data import build_data
+    from torchrec_kd.training.retrieval_eval import first_target_rank, retrieval_metrics, topk_excluding
+
+    cfg = load_config(REPO / config, [o for o in overrides if not o.startswith("experiment.")])
+    data = build_data(cfg.data, cfg.seed, tasks=cfg.tasks)
+    users, n = data.eval_users("test"), len(data.corpus())
+    counts = np.bincount(np.concatenate(users.seen).astype(np.int64), minlength=n) if users.seen else np.zeros(n)
+    scores = torch.from_numpy(counts.astype(np.float32)).expand(len(users), n)
+    assert cfg.data.retrieval is not None
+    width = max(cfg.data.retrieval.ks)
+    return retrieval_metrics(topk_excluding(scores, users.seen, width), users.targets, cfg.data.retrieval.ks,
+                             first_target_rank(scores, users.seen, users.targets))
+
+
+def table(summary: Dict[str, Any], anchor: Optional[Dict[str, float]] = None) -> List[str]:
+    """Per model the shown metrics' mean ± std over seeds; the popularity anchor last."""
     r = summary.get("retrieval") or {}
     shown = [m for m in SHOWN if m in r]
     models: List[str] = []
@@ -110,6 +135,9 @@ def table(summary: Dict[str, Any]) -> List[str]:
             v = r[m]["models"].get(model)
             cells.append("–" if v is None else f"{v['mean']:.4f}" + ("" if v["std"] is None else f" ± {v['std']:.4f}"))
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    if anchor:
+        lines.append("| most popular unseen (anchor) | " + " | ".join(
+            "–" if anchor.get(m) is None else f"{anchor[m]:.4f}" for m in shown) + " |")
     return lines
 
 
@@ -133,13 +161,13 @@ def main() -> None:
         overrides = [*extra(a.data_root), "experiment.seeds=[" + ",".join(map(str, a.seeds)) + "]", *a.overrides]
         record, summary = launch_experiment(config, out, a.nproc, overrides)
         results[name] = {**record, "retrieval": summary.get("retrieval"), "seeds": summary.get("seeds"),
-                         "targets": targets(summary, seed_entries(out))}
+                         "popularity": popularity(config, overrides), "targets": targets(summary, seed_entries(out))}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "retrieval.json").write_text(json.dumps({"datasets": results}, indent=2))
     md: List[str] = ["# The cascade: ranker teacher → two-tower student (`benchmarks/retrieval.py`)", ""]
     for name, r in results.items():
         md += [f"## {name} (`{r['config']}`, seeds {r.get('seeds')}, {r['nproc']} rank(s), {took(r)}, {r['date']})", "",
-               f"`{r['command']}`", "", *table({"retrieval": r.get("retrieval")}), ""]
+               f"`{r['command']}`", "", *table({"retrieval": r.get("retrieval")}, r.get("popularity")), ""]
         for metric in ("recall@20", "ndcg@20"):
             block = (r.get("retrieval") or {}).get(metric, {})
             for key, label in (("teacher_gap", "teacher − student alone"), ("kd_gain", "distilled − student alone")):
