@@ -164,6 +164,12 @@ def main() -> None:
                          "popularity": popularity(config, overrides), "targets": targets(summary, seed_entries(out))}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "retrieval.json").write_text(json.dumps({"datasets": results}, indent=2))
+    (RESULTS / "retrieval.md").write_text(render(results))
+    print(render(results))
+
+
+def render(results: Dict[str, Any]) -> str:
+    """``retrieval.md``: per data set the table, the paired differences and the targets."""
     md: List[str] = ["# The cascade: ranker teacher → two-tower student (`benchmarks/retrieval.py`)", ""]
     for name, r in results.items():
         md += [f"## {name} (`{r['config']}`, seeds {r.get('seeds')}, {r['nproc']} rank(s), {took(r)}, {r['date']})", "",
@@ -176,9 +182,7 @@ def main() -> None:
         md += [""] + [f"- target — {k}: {t['value']}: " + ("information" if t["met"] is None else
                                                             "met" if t["met"] else "NOT met")
                       for k, t in r["targets"].items()] + [""]
-    (RESULTS / "retrieval.md").write_text("\n".join(md))
-    print("\n".join(md))
-
+    return "\n".join(md)
 
 if __name__ == "__main__":
     main()
