@@ -251,10 +251,10 @@ def test_rank_shares_sum_to_the_one_rank_numbers(monkeypatch) -> None:
                                                keys=["user_id", "item_id"], batch_rows=8)
     means = re_._means
     monkeypatch.setattr(re_, "_means", lambda sums: dict(sums))  # each simulated rank returns its raw sums
-    monkeypatch.setattr(re_, "_all_reduce_sums", lambda sums, keys, device: {k: sums[k] for k in keys})
+    monkeypatch.setattr(re_, "_all_reduce_sums", lambda sums, keys, device, collective=True: {k: sums[k] for k in keys})
     shares, calls = [], []
     for rank in (0, 1):
-        monkeypatch.setattr(re_, "_rank_world", lambda rank=rank: (rank, 2))
+        monkeypatch.setattr(re_, "_rank_world", lambda collective=True, rank=rank: (rank, 2))
         counting = lambda dense, kjt, rank=rank: (calls.append(rank), fns[0](dense, kjt))[1]  # noqa: E731
         shares.append((evaluate_retrieval(counting, fns[1], fns[2], users, corpus, ks=[1, 3], batch_users=3),
                        evaluate_ranker_on_candidates(_ranker(scores), users, corpus, cand, ks=[1, 3],

@@ -58,6 +58,17 @@ def _cascade(rank, world_size, out):
     result["random_max_diff"] = float((scores.student[:, b:] - forward).abs().max())
     result["teacher_rows"] = tuple(scores.teacher.shape)
     result["positives"] = int((batch.labels > 0).sum())
+    from torchrec_kd.recipes import report
+
+    result["reported"] = report.run(cfg)  # the cascade: the teacher re-ranks each tower's top 20 (rank 0)
+    # the cascade's consistency: a "ranker" that is the student's own forward keeps the student's order
+    if rank == 0:
+        from torchrec_kd.models.saved import load_float_model
+        from torchrec_kd.training.cascade_eval import cascade_metrics
+
+        towers, _ = load_float_model(cfg.out_dir / "student")
+        result["self_cascade"] = cascade_metrics(lambda b: towers(b.dense_features, b.sparse_features), towers,
+                                                 run.data, cfg.data.retrieval.ks)
     return result
 
 
@@ -91,3 +102,25 @@ def test_sharded_item_tower_scores_random_items_as_the_forward_does(cascade):
         assert r["random_max_diff"] < 1e-4
         # the teacher scored the capped positive anchors against every candidate (local batch 64 + 32 random)
         assert r["teacher_rows"] == (min(16, r["positives"]), 64 + 32)
+
+
+def test_the_teacher_re_ranks_each_towers_top_k_in_the_report(cascade):
+    from torchrec_kd.reporting.summary import summarize
+
+    reported = cascade[0]["reported"]
+    for name in ("student", "distilled"):
+        c = reported[name]["cascade"]
+        assert c["scored"] == "cascade" and c["candidates"] == 20 and c["users"] == reported[name]["retrieval"]["users"]
+        # the same candidates: at the depth re-ranked, the set (so recall@20) is the tower's own
+        assert c["recall@20"] == pytest.approx(reported[name]["retrieval"]["recall@20"])
+    assert "cascade" not in reported["teacher"]
+    summary = summarize({0: reported})["retrieval"]["recall@5"]
+    assert summary["cascade"]["student"]["mean"] == reported["student"]["cascade"]["recall@5"]
+    assert summary["cascade_gap"]["mean"] == pytest.approx(reported["student"]["cascade"]["recall@5"]
+                                                           - reported["student"]["retrieval"]["recall@5"])
+
+
+def test_a_ranker_that_is_the_towers_own_score_keeps_their_order(cascade):
+    own, alone = cascade[0]["self_cascade"], cascade[0]["student"]["retrieval"]
+    for k in ("recall@5", "recall@20", "ndcg@5", "ndcg@20", "hr@5"):
+        assert own[k] == pytest.approx(alone[k], abs=1e-9), k

@@ -10,7 +10,7 @@ directory holding no model of this config's lineage is refused. Other ranks wait
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -21,6 +21,7 @@ from torchrec_kd.config import RunConfig
 from torchrec_kd.core.console import FILE_ONLY
 from torchrec_kd.core.layout import RunLayout
 from torchrec_kd.data import build_data
+from torchrec_kd.distill.candidates import has_towers
 from torchrec_kd.distributed.env import init_distributed
 from torchrec_kd.errors import CheckpointError, ConfigError, DataError, UserError
 from torchrec_kd.models.build import build_model_from_meta, io_from_meta
@@ -30,6 +31,7 @@ from torchrec_kd.reporting.latency import latency_ms
 from torchrec_kd.reporting.lineage import Lineage, split_lineage
 from torchrec_kd.reporting.metrics_file import read_metrics, update_metrics
 from torchrec_kd.reporting.report import write_report
+from torchrec_kd.training.cascade_eval import cascade_metrics
 
 logger = logging.getLogger(__name__)
 LATENCY_ROWS = 1024
@@ -68,6 +70,8 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
         lineage = _lineage(cfg)
         metrics = lineage.current
         data = build_data(cfg.data, cfg.seed, tasks=cfg.tasks)
+        if cfg.data.retrieval is not None:
+            metrics = _cascades(layout, metrics, data, cfg.data.retrieval.ks)
         rows = _timing_rows(data, cfg)
         for name in list(metrics):
             if layout.model_meta(name).is_file() or layout.export_meta(name).is_file():
@@ -77,6 +81,24 @@ def run(cfg: RunConfig) -> Dict[str, Any]:
         paths = write_report(metrics, out, cfg.run_name, left_out=lineage.left_out)
         logger.info("%s\nwrote %s", layout.report_md.read_text().rstrip(), ", ".join(str(p) for p in paths))
     dist.barrier()
+    return metrics
+
+
+def _cascades(layout: RunLayout, metrics: Dict[str, Any], data: Any, ks: Sequence[int]) -> Dict[str, Any]:
+    """A retrieval run's cascade: the teacher re-ranking each tower student's top-max(ks), merged as ``cascade``."""
+    if "teacher" not in metrics or not layout.model_meta("teacher").is_file():
+        return metrics
+    ranker = _scorer(layout, "teacher")
+    for name in ("student", "distilled"):
+        if name not in metrics or not layout.model_meta(name).is_file():
+            continue
+        towers, _ = load_float_model(layout.model(name))
+        if has_towers(towers):
+            found = cascade_metrics(ranker, towers, data, ks)
+            metrics[name] = update_metrics(layout.root, name, {**metrics[name], "cascade": found})[name]
+            logger.info("%s's top %d re-ranked by the teacher: recall@20 %.4f (alone %.4f)", name, found["candidates"],
+                        found.get("recall@20", float("nan")),
+                        (metrics[name].get("retrieval") or {}).get("recall@20", float("nan")), extra=FILE_ONLY)
     return metrics
 
 

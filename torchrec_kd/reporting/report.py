@@ -117,6 +117,11 @@ def kd_summary(metrics: Dict[str, Dict[str, Any]], left_out: Optional[Mapping[st
         if comparable(metrics):
             parts.append(f"Test AUC {s['auc']:.4f} alone ({_kept(s)}) and {d['auc']:.4f} distilled ({_kept(d)}), "
                          "with the same data and maximum budget.")
+    cascade = (metrics.get("student") or {}).get("cascade") or {}
+    alone = (metrics.get("student") or {}).get("retrieval") or {}
+    if "recall@20" in cascade and "recall@20" in alone:
+        parts.append(f"The teacher re-ranking the student alone's top {cascade['candidates']} (the cascade): recall@20 "
+                     f"{cascade['recall@20']:.4f} against {alone['recall@20']:.4f} in the student's own order.")
     parts += consistency_notes(metrics)
     parts += base_rate_notes(metrics)
     for warning in (teacher_warning(metrics), teacher_retrieval_warning(metrics), budget_warning(metrics)):
@@ -199,6 +204,12 @@ def retrieval_table(metrics: Dict[str, Dict[str, Any]]) -> List[str]:
         r = metrics[m]["retrieval"]
         cells = ["–" if r.get(c) is None else f"{r[c]:.4f}" for c in cols]
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {r.get('users', '–')} | {ranks_label(r)} |")
+    for m in have:  # the cascade: the teacher re-ranking this tower model's own candidates
+        c = metrics[m].get("cascade")
+        if isinstance(c, Mapping):
+            cells = ["–" if c.get(col) is None else f"{c[col]:.4f}" for col in cols]
+            lines.append(f"| {m} → teacher | " + " | ".join(cells) + f" | {c.get('users', '–')} | {m}'s top "
+                         f"{c.get('candidates')}, re-ranked by the teacher |")
     for m in have:
         idx = metrics[m].get("item_index")
         if idx:

@@ -708,7 +708,24 @@ def summarize_retrieval(runs: Sequence[Mapping[str, Mapping[str, Any]]],
             entry["kd_gain"] = _paired_gain(models["distilled"]["per_seed"], models["student"]["per_seed"])
         if {"student", "teacher"} <= models.keys():
             entry["teacher_gap"] = _paired_gain(models["teacher"]["per_seed"], models["student"]["per_seed"])
+        cascade = _cascade_block(runs, metric)
+        if cascade:
+            entry["cascade"] = cascade
+            if "student" in cascade and "student" in models:  # the teacher's order of the student's own candidates
+                entry["cascade_gap"] = _paired_gain(cascade["student"]["per_seed"], models["student"]["per_seed"])
         out[metric] = entry
+    return out
+
+
+def _cascade_block(runs: Sequence[Mapping[str, Mapping[str, Any]]], metric: str) -> Dict[str, Any]:
+    """Per tower model whose entries carry ``cascade`` on every seed: the metric's mean, std, per seed, depth."""
+    out: Dict[str, Any] = {}
+    for m in SUMMARY_MODELS:
+        values = [((r.get(m) or {}).get("cascade") or {}).get(metric) for r in runs]
+        if runs and all(isinstance(v, (int, float)) for v in values):
+            mean, std = mean_std(values)
+            out[m] = {"mean": mean, "std": std, "per_seed": values,
+                      "candidates": runs[0][m]["cascade"].get("candidates"), "scored": "cascade"}
     return out
 
 
@@ -740,9 +757,18 @@ def retrieval_markdown(retrieval: Mapping[str, Mapping[str, Any]]) -> List[str]:
             if v:
                 ranks = ranks_label(v)
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {ranks} |")
+    for model in [m for m in SUMMARY_MODELS if any(m in retrieval[x].get("cascade", {}) for x in shown)]:
+        cells = []
+        for metric in shown:
+            v = retrieval[metric].get("cascade", {}).get(model)
+            cells += [f"{v['mean']:.4f}", sd(v["std"])] if v else ["–", "–"]
+            depth = v["candidates"] if v else "?"
+        lines.append(f"| {model} → teacher | " + " | ".join(cells) + f" | the {model}'s top {depth}, re-ranked by the "
+                     "teacher |")
     lines.append("")
     for metric in shown:
-        for key, label in (("kd_gain", "distilled − student alone"), ("teacher_gap", "teacher − student alone")):
+        for key, label in (("kd_gain", "distilled − student alone"), ("teacher_gap", "teacher − student alone"),
+                           ("cascade_gap", "teacher re-ranking the student's candidates − student alone")):
             if retrieval[metric].get(key):
                 lines.append(retrieval_gain_line(metric, retrieval[metric][key], label))
     lines += ["", "Each test user's last interaction is its target; the whole corpus is ranked with the items the "

@@ -280,16 +280,17 @@ def retrieval_metrics(topk_idx: torch.Tensor, targets: Sequence[Indices], ks: Se
     return _means(retrieval_sums(topk_idx, targets, ks, first_rank))
 
 
-def _rank_world() -> Tuple[int, int]:
-    """This process's rank and the world size (0, 1 without a process group)."""
-    if dist.is_available() and dist.is_initialized():
+def _rank_world(collective: bool = True) -> Tuple[int, int]:
+    """This process's rank and the world size (0, 1 without a process group, or when not ``collective``)."""
+    if collective and dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
-def _all_reduce_sums(sums: Dict[str, float], keys: Sequence[str], device: torch.device) -> Dict[str, float]:
+def _all_reduce_sums(sums: Dict[str, float], keys: Sequence[str], device: torch.device,
+                     collective: bool = True) -> Dict[str, float]:
     """The sums of every rank (float64, in a fixed key order)."""
-    _, world = _rank_world()
+    _, world = _rank_world(collective)
     if world == 1:
         return {k: sums.get(k, 0.0) for k in keys}
     # gloo reduces CPU tensors, nccl device tensors: the device the model scores on
@@ -387,6 +388,40 @@ def evaluate_retrieval(user_embed_fn: UserEmbedFn, item_embed_fn: ItemEmbedFn, s
     return _means(_all_reduce_sums(totals, metric_keys(ks), device))
 
 
+@torch.no_grad()
+def tower_top_k(user_embed_fn: UserEmbedFn, item_embed_fn: ItemEmbedFn, score_fn: ScoreFn, eval_users: Any,
+                corpus: Any, k: int, batch_users: int = 256, *, user_keys: Optional[Sequence[str]] = None,
+                device: Optional[torch.device] = None) -> torch.Tensor:
+    """Every evaluation user's top-``k`` corpus items by a two-tower, seen items excluded (this process, all users).
+
+    The candidates a cascade's ranker re-orders (:func:`evaluate_ranker_on_candidates`).
+
+    Args:
+        user_embed_fn (UserEmbedFn): ``(dense, kjt) -> [b, d]``.
+        item_embed_fn (ItemEmbedFn): ``kjt -> [b, d]``.
+        score_fn (ScoreFn): ``(u, v) -> [b, N]``.
+        eval_users: an ``EvalUsers``.
+        corpus: an ``ItemCorpus``.
+        k (int): candidates per user.
+        batch_users (int): users per matmul.
+        user_keys (Optional[Sequence[str]]): the users' sparse names (default ``eval_users.sparse_names``).
+        device (Optional[torch.device]): where the model runs (default: CPU).
+
+    Returns:
+        Tensor: int64 ``[U, k]`` corpus indices, best first (``-1`` past a user's unseen items), on CPU.
+    """
+    device = device or torch.device("cpu")
+    keys = _user_keys(eval_users, user_keys)
+    items = corpus_embeddings(item_embed_fn, corpus, device=device)
+    parts = []
+    for a in range(0, len(eval_users.targets), batch_users):
+        rows = np.arange(a, min(a + batch_users, len(eval_users.targets)))
+        batch = eval_users.block.take(rows).to_batch(keys)
+        scores = score_fn(user_embed_fn(batch.dense_features.to(device), batch.sparse_features.to(device)), items)
+        parts.append(topk_excluding(scores, [eval_users.seen[r] for r in rows], k).cpu())
+    return torch.cat(parts) if parts else torch.zeros(0, k, dtype=torch.int64)
+
+
 # ---------------------------------------------------------------- a ranker on candidates
 
 
@@ -428,7 +463,8 @@ def join_rows(users: RowBlock, user_keys: Sequence[str], user_rows: np.ndarray, 
 def evaluate_ranker_on_candidates(score_rows_fn: ScoreRowsFn, users: Any, corpus: Any,
                                   candidates: Union[torch.Tensor, np.ndarray], ks: Sequence[int] = DEFAULT_KS, *,
                                   keys: Sequence[str], user_keys: Optional[Sequence[str]] = None,
-                                  batch_rows: int = 8192, device: Optional[torch.device] = None) -> Dict[str, float]:
+                                  batch_rows: int = 8192, device: Optional[torch.device] = None,
+                                  collective: bool = True) -> Dict[str, float]:
     """Retrieval metrics of a ranker re-ordering each user's candidates (e.g. a two-tower's top 100).
 
     Each (user, candidate) pair becomes one row (:func:`join_rows`) scored by the ranker; the
@@ -446,6 +482,8 @@ def evaluate_ranker_on_candidates(score_rows_fn: ScoreRowsFn, users: Any, corpus
         user_keys (Optional[Sequence[str]]): the users' sparse names (default ``users.sparse_names``).
         batch_rows (int): (user, item) rows per ranker call (whole users: at least one user's candidates).
         device (Optional[torch.device]): where the ranker runs (default: CPU).
+        collective (bool): every rank calls it and scores a share; False: this process alone scores
+            every user (an unsharded ranker on one rank).
 
     Returns:
         Dict[str, float]: :func:`metric_keys` and ``candidates`` (C), the same on every rank.
@@ -457,7 +495,7 @@ def evaluate_ranker_on_candidates(score_rows_fn: ScoreRowsFn, users: Any, corpus
     if cand.dim() != 2 or len(cand) != len(users.targets):
         raise ValueError(f"candidates must be [users, C] for {len(users.targets)} users, got {tuple(cand.shape)}")
     num_cand = cand.shape[1]
-    rank, world = _rank_world()
+    rank, world = _rank_world(collective)
     share = rank_share(len(users.targets), rank, world)
     per_call = max(1, batch_rows // max(1, num_cand))
     totals = dict.fromkeys(metric_keys(ks), 0.0)
@@ -479,7 +517,7 @@ def evaluate_ranker_on_candidates(score_rows_fn: ScoreRowsFn, users: Any, corpus
         targets = [users.targets[r] if ok else () for r, ok in zip(rows, real)]
         for k, v in retrieval_sums(ranked, targets, ks).items():
             totals[k] += v
-    result = _means(_all_reduce_sums(totals, metric_keys(ks), device))
+    result = _means(_all_reduce_sums(totals, metric_keys(ks), device, collective))
     result["candidates"] = int(num_cand)
     return result
 
