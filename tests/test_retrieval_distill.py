@@ -188,7 +188,7 @@ def test_anchors_positive_counts_only_positive_rows() -> None:
 
 
 def test_topk_rd_weights_and_value() -> None:
-    term = TopKRD(1.0, TopKArgs(k=2, lam=1.0))
+    term = TopKRD(1.0, TopKArgs(k=2, lam=1.0, negatives="inbatch+random", num_random=2))
     w = term.weights(2, torch.float64, torch.device("cpu"))
     assert torch.allclose(w, torch.tensor([math.exp(-1), math.exp(-2)], dtype=torch.float64) / (math.exp(-1) + math.exp(-2)))
     teacher = torch.tensor([[9.0, 1.0, 3.0, 2.0], [5.0, 0.0, 1.0, 4.0]])  # own items (columns 0, 1) excluded
@@ -225,8 +225,8 @@ def test_refusals_are_one_line_config_errors() -> None:
         distill_model(term, spec=None)
     with pytest.raises(ConfigError, match="towers"):
         distill_model(term, student=nn.Linear(1, 1))
-    with pytest.raises(ConfigError, match="same args.negatives"):
-        distill_model([LossTermConfig("inbatch_kd", 1.0),
+    with pytest.raises(ConfigError, match="different numbers of random items"):
+        distill_model([LossTermConfig("inbatch_kd", 1.0, args={"negatives": "inbatch+random", "num_random": 3}),
                        LossTermConfig("topk_rd", 1.0, args={"negatives": "inbatch+random", "num_random": 2})])
     with pytest.raises(ConfigError, match="no item corpus"):
         distill_model([LossTermConfig("inbatch_kd", 1.0, args={"negatives": "inbatch+random", "num_random": 2})])
@@ -333,3 +333,19 @@ def test_tower_losses_take_only_label_terms_and_need_retrieval_data(tmp_path) ->
     assert "tower_losses" not in step_fingerprint(cfg, "student")["inputs"]["train"]
     cfg = load_config(REPO / "configs" / "retrieval_synthetic.yaml", [f"output_dir={tmp_path}"])
     assert step_fingerprint(cfg, "student")["inputs"]["train"]["tower_losses"][0]["name"] == "inbatch_softmax"
+
+
+def test_an_inbatch_teacher_term_beside_a_random_label_term_scores_only_in_batch_columns() -> None:
+    corpus = kjt_of([{"item_id": [10 + k], "genre": [k]} for k in range(3)], ITEM_KEYS)
+    spec = CandidateSpec(USER_KEYS, ITEM_KEYS, "item_id", corpus)
+    model = distill_model([LossTermConfig("inbatch_kd", 1.0, args={"logq_correction": False}),
+                           LossTermConfig("inbatch_softmax", 1.0, args={"negatives": "inbatch+random",
+                                                                         "num_random": 4})], spec)
+    _, teacher, c = model.candidates(batch_of(ROWS, [1.0, 0.0, 1.0]))
+    # the student scores 3 + 4 columns (its label term reads them); the teacher only the 3 in-batch ones
+    assert c.student.shape == (3, 7) and c.teacher.shape == (3, 3)
+    assert torch.equal(c.teacher, TEACHER) and torch.equal(teacher, TEACHER.diagonal())
+    # the KD term compares the in-batch columns only: a student equal to the teacher there costs nothing
+    kd = model.loss_fn.terms[0]
+    same = CandidateScores(torch.cat([TEACHER, torch.randn(3, 4)], 1), TEACHER, c.item_ids, 4, 3)
+    assert kd.compute(KDInputs(TEACHER.diagonal(), TEACHER.diagonal(), torch.ones(3), candidates=same)).item() < 1e-6

@@ -206,35 +206,42 @@ def spec_from_data(data: Any, with_corpus: bool = True) -> Optional[CandidateSpe
 
 @dataclass(frozen=True)
 class CandidateSettings:
-    """What one step's candidate work is, agreed by every candidate term.
+    """What one step's candidate work is, from every candidate term's args.
 
     Args:
-        negatives (str): ``inbatch`` or ``inbatch+random``.
-        num_random (int): R random corpus items.
+        num_random (int): R random corpus items drawn a step (the terms with ``inbatch+random`` agree on R).
+        teacher_random (int): the random items the teacher scores too (R when a teacher term reads them, else 0).
         positive_anchors (bool): the teacher scores only positive rows' candidates (every teacher term anchors there).
         max_anchors (int): at most this many anchor rows (a random subset) get the teacher's scores (0: all).
     """
 
-    negatives: str = "inbatch"
     num_random: int = 0
+    teacher_random: int = 0
     positive_anchors: bool = False
     max_anchors: int = 0
 
 
 def candidate_settings(loss: WeightedKDLoss) -> CandidateSettings:
-    """The step's :class:`CandidateSettings` (ConfigError if the terms ask for different candidates)."""
+    """The step's :class:`CandidateSettings` (ConfigError if the terms ask for candidates one step cannot give).
+
+    A term with ``negatives: inbatch`` reads the in-batch columns only, one with
+    ``inbatch+random`` every column: both share one candidate list, so the terms that draw
+    random items must draw as many.
+    """
     terms = [t for t in loss.terms if "candidates" in t.requires]
-    settings = {(t.cand_args.negatives, t.cand_args.num_random) for t in terms}
-    if len(settings) > 1:
-        raise ConfigError(f"distill.losses: the candidate terms ask for different candidates {sorted(settings)}; give "
-                          "them the same args.negatives and args.num_random (one candidate list per step)")
+    randoms = {t.cand_args.num_random for t in terms if t.cand_args.negatives == "inbatch+random"}
+    if len(randoms) > 1:
+        raise ConfigError(f"distill.losses: the candidate terms draw different numbers of random items "
+                          f"{sorted(randoms)}; give them one args.num_random (one candidate list per step)")
     taught = [t for t in terms if t.needs_teacher]
     caps = {t.cand_args.max_anchors for t in taught}
     if len(caps) > 1:
         raise ConfigError(f"distill.losses: the teacher's candidate terms ask for different args.max_anchors "
                           f"{sorted(caps)}; give them one (the teacher scores one set of anchor rows per step)")
-    negatives, num_random = next(iter(settings)) if settings else ("inbatch", 0)
-    return CandidateSettings(negatives, num_random, bool(taught) and all(t.cand_args.anchors == "positive" for t in taught),
+    num_random = next(iter(randoms)) if randoms else 0
+    teacher_random = num_random if any(t.cand_args.negatives == "inbatch+random" for t in taught) else 0
+    return CandidateSettings(num_random, teacher_random,
+                             bool(taught) and all(t.cand_args.anchors == "positive" for t in taught),
                              next(iter(caps)) if caps else 0)
 
 
@@ -348,7 +355,8 @@ class CandidateScorer(nn.Module):
 
         Returns:
             Tuple[Tensor, Tensor, CandidateScores]: ``student [B]`` (with grad), ``teacher [B]`` (without a
-            teacher: the student's, detached), the scores: student [B, B+R], teacher [A, B+R] on the anchors.
+            teacher: the student's, detached), the scores: student [B, B+R], teacher [A, B+R_t] on the anchors
+            (R_t: the random items a teacher term reads, R or 0).
         """
         student, teachers = self._models["student"], self._models["teachers"]
         kjt = batch.sparse_features
@@ -369,7 +377,8 @@ class CandidateScorer(nn.Module):
         rows = self.anchor_rows(batch.labels)
         anchors = diag if rows is None else rows.to(u.device)
         a = anchors.numel()
-        # anchors x every candidate, then each row's own pair (the teacher's pointwise logit)
+        c = b + self.settings.teacher_random  # the columns the teacher's terms read
+        # anchors x those candidates, then each row's own pair (the teacher's pointwise logit)
         user_rows = torch.cat([anchors.repeat_interleave(c), diag])
         cand_rows = torch.cat([torch.arange(c, device=u.device).repeat(a), diag])
         pairs = pair_rows(batch, self.item_keys, user_rows, cand_rows, items)

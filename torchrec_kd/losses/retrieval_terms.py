@@ -187,6 +187,11 @@ def _candidates(x: KDInputs, term: str, teacher: bool = True) -> CandidateScores
     return x.candidates
 
 
+def used_columns(c: CandidateScores, args: CandidateArgs) -> int:
+    """How many leading candidate columns a term reads: the in-batch ones, or every one with random items."""
+    return c.student.shape[0] + (c.num_random if args.negatives == "inbatch+random" else 0)
+
+
 class _CandidateTerm(KDLoss):
     """A term over the shared candidates; keeps its args (the model reads the candidate settings)."""
 
@@ -235,10 +240,11 @@ class InBatchKD(_LogQTerm):
         """``T^2 * mean over anchors of KL(softmax(t/T) || softmax((s - log q)/T))`` (the rows the teacher scored)."""
         c = _candidates(x, self.name)
         t = self.temperature
+        n = used_columns(c, self.cand_args)
         corrected = self.student_logits(c)
         student, teacher, labels, _ = replace(c, student=corrected).taught(x.labels)
-        log_student = F.log_softmax(student / t, dim=1)
-        log_teacher = F.log_softmax(teacher.detach().to(log_student.dtype) / t, dim=1)
+        log_student = F.log_softmax(student[:, :n] / t, dim=1)
+        log_teacher = F.log_softmax(teacher[:, :n].detach().to(log_student.dtype) / t, dim=1)
         kl = F.kl_div(log_student, log_teacher, reduction="none", log_target=True).sum(dim=1)
         mask = anchor_mask(labels, self.cand_args.anchors, kl.dtype)
         return (kl * mask).sum() / mask.sum().clamp(min=1.0) * (t * t)
@@ -256,15 +262,15 @@ class InBatchSoftmax(_LogQTerm):
         """``mean over anchors of -log softmax((s_i - log q) / T)[i]``, accidental hits masked (a label: no T^2)."""
         c = _candidates(x, self.name, teacher=False)
         t = self.temperature
-        logits = self.student_logits(c) / t
+        logits = self.student_logits(c)[:, :used_columns(c, self.cand_args)] / t
         b = logits.shape[0]
         own = torch.arange(b, device=logits.device)
         ids = c.item_ids
         clash = ids.unsqueeze(0) == ids.unsqueeze(1)  # [B, B]: column j holds row i's item
         clash &= ~torch.eye(b, dtype=torch.bool, device=logits.device)
         clash &= (ids >= 0).unsqueeze(1)
-        if c.num_random > 0:
-            clash = torch.cat([clash, clash.new_zeros(b, c.num_random)], dim=1)
+        if logits.shape[1] > b:  # random corpus items: never the row's own (drawn apart from the batch)
+            clash = torch.cat([clash, clash.new_zeros(b, logits.shape[1] - b)], dim=1)
         nll = -F.log_softmax(logits.masked_fill(clash, float("-inf")), dim=1)[own, own]
         mask = anchor_mask(x.labels, self.cand_args.anchors, nll.dtype)
         return (nll * mask).sum() / mask.sum().clamp(min=1.0)
@@ -286,7 +292,8 @@ class TopKRD(_CandidateTerm):
         """``mean over anchors of -sum_r w_r log sigmoid(s[teacher's r-th best])``."""
         c = _candidates(x, self.name)
         student, teacher, labels, own_col = c.taught(x.labels)
-        a, n = teacher.shape
+        n = used_columns(c, self.cand_args)
+        student, teacher = student[:, :n], teacher[:, :n]
         k = min(self.cand_args.k, n - 1)
         if k < 1:  # one candidate: nothing besides the row's own item
             return c.student.sum() * 0.0
