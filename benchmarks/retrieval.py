@@ -70,13 +70,18 @@ def targets(summary: Dict[str, Any], seeds: List[Dict[str, Any]]) -> Dict[str, D
     out: Dict[str, Dict[str, Any]] = {}
     for metric in ("recall@20", "ndcg@20"):
         block = r.get(metric, {})
-        gap, gain = block.get("teacher_gap"), block.get("kd_gain")
+        gap, gain, cascade = block.get("teacher_gap"), block.get("kd_gain"), block.get("cascade_gap")
         if gap:
             out[f"{metric}: the ranker teacher (whole corpus, pair by pair) beats the two-tower alone"] = {
                 "value": gain_text(gap), "met": bool(gap["significant"] and gap["mean"] > 0)}
-        if gain:
-            out[f"{metric}: distilled − alone, 95% interval above 0 (else reported not significant)"] = {
-                "value": gain_text(gain), "met": bool(gain["significant"] and gain["mean"] > 0)}
+        if cascade:
+            out[f"{metric}: the ranker teacher re-ranking the two-tower alone's top 100 beats its own order"] = {
+                "value": gain_text(cascade), "met": bool(cascade["significant"] and cascade["mean"] > 0)}
+        if gain:  # met either way the issue allows: a significant gain, or the report saying it is not one
+            above = bool(gain["significant"] and gain["mean"] > 0)
+            out[f"{metric}: distilled − alone has its 95% interval above 0, or the report says not significant"] = {
+                "value": gain_text(gain) + ("" if above else "; the report and summary say so"),
+                "met": above or not gain["significant"]}
     ratios = [e["teacher"]["embedding_bytes"] / e["distilled"]["embedding_bytes"] for e in seeds
               if e.get("teacher", {}).get("embedding_bytes") and e.get("distilled", {}).get("embedding_bytes")]
     if ratios:
@@ -135,6 +140,12 @@ def table(summary: Dict[str, Any], anchor: Optional[Dict[str, float]] = None) ->
             v = r[m]["models"].get(model)
             cells.append("–" if v is None else f"{v['mean']:.4f}" + ("" if v["std"] is None else f" ± {v['std']:.4f}"))
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    for model in [x for x in models if any(x in r[m].get("cascade", {}) for m in shown)]:
+        cells = []
+        for m in shown:
+            v = r[m].get("cascade", {}).get(model)
+            cells.append("–" if v is None else f"{v['mean']:.4f}" + ("" if v["std"] is None else f" ± {v['std']:.4f}"))
+        lines.append(f"| {model}'s top 100 re-ranked by the teacher (the cascade) | " + " | ".join(cells) + " |")
     if anchor:
         lines.append("| most popular unseen (anchor) | " + " | ".join(
             "–" if anchor.get(m) is None else f"{anchor[m]:.4f}" for m in shown) + " |")
@@ -176,7 +187,8 @@ def render(results: Dict[str, Any]) -> str:
                f"`{r['command']}`", "", *table({"retrieval": r.get("retrieval")}, r.get("popularity")), ""]
         for metric in ("recall@20", "ndcg@20"):
             block = (r.get("retrieval") or {}).get(metric, {})
-            for key, label in (("teacher_gap", "teacher − student alone"), ("kd_gain", "distilled − student alone")):
+            for key, label in (("teacher_gap", "teacher − student alone"), ("kd_gain", "distilled − student alone"),
+                               ("cascade_gap", "the teacher re-ranking the student's top 100 − student alone")):
                 if block.get(key):
                     md.append(f"- {metric}, {label}: {gain_text(block[key])}")
         md += [""] + [f"- target — {k}: {t['value']}: " + ("information" if t["met"] is None else
