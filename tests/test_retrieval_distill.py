@@ -333,6 +333,11 @@ def test_tower_losses_take_only_label_terms_and_need_retrieval_data(tmp_path) ->
     assert "tower_losses" not in step_fingerprint(cfg, "student")["inputs"]["train"]
     cfg = load_config(REPO / "configs" / "retrieval_synthetic.yaml", [f"output_dir={tmp_path}"])
     assert step_fingerprint(cfg, "student")["inputs"]["train"]["tower_losses"][0]["name"] == "inbatch_softmax"
+    # a DLRM teacher ignores the tower objective: changing it does not retrain the teacher
+    assert "tower_losses" not in step_fingerprint(cfg, "teacher")["inputs"]["train"]
+    towers = load_config(REPO / "configs" / "retrieval_synthetic.yaml", [f"output_dir={tmp_path}", "teacher.arch=two_tower",
+                                                                          "teacher.args={}"])
+    assert "tower_losses" in step_fingerprint(towers, "teacher")["inputs"]["train"]
 
 
 def test_an_inbatch_teacher_term_beside_a_random_label_term_scores_only_in_batch_columns() -> None:
@@ -349,3 +354,41 @@ def test_an_inbatch_teacher_term_beside_a_random_label_term_scores_only_in_batch
     kd = model.loss_fn.terms[0]
     same = CandidateScores(torch.cat([TEACHER, torch.randn(3, 4)], 1), TEACHER, c.item_ids, 4, 3)
     assert kd.compute(KDInputs(TEACHER.diagonal(), TEACHER.diagonal(), torch.ones(3), candidates=same)).item() < 1e-6
+
+
+def test_a_random_item_equal_to_the_rows_own_is_no_negative_of_its_softmax() -> None:
+    from torchrec_kd.losses.retrieval_terms import InBatchSoftmax, SoftmaxArgs
+
+    term = InBatchSoftmax(1.0, SoftmaxArgs(negatives="inbatch+random", num_random=2, logq_correction=False))
+    s = torch.tensor([[2.0, 0.0, 5.0, 1.0], [0.0, 1.0, 1.0, 5.0]])
+    x = KDInputs(s.diagonal(), s.diagonal(), torch.ones(2),
+                 candidates=CandidateScores(s, None, torch.tensor([10, 11]), 2, 9, random_ids=torch.tensor([10, 12])))
+    # random column 2 holds row 0's own item: out of row 0's softmax; row 1 keeps both random columns
+    want = -(torch.log_softmax(s[0, [0, 1, 3]], 0)[0] + torch.log_softmax(s[1], 0)[1]) / 2
+    assert term.compute(x).item() == pytest.approx(float(want), rel=1e-6)
+
+
+def test_offline_distillation_with_a_tower_label_term_reads_the_teacher_logits_of_the_batch() -> None:
+    from torchrec_kd.distill.scored_batch import ScoredBatch
+
+    torch.manual_seed(0)
+    student = TinyTowers(torch.randn(3, 4) * 0.1, torch.randn(3, 4) * 0.1)
+    model = DistillationModel([], student, build_loss([LossTermConfig("soft_bce", 1.0),
+                                                       LossTermConfig("inbatch_softmax", 1.0)]), candidates=SPEC)
+    plain = batch_of(ROWS, [1.0, 0.0, 1.0])
+    given = torch.tensor([4.0, -4.0, 4.0])
+    scored = ScoredBatch(plain.dense_features, plain.sparse_features, plain.labels, given)
+    _, (_, s_diag, t_diag, _) = model(scored)
+    assert torch.equal(t_diag, given) and not torch.allclose(s_diag, given)  # not the student's own logits
+
+
+def test_without_a_teacher_candidate_term_the_teacher_scores_only_each_rows_own_pair() -> None:
+    model = distill_model([LossTermConfig("soft_bce", 1.0), LossTermConfig("inbatch_softmax", 1.0)])
+    calls = []
+    teacher = model.candidates._models["teachers"][0]
+    original = teacher.forward
+    teacher.forward = lambda dense, kjt: (calls.append(kjt.stride()), original(dense, kjt))[1]
+    _, t_diag, c = model.candidates(batch_of(ROWS, [1.0, 0.0, 1.0]))
+    assert calls == [3] and c.teacher is None and torch.equal(t_diag, TEACHER.diagonal())
+    with pytest.raises(ConfigError, match="max_anchors caps the rows the teacher scores"):
+        distill_model([LossTermConfig("inbatch_softmax", 1.0, args={"max_anchors": 4})])

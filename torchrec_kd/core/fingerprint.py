@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from torchrec_kd.config import RunConfig
+from torchrec_kd.config.schema import DLRM_FAMILY
 from torchrec_kd.core.budget import budget_spec
 from torchrec_kd.core.layout import META_FILE, PLAN_FILE
 from torchrec_kd.core.plugins import loaded_plugins, plugin_digests
@@ -121,6 +122,8 @@ def warm_start_digest(path: Optional[str]) -> Optional[str]:
     return hashlib.sha256(meta.read_bytes()).hexdigest()[:16] if meta.is_file() else "missing"
 
 
+# built-in rankers: never towers, so train.tower_losses cannot change what they train
+RANKER_ARCHS = (*DLRM_FAMILY, "deepfm")
 # distill.losses[] keys of multi-task runs, left out of a fingerprint at these defaults
 TERM_TASK_DEFAULTS = {"task": None, "in_space_weight": 1.0, "out_space_weight": 0.0}
 
@@ -130,8 +133,8 @@ def _training(cfg: RunConfig, role: str) -> Dict[str, Any]:
              if k not in _TRAIN_IGNORED and k not in ("steps", "teacher_steps", "epochs", "teacher_epochs")}
     if train["early_stopping"].get("task") is None:
         train["early_stopping"].pop("task", None)  # a one-task run: the fingerprint it always had
-    if not train.get("tower_losses"):
-        train.pop("tower_losses", None)  # no tower objective: the fingerprint it always had
+    if not train.get("tower_losses") or (role == "teacher" and cfg.teacher.arch in RANKER_ARCHS):
+        train.pop("tower_losses", None)  # no tower objective (a ranker ignores it): the fingerprint it always had
     out = {"seed": cfg.seed, "train": train, "budget": budget_spec(cfg.train, role)}
     if cfg.train.warm_start:  # recorded only when set: runs without one keep their fingerprints
         out["warm_started"] = True  # (which checkpoint is the step's own input, not part of the base)

@@ -143,6 +143,13 @@ def in_order(kjt: KeyedJaggedTensor, keys: Sequence[str]) -> KeyedJaggedTensor:
 
     A sharded EBC fixes the key order of its input on its first call (the training batches'),
     so one tower's keys alone (a corpus slice, random negatives) are passed in the batches' order.
+
+    Args:
+        kjt (KeyedJaggedTensor): one tower's features (a subset of ``keys``).
+        keys (Sequence[str]): every key of the training batches, in their order.
+
+    Returns:
+        KeyedJaggedTensor: ``keys`` in order, the same rows.
     """
     keys = list(keys)
     if list(kjt.keys()) == keys:
@@ -213,12 +220,14 @@ class CandidateSettings:
         teacher_random (int): the random items the teacher scores too (R when a teacher term reads them, else 0).
         positive_anchors (bool): the teacher scores only positive rows' candidates (every teacher term anchors there).
         max_anchors (int): at most this many anchor rows (a random subset) get the teacher's scores (0: all).
+        taught (bool): a teacher term reads the candidate scores (else the teacher scores each row's own pair only).
     """
 
     num_random: int = 0
     teacher_random: int = 0
     positive_anchors: bool = False
     max_anchors: int = 0
+    taught: bool = False  # a teacher term reads candidate scores (else the teacher scores each row's own pair only)
 
 
 def candidate_settings(loss: WeightedKDLoss) -> CandidateSettings:
@@ -234,6 +243,11 @@ def candidate_settings(loss: WeightedKDLoss) -> CandidateSettings:
         raise ConfigError(f"distill.losses: the candidate terms draw different numbers of random items "
                           f"{sorted(randoms)}; give them one args.num_random (one candidate list per step)")
     taught = [t for t in terms if t.needs_teacher]
+    capped = [n for n, t in zip(loss.names, loss.terms) if "candidates" in t.requires and not t.needs_teacher
+              and t.cand_args.max_anchors]
+    if capped:
+        raise ConfigError(f"{capped}: args.max_anchors caps the rows the teacher scores; a label-only term reads every "
+                          "row: drop it there")
     caps = {t.cand_args.max_anchors for t in taught}
     if len(caps) > 1:
         raise ConfigError(f"distill.losses: the teacher's candidate terms ask for different args.max_anchors "
@@ -242,7 +256,7 @@ def candidate_settings(loss: WeightedKDLoss) -> CandidateSettings:
     teacher_random = num_random if any(t.cand_args.negatives == "inbatch+random" for t in taught) else 0
     return CandidateSettings(num_random, teacher_random,
                              bool(taught) and all(t.cand_args.anchors == "positive" for t in taught),
-                             next(iter(caps)) if caps else 0)
+                             next(iter(caps)) if caps else 0, bool(taught))
 
 
 def check_candidates(loss: WeightedKDLoss, student: nn.Module, spec: Optional[CandidateSpec],
@@ -370,12 +384,15 @@ class CandidateScorer(nn.Module):
         s = student.score_matrix(u, v)  # [B, C]
         diag = torch.arange(b, device=u.device)
         item_ids = first_ids(kjt, self.spec.item_id)
+        random_ids = first_ids(items, self.spec.item_id) if items is not None else None
         corpus_size = 0 if self.spec.corpus is None else self.spec.corpus.stride()
         if not teachers:
             return s[diag, diag], s[diag, diag].detach(), CandidateScores(s, None, item_ids, self.num_random,
-                                                                          corpus_size)
+                                                                          corpus_size, random_ids=random_ids)
         rows = self.anchor_rows(batch.labels)
         anchors = diag if rows is None else rows.to(u.device)
+        if not self.settings.taught:  # no teacher term reads candidates: only the rows' own pairs are scored
+            anchors = diag[:0]
         a = anchors.numel()
         c = b + self.settings.teacher_random  # the columns the teacher's terms read
         # anchors x those candidates, then each row's own pair (the teacher's pointwise logit)
@@ -385,5 +402,6 @@ class CandidateScorer(nn.Module):
         with torch.no_grad():
             logits = [io.logits(t, pairs).reshape(-1) for t, io in zip(teachers, self.teacher_ios)]
             t = logits[0] if len(logits) == 1 else sum(w * x for w, x in zip(self.teacher_weights, logits))
-        scores = CandidateScores(s, t[:a * c].reshape(a, c), item_ids, self.num_random, corpus_size, rows)
+        teacher = t[:a * c].reshape(a, c) if self.settings.taught else None
+        scores = CandidateScores(s, teacher, item_ids, self.num_random, corpus_size, rows, random_ids)
         return s[diag, diag], t[a * c:], scores

@@ -231,6 +231,8 @@ class DistillationModel(_Teachers):
         """
         if self.candidates is not None:  # retrieval terms: every model's one call is the candidate step
             student_logits, teacher_logits, scores = self.candidates(batch)
+            if not self.teachers:  # offline (only label terms read candidates): the teacher's logits travel with the batch
+                teacher_logits = batch.teacher_logits  # type: ignore[attr-defined]
             loss = self.loss_fn(student_logits, teacher_logits, batch.labels, candidates=scores)
             return loss, (loss.detach(), student_logits.detach(), teacher_logits.detach(), batch.labels.detach())
         if self.teachers:

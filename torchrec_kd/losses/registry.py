@@ -53,13 +53,15 @@ class CandidateScores:
 
     Args:
         student (Tensor): [B, C] the student's logits (``score_matrix`` of its towers), with grad.
-        teacher (Optional[Tensor]): [B, C] the teacher's logits of the same (user_i, item_j) pairs (no grad);
-            None when a model trains alone (only label terms, ``needs_teacher = False``, read the scores).
+        teacher (Optional[Tensor]): [A, B + R_t] the teacher's logits of the same (user, item) pairs on its
+            anchor rows (``anchor_rows``) and the columns its terms read (R_t: R or 0), no grad; None when no
+            teacher term reads candidates (a model trained alone, or only label terms).
         item_ids (Tensor): [B] int64 item id of each row (the in-batch candidates' ids, for logQ).
         num_random (int): R, random corpus items after the in-batch columns.
         corpus_size (int): N, the corpus the random items are drawn from (uniformly; 0 without them).
         anchor_rows (Optional[Tensor]): [A] the rows ``teacher`` holds (its row a is batch row
             ``anchor_rows[a]``); None: every row, in order.
+        random_ids (Optional[Tensor]): [R] item id of each random column (accidental hits are masked by it).
     """
 
     student: Tensor
@@ -68,6 +70,7 @@ class CandidateScores:
     num_random: int = 0
     corpus_size: int = 0
     anchor_rows: Optional[Tensor] = None
+    random_ids: Optional[Tensor] = None
 
     def taught(self, labels: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """The rows the teacher scored: student ``[A, C]``, teacher ``[A, C]``, labels ``[A]``, own column ``[A]``."""

@@ -269,8 +269,10 @@ class InBatchSoftmax(_LogQTerm):
         clash = ids.unsqueeze(0) == ids.unsqueeze(1)  # [B, B]: column j holds row i's item
         clash &= ~torch.eye(b, dtype=torch.bool, device=logits.device)
         clash &= (ids >= 0).unsqueeze(1)
-        if logits.shape[1] > b:  # random corpus items: never the row's own (drawn apart from the batch)
-            clash = torch.cat([clash, clash.new_zeros(b, logits.shape[1] - b)], dim=1)
+        if logits.shape[1] > b:  # random corpus items are drawn from the whole corpus: the row's own may be one
+            extra = logits.shape[1] - b
+            drawn = c.random_ids[:extra] if c.random_ids is not None else ids.new_full((extra,), -1)
+            clash = torch.cat([clash, (drawn.unsqueeze(0) == ids.unsqueeze(1)) & (ids >= 0).unsqueeze(1)], dim=1)
         nll = -F.log_softmax(logits.masked_fill(clash, float("-inf")), dim=1)[own, own]
         mask = anchor_mask(x.labels, self.cand_args.anchors, nll.dtype)
         return (nll * mask).sum() / mask.sum().clamp(min=1.0)

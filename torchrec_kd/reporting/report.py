@@ -194,7 +194,7 @@ def retrieval_table(metrics: Dict[str, Dict[str, Any]]) -> List[str]:
         List[str]: markdown lines (none when no entry carries ``retrieval``).
     """
     have = [m for m in _ordered(metrics) if isinstance(metrics[m].get("retrieval"), Mapping)]
-    if not have:
+    if not have and not any(metrics[m].get("retrieval_skipped") for m in metrics):
         return []
     keys = {k for m in have for k in metrics[m]["retrieval"]}
     ks = sorted({int(k.partition("@")[2]) for k in keys if k.partition("@")[2].isdigit()})
@@ -219,6 +219,9 @@ def retrieval_table(metrics: Dict[str, Dict[str, Any]]) -> List[str]:
                 q = metrics[m]["retrieval_int8_index"]["recall@20"]
                 lines[-1] += (f" Searched with the int8 rows: recall@20 {q:.4f} "
                               f"({signed(q - metrics[m]['retrieval']['recall@20'])} against the fp32 rows).")
+    for m in _ordered(metrics):
+        if metrics[m].get("retrieval_skipped"):
+            lines += ["", f"{m}: no retrieval metrics — {metrics[m]['retrieval_skipped']}."]
     lines += ["", "Test users (leave-last-out), the items each saw in training excluded; recall@K, NDCG@K (binary "
               "gains), MRR over the full ranking. A tower model scores the corpus with its towers; a ranker scores "
               "every (user, item) pair as a row: the same users, targets and corpus.", ""]

@@ -134,13 +134,14 @@ def teacher_retrieval_warning(metrics: Mapping[str, Mapping[str, Any]]) -> Optio
     Returns:
         Optional[str]: the sentence, or None (the teacher retrieves more, or either has no ``retrieval``).
     """
-    t = (metrics.get("teacher", {}).get("retrieval") or {}).get(HEADLINE_RETRIEVAL)
+    teacher = metrics.get("teacher", {}).get("retrieval") or {}
+    t = teacher.get(HEADLINE_RETRIEVAL) if teacher.get("scored") == "pairs" else None  # the whole corpus, as the towers
     s = (metrics.get("student", {}).get("retrieval") or {}).get(HEADLINE_RETRIEVAL)
     if t is None or s is None or t > s:
         return None
     return (f"The teacher retrieves no more than the student alone (test {HEADLINE_RETRIEVAL} {t:.4f} against {s:.4f} "
-            "over the whole corpus, on one seed): its order over candidates has little to teach the towers; its "
-            "AUC on logged rows does not say how well it retrieves.")
+            "over the whole corpus, on one seed): distilling its order over candidates may gain little; its AUC "
+            "on logged rows does not say how well it retrieves.")
 
 
 _ANNOUNCED: Set[str] = set()
@@ -669,15 +670,17 @@ def summarize_retrieval(runs: Sequence[Mapping[str, Mapping[str, Any]]],
     is the paired difference distilled − student alone over seeds with its Student-t interval
     (:func:`paired_interval`), as for AUC; it is left out when the two were trained with
     different bases on some seed (``not_comparable``). ``teacher_gap`` is teacher − student alone
-    the same way (a ranker teacher's entry re-ranks candidates: ``candidates`` says how many).
+    the same way (a ranker teacher ranks the whole corpus pair by pair: ``scored: "pairs"``), and
+    ``cascade_gap`` the teacher re-ranking the student alone's top K − the student alone.
 
     Args:
         runs (Sequence[Mapping[str, dict]]): each seed's ``metrics.json`` (the config's lineage).
         not_comparable (Sequence[int]): seeds whose student alone and distilled student differ in base.
 
     Returns:
-        Optional[Dict[str, Any]]: ``{metric: {"models": {model: {"mean", "std", "per_seed"[, "candidates"]}},
-        "kd_gain": {"mean", "ci95", "significant", "per_seed"}, "teacher_gap": {...}}}`` for every metric all
+        Optional[Dict[str, Any]]: ``{metric: {"models": {model: {"mean", "std", "per_seed"[, "candidates", "scored"]}},
+        "kd_gain": {"mean", "ci95", "significant", "per_seed"}, "teacher_gap": {...}, "cascade": {model: {...}},
+        "cascade_gap": {...}}}`` (the cascade: the teacher re-ranking a tower model's top K) for every metric all
         of some model's entries share (always ``recall@20`` and ``ndcg@20`` when the runs record them); None
         when no entry carries ``retrieval``.
     """

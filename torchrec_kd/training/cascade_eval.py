@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torchrec.datasets.utils import Batch
 
-from torchrec_kd.training.retrieval_eval import evaluate_ranker_on_candidates, tower_top_k
+from torchrec_kd.training.retrieval_eval import evaluate_ranker_on_candidates, pair_scorer, tower_top_k
 
 
 @torch.no_grad()
@@ -45,10 +45,7 @@ def cascade_metrics(ranker: Callable[[Batch], torch.Tensor], towers: nn.Module, 
     top = tower_top_k(towers.user_embedding, towers.item_embedding, towers.score_matrix, users, corpus, max(ks),
                       user_keys=user_keys)
 
-    def rows(dense: torch.Tensor, kjt: Any) -> torch.Tensor:
-        return ranker(Batch(dense, kjt, torch.zeros(kjt.stride()))).reshape(-1)
-
-    found: Dict[str, Any] = evaluate_ranker_on_candidates(rows, users, corpus, top.numpy(), ks,
+    found: Dict[str, Any] = evaluate_ranker_on_candidates(pair_scorer(ranker), users, corpus, top.numpy(), ks,
                                                           keys=list(data.sparse_names), user_keys=user_keys,
                                                           collective=False)
     found["scored"] = "cascade"

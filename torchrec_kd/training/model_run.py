@@ -92,6 +92,12 @@ class TrainModelRun(PipelinedRun):
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.make_pipeline()
 
+    def before_step(self, step: int) -> None:
+        """A tower model's label terms (``train.tower_losses``) follow the loop's step, as distillation's do."""
+        assert self.model is not None
+        if isinstance(self.model.module, TowerTrain):
+            self.model.module.terms.set_step(step)
+
     # ------------------------------------------------------------------ score
     @torch.no_grad()
     def score(self, batch: Batch) -> torch.Tensor:

@@ -30,7 +30,13 @@ from torchrec_kd.config import RunConfig
 from torchrec_kd.distill.candidates import has_towers, in_order
 from torchrec_kd.distributed.env import DistEnv
 from torchrec_kd.quant.item_index import quantize_rows_int8
-from torchrec_kd.training.retrieval_eval import GaucAccumulator, evaluate_ranker_on_candidates, evaluate_retrieval, row_user_ids
+from torchrec_kd.training.retrieval_eval import (
+    GaucAccumulator,
+    evaluate_ranker_on_candidates,
+    evaluate_retrieval,
+    pair_scorer,
+    row_user_ids,
+)
 
 # a ranker's full-corpus evaluation scores users x items rows: beyond this, it is skipped (said in the entry)
 RANKER_MAX_PAIRS = 20_000_000
@@ -121,10 +127,7 @@ def ranker_corpus_metrics(score: Callable[[Batch], torch.Tensor], data: Any, ks:
                                      f"score, more than {max_pairs:,}"}
     everything = np.broadcast_to(np.arange(len(corpus.block), dtype=np.int64), (len(users.targets), len(corpus.block)))
 
-    def rows(dense: torch.Tensor, kjt: Any) -> torch.Tensor:
-        return score(Batch(dense, kjt, torch.zeros(kjt.stride(), device=dense.device))).reshape(-1)
-
-    found = evaluate_ranker_on_candidates(rows, users, corpus, np.ascontiguousarray(everything), ks,
+    found = evaluate_ranker_on_candidates(pair_scorer(score), users, corpus, np.ascontiguousarray(everything), ks,
                                           keys=list(data.sparse_names), user_keys=list(data.user_keys),
                                           device=env.device)
     found["scored"] = "pairs"  # every (user, item) pair as a row: the whole corpus, not a candidate list

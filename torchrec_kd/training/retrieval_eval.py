@@ -388,6 +388,14 @@ def evaluate_retrieval(user_embed_fn: UserEmbedFn, item_embed_fn: ItemEmbedFn, s
     return _means(_all_reduce_sums(totals, metric_keys(ks), device))
 
 
+def pair_scorer(score: Callable[[Batch], torch.Tensor]) -> ScoreRowsFn:
+    """A ranker's ``Batch -> logits`` as the ``(dense, kjt) -> [B]`` :func:`evaluate_ranker_on_candidates` calls."""
+    def rows(dense: torch.Tensor, kjt: KeyedJaggedTensor) -> torch.Tensor:
+        return score(Batch(dense, kjt, torch.zeros(kjt.stride(), device=dense.device))).reshape(-1)
+
+    return rows
+
+
 @torch.no_grad()
 def tower_top_k(user_embed_fn: UserEmbedFn, item_embed_fn: ItemEmbedFn, score_fn: ScoreFn, eval_users: Any,
                 corpus: Any, k: int, batch_users: int = 256, *, user_keys: Optional[Sequence[str]] = None,

@@ -33,7 +33,17 @@ from torchrec_kd.models.train import RankerTrain
 
 
 def tower_loss(cfg: RunConfig) -> WeightedKDLoss:
-    """``train.tower_losses`` built (ConfigError naming the key on a bad weight or temperature)."""
+    """``train.tower_losses`` built.
+
+    Args:
+        cfg (RunConfig): the run config.
+
+    Returns:
+        WeightedKDLoss: the label terms.
+
+    Raises:
+        ConfigError: a bad weight, temperature or args, naming ``train.tower_losses``.
+    """
     try:
         return build_loss(cfg.train.tower_losses)
     except ValueError as e:
