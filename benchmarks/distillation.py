@@ -78,7 +78,7 @@ def launch_experiment(config: str, out: Path, nproc: int, overrides: List[str]) 
 
     Returns:
         Tuple[Dict[str, Any], Dict[str, Any]]: the record (config, overrides, nproc, wall_s, launch_s, reused,
-        date, command) and the launch's ``summary.json``.
+        date, command, commit) and the launch's ``summary.json``.
     """
     before = _entries(out)
     launch = run_cli("experiment", config, out, nproc, overrides)
@@ -86,7 +86,18 @@ def launch_experiment(config: str, out: Path, nproc: int, overrides: List[str]) 
     reused = reused_models(before, _entries(out))
     return ({"config": config, "overrides": overrides, "nproc": nproc, "wall_s": None if reused else round(launch, 1),
              "launch_s": round(launch, 1), "reused": reused, "date": date.today().isoformat(),
-             "command": command_line()}, summary)
+             "command": command_line(), "commit": _commit()}, summary)
+
+
+def _commit() -> Optional[str]:
+    """The checkout's commit (short), so a results file says what code made it; None outside git."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def took(r: Dict[str, Any]) -> str:

@@ -184,7 +184,8 @@ def render(results: Dict[str, Any]) -> str:
     """``retrieval.md``: per data set the table, the paired differences and the targets."""
     md: List[str] = ["# The cascade: ranker teacher → two-tower student (`benchmarks/retrieval.py`)", ""]
     for name, r in results.items():
-        md += [f"## {name} (`{r['config']}`, seeds {r.get('seeds')}, {r['nproc']} rank(s), {took(r)}, {r['date']})", "",
+        at = f" at {r['commit']}" if r.get("commit") else ""
+        md += [f"## {name} (`{r['config']}`, seeds {r.get('seeds')}, {r['nproc']} rank(s), {took(r)}, {r['date']}{at})", "",
                f"`{r['command']}`", "", *table({"retrieval": r.get("retrieval")}, r.get("popularity")), ""]
         for metric in ("recall@20", "ndcg@20"):
             block = (r.get("retrieval") or {}).get(metric, {})
