@@ -36,6 +36,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec_kd.errors import ConfigError
 from torchrec_kd.losses import CandidateScores, WeightedKDLoss
 from torchrec_kd.models.io import ModelIO
+from torchrec_kd.models.two_tower import in_order  # noqa: F401  (re-exported: the callers pad one tower's keys)
 
 TOWER_METHODS = ("user_embedding", "item_embedding", "score_matrix")
 
@@ -138,31 +139,6 @@ def select_keys(kjt: KeyedJaggedTensor, keys: Sequence[str]) -> KeyedJaggedTenso
                              lengths=torch.cat([jts[k].lengths() for k in keys]), stride=kjt.stride())
 
 
-def in_order(kjt: KeyedJaggedTensor, keys: Sequence[str]) -> KeyedJaggedTensor:
-    """``kjt`` with exactly ``keys`` in that order: the absent ones as empty bags (pooled to zeros).
-
-    A sharded EBC fixes the key order of its input on its first call (the training batches'),
-    so one tower's keys alone (a corpus slice, random negatives) are passed in the batches' order.
-
-    Args:
-        kjt (KeyedJaggedTensor): one tower's features (a subset of ``keys``).
-        keys (Sequence[str]): every key of the training batches, in their order.
-
-    Returns:
-        KeyedJaggedTensor: ``keys`` in order, the same rows.
-    """
-    keys = list(keys)
-    if list(kjt.keys()) == keys:
-        return kjt
-    present = kjt.to_dict()
-    rows = kjt.stride()
-    values = [present[k].values() for k in keys if k in present]
-    lengths = [present[k].lengths() if k in present else torch.zeros(rows, dtype=kjt.lengths().dtype,
-                                                                      device=kjt.lengths().device) for k in keys]
-    value = torch.cat(values) if values else kjt.values()[:0]
-    return KeyedJaggedTensor.from_lengths_sync(keys=keys, values=value, lengths=torch.cat(lengths), stride=rows)
-
-
 def has_towers(model: nn.Module) -> bool:
     """Whether ``model`` has the two-tower methods (``user_embedding``, ``item_embedding``, ``score_matrix``)."""
     return all(callable(getattr(model, m, None)) for m in TOWER_METHODS)
@@ -193,12 +169,11 @@ def corpus_kjt(block: Any, names: Sequence[str]) -> KeyedJaggedTensor:
                              stride=len(block))
 
 
-def spec_from_data(data: Any, with_corpus: bool = True) -> Optional[CandidateSpec]:
+def spec_from_data(data: Any) -> Optional[CandidateSpec]:
     """The run's :class:`CandidateSpec` from its data (None when the data declares no ``retrieval``).
 
     Args:
         data (Any): the run's data; a retrieval source has ``retrieval`` (``RetrievalDataConfig``) and ``corpus()``.
-        with_corpus (bool): load the corpus' item features (random negatives need them).
 
     Returns:
         Optional[CandidateSpec]: user keys (``user_history`` included), item keys, item id, corpus.
@@ -206,7 +181,7 @@ def spec_from_data(data: Any, with_corpus: bool = True) -> Optional[CandidateSpe
     rcfg = getattr(data, "retrieval", None)
     if rcfg is None:
         return None
-    corpus = data.corpus() if with_corpus and callable(getattr(data, "corpus", None)) else None
+    corpus = data.corpus() if callable(getattr(data, "corpus", None)) else None
     return CandidateSpec(rcfg.user_keys(), list(rcfg.item_features), rcfg.item_id,
                          corpus_kjt(corpus.block, corpus.sparse_names) if corpus is not None else None)
 

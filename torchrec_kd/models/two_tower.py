@@ -192,7 +192,7 @@ class TwoTower(nn.Module):
 
         Unsharded models only: a sharded EBC fixes its input's key order on its first call (the
         training batches' order), so under DMP pass one tower's keys padded to the training keys
-        in their order (``torchrec_kd.distill.candidates.in_order``), which this returns as is.
+        in their order (:func:`in_order`), which this returns as is.
 
         Args:
             kjt (KeyedJaggedTensor): a batch's features, possibly only one tower's.
@@ -201,20 +201,32 @@ class TwoTower(nn.Module):
             KeyedJaggedTensor: ``kjt`` itself when it holds every model key.
         """
         keys = kjt.keys()
-        if all(f in keys for f in self.feature_names):
-            return kjt
-        present = kjt.to_dict()
-        b = kjt.stride()
-        values, lengths = [], []
-        for f in self.feature_names:
-            if f in present:
-                values.append(present[f].values())
-                lengths.append(present[f].lengths())
-            else:  # an empty bag per row: pools to zeros, read by the other tower only
-                lengths.append(torch.zeros(b, dtype=kjt.lengths().dtype, device=kjt.values().device))
-        value = torch.cat(values) if values else torch.zeros(0, dtype=kjt.values().dtype, device=kjt.values().device)
-        return KeyedJaggedTensor.from_lengths_sync(keys=list(self.feature_names), values=value,
-                                                   lengths=torch.cat(lengths), stride=b)
+        return kjt if all(f in keys for f in self.feature_names) else in_order(kjt, self.feature_names)
+
+
+def in_order(kjt: KeyedJaggedTensor, keys: Sequence[str]) -> KeyedJaggedTensor:
+    """``kjt`` with exactly ``keys`` in that order: the absent ones as empty bags (pooled to zeros).
+
+    A sharded EBC fixes the key order of its input on its first call (the training batches'),
+    so one tower's keys alone (a corpus slice, random negatives) are passed in the batches' order.
+
+    Args:
+        kjt (KeyedJaggedTensor): one tower's features (a subset of ``keys``).
+        keys (Sequence[str]): every key of the training batches, in their order.
+
+    Returns:
+        KeyedJaggedTensor: ``keys`` in order, the same rows.
+    """
+    keys = list(keys)
+    if list(kjt.keys()) == keys:
+        return kjt
+    present = kjt.to_dict()
+    rows = kjt.stride()
+    values = [present[k].values() for k in keys if k in present]
+    lengths = [present[k].lengths() if k in present else torch.zeros(rows, dtype=kjt.lengths().dtype,
+                                                                      device=kjt.lengths().device) for k in keys]
+    value = torch.cat(values) if values else kjt.values()[:0]
+    return KeyedJaggedTensor.from_lengths_sync(keys=keys, values=value, lengths=torch.cat(lengths), stride=rows)
 
 
 def is_two_tower(model: object) -> bool:
